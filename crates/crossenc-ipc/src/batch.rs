@@ -1,0 +1,223 @@
+//! Token ids and scores in shared memory.
+//!
+//! A [`TokenBatch`] holds the tokens of several pairs in one shared-memory region: all
+//! ids as little-endian `u32`, then all token type ids as `u8`; the pair lengths travel
+//! beside it. Sending one moves a file descriptor, not the tokens.
+
+use ipc_channel::ipc::IpcSharedMemory;
+use serde::{Deserialize, Serialize};
+
+const ID_BYTES: usize = 4;
+
+/// The tokens of one pair, owned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PairTokens {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u8>,
+}
+
+impl PairTokens {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Tokenized pairs in shared memory.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenBatch {
+    lengths: Vec<u32>,
+    data: IpcSharedMemory,
+}
+
+/// One pair of a [`TokenBatch`], borrowed from its shared memory.
+#[derive(Debug, Clone, Copy)]
+pub struct PairView<'a> {
+    ids: &'a [u8],
+    type_ids: &'a [u8],
+}
+
+impl<'a> PairView<'a> {
+    pub fn len(&self) -> usize {
+        self.type_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.type_ids.is_empty()
+    }
+
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
+        self.ids
+            .chunks_exact(ID_BYTES)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn type_ids(&self) -> &'a [u8] {
+        self.type_ids
+    }
+
+    pub fn to_pair_tokens(self) -> PairTokens {
+        PairTokens {
+            ids: self.ids().collect(),
+            type_ids: self.type_ids.to_vec(),
+        }
+    }
+}
+
+/// Collects pairs, then writes them to shared memory once.
+#[derive(Debug, Default)]
+pub struct TokenBatchBuilder {
+    lengths: Vec<u32>,
+    ids: Vec<u8>,
+    type_ids: Vec<u8>,
+}
+
+impl TokenBatchBuilder {
+    pub fn with_capacity(pairs: usize, tokens: usize) -> Self {
+        Self {
+            lengths: Vec::with_capacity(pairs),
+            ids: Vec::with_capacity(tokens * ID_BYTES),
+            type_ids: Vec::with_capacity(tokens),
+        }
+    }
+
+    /// Adds one pair. `ids` and `type_ids` must have the same length.
+    pub fn push(&mut self, ids: impl IntoIterator<Item = u32>, type_ids: &[u8]) {
+        let before = self.ids.len();
+        for id in ids {
+            self.ids.extend_from_slice(&id.to_le_bytes());
+        }
+        debug_assert_eq!((self.ids.len() - before) / ID_BYTES, type_ids.len());
+        self.type_ids.extend_from_slice(type_ids);
+        self.lengths.push(type_ids.len() as u32);
+    }
+
+    pub fn push_pair(&mut self, pair: &PairTokens) {
+        self.push(pair.ids.iter().copied(), &pair.type_ids);
+    }
+
+    pub fn finish(mut self) -> TokenBatch {
+        self.ids.extend_from_slice(&self.type_ids);
+        TokenBatch {
+            lengths: self.lengths,
+            data: IpcSharedMemory::from_bytes(&self.ids),
+        }
+    }
+}
+
+impl TokenBatch {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// Tokens of each pair.
+    pub fn lengths(&self) -> &[u32] {
+        &self.lengths
+    }
+
+    pub fn total_tokens(&self) -> usize {
+        self.lengths.iter().map(|&l| l as usize).sum()
+    }
+
+    /// Checks that the shared memory holds exactly what the lengths promise, so that a
+    /// malformed batch is refused rather than read out of bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        let expected = self.total_tokens() * (ID_BYTES + 1);
+        if self.data.len() == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "token batch of {} pairs should hold {expected} bytes, holds {}",
+                self.len(),
+                self.data.len()
+            ))
+        }
+    }
+
+    /// The pairs in order. Call [`TokenBatch::validate`] first on a batch from elsewhere.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = PairView<'_>> {
+        let total = self.total_tokens();
+        let (ids, type_ids) = self.data.split_at(total * ID_BYTES);
+        let mut start = 0usize;
+        self.lengths.iter().map(move |&len| {
+            let len = len as usize;
+            let view = PairView {
+                ids: &ids[start * ID_BYTES..(start + len) * ID_BYTES],
+                type_ids: &type_ids[start..start + len],
+            };
+            start += len;
+            view
+        })
+    }
+}
+
+/// One score per pair, in shared memory, in the order of the batch that was scored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScoreBatch {
+    data: IpcSharedMemory,
+}
+
+impl ScoreBatch {
+    pub fn new(scores: &[f32]) -> Self {
+        let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
+        Self {
+            data: IpcSharedMemory::from_bytes(&bytes),
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn build(pairs: &[PairTokens]) -> TokenBatch {
+        let mut builder = TokenBatchBuilder::default();
+        for pair in pairs {
+            builder.push_pair(pair);
+        }
+        builder.finish()
+    }
+
+    proptest! {
+        #[test]
+        fn pairs_come_back_as_they_went_in(
+            pairs in prop::collection::vec(
+                prop::collection::vec((any::<u32>(), 0u8..2), 1..40)
+                    .prop_map(|t| PairTokens {
+                        ids: t.iter().map(|p| p.0).collect(),
+                        type_ids: t.iter().map(|p| p.1).collect(),
+                    }),
+                1..20,
+            )
+        ) {
+            let batch = build(&pairs);
+            prop_assert!(batch.validate().is_ok());
+            prop_assert_eq!(batch.len(), pairs.len());
+            let back: Vec<PairTokens> = batch.iter().map(PairView::to_pair_tokens).collect();
+            prop_assert_eq!(back, pairs);
+        }
+    }
+
+    #[test]
+    fn scores_round_trip() {
+        let scores = [0.5, -3.25, f32::MAX, 0.0];
+        assert_eq!(ScoreBatch::new(&scores).to_vec(), scores);
+    }
+}

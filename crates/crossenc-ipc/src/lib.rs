@@ -1,0 +1,19 @@
+//! The wire between crossenc's supervisor and its worker processes.
+//!
+//! A worker is started with the name of a one-shot IPC server owned by the supervisor.
+//! It connects, sends [`WorkerEvent::Hello`] carrying the sender on which it takes
+//! [`WorkerCommand`]s, loads what it needs and then says [`WorkerEvent::Ready`] (or
+//! [`WorkerEvent::StartFailed`]). From then on commands flow one way and events the
+//! other. Control messages are small and serialized through ipc-channel; token ids and
+//! scores travel in shared memory ([`TokenBatch`], [`ScoreBatch`]).
+//!
+//! Nothing here depends on an async runtime: both sides use plain blocking calls.
+
+mod batch;
+mod link;
+mod message;
+
+pub use batch::{PairTokens, PairView, ScoreBatch, TokenBatch, TokenBatchBuilder};
+pub use ipc_channel::ipc::{IpcReceiver, IpcSender};
+pub use link::{connect_to_supervisor, IpcFailure, SupervisorLink, WorkerListener};
+pub use message::{Job, Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind};

@@ -1,0 +1,94 @@
+use std::fmt;
+
+use ipc_channel::ipc::IpcSender;
+use serde::{Deserialize, Serialize};
+
+use crate::{ScoreBatch, TokenBatch};
+
+/// The two kinds of worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkerKind {
+    Tokenizer,
+    Model,
+}
+
+impl WorkerKind {
+    /// The name used on the command line and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Tokenizer => "tokenizer",
+            WorkerKind::Model => "model",
+        }
+    }
+}
+
+impl fmt::Display for WorkerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a worker learned while loading, for the supervisor's limits and labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Longest pair in tokens after truncation.
+    pub max_length: usize,
+    /// The model's name as its folder says it.
+    pub model_name: String,
+    /// The device the worker computes on (`cpu`, `cuda:0`).
+    pub device: String,
+}
+
+/// Supervisor to worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerCommand {
+    Run(Job),
+    /// Finish the job at hand and exit.
+    Shutdown,
+}
+
+/// One unit of work, answered by an event that carries the same id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub work: Work,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Work {
+    /// Tokenize these (query, document) pairs; answered by [`WorkerEvent::Encoded`].
+    Encode(Vec<(String, String)>),
+    /// Score these tokenized pairs; answered by [`WorkerEvent::Scored`].
+    Score(TokenBatch),
+}
+
+/// Worker to supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerEvent {
+    /// First message after connecting: where to send commands.
+    Hello {
+        pid: u32,
+        commands: IpcSender<WorkerCommand>,
+    },
+    /// Loaded and waiting for commands.
+    Ready(WorkerInfo),
+    /// Could not load; the worker exits after sending this.
+    StartFailed {
+        message: String,
+    },
+    Encoded {
+        job: u64,
+        batch: TokenBatch,
+    },
+    Scored {
+        job: u64,
+        scores: ScoreBatch,
+    },
+    /// The job could not be done; the worker goes on with the next.
+    JobFailed {
+        job: u64,
+        message: String,
+    },
+    /// Sent by the supervisor to itself to stop waiting for a worker that never connected.
+    Abandoned,
+}
