@@ -1,0 +1,296 @@
+//! `BertForSequenceClassification` on candle: embeddings, encoder layers, pooler
+//! (dense + tanh on [CLS]) and the classifier head.
+//!
+//! Dense layers run on `[pairs * width, hidden]` matrices with weights transposed once
+//! at load; Q, K and V are one fused matmul.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use crate::{Activation, ModelConfig, ModelError, ModelFolder};
+
+/// A loaded cross-encoder, ready to score batches.
+pub struct CrossEncoder {
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+    pooler: Dense,
+    classifier: Dense,
+    config: ModelConfig,
+    device: Device,
+}
+
+/// Pairs padded to one width, as the forward pass takes them.
+#[derive(Debug, Default)]
+pub struct PaddedBatch {
+    ids: Vec<u32>,
+    type_ids: Vec<u32>,
+    lengths: Vec<usize>,
+    width: usize,
+    pad_id: u32,
+}
+
+impl PaddedBatch {
+    /// An empty batch whose rows will be `width` tokens long.
+    pub fn new(width: usize, pairs: usize, pad_id: u32) -> Self {
+        Self {
+            ids: Vec::with_capacity(width * pairs),
+            type_ids: Vec::with_capacity(width * pairs),
+            lengths: Vec::with_capacity(pairs),
+            width,
+            pad_id,
+        }
+    }
+
+    /// Adds one pair; it must not be longer than the width.
+    pub fn push(&mut self, ids: impl ExactSizeIterator<Item = u32>, type_ids: &[u8]) {
+        let len = ids.len();
+        assert!(len <= self.width && len == type_ids.len() && len > 0);
+        self.ids.extend(ids);
+        self.ids
+            .extend(std::iter::repeat_n(self.pad_id, self.width - len));
+        self.type_ids.extend(type_ids.iter().map(|&t| u32::from(t)));
+        self.type_ids
+            .extend(std::iter::repeat_n(0, self.width - len));
+        self.lengths.push(len);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// Real tokens, without padding.
+    pub fn real_tokens(&self) -> usize {
+        self.lengths.iter().sum()
+    }
+
+    /// Tokens computed, padding included.
+    pub fn padded_tokens(&self) -> usize {
+        self.width * self.lengths.len()
+    }
+}
+
+struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn load(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Self> {
+        let weight = vb.get((outputs, inputs), "weight")?;
+        let bias = vb.get(outputs, "bias")?;
+        Self::from_parts(&weight, bias)
+    }
+
+    fn from_parts(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    /// `x` is `[rows, inputs]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Embeddings {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    norm: LayerNorm,
+}
+
+struct EncoderLayer {
+    qkv: Dense,
+    attention_out: Dense,
+    attention_norm: LayerNorm,
+    intermediate: Dense,
+    output: Dense,
+    output_norm: LayerNorm,
+}
+
+fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+    candle_nn::layer_norm(size, eps, vb.pp("LayerNorm"))
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
+        Ok(Self {
+            words: candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
+            positions: candle_nn::embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_types: candle_nn::embedding(
+                c.type_vocab_size,
+                c.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            norm: layer_norm(vb, c.hidden_size, c.layer_norm_eps)?,
+        })
+    }
+
+    /// `[pairs, width]` ids in, `[pairs * width, hidden]` out.
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (pairs, width) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, width as u32, ids.device())?;
+        let x = self
+            .words
+            .forward(ids)?
+            .add(&self.token_types.forward(type_ids)?)?
+            .broadcast_add(&self.positions.forward(&positions)?)?;
+        let hidden = x.dim(D::Minus1)?;
+        self.norm.forward(&x.reshape((pairs * width, hidden))?)
+    }
+}
+
+impl EncoderLayer {
+    fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
+        let h = c.hidden_size;
+        let attention = vb.pp("attention");
+        let projection = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
+            let vb = attention.pp("self").pp(name);
+            Ok((vb.get((h, h), "weight")?, vb.get(h, "bias")?))
+        };
+        let (q, qb) = projection("query")?;
+        let (k, kb) = projection("key")?;
+        let (v, vbias) = projection("value")?;
+        let qkv = Dense::from_parts(
+            &Tensor::cat(&[&q, &k, &v], 0)?,
+            Tensor::cat(&[&qb, &kb, &vbias], 0)?,
+        )?;
+        Ok(Self {
+            qkv,
+            attention_out: Dense::load(attention.pp("output").pp("dense"), h, h)?,
+            attention_norm: layer_norm(attention.pp("output"), h, c.layer_norm_eps)?,
+            intermediate: Dense::load(vb.pp("intermediate").pp("dense"), h, c.intermediate_size)?,
+            output: Dense::load(vb.pp("output").pp("dense"), c.intermediate_size, h)?,
+            output_norm: layer_norm(vb.pp("output"), h, c.layer_norm_eps)?,
+        })
+    }
+
+    /// `x` is `[pairs * width, hidden]`; `mask` is `[pairs, 1, 1, width]`, 0 or the
+    /// most negative float, and absent when no pair is padded.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        shape: (usize, usize),
+        c: &ModelConfig,
+    ) -> candle_core::Result<Tensor> {
+        let (pairs, width) = shape;
+        let heads = c.num_attention_heads;
+        let head_dim = c.hidden_size / heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((pairs, width, 3, heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        // Scaling q costs width/head_dim times less than scaling the scores.
+        let q = (qkv.get(0)? * (1.0 / (head_dim as f64).sqrt()))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((pairs * width, c.hidden_size))?;
+        let attended = self
+            .attention_norm
+            .forward(&self.attention_out.forward(&context)?.add(x)?)?;
+        let inner = self.intermediate.forward(&attended)?;
+        let inner = match c.activation {
+            Activation::GeluErf => crate::gelu::gelu_erf(&inner)?,
+            Activation::GeluTanh => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        self.output_norm
+            .forward(&self.output.forward(&inner)?.add(&attended)?)
+    }
+}
+
+impl CrossEncoder {
+    /// Memory-maps `model.safetensors` and prepares the weights for `device`.
+    pub fn load(folder: &ModelFolder, device: Device) -> Result<Self, ModelError> {
+        let path = folder.weights_path();
+        let weights_error = |e: candle_core::Error| ModelError::Weights {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        // SAFETY: the file is opened read-only and kept mapped while the model lives; as
+        // with every mmap, it must not be truncated underneath us.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &device) }
+            .map_err(weights_error)?;
+        let c = folder.config.clone();
+        let bert = vb.pp("bert");
+        let load = || -> candle_core::Result<Self> {
+            let layers = (0..c.num_hidden_layers)
+                .map(|i| EncoderLayer::load(bert.pp("encoder.layer").pp(i), &c))
+                .collect::<candle_core::Result<_>>()?;
+            Ok(Self {
+                embeddings: Embeddings::load(bert.pp("embeddings"), &c)?,
+                layers,
+                pooler: Dense::load(bert.pp("pooler.dense"), c.hidden_size, c.hidden_size)?,
+                classifier: Dense::load(vb.pp("classifier"), c.hidden_size, c.num_labels)?,
+                config: c.clone(),
+                device: device.clone(),
+            })
+        };
+        load().map_err(weights_error)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Raw logits, one per pair, in batch order.
+    pub fn score(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shape = (batch.len(), batch.width);
+        let ids = Tensor::from_slice(&batch.ids, shape, &self.device)?;
+        let type_ids = Tensor::from_slice(&batch.type_ids, shape, &self.device)?;
+        let mask = self.attention_mask(batch)?;
+        let mut x = self.embeddings.forward(&ids, &type_ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref(), shape, &self.config)?;
+        }
+        let cls = x
+            .reshape((batch.len(), batch.width, self.config.hidden_size))?
+            .narrow(1, 0, 1)?
+            .squeeze(1)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let logits = self.classifier.forward(&pooled)?;
+        Ok(logits.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Additive mask over keys: 0 for real tokens, the most negative float for padding,
+    /// as transformers builds it.
+    fn attention_mask(&self, batch: &PaddedBatch) -> candle_core::Result<Option<Tensor>> {
+        if batch.real_tokens() == batch.padded_tokens() {
+            return Ok(None);
+        }
+        let mut mask = Vec::with_capacity(batch.padded_tokens());
+        for &len in &batch.lengths {
+            mask.extend(std::iter::repeat_n(0f32, len));
+            mask.extend(std::iter::repeat_n(f32::MIN, batch.width - len));
+        }
+        Tensor::from_vec(mask, (batch.len(), 1, 1, batch.width), &self.device).map(Some)
+    }
+}

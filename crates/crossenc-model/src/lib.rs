@@ -1,0 +1,40 @@
+//! A cross-encoder model on its own: a Hugging Face folder (`config.json`,
+//! `tokenizer.json`, `model.safetensors`) loaded, pairs tokenized exactly as
+//! `transformers` does, and scored with candle.
+//!
+//! This crate knows nothing of processes or IPC: the worker crate drives it.
+
+mod bert;
+mod error;
+mod folder;
+mod gelu;
+mod tokenize;
+
+pub use bert::{CrossEncoder, PaddedBatch};
+pub use error::ModelError;
+pub use folder::{Activation, ModelConfig, ModelFolder};
+pub use tokenize::{EncodedPair, PairTokenizer};
+
+/// Where a model runs: `cpu`, or `cuda:N` in a build with the `cuda` feature.
+pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {
+    if name == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let ordinal = name
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| ModelError::Device {
+            device: name.to_string(),
+            message: "expected `cpu` or `cuda:N`".into(),
+        })?;
+    if !cfg!(feature = "cuda") {
+        return Err(ModelError::Device {
+            device: name.to_string(),
+            message: "this build has no CUDA support; rebuild with `--features cuda`".into(),
+        });
+    }
+    candle_core::Device::new_cuda(ordinal).map_err(|e| ModelError::Device {
+        device: name.to_string(),
+        message: e.to_string(),
+    })
+}
