@@ -1,0 +1,12 @@
+//! The crossenc.v1 gRPC API: messages, client and server stubs generated from
+//! `proto/crossenc/v1/crossenc.proto`.
+
+#![allow(clippy::derive_partial_eq_without_eq)]
+
+pub mod v1 {
+    tonic::include_proto!("crossenc.v1");
+
+    /// The encoded `FileDescriptorSet`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/crossenc_descriptor.bin"));
+}

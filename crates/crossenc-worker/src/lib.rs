@@ -1,0 +1,156 @@
+//! The two worker processes of crossenc, as library functions the binary calls.
+//!
+//! Each connects to its supervisor, loads what it needs, says Ready (or why it could
+//! not start), then answers commands one at a time until told to stop or until the
+//! supervisor goes away. No async runtime: a worker does one thing at a time.
+
+use std::path::PathBuf;
+
+use crossenc_ipc::{
+    connect_to_supervisor, IpcFailure, Job, ScoreBatch, TokenBatch, TokenBatchBuilder, Work,
+    WorkerCommand, WorkerEvent, WorkerInfo,
+};
+use crossenc_model::{CrossEncoder, ModelError, ModelFolder, PaddedBatch, PairTokenizer};
+
+/// What a worker is told on its command line.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    /// The supervisor's one-shot IPC server.
+    pub server_name: String,
+    pub worker_id: u32,
+    pub model: PathBuf,
+    pub max_length: Option<usize>,
+    /// `cpu` or `cuda:N` (model workers only).
+    pub device: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Ipc(#[from] IpcFailure),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Tokenizes pairs for the supervisor until stopped.
+pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
+    serve(args, |args| {
+        let folder = ModelFolder::open(&args.model)?;
+        let max_length = folder.max_length(args.max_length)?;
+        let tokenizer = PairTokenizer::load(&folder, max_length)?;
+        let info = worker_info(&folder, max_length, "cpu");
+        let handle = move |Job { id, work }| match work {
+            Work::Encode(pairs) => match encode(&tokenizer, &pairs) {
+                Ok(batch) => WorkerEvent::Encoded { job: id, batch },
+                Err(e) => job_failed(id, e),
+            },
+            Work::Score(_) => job_failed(id, "a tokenizer worker cannot score"),
+        };
+        Ok((info, handle))
+    })
+}
+
+/// Scores token batches for the supervisor until stopped.
+pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
+    serve(args, |args| {
+        let folder = ModelFolder::open(&args.model)?;
+        let max_length = folder.max_length(args.max_length)?;
+        let device = crossenc_model::parse_device(&args.device)?;
+        let model = CrossEncoder::load(&folder, device)?;
+        let info = worker_info(&folder, max_length, &args.device);
+        let handle = move |Job { id, work }| match work {
+            Work::Score(batch) => match score(&model, &batch, max_length) {
+                Ok(scores) => WorkerEvent::Scored {
+                    job: id,
+                    scores: ScoreBatch::new(&scores),
+                },
+                Err(e) => job_failed(id, e),
+            },
+            Work::Encode(_) => job_failed(id, "a model worker cannot tokenize"),
+        };
+        Ok((info, handle))
+    })
+}
+
+/// The loop both workers share: connect, load, say Ready, answer commands.
+fn serve<H>(
+    args: &WorkerArgs,
+    load: impl FnOnce(&WorkerArgs) -> Result<(WorkerInfo, H), ModelError>,
+) -> Result<(), WorkerError>
+where
+    H: FnMut(Job) -> WorkerEvent,
+{
+    let (events, commands) = connect_to_supervisor(&args.server_name)?;
+    let (info, mut handle) = match load(args) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            let _ = events.send(WorkerEvent::StartFailed {
+                message: error.to_string(),
+            });
+            return Err(error.into());
+        }
+    };
+    tracing::info!(worker_id = args.worker_id, model = %info.model_name, "worker ready");
+    send(&events, WorkerEvent::Ready(info))?;
+    // Shutdown, or a receive error (the supervisor is gone): nothing is left to do.
+    while let Ok(WorkerCommand::Run(job)) = commands.recv() {
+        send(&events, handle(job))?;
+    }
+    Ok(())
+}
+
+fn send(
+    events: &crossenc_ipc::IpcSender<WorkerEvent>,
+    event: WorkerEvent,
+) -> Result<(), IpcFailure> {
+    events.send(event).map_err(|e| IpcFailure::Channel {
+        doing: "send an event to the supervisor",
+        message: e.to_string(),
+    })
+}
+
+fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerInfo {
+    WorkerInfo {
+        max_length,
+        model_name: folder.config.name.clone(),
+        device: device.to_string(),
+    }
+}
+
+fn job_failed(job: u64, error: impl std::fmt::Display) -> WorkerEvent {
+    WorkerEvent::JobFailed {
+        job,
+        message: error.to_string(),
+    }
+}
+
+fn encode(tokenizer: &PairTokenizer, pairs: &[(String, String)]) -> Result<TokenBatch, ModelError> {
+    let mut batch = TokenBatchBuilder::with_capacity(pairs.len(), pairs.len() * 64);
+    let mut type_ids = Vec::new();
+    for (query, document) in pairs {
+        let encoded = tokenizer.encode(query, document)?;
+        type_ids.clear();
+        // Type ids are 0 or 1 for BERT; a u8 keeps the shared memory small.
+        type_ids.extend(encoded.type_ids().iter().map(|&t| t as u8));
+        batch.push(encoded.ids().iter().copied(), &type_ids);
+    }
+    Ok(batch.finish())
+}
+
+fn score(model: &CrossEncoder, batch: &TokenBatch, max_length: usize) -> Result<Vec<f32>, String> {
+    batch.validate()?;
+    let width = batch.lengths().iter().copied().max().unwrap_or(0) as usize;
+    if width == 0 || width > max_length {
+        return Err(format!(
+            "batch holds a pair of {width} tokens; pairs must have 1 to {max_length}"
+        ));
+    }
+    let mut padded = PaddedBatch::new(width, batch.len(), model.config().pad_token_id);
+    for pair in batch.iter() {
+        if pair.is_empty() {
+            return Err("batch holds an empty pair".into());
+        }
+        padded.push(pair.ids(), pair.type_ids());
+    }
+    model.score(&padded).map_err(|e| e.to_string())
+}
