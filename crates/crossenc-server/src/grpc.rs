@@ -1,0 +1,239 @@
+//! The `crossenc.v1.CrossEncoder` gRPC service: validation, the pipeline, activation
+//! and ranking.
+
+use std::sync::Arc;
+
+use crossenc_proto::v1::cross_encoder_server::CrossEncoder;
+use crossenc_proto::v1::{
+    InferRequest, InferResponse, RerankRequest, RerankResponse, RerankResult,
+};
+use tonic::{Request, Response, Status};
+
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::pool::JobError;
+
+/// Serves Infer and Rerank through the pipeline.
+pub struct CrossEncoderService {
+    pipeline: Arc<Pipeline>,
+    max_client_batch_size: usize,
+}
+
+impl CrossEncoderService {
+    pub fn new(pipeline: Arc<Pipeline>, max_client_batch_size: usize) -> Self {
+        Self {
+            pipeline,
+            max_client_batch_size,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CrossEncoder for CrossEncoderService {
+    async fn infer(
+        &self,
+        request: Request<InferRequest>,
+    ) -> Result<Response<InferResponse>, Status> {
+        let request = request.into_inner();
+        validate_infer(&request, self.max_client_batch_size)?;
+        let pairs = request
+            .pairs
+            .into_iter()
+            .map(|p| (p.query, p.document))
+            .collect();
+        let scored = self.pipeline.score(pairs).await?;
+        Ok(Response::new(InferResponse {
+            scores: activate(scored.scores, request.raw_scores),
+            tokens: scored.tokens,
+        }))
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<RerankRequest>,
+    ) -> Result<Response<RerankResponse>, Status> {
+        let request = request.into_inner();
+        validate_rerank(&request, self.max_client_batch_size)?;
+        let pairs = request
+            .documents
+            .iter()
+            .map(|d| (request.query.clone(), d.clone()))
+            .collect();
+        let scored = self.pipeline.score(pairs).await?;
+        let scores = activate(scored.scores, request.raw_scores);
+        let mut documents = request.documents;
+        let results = rank(&scores, request.top_n)
+            .into_iter()
+            .map(|(index, score)| RerankResult {
+                index: index as u32,
+                score,
+                document: request
+                    .return_documents
+                    .then(|| std::mem::take(&mut documents[index])),
+            })
+            .collect();
+        Ok(Response::new(RerankResponse {
+            results,
+            tokens: scored.tokens,
+        }))
+    }
+}
+
+impl From<PipelineError> for Status {
+    fn from(error: PipelineError) -> Self {
+        match &error {
+            PipelineError::NoWorker(_) | PipelineError::Job(JobError::WorkerGone { .. }) => {
+                Status::unavailable(error.to_string())
+            }
+            PipelineError::Job(JobError::Failed { .. })
+            | PipelineError::WrongReply { .. }
+            | PipelineError::ScoreCount { .. } => Status::internal(error.to_string()),
+        }
+    }
+}
+
+fn validate_count(field: &str, count: usize, limit: usize, what: &str) -> Result<(), Status> {
+    if count == 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field} is empty: send at least one {what}"
+        )));
+    }
+    if count > limit {
+        return Err(Status::invalid_argument(format!(
+            "{field} has {count} entries; the limit (max_client_batch_size) is {limit}"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_infer(request: &InferRequest, limit: usize) -> Result<(), Status> {
+    validate_count("pairs", request.pairs.len(), limit, "pair")?;
+    if let Some(i) = request.pairs.iter().position(|p| p.query.trim().is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "pairs[{i}].query is empty"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_rerank(request: &RerankRequest, limit: usize) -> Result<(), Status> {
+    if request.query.trim().is_empty() {
+        return Err(Status::invalid_argument("query is empty"));
+    }
+    validate_count("documents", request.documents.len(), limit, "document")?;
+    if request.top_n == Some(0) {
+        return Err(Status::invalid_argument(
+            "top_n is 0: ask for at least 1 result, or leave it unset for all",
+        ));
+    }
+    Ok(())
+}
+
+/// The model's logits as the client asked for them: raw, or through a sigmoid as
+/// sentence-transformers' CrossEncoder does for single-label models.
+pub fn activate(mut scores: Vec<f32>, raw: bool) -> Vec<f32> {
+    if !raw {
+        for s in &mut scores {
+            *s = 1.0 / (1.0 + (-*s).exp());
+        }
+    }
+    scores
+}
+
+/// Indices ranked by score, highest first; equal scores by index; at most `top_n`.
+pub fn rank(scores: &[f32], top_n: Option<u32>) -> Vec<(usize, f32)> {
+    let mut ranked: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if let Some(n) = top_n {
+        ranked.truncate(n as usize);
+    }
+    ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use crossenc_proto::v1::Pair;
+    use tonic::Code;
+
+    use super::*;
+
+    fn rerank_request(query: &str, documents: usize) -> RerankRequest {
+        RerankRequest {
+            query: query.into(),
+            documents: vec!["d".into(); documents],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ranking_is_by_score_then_index() {
+        assert_eq!(
+            rank(&[0.1, 0.9, 0.5, 0.9], None),
+            vec![(1, 0.9), (3, 0.9), (2, 0.5), (0, 0.1)]
+        );
+        assert_eq!(rank(&[0.1, 0.9, 0.5], Some(2)), vec![(1, 0.9), (2, 0.5)]);
+        assert_eq!(rank(&[0.1], Some(5)), vec![(0, 0.1)]);
+    }
+
+    #[test]
+    fn sigmoid_unless_raw() {
+        assert_eq!(activate(vec![0.0, 2.0], true), vec![0.0, 2.0]);
+        let s = activate(vec![0.0, 2.0], false);
+        assert_eq!(s[0], 0.5);
+        assert!((s[1] - 0.880_797).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_rerank_requests_say_what_is_wrong() {
+        let cases = [
+            (rerank_request(" ", 1), "query is empty"),
+            (rerank_request("q", 0), "documents is empty"),
+            (
+                rerank_request("q", 11),
+                "documents has 11 entries; the limit (max_client_batch_size) is 10",
+            ),
+            (
+                RerankRequest {
+                    top_n: Some(0),
+                    ..rerank_request("q", 1)
+                },
+                "top_n is 0",
+            ),
+        ];
+        for (request, message) in cases {
+            let status = validate_rerank(&request, 10).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().starts_with(message),
+                "{}",
+                status.message()
+            );
+        }
+        assert!(validate_rerank(&rerank_request("q", 10), 10).is_ok());
+    }
+
+    #[test]
+    fn bad_infer_requests_say_what_is_wrong() {
+        let pair = |q: &str| Pair {
+            query: q.into(),
+            document: String::new(),
+        };
+        let empty = InferRequest::default();
+        assert!(validate_infer(&empty, 4)
+            .unwrap_err()
+            .message()
+            .starts_with("pairs is empty"));
+        let blank_query = InferRequest {
+            pairs: vec![pair("q"), pair("")],
+            raw_scores: false,
+        };
+        assert_eq!(
+            validate_infer(&blank_query, 4).unwrap_err().message(),
+            "pairs[1].query is empty"
+        );
+        let ok = InferRequest {
+            pairs: vec![pair("q")],
+            raw_scores: false,
+        };
+        assert!(validate_infer(&ok, 4).is_ok());
+    }
+}

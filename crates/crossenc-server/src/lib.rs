@@ -1,0 +1,222 @@
+//! The crossenc supervisor: it starts the worker processes, serves the gRPC API and the
+//! HTTP probes, and sends each request's pairs through the workers. It never runs the
+//! model itself.
+
+pub mod batching;
+pub mod grpc;
+pub mod http;
+pub mod pipeline;
+pub mod pool;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossenc_config::{InvalidSetting, ServeConfig};
+use crossenc_ipc::WorkerKind;
+use crossenc_proto::v1::cross_encoder_server::CrossEncoderServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::batching::BatchLimits;
+use crate::grpc::CrossEncoderService;
+use crate::http::HttpState;
+use crate::pipeline::Pipeline;
+pub use crate::pool::{SpawnError, WorkerLauncher};
+use crate::pool::{Worker, WorkerSet};
+
+/// Largest gRPC request accepted, so that a 1024-document request of long texts fits.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long a worker gets to exit after Shutdown before it is killed.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {}", list(.0))]
+    Config(Vec<InvalidSetting>),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("the {what} server stopped: {message}")]
+    Server { what: &'static str, message: String },
+}
+
+fn list(errors: &[InvalidSetting]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Runs the server until `shutdown` resolves, then drains in-flight requests (up to
+/// `shutdown_grace`), stops the workers and returns.
+pub async fn serve(
+    config: ServeConfig,
+    launcher: WorkerLauncher,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    config.validate().map_err(ServeError::Config)?;
+    let grpc_listener = bind("grpc_addr", config.server.grpc_addr).await?;
+    let http_listener = bind("http_addr", config.server.http_addr).await?;
+    let pipeline = Arc::new(Pipeline::new(BatchLimits {
+        max_batch_tokens: config.batching.max_batch_tokens,
+        max_batch_size: config.batching.max_batch_size,
+    }));
+    let draining = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crossenc_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Server {
+            what: "reflection",
+            message: e.to_string(),
+        })?;
+    let service = CrossEncoderServer::new(CrossEncoderService::new(
+        Arc::clone(&pipeline),
+        config.batching.max_client_batch_size,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                stopped(stop_rx.clone()),
+            ),
+    );
+    let router = http::router(HttpState {
+        pipeline: Arc::clone(&pipeline),
+        draining: Arc::clone(&draining),
+    });
+    let http = tokio::spawn(
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
+    );
+    tracing::info!(grpc = %config.server.grpc_addr, http = %config.server.http_addr, "listening; starting workers");
+
+    let started = start_workers(&launcher, &config, &pipeline).await;
+    let workers = match started {
+        Ok(workers) => workers,
+        Err((error, workers)) => {
+            let _ = stop_tx.send(true);
+            stop_workers(workers).await;
+            return Err(error);
+        }
+    };
+    health
+        .set_serving::<CrossEncoderServer<CrossEncoderService>>()
+        .await;
+    tracing::info!(model = %workers[0].info.model_name, "ready");
+
+    shutdown.await;
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining requests in flight");
+    draining.store(true, Ordering::Relaxed);
+    health
+        .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+        .await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.server.shutdown_grace, async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still in flight after the shutdown grace; stopping anyway");
+    }
+    stop_workers(workers).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+/// Starts every worker at once; on the first failure, returns it with the workers that
+/// did start, so that they can be stopped.
+async fn start_workers(
+    launcher: &WorkerLauncher,
+    config: &ServeConfig,
+    pipeline: &Pipeline,
+) -> Result<Vec<Arc<Worker>>, (ServeError, Vec<Arc<Worker>>)> {
+    let plan = [
+        (
+            WorkerKind::Tokenizer,
+            config.workers.tokenizer,
+            &pipeline.tokenizers,
+        ),
+        (WorkerKind::Model, config.workers.model, &pipeline.models),
+    ];
+    let mut handles = Vec::new();
+    for (kind, count, set) in plan {
+        for id in 0..count as u32 {
+            let launcher = launcher.clone();
+            let set: Arc<WorkerSet> = Arc::clone(set);
+            handles.push(tokio::task::spawn_blocking(move || {
+                launcher.spawn(kind, id).map(|w| {
+                    let worker = Arc::new(w);
+                    set.add(Arc::clone(&worker));
+                    worker
+                })
+            }));
+        }
+    }
+    let mut workers = Vec::new();
+    let mut first_error = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(worker)) => workers.push(worker),
+            Ok(Err(error)) => {
+                first_error.get_or_insert(ServeError::Spawn(error));
+            }
+            Err(join) => {
+                first_error.get_or_insert(ServeError::Server {
+                    what: "worker start",
+                    message: join.to_string(),
+                });
+            }
+        }
+    }
+    match first_error {
+        None => Ok(workers),
+        Some(error) => Err((error, workers)),
+    }
+}
+
+async fn stop_workers(workers: Vec<Arc<Worker>>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            for worker in &workers {
+                scope.spawn(|| worker.stop(WORKER_STOP_GRACE));
+            }
+        });
+    })
+    .await;
+}

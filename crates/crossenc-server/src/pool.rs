@@ -1,0 +1,407 @@
+//! Worker processes: spawning, the handshake, and the threads that carry each worker's
+//! commands and events.
+//!
+//! A [`Worker`] is the supervisor's handle on one process. Jobs submitted to it wait in
+//! its pending table until the worker answers; when the worker dies, every pending job
+//! fails at once with [`JobError::WorkerGone`], so no caller waits forever.
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use crossenc_ipc::{
+    IpcReceiver, IpcSender, Job, ScoreBatch, TokenBatch, Work, WorkerCommand, WorkerEvent,
+    WorkerInfo, WorkerKind, WorkerListener,
+};
+use tokio::sync::oneshot;
+
+/// How to start a worker: the binary to re-execute and what every worker is told.
+#[derive(Debug, Clone)]
+pub struct WorkerLauncher {
+    pub exe: PathBuf,
+    pub model: PathBuf,
+    pub max_length: Option<usize>,
+    pub device: String,
+    pub model_threads: usize,
+    pub startup_timeout: Duration,
+}
+
+/// A worker's answer to one job.
+#[derive(Debug)]
+pub enum Reply {
+    Encoded(TokenBatch),
+    Scored(ScoreBatch),
+}
+
+/// Why a job got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    #[error("{kind} worker {id} exited before it answered")]
+    WorkerGone { kind: WorkerKind, id: u32 },
+    #[error("{kind} worker {id} could not do the job: {message}")]
+    Failed {
+        kind: WorkerKind,
+        id: u32,
+        message: String,
+    },
+}
+
+/// A worker that could not be started, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} worker {id} failed to start: {reason}")]
+pub struct SpawnError {
+    pub kind: WorkerKind,
+    pub id: u32,
+    pub reason: String,
+}
+
+type ReplySender = oneshot::Sender<Result<Reply, JobError>>;
+
+/// Jobs sent and not yet answered; `None` once the worker is gone, so that a job
+/// submitted after the death fails instead of waiting.
+type Pending = Mutex<Option<HashMap<u64, ReplySender>>>;
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+/// The supervisor's handle on one running worker process.
+pub struct Worker {
+    pub kind: WorkerKind,
+    pub id: u32,
+    pub pid: u32,
+    pub info: WorkerInfo,
+    commands: mpsc::Sender<WorkerCommand>,
+    pending: Arc<Pending>,
+    child: Arc<Mutex<Child>>,
+}
+
+impl Worker {
+    /// Sends a job; the receiver resolves with the worker's answer or its death.
+    pub fn submit(&self, work: Work) -> oneshot::Receiver<Result<Reply, JobError>> {
+        let (reply, answer) = oneshot::channel();
+        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.as_mut() {
+            Some(table) => {
+                table.insert(id, reply);
+                // A closed command channel means the worker is dying; the event thread
+                // fails this job with the others when it sees the death.
+                let _ = self.commands.send(WorkerCommand::Run(Job { id, work }));
+            }
+            None => {
+                let _ = reply.send(Err(self.gone()));
+            }
+        }
+        answer
+    }
+
+    /// Jobs sent and not yet answered.
+    pub fn load(&self) -> usize {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.as_ref().map_or(usize::MAX, HashMap::len)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn gone(&self) -> JobError {
+        JobError::WorkerGone {
+            kind: self.kind,
+            id: self.id,
+        }
+    }
+
+    /// Asks the worker to exit, waits up to `grace`, then kills it.
+    pub fn stop(&self, grace: Duration) {
+        let _ = self.commands.send(WorkerCommand::Shutdown);
+        let deadline = Instant::now() + grace;
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        while Instant::now() < deadline {
+            // An error means the event thread reaped it already.
+            match child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                _ => return,
+            }
+        }
+        tracing::warn!(kind = %self.kind, id = self.id, "worker did not exit in time; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The live workers of one kind.
+#[derive(Default)]
+pub struct WorkerSet {
+    workers: RwLock<Vec<Arc<Worker>>>,
+}
+
+impl WorkerSet {
+    pub fn add(&self, worker: Arc<Worker>) {
+        self.workers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(worker);
+    }
+
+    /// The live worker with the fewest jobs waiting.
+    pub fn least_loaded(&self) -> Option<Arc<Worker>> {
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        workers
+            .iter()
+            .filter(|w| w.is_alive())
+            .min_by_key(|w| w.load())
+            .cloned()
+    }
+
+    pub fn any_alive(&self) -> bool {
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        workers.iter().any(|w| w.is_alive())
+    }
+
+    pub fn all(&self) -> Vec<Arc<Worker>> {
+        self.workers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl WorkerLauncher {
+    /// Starts one worker and waits until it is loaded (blocking: call from a blocking
+    /// thread). A worker that exits, fails to load or takes longer than
+    /// `startup_timeout` is reported with its reason.
+    pub fn spawn(&self, kind: WorkerKind, id: u32) -> Result<Worker, SpawnError> {
+        let fail = |reason: String| SpawnError { kind, id, reason };
+        let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;
+        let name = listener.name().to_string();
+        let mut child = spawn_from_forker(self.command(kind, id, &name))
+            .map_err(|e| fail(format!("cannot execute {}: {e}", self.exe.display())))?;
+        let link = match self.await_hello(listener, &name, &mut child) {
+            Ok(link) => link,
+            Err(reason) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(reason));
+            }
+        };
+        let info = match link.events.try_recv_timeout(self.startup_timeout) {
+            Ok(WorkerEvent::Ready(info)) => info,
+            Ok(WorkerEvent::StartFailed { message }) => Err(fail(message))?,
+            Ok(other) => Err(fail(format!("sent {other:?} before Ready")))?,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "no Ready within {:?} ({e:?})",
+                    self.startup_timeout
+                )));
+            }
+        };
+        tracing::info!(%kind, id, pid = link.pid, "worker ready");
+        Ok(Worker::start(kind, id, link, info, child))
+    }
+
+    fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["worker", kind.as_str(), "--ipc-server", server_name])
+            .arg("--worker-id")
+            .arg(id.to_string())
+            .arg("--supervisor-pid")
+            .arg(std::process::id().to_string())
+            .arg("--model")
+            .arg(&self.model)
+            .args(["--device", &self.device])
+            .stdin(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
+            // which then stops the workers in order.
+            .process_group(0);
+        if let Some(max_length) = self.max_length {
+            command.arg("--max-length").arg(max_length.to_string());
+        }
+        let threads = match kind {
+            WorkerKind::Model => self.model_threads,
+            WorkerKind::Tokenizer => 1,
+        };
+        command.env("RAYON_NUM_THREADS", threads.to_string());
+        command
+    }
+
+    /// Waits for the worker's Hello; gives up if the process exits first.
+    fn await_hello(
+        &self,
+        listener: WorkerListener,
+        name: &str,
+        child: &mut Child,
+    ) -> Result<crossenc_ipc::SupervisorLink, String> {
+        let accept = std::thread::spawn(move || listener.accept());
+        let deadline = Instant::now() + self.startup_timeout;
+        while !accept.is_finished() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                WorkerListener::abandon(name);
+                let _ = accept.join();
+                return Err(match exited {
+                    Some(status) => format!("exited ({status}) before connecting"),
+                    None => "did not connect in time".to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let link = accept
+            .join()
+            .map_err(|_| "the accept thread panicked".to_string())?;
+        link.map_err(|e| e.to_string())
+    }
+}
+
+impl Worker {
+    fn start(
+        kind: WorkerKind,
+        id: u32,
+        link: crossenc_ipc::SupervisorLink,
+        info: WorkerInfo,
+        child: Child,
+    ) -> Self {
+        let (commands, queued) = mpsc::channel();
+        let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let child = Arc::new(Mutex::new(child));
+        spawn_named(format!("{kind}-{id}-send"), move || {
+            forward_commands(queued, link.commands)
+        });
+        let events = EventThread {
+            kind,
+            id,
+            pending: Arc::clone(&pending),
+            child: Arc::clone(&child),
+        };
+        spawn_named(format!("{kind}-{id}-events"), move || {
+            events.run(link.events)
+        });
+        Self {
+            kind,
+            id,
+            pid: link.pid,
+            info,
+            commands,
+            pending,
+            child,
+        }
+    }
+}
+
+type ForkRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `command` from one thread that lives as long as the supervisor.
+///
+/// Workers ask for SIGKILL when their parent dies (PR_SET_PDEATHSIG), and Linux sends it
+/// when the *thread* that forked them exits, not the process: a worker forked from a
+/// short-lived thread (such as tokio's blocking pool) would be killed when that thread is
+/// retired.
+fn spawn_from_forker(command: Command) -> std::io::Result<Child> {
+    static FORKER: OnceLock<Mutex<mpsc::Sender<ForkRequest>>> = OnceLock::new();
+    let forker = FORKER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<ForkRequest>();
+        spawn_named("worker-forker".into(), move || {
+            for (mut command, reply) in incoming {
+                let _ = reply.send(command.spawn());
+            }
+        });
+        Mutex::new(requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = forker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply));
+    let gone = || std::io::Error::other("the worker-forker thread is gone");
+    sent.map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .expect("the OS refused a thread to the supervisor");
+}
+
+/// Writes commands to the worker's IPC channel off the async runtime, since a large
+/// message blocks until the worker reads it.
+fn forward_commands(queued: mpsc::Receiver<WorkerCommand>, ipc: IpcSender<WorkerCommand>) {
+    for command in queued {
+        if ipc.send(command).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads a worker's events and answers the jobs waiting on them.
+struct EventThread {
+    kind: WorkerKind,
+    id: u32,
+    pending: Arc<Pending>,
+    child: Arc<Mutex<Child>>,
+}
+
+impl EventThread {
+    fn run(self, events: IpcReceiver<WorkerEvent>) {
+        while let Ok(event) = events.recv() {
+            let (job, answer) = match event {
+                WorkerEvent::Encoded { job, batch } => (job, Ok(Reply::Encoded(batch))),
+                WorkerEvent::Scored { job, scores } => (job, Ok(Reply::Scored(scores))),
+                WorkerEvent::JobFailed { job, message } => (
+                    job,
+                    Err(JobError::Failed {
+                        kind: self.kind,
+                        id: self.id,
+                        message,
+                    }),
+                ),
+                other => {
+                    tracing::warn!(kind = %self.kind, id = self.id, event = ?other, "unexpected event");
+                    continue;
+                }
+            };
+            let waiting = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .and_then(|table| table.remove(&job));
+            // A caller that went away dropped its receiver; its answer is not needed.
+            if let Some(reply) = waiting {
+                let _ = reply.send(answer);
+            }
+        }
+        self.fail_pending();
+    }
+
+    /// The channel closed: the worker is gone. Every waiting job learns it now.
+    fn fail_pending(&self) {
+        let orphans = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        let status = {
+            let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+            child.wait().map(|s| s.to_string()).unwrap_or_default()
+        };
+        tracing::error!(kind = %self.kind, id = self.id, %status, failed_jobs = orphans.len(), "worker exited");
+        for (_, reply) in orphans {
+            let _ = reply.send(Err(JobError::WorkerGone {
+                kind: self.kind,
+                id: self.id,
+            }));
+        }
+    }
+}
