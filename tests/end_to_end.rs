@@ -1,0 +1,366 @@
+//! The real binary, real worker processes, real IPC and the real model, over gRPC.
+
+mod support;
+
+use std::time::Duration;
+
+use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
+use support::{children_of, goldens, http_get, is_running, model_dir, Golden, TestServer, BINARY};
+use tonic::Code;
+
+/// The largest difference from the transformers reference that counts as the same score.
+const TOLERANCE: f64 = 1e-4;
+
+fn pairs(rows: &[Golden]) -> Vec<Pair> {
+    rows.iter()
+        .map(|g| Pair {
+            query: g.query.clone(),
+            document: g.document.clone(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn infer_matches_the_transformers_reference() {
+    let server = TestServer::start(&[]);
+    let mut client = server.client().await;
+    let goldens = goldens();
+    assert!(goldens.len() >= 200);
+    let mut worst = (0.0f64, String::new());
+    // Uneven request sizes, so that batches mix short and long pairs differently.
+    for chunk in goldens.chunks(37) {
+        let response = client
+            .infer(InferRequest {
+                pairs: pairs(chunk),
+                raw_scores: true,
+            })
+            .await
+            .expect("Infer failed")
+            .into_inner();
+        assert_eq!(response.scores.len(), chunk.len());
+        assert_eq!(response.tokens, chunk.iter().map(|g| g.tokens).sum::<u64>());
+        for (golden, &score) in chunk.iter().zip(&response.scores) {
+            let error = (f64::from(score) - golden.score).abs();
+            if error > worst.0 {
+                worst = (error, format!("{:.60}", golden.document));
+            }
+        }
+    }
+    eprintln!(
+        "largest score difference from transformers: {:.3e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 <= TOLERANCE,
+        "score off by {:e} on {:?}",
+        worst.0,
+        worst.1
+    );
+}
+
+#[tokio::test]
+async fn rerank_ranks_by_score_and_honours_its_options() {
+    let server = TestServer::start(&[]);
+    let mut client = server.client().await;
+    // The first 32 goldens are one workload request: one query, 32 documents.
+    let rows: Vec<Golden> = goldens().into_iter().take(32).collect();
+    let query = rows[0].query.clone();
+    assert!(rows.iter().all(|r| r.query == query));
+    let documents: Vec<String> = rows.iter().map(|r| r.document.clone()).collect();
+    let request = RerankRequest {
+        query,
+        documents: documents.clone(),
+        top_n: None,
+        return_documents: false,
+        raw_scores: true,
+    };
+
+    let full = client
+        .rerank(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(full.len(), 32);
+    let mut indices: Vec<u32> = full.iter().map(|r| r.index).collect();
+    for pair in full.windows(2) {
+        assert!(
+            pair[0].score > pair[1].score
+                || (pair[0].score == pair[1].score && pair[0].index < pair[1].index),
+            "not sorted: {pair:?}"
+        );
+    }
+    for result in &full {
+        assert!((f64::from(result.score) - rows[result.index as usize].score).abs() <= TOLERANCE);
+        assert_eq!(result.document, None);
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, (0..32).collect::<Vec<_>>());
+
+    let top = client
+        .rerank(RerankRequest {
+            top_n: Some(5),
+            return_documents: true,
+            ..request.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(top.len(), 5);
+    for (t, f) in top.iter().zip(&full) {
+        assert_eq!(t.index, f.index);
+        assert_eq!(
+            t.document.as_deref(),
+            Some(documents[t.index as usize].as_str())
+        );
+    }
+
+    let activated = client
+        .rerank(RerankRequest {
+            raw_scores: false,
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for (a, f) in activated.iter().zip(&full) {
+        assert_eq!(a.index, f.index);
+        let sigmoid = 1.0 / (1.0 + (-f.score).exp());
+        assert!((a.score - sigmoid).abs() < 1e-6 && a.score > 0.0 && a.score < 1.0);
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_what_was_wrong() {
+    let server = TestServer::start(&["--max-client-batch-size", "8"]);
+    let mut client = server.client().await;
+    let rerank = |query: &str, documents: usize, top_n: Option<u32>| RerankRequest {
+        query: query.into(),
+        documents: vec!["a document".into(); documents],
+        top_n,
+        ..Default::default()
+    };
+    let cases = [
+        (rerank("", 2, None), "query is empty"),
+        (rerank("q", 0, None), "documents is empty"),
+        (
+            rerank("q", 9, None),
+            "documents has 9 entries; the limit (max_client_batch_size) is 8",
+        ),
+        (rerank("q", 2, Some(0)), "top_n is 0"),
+    ];
+    for (request, message) in cases {
+        let status = client.rerank(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with(message),
+            "{}",
+            status.message()
+        );
+    }
+    let status = client.infer(InferRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("pairs is empty"));
+    let too_many = InferRequest {
+        pairs: vec![
+            Pair {
+                query: "q".into(),
+                document: "d".into()
+            };
+            9
+        ],
+        raw_scores: false,
+    };
+    let status = client.infer(too_many).await.unwrap_err();
+    assert!(
+        status.message().contains("max_client_batch_size) is 8"),
+        "{}",
+        status.message()
+    );
+    // The server is still fine after all of that.
+    let ok = client
+        .rerank(rerank("q", 8, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.results.len(), 8);
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_on_the_grpc_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = TestServer::start(&[]);
+    let endpoint = format!("http://{}", server.grpc_addr);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "crossenc.v1.CrossEncoder".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"crossenc.v1.CrossEncoder".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+
+    assert_eq!(http_get(server.http_addr, "/health").unwrap().0, 200);
+}
+
+#[test]
+fn workers_are_children_and_none_outlives_the_server() {
+    let mut server = TestServer::start(&["--tokenizer-workers", "2", "--model-workers", "2"]);
+    let children = children_of(server.pid());
+    let count = |kind: &str| {
+        children
+            .iter()
+            .filter(|(_, cmd)| cmd.contains(&format!("worker {kind} ")))
+            .count()
+    };
+    assert_eq!((count("tokenizer"), count("model")), (2, 2), "{children:?}");
+
+    let status = server.stop();
+    assert!(status.success(), "crossenc exited with {status}");
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<_> = children
+        .iter()
+        .filter(|(pid, _)| is_running(*pid))
+        .collect();
+    assert!(left.is_empty(), "workers left behind: {left:?}");
+}
+
+#[test]
+fn a_worker_exits_when_its_supervisor_is_killed() {
+    let server = TestServer::start(&[]);
+    let children = children_of(server.pid());
+    assert_eq!(children.len(), 2, "{children:?}");
+    server.signal(nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while children.iter().any(|(pid, _)| is_running(*pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<_> = children
+        .iter()
+        .filter(|(pid, _)| is_running(*pid))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "workers outlived a SIGKILLed supervisor: {left:?}"
+    );
+}
+
+/// A copy of the default model folder with links to its large files, for breaking it.
+fn broken_model(edit: impl FnOnce(&std::path::Path)) -> std::path::PathBuf {
+    let source = model_dir().canonicalize().unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "crossenc-broken-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(source.join(file), dir.join(file)).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+/// Runs `crossenc serve` on `model` and returns its exit code and stderr.
+fn serve_and_fail(model: &std::path::Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(BINARY)
+        .arg("serve")
+        .arg("--model")
+        .arg(model)
+        .args(["--grpc-addr", &support::free_addr().to_string()])
+        .args(["--http-addr", &support::free_addr().to_string()])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_broken_model_folder_is_named_in_the_error() {
+    let missing = broken_model(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap());
+    let architecture = broken_model(|dir| {
+        edit_config(dir, |c| {
+            c["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+        })
+    });
+    let shape =
+        broken_model(|dir| edit_config(dir, |c| c["intermediate_size"] = serde_json::json!(1000)));
+    let cases = [
+        (&missing, "tokenizer.json: missing"),
+        (&architecture, "`architectures` is [\"GPT2LMHeadModel\"]"),
+        (&shape, "bert.encoder.layer.0.intermediate.dense.weight"),
+    ];
+    for (dir, expected) in cases {
+        let (code, stderr) = serve_and_fail(dir);
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "exit {code:?} for {expected}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "stderr lacks {expected:?}:\n{stderr}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! Starting the real `crossenc` binary for a test and talking to it.
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::Channel;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_crossenc");
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The model the tests run: `CROSSENC_TEST_MODEL`, or the default folder built by
+/// scripts/fetch-model.sh.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("CROSSENC_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("models/default"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "no model at {}: run scripts/fetch-model.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free loopback port")
+}
+
+/// A running `crossenc serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct TestServer {
+    pub child: Child,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts the server with `extra` flags and waits until /ready says so.
+    pub fn start(extra: &[&str]) -> Self {
+        let server = Self::spawn(extra);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts the server without waiting.
+    pub fn spawn(extra: &[&str]) -> Self {
+        let grpc_addr = free_addr();
+        let http_addr = free_addr();
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--model")
+            .arg(model_dir())
+            .args(["--grpc-addr", &grpc_addr.to_string()])
+            .args(["--http-addr", &http_addr.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("cannot start crossenc");
+        Self {
+            child,
+            grpc_addr,
+            http_addr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < READY_TIMEOUT {
+            if let Ok((200, _)) = http_get(self.http_addr, "/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("crossenc was not ready within {READY_TIMEOUT:?}");
+    }
+
+    pub async fn client(&self) -> CrossEncoderClient<Channel> {
+        CrossEncoderClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("cannot connect to the gRPC address")
+            .max_decoding_message_size(64 << 20)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), signal);
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        wait_exit(&mut self.child, Duration::from_secs(40))
+            .expect("crossenc did not exit after SIGTERM")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(Signal::SIGTERM);
+            if wait_exit(&mut self.child, Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A bare HTTP/1.0 GET: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Pids whose parent is `parent`, with their command lines.
+pub fn children_of(parent: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces; the fields after its closing ')' do not.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Alive and not a zombie.
+pub fn is_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next()),
+            Some("Z") | Some("X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// One row of tests/fixtures/goldens.jsonl: a pair and the transformers reference logit.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Golden {
+    pub query: String,
+    pub document: String,
+    pub score: f64,
+    pub tokens: u64,
+}
+
+pub fn goldens() -> Vec<Golden> {
+    let path = workspace().join("tests/fixtures/goldens.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a golden row"))
+        .collect()
+}
