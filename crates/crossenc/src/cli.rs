@@ -153,7 +153,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("crossenc-supervisor")
         .build()
         .context("cannot start the async runtime")?;
-    match runtime.block_on(crossenc_server::serve(config, launcher, shutdown_signal())) {
+    let served = runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot watch SIGTERM and SIGINT")?;
+        anyhow::Ok(crossenc_server::serve(config, launcher, shutdown).await)
+    })?;
+    match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(error @ ServeError::Config(_)) => {
             eprintln!("error: {error}");
@@ -163,24 +167,29 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
+/// A future that resolves on the first SIGTERM or SIGINT; a second one exits at once.
+///
+/// The handlers are installed here, before the server starts: installed lazily (on the
+/// future's first poll), a signal arriving while the server starts would kill it outright.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("cannot watch SIGINT");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    tokio::spawn(async move {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
-        eprintln!("second signal: exiting now");
-        // Workers follow through their parent-death signal.
-        std::process::exit(130);
-    });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            eprintln!("second signal: exiting now");
+            // Workers follow through their parent-death signal.
+            std::process::exit(130);
+        });
+    })
 }
 
 pub fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
