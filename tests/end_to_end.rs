@@ -23,20 +23,27 @@ fn pairs(rows: &[Golden]) -> Vec<Pair> {
 #[tokio::test]
 async fn infer_matches_the_transformers_reference() {
     let server = TestServer::start(&[]);
-    let mut client = server.client().await;
+    let client = server.client().await;
     let goldens = goldens();
     assert!(goldens.len() >= 200);
+    // Uneven requests, all in flight at once: the scheduler mixes their pairs into
+    // shared batches, and every score must still come back to its own request and place.
+    let requests = goldens.chunks(37).map(|chunk| {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .infer(InferRequest {
+                    pairs: pairs(chunk),
+                    raw_scores: true,
+                })
+                .await
+                .expect("Infer failed")
+                .into_inner();
+            (chunk, response)
+        }
+    });
     let mut worst = (0.0f64, String::new());
-    // Uneven request sizes, so that batches mix short and long pairs differently.
-    for chunk in goldens.chunks(37) {
-        let response = client
-            .infer(InferRequest {
-                pairs: pairs(chunk),
-                raw_scores: true,
-            })
-            .await
-            .expect("Infer failed")
-            .into_inner();
+    for (chunk, response) in futures_util::future::join_all(requests).await {
         assert_eq!(response.scores.len(), chunk.len());
         assert_eq!(response.tokens, chunk.iter().map(|g| g.tokens).sum::<u64>());
         for (golden, &score) in chunk.iter().zip(&response.scores) {
@@ -363,4 +370,99 @@ fn a_broken_model_folder_is_named_in_the_error() {
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// A request of `count` pairs of about `words` words each: long pairs cost the model
+/// seconds, so that requests pile up behind them.
+fn long_pairs(count: usize, words: usize) -> Vec<Pair> {
+    (0..count)
+        .map(|i| Pair {
+            query: format!("query number {i}"),
+            document: format!("document {i} ") + &"lorem ipsum dolor sit amet ".repeat(words / 5),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
+    let server = TestServer::start(&[
+        "--max-client-batch-size",
+        "32",
+        "--max-queued-pairs",
+        "64",
+        "--max-concurrent-requests",
+        "4",
+    ]);
+    let client = server.client().await;
+    // Ten times what the server holds: 40 requests of 32 long pairs.
+    let burst = (0..40).map(|_| {
+        let mut client = client.clone();
+        async move {
+            client
+                .infer(InferRequest {
+                    pairs: long_pairs(32, 40),
+                    raw_scores: false,
+                })
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(burst).await;
+    let mut served = 0;
+    for result in &results {
+        match result {
+            Ok(response) => {
+                assert_eq!(response.get_ref().scores.len(), 32);
+                served += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                let message = status.message();
+                assert!(
+                    message.contains("max_queued_pairs (64)")
+                        || message.contains("max_concurrent_requests (4)"),
+                    "the refusal names the limit: {message}"
+                );
+            }
+        }
+    }
+    assert!(served >= 2, "the requests that fit are served ({served})");
+    assert!(served < 40, "the burst overflows the limits");
+    // Once the burst is over, the server serves as before.
+    let mut client = client.clone();
+    let after = client
+        .infer(InferRequest {
+            pairs: long_pairs(32, 10),
+            raw_scores: false,
+        })
+        .await
+        .expect("the server serves after the burst");
+    assert_eq!(after.get_ref().scores.len(), 32);
+}
+
+#[tokio::test]
+async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_never_run() {
+    // Small batches, so that the two a worker holds are quick to finish.
+    let server = TestServer::start(&["--max-batch-tokens", "4096"]);
+    let mut client = server.client_without_local_deadline();
+    // Minutes of model work, and seconds of patience: enough to be tokenized and queued.
+    let mut doomed = tonic::Request::new(InferRequest {
+        pairs: long_pairs(1024, 400),
+        raw_scores: false,
+    });
+    doomed.set_timeout(Duration::from_secs(3));
+    let status = client.infer(doomed).await.expect_err("the deadline passes");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("deadline"), "{status:?}");
+    // Had its pairs stayed queued, this request would wait behind minutes of work.
+    // Withdrawn, it waits at most for the batches a worker had already taken.
+    let mut next = tonic::Request::new(InferRequest {
+        pairs: long_pairs(4, 10),
+        raw_scores: false,
+    });
+    next.set_timeout(Duration::from_secs(40));
+    let response = client
+        .infer(next)
+        .await
+        .expect("the withdrawn pairs do not hold up the next request");
+    assert_eq!(response.get_ref().scores.len(), 4);
 }

@@ -12,6 +12,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::Channel;
 
+/// Plain HTTP/2 under a gRPC client, with no deadline handling of its own.
+pub type RawHttp2 = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_crossenc");
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -95,6 +101,19 @@ impl TestServer {
             .await
             .expect("cannot connect to the gRPC address")
             .max_decoding_message_size(64 << 20)
+    }
+
+    /// A client that leaves `grpc-timeout` to the server: tonic's own client enforces the
+    /// header too, and answers CANCELLED before the server's answer can arrive.
+    pub fn client_without_local_deadline(&self) -> CrossEncoderClient<RawHttp2> {
+        let http2 =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let origin = format!("http://{}", self.grpc_addr)
+            .parse()
+            .expect("a socket address makes a URI");
+        CrossEncoderClient::with_origin(http2, origin)
     }
 
     pub fn signal(&self, signal: Signal) {

@@ -55,8 +55,16 @@ pub struct BatchingConfig {
     pub max_batch_tokens: usize,
     /// Largest batch in pairs.
     pub max_batch_size: usize,
+    /// How long a batch that is not full waits for more pairs once a worker could take it.
+    pub max_batch_delay: Duration,
+    /// Batches sent to one model worker and not yet answered: one running, one ready.
+    pub batches_per_worker: usize,
     /// Most documents (Rerank) or pairs (Infer) in one client request.
     pub max_client_batch_size: usize,
+    /// Pairs admitted and not yet sent to a model worker; more are refused.
+    pub max_queued_pairs: usize,
+    /// Requests in flight; more are refused.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -94,7 +102,11 @@ impl Default for BatchingConfig {
         Self {
             max_batch_tokens: 16384,
             max_batch_size: 64,
+            max_batch_delay: Duration::from_millis(2),
+            batches_per_worker: 2,
             max_client_batch_size: 1024,
+            max_queued_pairs: 8192,
+            max_concurrent_requests: 512,
         }
     }
 }
@@ -133,6 +145,21 @@ impl ServeConfig {
             "batching.max_client_batch_size",
             self.batching.max_client_batch_size,
         );
+        at_least_one(
+            "batching.batches_per_worker",
+            self.batching.batches_per_worker,
+        );
+        at_least_one(
+            "batching.max_concurrent_requests",
+            self.batching.max_concurrent_requests,
+        );
+        if self.batching.max_queued_pairs < self.batching.max_client_batch_size {
+            errors.push(InvalidSetting {
+                key: "batching.max_queued_pairs",
+                value: self.batching.max_queued_pairs.to_string(),
+                allowed: "must hold at least one request of batching.max_client_batch_size pairs",
+            });
+        }
         if let Some(max_length) = self.model.max_length {
             if !(2..=8192).contains(&max_length) {
                 errors.push(InvalidSetting {

@@ -1,12 +1,16 @@
 //! The `crossenc.v1.CrossEncoder` gRPC service: validation, the pipeline, activation
 //! and ranking.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::cross_encoder_server::CrossEncoder;
 use crossenc_proto::v1::{
     InferRequest, InferResponse, RerankRequest, RerankResponse, RerankResult,
 };
+use tonic::codegen::http;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::pipeline::{Pipeline, PipelineError};
@@ -33,6 +37,7 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<InferRequest>,
     ) -> Result<Response<InferResponse>, Status> {
+        let deadline = deadline_of(&request);
         let request = request.into_inner();
         validate_infer(&request, self.max_client_batch_size)?;
         let pairs = request
@@ -40,7 +45,7 @@ impl CrossEncoder for CrossEncoderService {
             .into_iter()
             .map(|p| (p.query, p.document))
             .collect();
-        let scored = self.pipeline.score(pairs).await?;
+        let scored = within(deadline, self.pipeline.score(pairs)).await??;
         Ok(Response::new(InferResponse {
             scores: activate(scored.scores, request.raw_scores),
             tokens: scored.tokens,
@@ -51,6 +56,7 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
+        let deadline = deadline_of(&request);
         let request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
         let pairs = request
@@ -58,7 +64,7 @@ impl CrossEncoder for CrossEncoderService {
             .iter()
             .map(|d| (request.query.clone(), d.clone()))
             .collect();
-        let scored = self.pipeline.score(pairs).await?;
+        let scored = within(deadline, self.pipeline.score(pairs)).await??;
         let scores = activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
@@ -81,14 +87,78 @@ impl CrossEncoder for CrossEncoderService {
 impl From<PipelineError> for Status {
     fn from(error: PipelineError) -> Self {
         match &error {
-            PipelineError::NoWorker(_) | PipelineError::Job(JobError::WorkerGone { .. }) => {
-                Status::unavailable(error.to_string())
-            }
+            PipelineError::Refused(_) => Status::resource_exhausted(error.to_string()),
+            PipelineError::NoWorker(_)
+            | PipelineError::Job(JobError::WorkerGone { .. })
+            | PipelineError::Stopping => Status::unavailable(error.to_string()),
             PipelineError::Job(JobError::Failed { .. })
             | PipelineError::WrongReply { .. }
             | PipelineError::ScoreCount { .. } => Status::internal(error.to_string()),
         }
     }
+}
+
+/// When a request arrived, stamped before its body is read: the client's deadline
+/// counts from there, as does tonic's own timer.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivedAt(pub Instant);
+
+/// Stamps [`ArrivedAt`] on every request; a layer under the gRPC server.
+pub fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
+    request.extensions_mut().insert(ArrivedAt(Instant::now()));
+    request
+}
+
+/// How much earlier than the client's deadline the handler gives up. tonic's own
+/// `grpc-timeout` timer answers CANCELLED; ending first lets the client see
+/// DEADLINE_EXCEEDED, as gRPC specifies.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+/// The instant this request's client stops waiting, if it set a deadline.
+fn deadline_of<T>(request: &Request<T>) -> Option<(Instant, Duration)> {
+    let timeout = client_deadline(request.metadata())?;
+    let arrived = request
+        .extensions()
+        .get::<ArrivedAt>()
+        .map_or_else(Instant::now, |a| a.0);
+    Some((arrived + timeout.saturating_sub(DEADLINE_MARGIN), timeout))
+}
+
+/// Runs `work` until the client's deadline, if it set one. Dropping `work` withdraws
+/// its pairs that no worker has taken.
+async fn within<T>(
+    deadline: Option<(Instant, Duration)>,
+    work: impl Future<Output = T>,
+) -> Result<T, Status> {
+    let Some((deadline, timeout)) = deadline else {
+        return Ok(work.await);
+    };
+    tokio::time::timeout_at(deadline.into(), work)
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "the client's deadline ({timeout:?}) passed before the scores were ready"
+            ))
+        })
+}
+
+/// The client's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn client_deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 fn validate_count(field: &str, count: usize, limit: usize, what: &str) -> Result<(), Status> {
@@ -155,6 +225,26 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_parse_as_the_spec_says() {
+        let deadline = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            client_deadline(&metadata)
+        };
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(deadline("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            deadline("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(deadline("123456789m"), None, "at most 8 digits");
+        assert_eq!(deadline("m"), None);
+        assert_eq!(deadline("5x"), None);
+        assert_eq!(client_deadline(&MetadataMap::new()), None);
+    }
 
     fn rerank_request(query: &str, documents: usize) -> RerankRequest {
         RerankRequest {

@@ -2,11 +2,13 @@
 //! HTTP probes, and sends each request's pairs through the workers. It never runs the
 //! model itself.
 
-pub mod batching;
+pub mod admission;
+pub mod dispatch;
 pub mod grpc;
 pub mod http;
 pub mod pipeline;
 pub mod pool;
+pub mod scheduler;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -21,12 +23,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::batching::BatchLimits;
 use crate::grpc::CrossEncoderService;
 use crate::http::HttpState;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineLimits};
 pub use crate::pool::{SpawnError, WorkerLauncher};
 use crate::pool::{Worker, WorkerSet};
+use crate::scheduler::SchedulerLimits;
 
 /// Largest gRPC request accepted, so that a 1024-document request of long texts fits.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -75,10 +77,7 @@ pub async fn serve(
     config.validate().map_err(ServeError::Config)?;
     let grpc_listener = bind("grpc_addr", config.server.grpc_addr).await?;
     let http_listener = bind("http_addr", config.server.http_addr).await?;
-    let pipeline = Arc::new(Pipeline::new(BatchLimits {
-        max_batch_tokens: config.batching.max_batch_tokens,
-        max_batch_size: config.batching.max_batch_size,
-    }));
+    let pipeline = Arc::new(Pipeline::start(pipeline_limits(&config)));
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -102,6 +101,7 @@ pub async fn serve(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)
@@ -153,6 +153,20 @@ pub async fn serve(
     stop_workers(workers).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn pipeline_limits(config: &ServeConfig) -> PipelineLimits {
+    let batching = &config.batching;
+    PipelineLimits {
+        scheduler: SchedulerLimits {
+            max_batch_tokens: batching.max_batch_tokens,
+            max_batch_size: batching.max_batch_size,
+            max_batch_delay: batching.max_batch_delay,
+        },
+        batches_per_worker: batching.batches_per_worker,
+        max_concurrent_requests: batching.max_concurrent_requests,
+        max_queued_pairs: batching.max_queued_pairs,
+    }
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

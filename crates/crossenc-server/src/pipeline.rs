@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use crossenc_ipc::{TokenBatch, TokenBatchBuilder, Work, WorkerKind};
+use crossenc_ipc::{TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 
-use crate::batching::{plan_batches, BatchLimits};
+use crate::admission::{Admission, Refused};
+use crate::dispatch::ModelDispatch;
 use crate::pool::{JobError, Reply, WorkerSet};
+use crate::scheduler::SchedulerLimits;
 
 /// Pairs sent to one tokenizer job: large requests spread over the tokenizer workers.
 const TOKENIZE_CHUNK: usize = 64;
@@ -15,6 +17,8 @@ const TOKENIZE_CHUNK: usize = 64;
 /// Why a request's pairs were not scored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PipelineError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("no {0} worker is ready; retry shortly")]
     NoWorker(WorkerKind),
     #[error(transparent)]
@@ -23,6 +27,8 @@ pub enum PipelineError {
     WrongReply { kind: WorkerKind },
     #[error("a model worker returned {got} scores for {expected} pairs")]
     ScoreCount { expected: usize, got: usize },
+    #[error("the server is stopping")]
+    Stopping,
 }
 
 /// Raw logits in request order, and the real tokens they cost.
@@ -32,19 +38,37 @@ pub struct Scored {
     pub tokens: u64,
 }
 
-/// The workers a request passes through.
+/// How the pipeline batches and how much it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineLimits {
+    pub scheduler: SchedulerLimits,
+    pub batches_per_worker: usize,
+    pub max_concurrent_requests: usize,
+    pub max_queued_pairs: usize,
+}
+
+/// The workers a request passes through, and the scheduler between them.
 pub struct Pipeline {
     pub tokenizers: Arc<WorkerSet>,
     pub models: Arc<WorkerSet>,
-    limits: BatchLimits,
+    pub admission: Admission,
+    pub dispatch: ModelDispatch,
 }
 
 impl Pipeline {
-    pub fn new(limits: BatchLimits) -> Self {
+    /// Starts the model dispatch task: call within the runtime.
+    pub fn start(limits: PipelineLimits) -> Self {
+        let models = Arc::<WorkerSet>::default();
+        let dispatch = ModelDispatch::start(
+            limits.scheduler,
+            Arc::clone(&models),
+            limits.batches_per_worker,
+        );
         Self {
             tokenizers: Arc::default(),
-            models: Arc::default(),
-            limits,
+            models,
+            admission: Admission::new(limits.max_concurrent_requests, limits.max_queued_pairs),
+            dispatch,
         }
     }
 
@@ -53,42 +77,19 @@ impl Pipeline {
         self.tokenizers.any_alive() && self.models.any_alive()
     }
 
+    /// Scores `pairs` in order, or refuses them at once when the server is full.
     pub async fn score(&self, pairs: Vec<(String, String)>) -> Result<Scored, PipelineError> {
-        let tokenized = self.tokenize(pairs).await?;
-        let views: Vec<_> = tokenized.iter().flat_map(TokenBatch::iter).collect();
-        let lengths: Vec<usize> = views.iter().map(|p| p.len()).collect();
-        let batches: Vec<(Vec<usize>, TokenBatch)> = plan_batches(&lengths, self.limits)
-            .into_iter()
-            .map(|indices| {
-                let tokens = indices.iter().map(|&i| lengths[i]).sum();
-                let mut builder = TokenBatchBuilder::with_capacity(indices.len(), tokens);
-                for &i in &indices {
-                    builder.push(views[i].ids(), views[i].type_ids());
-                }
-                (indices, builder.finish())
-            })
+        let ticket = self.admission.admit(pairs.len())?;
+        let tokenized: Vec<_> = self
+            .tokenize(pairs)
+            .await?
+            .iter()
+            .flat_map(TokenBatch::iter)
+            .map(|pair| pair.to_pair_tokens())
             .collect();
-        let scored = try_join_all(batches.into_iter().map(|(indices, batch)| async move {
-            let scores = self.run_model(batch).await?;
-            if scores.len() != indices.len() {
-                return Err(PipelineError::ScoreCount {
-                    expected: indices.len(),
-                    got: scores.len(),
-                });
-            }
-            Ok((indices, scores))
-        }))
-        .await?;
-        let mut scores = vec![0f32; lengths.len()];
-        for (indices, batch_scores) in scored {
-            for (i, score) in indices.into_iter().zip(batch_scores) {
-                scores[i] = score;
-            }
-        }
-        Ok(Scored {
-            scores,
-            tokens: lengths.iter().sum::<usize>() as u64,
-        })
+        let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
+        let scores = self.dispatch.score(tokenized, ticket.pairs).await?;
+        Ok(Scored { scores, tokens })
     }
 
     async fn tokenize(
@@ -110,15 +111,6 @@ impl Pipeline {
             }
         }))
         .await
-    }
-
-    async fn run_model(&self, batch: TokenBatch) -> Result<Vec<f32>, PipelineError> {
-        match submit(&self.models, WorkerKind::Model, Work::Score(batch)).await? {
-            Reply::Scored(scores) => Ok(scores.to_vec()),
-            Reply::Encoded(_) => Err(PipelineError::WrongReply {
-                kind: WorkerKind::Model,
-            }),
-        }
     }
 }
 

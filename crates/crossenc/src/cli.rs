@@ -72,9 +72,22 @@ pub struct ServeArgs {
     /// Largest model batch in pairs.
     #[arg(long, value_name = "PAIRS", default_value_t = defaults().batching.max_batch_size)]
     max_batch_size: usize,
+    /// How long a batch that is not full waits for more pairs (e.g. 2ms).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "2ms")]
+    max_batch_delay: Duration,
+    /// Batches in flight to one model worker: one computing, the rest ready in its queue.
+    #[arg(long, value_name = "N", default_value_t = defaults().batching.batches_per_worker)]
+    batches_per_worker: usize,
     /// Most documents (Rerank) or pairs (Infer) in one request.
     #[arg(long, value_name = "N", default_value_t = defaults().batching.max_client_batch_size)]
     max_client_batch_size: usize,
+    /// Pairs admitted and not yet sent to a model worker; a request that would exceed it is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "PAIRS", default_value_t = defaults().batching.max_queued_pairs)]
+    max_queued_pairs: usize,
+    /// Requests in flight; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = defaults().batching.max_concurrent_requests)]
+    max_concurrent_requests: usize,
     /// How long requests in flight may take to finish after SIGTERM or SIGINT (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "30s")]
@@ -96,7 +109,11 @@ impl ServeArgs {
             .unwrap_or_else(|| (config.workers.model_threads / self.model_workers.max(1)).max(1));
         config.batching.max_batch_tokens = self.max_batch_tokens;
         config.batching.max_batch_size = self.max_batch_size;
+        config.batching.max_batch_delay = self.max_batch_delay;
+        config.batching.batches_per_worker = self.batches_per_worker;
         config.batching.max_client_batch_size = self.max_client_batch_size;
+        config.batching.max_queued_pairs = self.max_queued_pairs;
+        config.batching.max_concurrent_requests = self.max_concurrent_requests;
         config
     }
 }
