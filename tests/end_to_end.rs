@@ -408,11 +408,13 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
     });
     let results = futures_util::future::join_all(burst).await;
     let mut served = 0;
+    let mut tokens = 0;
     for result in &results {
         match result {
             Ok(response) => {
                 assert_eq!(response.get_ref().scores.len(), 32);
                 served += 1;
+                tokens += response.get_ref().tokens;
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -437,6 +439,27 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
         .await
         .expect("the server serves after the burst");
     assert_eq!(after.get_ref().scores.len(), 32);
+    tokens += after.get_ref().tokens;
+    // Refused requests cost the model nothing: it saw exactly the served requests' tokens.
+    let (status, metrics) = http_get(server.http_addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&metrics, "total_tokens_total"),
+        tokens as f64,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "batch_queue_size"), 0.0, "{metrics}");
+    assert!(metric(&metrics, "scheduler_latency_seconds_count") >= 1.0);
+}
+
+/// A sample's value from the Prometheus text format.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }
 
 #[tokio::test]
@@ -465,4 +488,53 @@ async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_never_run() {
         .await
         .expect("the withdrawn pairs do not hold up the next request");
     assert_eq!(response.get_ref().scores.len(), 4);
+}
+
+#[test]
+fn bench_measures_a_server_and_the_model_alone() {
+    let server = TestServer::start(&[]);
+    let workload = std::env::temp_dir().join(format!("crossenc-bench-{}.jsonl", rand_suffix()));
+    let rows: Vec<String> = (0..3)
+        .map(|q| {
+            let documents: Vec<String> = (0..4)
+                .map(|d| format!("document {d} of query {q}, {}", "words ".repeat(d * 5)))
+                .collect();
+            serde_json::json!({"query": format!("query {q}"), "documents": documents}).to_string()
+        })
+        .collect();
+    std::fs::write(&workload, rows.join("\n")).unwrap();
+    let output = std::process::Command::new(BINARY)
+        .arg("bench")
+        .arg("--workload")
+        .arg(&workload)
+        .args(["--grpc-addr", &server.grpc_addr.to_string()])
+        .args(["--http-addr", &server.http_addr.to_string()])
+        .args(["--concurrency", "1,2", "--requests", "6"])
+        .arg("--model")
+        .arg(model_dir())
+        .output()
+        .expect("run crossenc bench");
+    let _ = std::fs::remove_file(&workload);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("workload: 3 queries, 12 pairs"), "{stdout}");
+    assert!(
+        stdout.contains("model alone, scheduler batches:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("naive batch-per-request padding:"),
+        "{stdout}"
+    );
+    for clients in [1, 2] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("server, {clients} clients:")))
+            .unwrap_or_else(|| panic!("no run at {clients} clients: {stdout}"));
+        assert!(line.contains("6 requests, 0 failed"), "{line}");
+    }
 }

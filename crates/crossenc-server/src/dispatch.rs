@@ -7,14 +7,15 @@
 //! stay in the scheduler where later arrivals can still join their batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossenc_ipc::{PairTokens, TokenBatchBuilder, Work, WorkerKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admission::PairReservation;
+use crate::metrics::Metrics;
 use crate::pipeline::PipelineError;
 use crate::pool::{JobError, Reply, Worker, WorkerSet};
 use crate::scheduler::{Batch, RequestId, Scheduler, SchedulerLimits};
@@ -45,26 +46,10 @@ struct Finished {
     result: Result<Vec<f32>, PipelineError>,
 }
 
-/// Running totals of what the scheduler did, for the metrics and the benchmark.
-#[derive(Debug, Default)]
-pub struct SchedulerStats {
-    pub batches: AtomicU64,
-    pub pairs: AtomicU64,
-    pub real_tokens: AtomicU64,
-    pub padded_tokens: AtomicU64,
-    /// Pairs waiting in the scheduler now.
-    pub waiting_pairs: AtomicUsize,
-    /// Sum of the time every dispatched pair waited in the scheduler, in microseconds.
-    pub pair_wait_us: AtomicU64,
-    /// Sum of the time spent deciding batches, in microseconds.
-    pub decide_us: AtomicU64,
-}
-
 /// The handle requests use to have their pairs scored.
 #[derive(Clone)]
 pub struct ModelDispatch {
     commands: mpsc::UnboundedSender<Command>,
-    pub stats: Arc<SchedulerStats>,
 }
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
@@ -76,20 +61,20 @@ impl ModelDispatch {
         limits: SchedulerLimits,
         models: Arc<WorkerSet>,
         batches_per_worker: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let (commands, incoming) = mpsc::unbounded_channel();
         let (finished_tx, finished) = mpsc::unbounded_channel();
-        let stats = Arc::new(SchedulerStats::default());
         let task = DispatchTask {
             scheduler: Scheduler::new(limits),
             requests: HashMap::new(),
             models,
             batches_per_worker,
             finished_tx,
-            stats: Arc::clone(&stats),
+            metrics,
         };
         tokio::spawn(task.run(incoming, finished));
-        Self { commands, stats }
+        Self { commands }
     }
 
     /// Scores `pairs` in order. Dropping the future (client gone, deadline passed)
@@ -147,7 +132,7 @@ struct DispatchTask {
     models: Arc<WorkerSet>,
     batches_per_worker: usize,
     finished_tx: mpsc::UnboundedSender<Finished>,
-    stats: Arc<SchedulerStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl DispatchTask {
@@ -246,9 +231,9 @@ impl DispatchTask {
             let Some(batch) = self.scheduler.next_batch(deciding) else {
                 break;
             };
-            self.stats
-                .decide_us
-                .fetch_add(micros(deciding.elapsed()), Ordering::Relaxed);
+            self.metrics
+                .scheduler_latency
+                .observe(deciding.elapsed().as_secs_f64());
             self.send(&worker, batch);
         }
         self.publish_waiting();
@@ -280,25 +265,22 @@ impl DispatchTask {
     }
 
     fn record(&self, batch: &Batch<QueuedPair>) {
-        let waited: u64 = batch.pairs.iter().map(|(_, w)| micros(*w)).sum();
-        let stats = &self.stats;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .pairs
-            .fetch_add(batch.pairs.len() as u64, Ordering::Relaxed);
-        stats
-            .real_tokens
-            .fetch_add(batch.real_tokens as u64, Ordering::Relaxed);
-        stats
+        let metrics = &self.metrics;
+        metrics.total_tokens.inc_by(batch.real_tokens as u64);
+        metrics
             .padded_tokens
-            .fetch_add(batch.padded_tokens as u64, Ordering::Relaxed);
-        stats.pair_wait_us.fetch_add(waited, Ordering::Relaxed);
+            .inc_by((batch.padded_tokens - batch.real_tokens) as u64);
+        for (_, waited) in &batch.pairs {
+            metrics
+                .model_queue_wait_latency
+                .observe(waited.as_secs_f64());
+        }
     }
 
     fn publish_waiting(&self) {
-        self.stats
-            .waiting_pairs
-            .store(self.scheduler.len(), Ordering::Relaxed);
+        self.metrics
+            .batch_queue_size
+            .set(self.scheduler.len() as i64);
     }
 
     /// Puts a batch's scores in place and answers the requests it completed.
@@ -355,8 +337,4 @@ async fn sleep_until(wake: Option<Instant>) {
     if let Some(wake) = wake {
         tokio::time::sleep_until(wake.into()).await;
     }
-}
-
-fn micros(duration: Duration) -> u64 {
-    duration.as_micros().try_into().unwrap_or(u64::MAX)
 }

@@ -1,13 +1,14 @@
-//! The HTTP side: liveness and readiness probes.
+//! The HTTP side: liveness and readiness probes, and the Prometheus metrics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 
+use crate::metrics::CONTENT_TYPE;
 use crate::pipeline::Pipeline;
 
 #[derive(Clone)]
@@ -20,6 +21,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -37,4 +39,14 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::OK, "ready\n")
     }
+}
+
+/// The registry, for Prometheus to scrape.
+async fn metrics(
+    State(state): State<HttpState>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        state.pipeline.metrics.render(),
+    )
 }

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod dispatch;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod pool;
 pub mod scheduler;

@@ -8,6 +8,7 @@ use futures_util::future::try_join_all;
 
 use crate::admission::{Admission, Refused};
 use crate::dispatch::ModelDispatch;
+use crate::metrics::Metrics;
 use crate::pool::{JobError, Reply, WorkerSet};
 use crate::scheduler::SchedulerLimits;
 
@@ -53,22 +54,26 @@ pub struct Pipeline {
     pub models: Arc<WorkerSet>,
     pub admission: Admission,
     pub dispatch: ModelDispatch,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
     /// Starts the model dispatch task: call within the runtime.
     pub fn start(limits: PipelineLimits) -> Self {
         let models = Arc::<WorkerSet>::default();
+        let metrics = Arc::new(Metrics::new());
         let dispatch = ModelDispatch::start(
             limits.scheduler,
             Arc::clone(&models),
             limits.batches_per_worker,
+            Arc::clone(&metrics),
         );
         Self {
             tokenizers: Arc::default(),
             models,
             admission: Admission::new(limits.max_concurrent_requests, limits.max_queued_pairs),
             dispatch,
+            metrics,
         }
     }
 

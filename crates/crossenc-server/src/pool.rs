@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub struct Worker {
     commands: mpsc::Sender<WorkerCommand>,
     pending: Arc<Pending>,
     child: Arc<Mutex<Child>>,
+    /// Set when the supervisor asked the worker to exit, so that its exit is no error.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -120,6 +122,7 @@ impl Worker {
 
     /// Asks the worker to exit, waits up to `grace`, then kills it.
     pub fn stop(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.commands.send(WorkerCommand::Shutdown);
         let deadline = Instant::now() + grace;
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,6 +276,7 @@ impl Worker {
         let (commands, queued) = mpsc::channel();
         let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
         let child = Arc::new(Mutex::new(child));
+        let stopping = Arc::new(AtomicBool::new(false));
         spawn_named(format!("{kind}-{id}-send"), move || {
             forward_commands(queued, link.commands)
         });
@@ -281,6 +285,7 @@ impl Worker {
             id,
             pending: Arc::clone(&pending),
             child: Arc::clone(&child),
+            stopping: Arc::clone(&stopping),
         };
         spawn_named(format!("{kind}-{id}-events"), move || {
             events.run(link.events)
@@ -293,6 +298,7 @@ impl Worker {
             commands,
             pending,
             child,
+            stopping,
         }
     }
 }
@@ -349,6 +355,7 @@ struct EventThread {
     id: u32,
     pending: Arc<Pending>,
     child: Arc<Mutex<Child>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl EventThread {
@@ -396,7 +403,11 @@ impl EventThread {
             let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
             child.wait().map(|s| s.to_string()).unwrap_or_default()
         };
-        tracing::error!(kind = %self.kind, id = self.id, %status, failed_jobs = orphans.len(), "worker exited");
+        if self.stopping.load(Ordering::Relaxed) && orphans.is_empty() {
+            tracing::info!(kind = %self.kind, id = self.id, %status, "worker stopped");
+        } else {
+            tracing::error!(kind = %self.kind, id = self.id, %status, failed_jobs = orphans.len(), "worker exited");
+        }
         for (_, reply) in orphans {
             let _ = reply.send(Err(JobError::WorkerGone {
                 kind: self.kind,

@@ -124,7 +124,11 @@ fn job_failed(job: u64, error: impl std::fmt::Display) -> WorkerEvent {
     }
 }
 
-fn encode(tokenizer: &PairTokenizer, pairs: &[(String, String)]) -> Result<TokenBatch, ModelError> {
+/// Tokenizes pairs into shared memory, as a tokenizer worker does for each job.
+pub fn encode(
+    tokenizer: &PairTokenizer,
+    pairs: &[(String, String)],
+) -> Result<TokenBatch, ModelError> {
     let mut batch = TokenBatchBuilder::with_capacity(pairs.len(), pairs.len() * 64);
     let mut type_ids = Vec::new();
     for (query, document) in pairs {
@@ -137,7 +141,12 @@ fn encode(tokenizer: &PairTokenizer, pairs: &[(String, String)]) -> Result<Token
     Ok(batch.finish())
 }
 
-fn score(model: &CrossEncoder, batch: &TokenBatch, max_length: usize) -> Result<Vec<f32>, String> {
+/// Scores one batch, as a model worker does for each job: raw logits, in batch order.
+pub fn score(
+    model: &CrossEncoder,
+    batch: &TokenBatch,
+    max_length: usize,
+) -> Result<Vec<f32>, String> {
     batch.validate()?;
     let width = batch.lengths().iter().copied().max().unwrap_or(0) as usize;
     if width == 0 || width > max_length {

@@ -34,6 +34,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one worker process. The supervisor starts these itself; not for use by hand.
     Worker(WorkerCommand),
+    /// Measure a running server (pairs/s, latency, padding) and the model alone on a workload.
+    Bench(crate::bench::BenchArgs),
 }
 
 fn defaults() -> ServeConfig {

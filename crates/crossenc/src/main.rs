@@ -1,6 +1,7 @@
 //! `crossenc`: the supervisor (`crossenc serve`) and, re-executed by it, the worker
 //! processes (`crossenc worker tokenizer|model`).
 
+mod bench;
 mod cli;
 
 use std::io::IsTerminal;
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve(args),
         Command::Worker(worker) => cli::worker(worker),
+        Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
