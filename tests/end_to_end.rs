@@ -5,7 +5,9 @@ mod support;
 use std::time::Duration;
 
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
-use support::{children_of, goldens, http_get, is_running, model_dir, Golden, TestServer, BINARY};
+use support::{
+    children_of, goldens, http_get, is_running, metric, model_dir, Golden, TestServer, BINARY,
+};
 use tonic::Code;
 
 /// The largest difference from the transformers reference that counts as the same score.
@@ -441,8 +443,7 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
     assert_eq!(after.get_ref().scores.len(), 32);
     tokens += after.get_ref().tokens;
     // Refused requests cost the model nothing: it saw exactly the served requests' tokens.
-    let (status, metrics) = http_get(server.http_addr, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
+    let metrics = server.metrics();
     assert_eq!(
         metric(&metrics, "total_tokens_total"),
         tokens as f64,
@@ -450,16 +451,6 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
     );
     assert_eq!(metric(&metrics, "batch_queue_size"), 0.0, "{metrics}");
     assert!(metric(&metrics, "scheduler_latency_seconds_count") >= 1.0);
-}
-
-/// A sample's value from the Prometheus text format.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a number")
 }
 
 #[tokio::test]

@@ -60,11 +60,23 @@ impl TestServer {
         server
     }
 
+    /// Starts the server with `extra` flags and environment, and waits until it is ready.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let server = Self::spawn_with_env(extra, env);
+        server.wait_ready();
+        server
+    }
+
     /// Starts the server without waiting.
     pub fn spawn(extra: &[&str]) -> Self {
+        Self::spawn_with_env(extra, &[])
+    }
+
+    fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let grpc_addr = free_addr();
         let http_addr = free_addr();
         let child = Command::new(BINARY)
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--model")
             .arg(model_dir())
@@ -114,6 +126,23 @@ impl TestServer {
             .parse()
             .expect("a socket address makes a URI");
         CrossEncoderClient::with_origin(http2, origin)
+    }
+
+    /// Pids of the server's `kind` workers (`tokenizer` or `model`).
+    pub fn worker_pids(&self, kind: &str) -> Vec<i32> {
+        let marker = format!(" worker {kind} ");
+        children_of(self.pid())
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains(&marker))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// The text of GET /metrics.
+    pub fn metrics(&self) -> String {
+        let (status, text) = http_get(self.http_addr, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{text}");
+        text
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -168,6 +197,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A sample's value in the Prometheus text format; `series` is the name with its labels
+/// as rendered, e.g. `worker_restarts_total{worker_type="model"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }
 
 /// Pids whose parent is `parent`, with their command lines.

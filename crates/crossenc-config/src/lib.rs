@@ -47,6 +47,8 @@ pub struct WorkersConfig {
     pub model_threads: usize,
     /// How long a worker may take to load before it counts as failed.
     pub startup_timeout: Duration,
+    /// How long a model worker may hold one batch before it is killed as hung.
+    pub batch_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,7 @@ impl Default for WorkersConfig {
             model: 1,
             model_threads: default_threads(),
             startup_timeout: Duration::from_secs(120),
+            batch_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -5,14 +5,20 @@
 //! Every worker is kept at most `batches_per_worker` batches deep, so that its next
 //! batch is already in its IPC queue when it finishes one, while the rest of the pairs
 //! stay in the scheduler where later arrivals can still join their batches.
+//!
+//! When a worker dies (or is killed for holding a batch past `batch_timeout`), the pairs
+//! of its batches go back to the scheduler once, each to ride alone: a pair that then
+//! kills a second worker is a poison input, and its request fails with INTERNAL instead
+//! of crash-looping the pool. While no model worker is up, pairs wait for the respawn
+//! at most [`NO_WORKER_PATIENCE`], then their requests fail with UNAVAILABLE.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossenc_ipc::{PairTokens, TokenBatchBuilder, Work, WorkerKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admission::PairReservation;
 use crate::metrics::Metrics;
@@ -20,12 +26,18 @@ use crate::pipeline::PipelineError;
 use crate::pool::{JobError, Reply, Worker, WorkerSet};
 use crate::scheduler::{Batch, RequestId, Scheduler, SchedulerLimits};
 
+/// How long pairs wait for a model worker to come back before their requests fail.
+pub const NO_WORKER_PATIENCE: Duration = Duration::from_secs(10);
+
 /// A pair in the scheduler: whose it is, where its score goes, and its tokens.
 #[derive(Debug)]
 struct QueuedPair {
     request: RequestId,
     index: u32,
     tokens: PairTokens,
+    arrived: Instant,
+    /// Its batch's worker died once already.
+    suspect: bool,
 }
 
 type ScoresReply = oneshot::Sender<Result<Vec<f32>, PipelineError>>;
@@ -40,10 +52,18 @@ enum Command {
     Cancel(RequestId),
 }
 
-/// A batch a worker answered (or failed), with the positions its scores belong to.
+/// A batch a worker answered (or failed).
 struct Finished {
-    positions: Vec<(RequestId, u32)>,
+    batch: u64,
     result: Result<Vec<f32>, PipelineError>,
+}
+
+/// How the dispatch task treats its workers.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchLimits {
+    pub batches_per_worker: usize,
+    /// A worker holding one batch longer than this is killed as hung.
+    pub batch_timeout: Duration,
 }
 
 /// The handle requests use to have their pairs scored.
@@ -60,7 +80,7 @@ impl ModelDispatch {
     pub fn start(
         limits: SchedulerLimits,
         models: Arc<WorkerSet>,
-        batches_per_worker: usize,
+        dispatch: DispatchLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (commands, incoming) = mpsc::unbounded_channel();
@@ -68,8 +88,13 @@ impl ModelDispatch {
         let task = DispatchTask {
             scheduler: Scheduler::new(limits),
             requests: HashMap::new(),
+            in_flight: HashMap::new(),
+            isolating: HashMap::new(),
+            next_batch: 0,
+            joined: models.joined(),
             models,
-            batches_per_worker,
+            limits: dispatch,
+            no_worker_since: None,
             finished_tx,
             metrics,
         };
@@ -129,8 +154,18 @@ struct Gathering {
 struct DispatchTask {
     scheduler: Scheduler<QueuedPair>,
     requests: HashMap<RequestId, Gathering>,
+    /// Batches sent and not answered, kept to re-queue if their worker dies.
+    in_flight: HashMap<u64, Vec<QueuedPair>>,
+    /// Workers (by pid) running a suspect pair alone: they get nothing else meanwhile,
+    /// so that their death is the suspect's doing and no other pair's.
+    isolating: HashMap<u64, u32>,
+    next_batch: u64,
     models: Arc<WorkerSet>,
-    batches_per_worker: usize,
+    /// Changes when a model worker joins: pairs waiting for one can go.
+    joined: watch::Receiver<u64>,
+    limits: DispatchLimits,
+    /// Since when pairs have waited with no model worker up.
+    no_worker_since: Option<Instant>,
     finished_tx: mpsc::UnboundedSender<Finished>,
     metrics: Arc<Metrics>,
 }
@@ -150,21 +185,34 @@ impl DispatchTask {
                     None => break,
                 },
                 Some(done) = finished.recv() => self.finish(done),
+                Ok(()) = self.joined.changed() => {}
                 () = sleep_until(wake), if wake.is_some() => {}
             }
         }
     }
 
-    /// When a batch that is not full must go, if a worker could take it.
+    /// When the loop must look again without news: a batch that is not full is due,
+    /// or the patience for a missing worker runs out.
     fn wake_at(&self) -> Option<Instant> {
+        if let Some(since) = self.no_worker_since {
+            return Some(since + NO_WORKER_PATIENCE);
+        }
         self.free_worker()?;
         self.scheduler.deadline()
     }
 
+    /// A worker that can take the next batch: one with room, or an idle one for a
+    /// suspect pair.
     fn free_worker(&self) -> Option<Arc<Worker>> {
+        let room = if self.scheduler.next_is_solo() {
+            1
+        } else {
+            self.limits.batches_per_worker
+        };
+        let isolating = |w: &Worker| self.isolating.values().any(|&pid| pid == w.pid);
         self.models
-            .least_loaded()
-            .filter(|w| w.load() < self.batches_per_worker)
+            .least_loaded_where(|w| !isolating(w))
+            .filter(|w| w.load() < room)
     }
 
     fn handle(&mut self, command: Command) {
@@ -203,6 +251,8 @@ impl DispatchTask {
                 request,
                 index: index as u32,
                 tokens,
+                arrived: now,
+                suspect: false,
             };
             self.scheduler.push(request, len, pair, now);
         }
@@ -220,12 +270,18 @@ impl DispatchTask {
     /// Sends batches while a worker has room and the scheduler has one ready.
     fn dispatch(&mut self) {
         if self.scheduler.is_empty() {
+            self.no_worker_since = None;
             return;
         }
         if !self.models.any_alive() {
-            self.fail_waiting(PipelineError::NoWorker(WorkerKind::Model));
+            let since = *self.no_worker_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= NO_WORKER_PATIENCE {
+                self.no_worker_since = None;
+                self.fail_waiting(PipelineError::NoWorker(WorkerKind::Model));
+            }
             return;
         }
+        self.no_worker_since = None;
         while let Some(worker) = self.free_worker() {
             let deciding = Instant::now();
             let Some(batch) = self.scheduler.next_batch(deciding) else {
@@ -234,33 +290,34 @@ impl DispatchTask {
             self.metrics
                 .scheduler_latency
                 .observe(deciding.elapsed().as_secs_f64());
-            self.send(&worker, batch);
+            self.send(worker, batch);
         }
         self.publish_waiting();
     }
 
-    fn send(&mut self, worker: &Worker, batch: Batch<QueuedPair>) {
+    fn send(&mut self, worker: Arc<Worker>, batch: Batch<QueuedPair>) {
         self.record(&batch);
         let mut builder = TokenBatchBuilder::with_capacity(batch.pairs.len(), batch.real_tokens);
-        let mut positions = Vec::with_capacity(batch.pairs.len());
-        for (pair, _) in &batch.pairs {
+        let mut pairs = Vec::with_capacity(batch.pairs.len());
+        for (pair, _) in batch.pairs {
             builder.push_pair(&pair.tokens);
-            positions.push((pair.request, pair.index));
             if let Some(gathering) = self.requests.get_mut(&pair.request) {
                 gathering.reservation.release(1);
             }
+            pairs.push(pair);
         }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        if pairs.iter().any(|p| p.suspect) {
+            self.isolating.insert(id, worker.pid);
+        }
+        self.in_flight.insert(id, pairs);
         let answer = worker.submit(Work::Score(builder.finish()));
-        let (kind, id) = (worker.kind, worker.id);
         let finished = self.finished_tx.clone();
+        let timeout = self.limits.batch_timeout;
         tokio::spawn(async move {
-            let result = match answer.await {
-                Ok(Ok(Reply::Scored(scores))) => Ok(scores.to_vec()),
-                Ok(Ok(Reply::Encoded(_))) => Err(PipelineError::WrongReply { kind }),
-                Ok(Err(error)) => Err(error.into()),
-                Err(_) => Err(JobError::WorkerGone { kind, id }.into()),
-            };
-            let _ = finished.send(Finished { positions, result });
+            let result = await_scores(&worker, answer, timeout).await;
+            let _ = finished.send(Finished { batch: id, result });
         });
     }
 
@@ -283,37 +340,67 @@ impl DispatchTask {
             .set(self.scheduler.len() as i64);
     }
 
-    /// Puts a batch's scores in place and answers the requests it completed.
+    /// Puts a batch's scores in place and answers the requests it completed; a batch
+    /// whose worker died goes back to the scheduler.
     fn finish(&mut self, done: Finished) {
+        let Some(pairs) = self.in_flight.remove(&done.batch) else {
+            return;
+        };
+        self.isolating.remove(&done.batch);
         let scores = match done.result {
-            Ok(scores) if scores.len() == done.positions.len() => scores,
+            Ok(scores) if scores.len() == pairs.len() => scores,
             Ok(scores) => {
                 let error = PipelineError::ScoreCount {
-                    expected: done.positions.len(),
+                    expected: pairs.len(),
                     got: scores.len(),
                 };
-                return self.fail_requests(&done.positions, error);
+                return self.fail_pairs(&pairs, error);
             }
-            Err(error) => return self.fail_requests(&done.positions, error),
+            Err(PipelineError::Job(JobError::WorkerGone { .. })) => return self.requeue(pairs),
+            Err(error) => return self.fail_pairs(&pairs, error),
         };
-        for ((request, index), score) in done.positions.into_iter().zip(scores) {
+        for (pair, score) in pairs.into_iter().zip(scores) {
             // A request that was withdrawn or failed is gone; its scores are not needed.
-            let Some(gathering) = self.requests.get_mut(&request) else {
+            let Some(gathering) = self.requests.get_mut(&pair.request) else {
                 continue;
             };
-            gathering.scores[index as usize] = score;
+            gathering.scores[pair.index as usize] = score;
             gathering.remaining -= 1;
             if gathering.remaining == 0 {
-                let gathering = self.requests.remove(&request).expect("present above");
+                let gathering = self.requests.remove(&pair.request).expect("present above");
                 let _ = gathering.reply.send(Ok(gathering.scores));
             }
         }
     }
 
-    fn fail_requests(&mut self, positions: &[(RequestId, u32)], error: PipelineError) {
-        for (request, _) in positions {
-            if let Some(gathering) = self.requests.remove(request) {
-                self.scheduler.cancel(*request);
+    /// The worker died holding these pairs: each gets one more try, alone; a pair that
+    /// was already on its second try is the poison, and its request fails.
+    fn requeue(&mut self, pairs: Vec<QueuedPair>) {
+        for mut pair in pairs {
+            if !self.requests.contains_key(&pair.request) {
+                continue;
+            }
+            if pair.suspect {
+                tracing::error!(
+                    request = pair.request,
+                    pair = pair.index,
+                    "a pair killed two model workers; failing its request"
+                );
+                let error = PipelineError::Poison { index: pair.index };
+                self.fail_pairs(std::slice::from_ref(&pair), error);
+                continue;
+            }
+            pair.suspect = true;
+            let (request, len, arrived) = (pair.request, pair.tokens.len(), pair.arrived);
+            self.scheduler.push_solo(request, len, pair, arrived);
+        }
+        self.publish_waiting();
+    }
+
+    fn fail_pairs(&mut self, pairs: &[QueuedPair], error: PipelineError) {
+        for pair in pairs {
+            if let Some(gathering) = self.requests.remove(&pair.request) {
+                self.scheduler.cancel(pair.request);
                 let _ = gathering.reply.send(Err(error.clone()));
             }
         }
@@ -328,8 +415,36 @@ impl DispatchTask {
             .copied()
             .filter(|&r| self.scheduler.cancel(r) > 0)
             .collect();
-        let positions: Vec<(RequestId, u32)> = waiting.into_iter().map(|r| (r, 0)).collect();
-        self.fail_requests(&positions, error);
+        for request in waiting {
+            if let Some(gathering) = self.requests.remove(&request) {
+                let _ = gathering.reply.send(Err(error.clone()));
+            }
+        }
+        self.publish_waiting();
+    }
+}
+
+/// A batch's scores, or why there are none. A worker that holds the batch past
+/// `timeout` is taken for hung and killed; its death then answers the batch.
+async fn await_scores(
+    worker: &Worker,
+    mut answer: oneshot::Receiver<Result<Reply, JobError>>,
+    timeout: Duration,
+) -> Result<Vec<f32>, PipelineError> {
+    let (kind, id) = (worker.kind, worker.id);
+    let answered = match tokio::time::timeout(timeout, &mut answer).await {
+        Ok(answered) => answered,
+        Err(_) => {
+            tracing::error!(%kind, id, ?timeout, "model worker holds a batch past batch_timeout; killing it");
+            worker.kill();
+            answer.await
+        }
+    };
+    match answered {
+        Ok(Ok(Reply::Scored(scores))) => Ok(scores.to_vec()),
+        Ok(Ok(Reply::Encoded(_))) => Err(PipelineError::WrongReply { kind }),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(JobError::WorkerGone { kind, id }.into()),
     }
 }
 

@@ -93,7 +93,8 @@ impl From<PipelineError> for Status {
             | PipelineError::Stopping => Status::unavailable(error.to_string()),
             PipelineError::Job(JobError::Failed { .. })
             | PipelineError::WrongReply { .. }
-            | PipelineError::ScoreCount { .. } => Status::internal(error.to_string()),
+            | PipelineError::ScoreCount { .. }
+            | PipelineError::Poison { .. } => Status::internal(error.to_string()),
         }
     }
 }

@@ -9,13 +9,13 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod pool;
+pub mod respawn;
 pub mod scheduler;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossenc_config::{InvalidSetting, ServeConfig};
 use crossenc_ipc::WorkerKind;
@@ -24,17 +24,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::dispatch::DispatchLimits;
 use crate::grpc::CrossEncoderService;
 use crate::http::HttpState;
 use crate::pipeline::{Pipeline, PipelineLimits};
 pub use crate::pool::{SpawnError, WorkerLauncher};
 use crate::pool::{Worker, WorkerSet};
+use crate::respawn::{WorkerSlot, STOP_GRACE};
 use crate::scheduler::SchedulerLimits;
 
 /// Largest gRPC request accepted, so that a 1024-document request of long texts fits.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// How long a worker gets to exit after Shutdown before it is killed.
-const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +131,28 @@ pub async fn serve(
             return Err(error);
         }
     };
+    tracing::info!(model = %workers[0].info.model_name, "ready");
+    let (slots_stop, slots_stopped) = watch::channel(false);
+    let slots: Vec<_> = workers
+        .into_iter()
+        .map(|worker| {
+            let set = match worker.kind {
+                WorkerKind::Tokenizer => &pipeline.tokenizers,
+                WorkerKind::Model => &pipeline.models,
+            };
+            let slot = WorkerSlot {
+                kind: worker.kind,
+                id: worker.id,
+                launcher: launcher.clone(),
+                set: Arc::clone(set),
+                metrics: Arc::clone(&pipeline.metrics),
+            };
+            tokio::spawn(slot.run(worker, slots_stopped.clone()))
+        })
+        .collect();
     health
         .set_serving::<CrossEncoderServer<CrossEncoderService>>()
         .await;
-    tracing::info!(model = %workers[0].info.model_name, "ready");
 
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining requests in flight");
@@ -151,7 +169,10 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("requests still in flight after the shutdown grace; stopping anyway");
     }
-    stop_workers(workers).await;
+    let _ = slots_stop.send(true);
+    for slot in slots {
+        let _ = slot.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -164,7 +185,10 @@ fn pipeline_limits(config: &ServeConfig) -> PipelineLimits {
             max_batch_size: batching.max_batch_size,
             max_batch_delay: batching.max_batch_delay,
         },
-        batches_per_worker: batching.batches_per_worker,
+        dispatch: DispatchLimits {
+            batches_per_worker: batching.batches_per_worker,
+            batch_timeout: config.workers.batch_timeout,
+        },
         max_concurrent_requests: batching.max_concurrent_requests,
         max_queued_pairs: batching.max_queued_pairs,
     }
@@ -229,7 +253,7 @@ async fn stop_workers(workers: Vec<Arc<Worker>>) {
     let _ = tokio::task::spawn_blocking(move || {
         std::thread::scope(|scope| {
             for worker in &workers {
-                scope.spawn(|| worker.stop(WORKER_STOP_GRACE));
+                scope.spawn(|| worker.stop(STOP_GRACE));
             }
         });
     })

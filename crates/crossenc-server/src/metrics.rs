@@ -4,13 +4,28 @@
 //! scheduler's share of it so far.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// The media type of what [`Metrics::render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a per-pool metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub worker_type: &'static str,
+}
+
+/// Labels of a per-worker metric: bounded by the configured worker counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker_id: u32,
+    pub worker_type: &'static str,
+}
 
 /// Every metric the supervisor records.
 #[derive(Debug)]
@@ -26,6 +41,10 @@ pub struct Metrics {
     pub scheduler_latency: Histogram,
     /// Time each pair waited in the scheduler before its batch went to a model worker.
     pub model_queue_wait_latency: Histogram,
+    /// Workers started again after one exited.
+    pub worker_restarts: Family<PoolLabels, Counter>,
+    /// 1 while a worker is running and ready, 0 while it is down.
+    pub worker_up: Family<WorkerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -69,8 +88,22 @@ impl Metrics {
             "Time a pair waited in the scheduler before a model worker took its batch",
             model_queue_wait_latency.clone(),
         );
+        let worker_restarts = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "worker_restarts",
+            "Workers started again after one exited",
+            worker_restarts.clone(),
+        );
+        let worker_up = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "worker_up",
+            "1 while a worker is running and ready, 0 while it is down",
+            worker_up.clone(),
+        );
         Self {
             registry,
+            worker_restarts,
+            worker_up,
             padded_tokens,
             total_tokens,
             batch_queue_size,

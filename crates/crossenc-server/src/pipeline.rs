@@ -7,7 +7,7 @@ use crossenc_ipc::{TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 
 use crate::admission::{Admission, Refused};
-use crate::dispatch::ModelDispatch;
+use crate::dispatch::{DispatchLimits, ModelDispatch, NO_WORKER_PATIENCE};
 use crate::metrics::Metrics;
 use crate::pool::{JobError, Reply, WorkerSet};
 use crate::scheduler::SchedulerLimits;
@@ -30,6 +30,8 @@ pub enum PipelineError {
     ScoreCount { expected: usize, got: usize },
     #[error("the server is stopping")]
     Stopping,
+    #[error("pair {index} of this request crashed two model workers; it is not retried")]
+    Poison { index: u32 },
 }
 
 /// Raw logits in request order, and the real tokens they cost.
@@ -43,7 +45,7 @@ pub struct Scored {
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineLimits {
     pub scheduler: SchedulerLimits,
-    pub batches_per_worker: usize,
+    pub dispatch: DispatchLimits,
     pub max_concurrent_requests: usize,
     pub max_queued_pairs: usize,
 }
@@ -65,7 +67,7 @@ impl Pipeline {
         let dispatch = ModelDispatch::start(
             limits.scheduler,
             Arc::clone(&models),
-            limits.batches_per_worker,
+            limits.dispatch,
             Arc::clone(&metrics),
         );
         Self {
@@ -108,7 +110,7 @@ impl Pipeline {
         }
         chunks.push(pairs);
         try_join_all(chunks.into_iter().map(|chunk| async move {
-            match submit(&self.tokenizers, WorkerKind::Tokenizer, Work::Encode(chunk)).await? {
+            match encode(&self.tokenizers, chunk).await? {
                 Reply::Encoded(batch) => Ok(batch),
                 Reply::Scored(_) => Err(PipelineError::WrongReply {
                     kind: WorkerKind::Tokenizer,
@@ -119,9 +121,28 @@ impl Pipeline {
     }
 }
 
-async fn submit(workers: &WorkerSet, kind: WorkerKind, work: Work) -> Result<Reply, PipelineError> {
+/// Tokenizes one chunk. A tokenizer worker that dies holding it costs the chunk one
+/// retry on another (or the respawned) worker; while none is up, the chunk waits for one
+/// up to the dispatch's patience.
+async fn encode(workers: &WorkerSet, chunk: Vec<(String, String)>) -> Result<Reply, PipelineError> {
+    let kind = WorkerKind::Tokenizer;
+    // The copy is the text of at most TOKENIZE_CHUNK pairs: small beside tokenizing it.
+    match submit_once(workers, kind, Work::Encode(chunk.clone())).await {
+        Err(PipelineError::Job(JobError::WorkerGone { .. })) => {
+            submit_once(workers, kind, Work::Encode(chunk)).await
+        }
+        answered => answered,
+    }
+}
+
+async fn submit_once(
+    workers: &WorkerSet,
+    kind: WorkerKind,
+    work: Work,
+) -> Result<Reply, PipelineError> {
     let worker = workers
-        .least_loaded()
+        .least_loaded_within(NO_WORKER_PATIENCE)
+        .await
         .ok_or(PipelineError::NoWorker(kind))?;
     let answer = worker.submit(work);
     // The sender is dropped only with the worker's pending table, which answers first.

@@ -17,7 +17,7 @@ use crossenc_ipc::{
     IpcReceiver, IpcSender, Job, ScoreBatch, TokenBatch, Work, WorkerCommand, WorkerEvent,
     WorkerInfo, WorkerKind, WorkerListener,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// How to start a worker: the binary to re-execute and what every worker is told.
 #[derive(Debug, Clone)]
@@ -78,6 +78,8 @@ pub struct Worker {
     child: Arc<Mutex<Child>>,
     /// Set when the supervisor asked the worker to exit, so that its exit is no error.
     stopping: Arc<AtomicBool>,
+    /// Turns true once the process is gone and its pending jobs have failed.
+    exited: watch::Receiver<bool>,
 }
 
 impl Worker {
@@ -120,6 +122,18 @@ impl Worker {
         }
     }
 
+    /// Resolves once the process is gone and every job it held has failed.
+    pub async fn exited(&self) {
+        let mut exited = self.exited.clone();
+        let _ = exited.wait_for(|&gone| gone).await;
+    }
+
+    /// Kills a worker that stopped answering; its death fails its pending jobs.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+    }
+
     /// Asks the worker to exit, waits up to `grace`, then kills it.
     pub fn stop(&self, grace: Duration) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -140,9 +154,19 @@ impl Worker {
 }
 
 /// The live workers of one kind.
-#[derive(Default)]
 pub struct WorkerSet {
     workers: RwLock<Vec<Arc<Worker>>>,
+    /// Bumped whenever a worker joins, so that waiters learn of it.
+    joined: watch::Sender<u64>,
+}
+
+impl Default for WorkerSet {
+    fn default() -> Self {
+        Self {
+            workers: RwLock::default(),
+            joined: watch::Sender::new(0),
+        }
+    }
 }
 
 impl WorkerSet {
@@ -151,28 +175,54 @@ impl WorkerSet {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(worker);
+        self.joined.send_modify(|n| *n += 1);
+    }
+
+    pub fn remove(&self, worker: &Arc<Worker>) {
+        self.workers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|w| !Arc::ptr_eq(w, worker));
     }
 
     /// The live worker with the fewest jobs waiting.
     pub fn least_loaded(&self) -> Option<Arc<Worker>> {
+        self.least_loaded_where(|_| true)
+    }
+
+    /// The live worker with the fewest jobs waiting among those `eligible` accepts.
+    pub fn least_loaded_where(&self, eligible: impl Fn(&Worker) -> bool) -> Option<Arc<Worker>> {
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
         workers
             .iter()
-            .filter(|w| w.is_alive())
+            .filter(|w| w.is_alive() && eligible(w))
             .min_by_key(|w| w.load())
             .cloned()
+    }
+
+    /// The least-loaded live worker, waiting up to `patience` for one to join.
+    pub async fn least_loaded_within(&self, patience: Duration) -> Option<Arc<Worker>> {
+        let mut joined = self.joined.subscribe();
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(worker) = self.least_loaded() {
+                return Some(worker);
+            }
+            match tokio::time::timeout_at(give_up, joined.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// A receiver that changes whenever a worker joins.
+    pub fn joined(&self) -> watch::Receiver<u64> {
+        self.joined.subscribe()
     }
 
     pub fn any_alive(&self) -> bool {
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
         workers.iter().any(|w| w.is_alive())
-    }
-
-    pub fn all(&self) -> Vec<Arc<Worker>> {
-        self.workers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 
@@ -277,6 +327,7 @@ impl Worker {
         let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
         let child = Arc::new(Mutex::new(child));
         let stopping = Arc::new(AtomicBool::new(false));
+        let (exit_tx, exited) = watch::channel(false);
         spawn_named(format!("{kind}-{id}-send"), move || {
             forward_commands(queued, link.commands)
         });
@@ -286,6 +337,7 @@ impl Worker {
             pending: Arc::clone(&pending),
             child: Arc::clone(&child),
             stopping: Arc::clone(&stopping),
+            exited: exit_tx,
         };
         spawn_named(format!("{kind}-{id}-events"), move || {
             events.run(link.events)
@@ -299,6 +351,7 @@ impl Worker {
             pending,
             child,
             stopping,
+            exited,
         }
     }
 }
@@ -356,6 +409,7 @@ struct EventThread {
     pending: Arc<Pending>,
     child: Arc<Mutex<Child>>,
     stopping: Arc<AtomicBool>,
+    exited: watch::Sender<bool>,
 }
 
 impl EventThread {
@@ -414,5 +468,6 @@ impl EventThread {
                 id: self.id,
             }));
         }
+        self.exited.send_replace(true);
     }
 }

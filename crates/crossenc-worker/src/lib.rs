@@ -58,8 +58,12 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         let device = crossenc_model::parse_device(&args.device)?;
         let model = CrossEncoder::load(&folder, device)?;
         let info = worker_info(&folder, max_length, &args.device);
+        let poison = PoisonPill::from_env(&folder, max_length)?;
         let handle = move |Job { id, work }| match work {
-            Work::Score(batch) => match score(&model, &batch, max_length) {
+            Work::Score(batch) => match poison
+                .check(&batch)
+                .and_then(|()| score(&model, &batch, max_length))
+            {
                 Ok(scores) => WorkerEvent::Scored {
                     job: id,
                     scores: ScoreBatch::new(&scores),
@@ -70,6 +74,56 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         };
         Ok((info, handle))
     })
+}
+
+/// A fault-injection hook for the crash tests, compiled into debug builds only: with
+/// `CROSSENC_FAULT_ABORT_ON=WORD`, a model worker aborts on any batch holding WORD's
+/// tokens, as a native crash on a bad input would.
+struct PoisonPill {
+    #[cfg(debug_assertions)]
+    marker: Option<Vec<u32>>,
+}
+
+impl PoisonPill {
+    #[cfg(debug_assertions)]
+    fn from_env(folder: &ModelFolder, max_length: usize) -> Result<Self, ModelError> {
+        let Ok(word) = std::env::var("CROSSENC_FAULT_ABORT_ON") else {
+            return Ok(Self { marker: None });
+        };
+        let encoded = PairTokenizer::load(folder, max_length)?.encode(&word, "")?;
+        // [CLS] word [SEP] [SEP]: the word's own tokens sit between.
+        let ids = encoded.ids();
+        let marker = ids[1..ids.len().saturating_sub(2).max(1)].to_vec();
+        tracing::warn!(%word, "fault injection on: this worker aborts on batches holding the word");
+        Ok(Self {
+            marker: Some(marker),
+        })
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn from_env(_: &ModelFolder, _: usize) -> Result<Self, ModelError> {
+        Ok(Self {})
+    }
+
+    #[cfg(debug_assertions)]
+    fn check(&self, batch: &TokenBatch) -> Result<(), String> {
+        let Some(marker) = self.marker.as_deref().filter(|m| !m.is_empty()) else {
+            return Ok(());
+        };
+        for pair in batch.iter() {
+            let ids: Vec<u32> = pair.ids().collect();
+            if ids.windows(marker.len()).any(|w| w == marker) {
+                eprintln!("fault injection: aborting on a marked pair");
+                std::process::abort();
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn check(&self, _: &TokenBatch) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The loop both workers share: connect, load, say Ready, answer commands.

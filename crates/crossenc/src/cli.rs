@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Largest model batch in pairs.
     #[arg(long, value_name = "PAIRS", default_value_t = defaults().batching.max_batch_size)]
     max_batch_size: usize,
+    /// How long a model worker may hold one batch before it is killed as hung (e.g. 120s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "120s")]
+    batch_timeout: Duration,
     /// How long a batch that is not full waits for more pairs (e.g. 2ms).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "2ms")]
@@ -111,6 +115,7 @@ impl ServeArgs {
             .unwrap_or_else(|| (config.workers.model_threads / self.model_workers.max(1)).max(1));
         config.batching.max_batch_tokens = self.max_batch_tokens;
         config.batching.max_batch_size = self.max_batch_size;
+        config.workers.batch_timeout = self.batch_timeout;
         config.batching.max_batch_delay = self.max_batch_delay;
         config.batching.batches_per_worker = self.batches_per_worker;
         config.batching.max_client_batch_size = self.max_client_batch_size;

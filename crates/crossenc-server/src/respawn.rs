@@ -1,0 +1,155 @@
+//! Keeping each worker slot filled: when a worker process exits, the supervisor learns
+//! it at once (its IPC channel closes and the process is reaped), fails or re-queues the
+//! jobs it held, and starts a new one after a short, growing pause.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossenc_ipc::WorkerKind;
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, PoolLabels, WorkerLabels};
+use crate::pool::{Worker, WorkerLauncher, WorkerSet};
+
+/// Pause before the first restart; it doubles on each failure up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between restarts of a worker that keeps failing.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// A worker that ran this long was healthy: its next restart starts from the first pause.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// How long a worker may take to exit after the supervisor asks it to.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Growing pauses between restarts, so that a worker that cannot start does not spin.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: FIRST_PAUSE }
+    }
+}
+
+impl Backoff {
+    /// The pause before this attempt; the next one is twice as long, up to the maximum.
+    pub fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(MAX_PAUSE);
+        pause
+    }
+
+    pub fn reset(&mut self) {
+        self.next = FIRST_PAUSE;
+    }
+}
+
+/// One worker position (kind and id) that the supervisor keeps filled.
+pub struct WorkerSlot {
+    pub kind: WorkerKind,
+    pub id: u32,
+    pub launcher: WorkerLauncher,
+    pub set: Arc<WorkerSet>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl WorkerSlot {
+    /// Watches `worker`, restarts it whenever it exits, and stops it when `stop` turns
+    /// true. Returns once the slot's last worker has stopped.
+    pub async fn run(self, mut worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::default();
+        loop {
+            self.up(true);
+            let started = Instant::now();
+            tokio::select! {
+                () = worker.exited() => {}
+                () = stopped(&mut stop) => {
+                    self.set.remove(&worker);
+                    let _ = tokio::task::spawn_blocking(move || worker.stop(STOP_GRACE)).await;
+                    self.up(false);
+                    return;
+                }
+            }
+            self.set.remove(&worker);
+            self.up(false);
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff.reset();
+            }
+            match self.restart(&mut backoff, &mut stop).await {
+                Some(next) => worker = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Starts a new worker, pausing between attempts; `None` if the server stops first.
+    async fn restart(
+        &self,
+        backoff: &mut Backoff,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Arc<Worker>> {
+        loop {
+            let pause = backoff.pause();
+            tracing::warn!(kind = %self.kind, id = self.id, ?pause, "restarting worker");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stopped(stop) => return None,
+            }
+            let launcher = self.launcher.clone();
+            let (kind, id) = (self.kind, self.id);
+            let spawned = tokio::task::spawn_blocking(move || launcher.spawn(kind, id)).await;
+            match spawned {
+                Ok(Ok(worker)) => {
+                    let worker = Arc::new(worker);
+                    self.metrics
+                        .worker_restarts
+                        .get_or_create(&PoolLabels {
+                            worker_type: kind.as_str(),
+                        })
+                        .inc();
+                    if *stop.borrow() {
+                        let _ = tokio::task::spawn_blocking(move || worker.stop(STOP_GRACE)).await;
+                        return None;
+                    }
+                    self.set.add(Arc::clone(&worker));
+                    return Some(worker);
+                }
+                Ok(Err(error)) => tracing::error!(%error, "worker restart failed"),
+                Err(join) => tracing::error!(%join, "worker restart panicked"),
+            }
+        }
+    }
+
+    fn up(&self, up: bool) {
+        self.metrics
+            .worker_up
+            .get_or_create(&WorkerLabels {
+                worker_id: self.id,
+                worker_type: self.kind.as_str(),
+            })
+            .set(i64::from(up));
+    }
+}
+
+/// Resolves once `stop` turns true (the guard `wait_for` returns must not cross an await).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_double_up_to_the_cap_and_reset() {
+        let mut backoff = Backoff::default();
+        let pauses: Vec<_> = (0..12).map(|_| backoff.pause()).collect();
+        assert_eq!(pauses[0], FIRST_PAUSE);
+        assert_eq!(pauses[1], FIRST_PAUSE * 2);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*pauses.last().unwrap(), MAX_PAUSE);
+        backoff.reset();
+        assert_eq!(backoff.pause(), FIRST_PAUSE);
+    }
+}

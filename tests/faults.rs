@@ -1,0 +1,251 @@
+//! Crash isolation with the real binary: workers killed under load, a poison input, and
+//! shutdown under load. Every request must get an answer; none may hang.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::{children_of, http_get, is_running, metric, wait_exit, TestServer};
+use tokio::task::JoinHandle;
+use tonic::Code;
+
+/// Longer than any request takes here: a request past it counts as hung.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// What one request of a load loop got.
+#[derive(Debug)]
+struct Outcome {
+    sent: Instant,
+    result: Result<(), (Code, String)>,
+}
+
+fn rerank(round: usize) -> tonic::Request<RerankRequest> {
+    let documents = (0..16)
+        .map(|d| {
+            format!(
+                "document {d} of round {round}: {}",
+                "text ".repeat(d % 7 * 4)
+            )
+        })
+        .collect();
+    let mut request = tonic::Request::new(RerankRequest {
+        query: format!("query of round {round}"),
+        documents,
+        ..Default::default()
+    });
+    request.set_timeout(DEADLINE);
+    request
+}
+
+/// `clients` loops sending Rerank requests until `stop` is set.
+async fn load(
+    server: &TestServer,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<Vec<Outcome>>> {
+    let client = server.client().await;
+    (0..clients)
+        .map(|c| {
+            let (mut client, stop) = (client.clone(), Arc::clone(stop));
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut round = c * 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let result = match client.rerank(rerank(round)).await {
+                        Ok(response) => {
+                            assert_eq!(response.get_ref().results.len(), 16);
+                            Ok(())
+                        }
+                        Err(status) => Err((status.code(), status.message().to_string())),
+                    };
+                    outcomes.push(Outcome { sent, result });
+                    round += 1;
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
+
+async fn gather(loops: Vec<JoinHandle<Vec<Outcome>>>) -> Vec<Outcome> {
+    let mut all = Vec::new();
+    for outcomes in futures_util::future::join_all(loops).await {
+        all.extend(outcomes.expect("a client loop panicked"));
+    }
+    all
+}
+
+/// Polls until the server has a `kind` worker other than `old` and says it is ready.
+fn wait_for_replacement(server: &TestServer, kind: &str, old: i32) -> Duration {
+    let killed = Instant::now();
+    while killed.elapsed() < Duration::from_secs(30) {
+        let replaced = server.worker_pids(kind).iter().any(|&pid| pid != old);
+        let ready = matches!(http_get(server.http_addr, "/ready"), Ok((200, _)));
+        if replaced && ready {
+            return killed.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no {kind} worker replaced {old} within 30 s");
+}
+
+async fn kill_a_worker_under_load(kind: &str) {
+    let server = TestServer::start(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = load(&server, 8, &stop).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = server.worker_pids(kind)[0];
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let back = tokio::task::block_in_place(|| wait_for_replacement(&server, kind, victim));
+    let back_at = Instant::now();
+    // Load goes on against the new worker for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = gather(loops).await;
+
+    let served = outcomes.iter().filter(|o| o.result.is_ok()).count();
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err())
+        .collect();
+    eprintln!(
+        "{kind} worker killed: back and ready in {back:?}; {} requests, {served} served, {} failed: {failed:?}",
+        outcomes.len(),
+        failed.len()
+    );
+    for (code, message) in &failed {
+        assert!(
+            matches!(code, Code::Unavailable | Code::Internal) && !message.is_empty(),
+            "a failed request says why with UNAVAILABLE or INTERNAL: {code:?} {message}"
+        );
+    }
+    assert!(served > 8, "the server kept serving ({served} served)");
+    let after_recovery: Vec<_> = outcomes.iter().filter(|o| o.sent > back_at).collect();
+    assert!(!after_recovery.is_empty());
+    for outcome in after_recovery {
+        assert!(
+            outcome.result.is_ok(),
+            "requests sent once the worker was back succeed: {outcome:?}"
+        );
+    }
+    let metrics = server.metrics();
+    let restarts = format!("worker_restarts_total{{worker_type=\"{kind}\"}}");
+    assert_eq!(metric(&metrics, &restarts), 1.0, "{metrics}");
+    let up = format!("worker_up{{worker_id=\"0\",worker_type=\"{kind}\"}}");
+    assert_eq!(metric(&metrics, &up), 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_model_worker_is_replaced_and_every_request_is_answered() {
+    kill_a_worker_under_load("model").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tokenizer_worker_is_replaced_and_every_request_is_answered() {
+    kill_a_worker_under_load("tokenizer").await;
+}
+
+/// The word the debug-build fault hook aborts on.
+const POISON: &str = "xylophone";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_input_fails_its_request_and_spares_the_others() {
+    let server = TestServer::start_with_env(&[], &[("CROSSENC_FAULT_ABORT_ON", POISON)]);
+    let client = server.client().await;
+    let pair = |document: &str| Pair {
+        query: "which instrument".into(),
+        document: document.into(),
+    };
+    let (mut poisoned_client, mut innocent_client) = (client.clone(), client.clone());
+    let poisoned = poisoned_client.infer(InferRequest {
+        pairs: vec![
+            pair("a piano"),
+            pair(&format!("a {POISON} solo")),
+            pair("drums"),
+        ],
+        raw_scores: false,
+    });
+    let innocent = innocent_client.infer(InferRequest {
+        pairs: vec![pair("a violin"), pair("a flute")],
+        raw_scores: false,
+    });
+    let (poisoned, innocent) = tokio::join!(poisoned, innocent);
+
+    let status = poisoned.expect_err("the poison input fails its request");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("pair 1") && status.message().contains("two model workers"),
+        "the message names the pair: {status:?}"
+    );
+    let innocent = innocent.expect("a request beside the poison is served");
+    assert_eq!(innocent.get_ref().scores.len(), 2);
+    // The pool is whole again and serves as before.
+    let mut client = client.clone();
+    let after = client
+        .infer(InferRequest {
+            pairs: vec![pair("a cello")],
+            raw_scores: false,
+        })
+        .await
+        .expect("served after the poison");
+    assert_eq!(after.get_ref().scores.len(), 1);
+    let metrics = server.metrics();
+    assert_eq!(
+        metric(&metrics, "worker_restarts_total{worker_type=\"model\"}"),
+        2.0,
+        "the poison killed exactly two workers, then was not retried: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_requests_in_flight_and_exits_cleanly() {
+    let mut server = TestServer::start(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = load(&server, 4, &stop).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let workers: Vec<i32> = children_of(server.pid()).iter().map(|c| c.0).collect();
+    assert_eq!(workers.len(), 2);
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    // New connections are refused at once, while requests in flight still drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        std::net::TcpStream::connect(server.grpc_addr).is_err(),
+        "the gRPC port stops accepting after SIGTERM"
+    );
+    let status = tokio::task::block_in_place(|| wait_exit(&mut server.child, DEADLINE))
+        .expect("the server exits after SIGTERM");
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = gather(loops).await;
+
+    assert!(status.success(), "exit status {status:?}");
+    let in_flight: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.sent + Duration::from_millis(200) < signalled)
+        .collect();
+    assert!(!in_flight.is_empty());
+    for outcome in &in_flight {
+        assert!(
+            outcome.result.is_ok(),
+            "a request in flight at SIGTERM finishes: {outcome:?}"
+        );
+    }
+    // Sent after the signal: served if the connection still took it, else refused.
+    for outcome in outcomes.iter().filter(|o| o.sent > signalled) {
+        if let Err((code, _)) = &outcome.result {
+            assert!(
+                matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled),
+                "{outcome:?}"
+            );
+        }
+    }
+    for pid in workers {
+        assert!(!is_running(pid), "worker {pid} outlived the server");
+    }
+}
