@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,9 @@ fn rerank(round: usize) -> tonic::Request<RerankRequest> {
     request
 }
 
+/// Requests the load loops have sent so far.
+static SENT: AtomicUsize = AtomicUsize::new(0);
+
 /// `clients` loops sending Rerank requests until `stop` is set.
 async fn load(
     server: &TestServer,
@@ -56,6 +59,7 @@ async fn load(
                 let mut outcomes = Vec::new();
                 let mut round = c * 1000;
                 while !stop.load(Ordering::Relaxed) {
+                    SENT.fetch_add(1, Ordering::Relaxed);
                     let sent = Instant::now();
                     let result = match client.rerank(rerank(round)).await {
                         Ok(response) => {
@@ -104,8 +108,11 @@ async fn kill_a_worker_under_load(kind: &str) {
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     let back = tokio::task::block_in_place(|| wait_for_replacement(&server, kind, victim));
     let back_at = Instant::now();
-    // Load goes on against the new worker for a while.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Load goes on against the new worker until a few requests have been sent to it.
+    let sent_at_back = SENT.load(Ordering::Relaxed);
+    while SENT.load(Ordering::Relaxed) < sent_at_back + 3 && back_at.elapsed() < DEADLINE {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let outcomes = gather(loops).await;
 
@@ -195,12 +202,40 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
         .await
         .expect("served after the poison");
     assert_eq!(after.get_ref().scores.len(), 1);
-    let metrics = server.metrics();
+    let restarts = server.metric_reaching("worker_restarts_total{worker_type=\"model\"}", 2.0);
     assert_eq!(
-        metric(&metrics, "worker_restarts_total{worker_type=\"model\"}"),
-        2.0,
-        "the poison killed exactly two workers, then was not retried: {metrics}"
+        restarts, 2.0,
+        "the poison killed exactly two workers, then was not retried"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_model_worker_is_killed_at_the_batch_timeout() {
+    let server = TestServer::start_with_env(
+        &["--batch-timeout", "2s"],
+        &[("CROSSENC_FAULT_HANG_ON", POISON)],
+    );
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let status = client
+        .infer(InferRequest {
+            pairs: vec![Pair {
+                query: "which instrument".into(),
+                document: format!("a {POISON} solo"),
+            }],
+            raw_scores: false,
+        })
+        .await
+        .expect_err("a pair that hangs every worker fails");
+    // Hung twice, killed twice at the timeout, then not retried.
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let restarts = server.metric_reaching("worker_restarts_total{worker_type=\"model\"}", 2.0);
+    assert_eq!(restarts, 2.0, "killed twice, then not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

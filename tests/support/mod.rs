@@ -145,6 +145,24 @@ impl TestServer {
         text
     }
 
+    /// Polls /metrics until `series` reaches `expected` (or 20 s pass); returns its
+    /// value then, for the caller to assert.
+    pub fn metric_reaching(&self, series: &str, expected: f64) -> f64 {
+        let start = Instant::now();
+        loop {
+            let text = self.metrics();
+            let value = text
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            if value >= expected || start.elapsed() > Duration::from_secs(20) {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, signal: Signal) {
         let _ = kill(Pid::from_raw(self.pid()), signal);
     }

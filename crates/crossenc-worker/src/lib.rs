@@ -78,26 +78,39 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
 
 /// A fault-injection hook for the crash tests, compiled into debug builds only: with
 /// `CROSSENC_FAULT_ABORT_ON=WORD`, a model worker aborts on any batch holding WORD's
-/// tokens, as a native crash on a bad input would.
+/// tokens, as a native crash on a bad input would; with `CROSSENC_FAULT_HANG_ON=WORD`,
+/// it stops answering instead, as a hung kernel would.
 struct PoisonPill {
     #[cfg(debug_assertions)]
-    marker: Option<Vec<u32>>,
+    markers: Vec<(Vec<u32>, Fault)>,
+}
+
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Abort,
+    Hang,
 }
 
 impl PoisonPill {
     #[cfg(debug_assertions)]
     fn from_env(folder: &ModelFolder, max_length: usize) -> Result<Self, ModelError> {
-        let Ok(word) = std::env::var("CROSSENC_FAULT_ABORT_ON") else {
-            return Ok(Self { marker: None });
-        };
-        let encoded = PairTokenizer::load(folder, max_length)?.encode(&word, "")?;
-        // [CLS] word [SEP] [SEP]: the word's own tokens sit between.
-        let ids = encoded.ids();
-        let marker = ids[1..ids.len().saturating_sub(2).max(1)].to_vec();
-        tracing::warn!(%word, "fault injection on: this worker aborts on batches holding the word");
-        Ok(Self {
-            marker: Some(marker),
-        })
+        let mut markers = Vec::new();
+        for (var, fault) in [
+            ("CROSSENC_FAULT_ABORT_ON", Fault::Abort),
+            ("CROSSENC_FAULT_HANG_ON", Fault::Hang),
+        ] {
+            let Ok(word) = std::env::var(var) else {
+                continue;
+            };
+            let encoded = PairTokenizer::load(folder, max_length)?.encode(&word, "")?;
+            // [CLS] word [SEP] [SEP]: the word's own tokens sit between.
+            let ids = encoded.ids();
+            let marker = ids[1..ids.len().saturating_sub(2).max(1)].to_vec();
+            tracing::warn!(%word, ?fault, "fault injection on for batches holding the word");
+            markers.push((marker, fault));
+        }
+        Ok(Self { markers })
     }
 
     #[cfg(not(debug_assertions))]
@@ -107,14 +120,20 @@ impl PoisonPill {
 
     #[cfg(debug_assertions)]
     fn check(&self, batch: &TokenBatch) -> Result<(), String> {
-        let Some(marker) = self.marker.as_deref().filter(|m| !m.is_empty()) else {
-            return Ok(());
-        };
-        for pair in batch.iter() {
-            let ids: Vec<u32> = pair.ids().collect();
-            if ids.windows(marker.len()).any(|w| w == marker) {
-                eprintln!("fault injection: aborting on a marked pair");
-                std::process::abort();
+        for (marker, fault) in self.markers.iter().filter(|(m, _)| !m.is_empty()) {
+            let marked = batch.iter().any(|pair| {
+                let ids: Vec<u32> = pair.ids().collect();
+                ids.windows(marker.len()).any(|w| w == marker.as_slice())
+            });
+            if !marked {
+                continue;
+            }
+            eprintln!("fault injection: {fault:?} on a marked pair");
+            match fault {
+                Fault::Abort => std::process::abort(),
+                Fault::Hang => loop {
+                    std::thread::park();
+                },
             }
         }
         Ok(())
