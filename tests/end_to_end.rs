@@ -297,27 +297,11 @@ fn a_worker_exits_when_its_supervisor_is_killed() {
     );
 }
 
-/// A copy of the default model folder with links to its large files, for breaking it.
+/// A copy of the default model folder with links to its large files, broken by `edit`.
 fn broken_model(edit: impl FnOnce(&std::path::Path)) -> std::path::PathBuf {
-    let source = model_dir().canonicalize().unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "crossenc-broken-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-        std::os::unix::fs::symlink(source.join(file), dir.join(file)).unwrap();
-    }
+    let dir = support::linked_model_copy();
     edit(&dir);
     dir
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -484,7 +468,8 @@ async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_never_run() {
 #[test]
 fn bench_measures_a_server_and_the_model_alone() {
     let server = TestServer::start(&[]);
-    let workload = std::env::temp_dir().join(format!("crossenc-bench-{}.jsonl", rand_suffix()));
+    let workload =
+        std::env::temp_dir().join(format!("crossenc-bench-{}.jsonl", std::process::id()));
     let rows: Vec<String> = (0..3)
         .map(|q| {
             let documents: Vec<String> = (0..4)

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{children_of, http_get, is_running, metric, wait_exit, TestServer};
+use support::{
+    children_of, http_get, is_running, linked_model_copy, metric, wait_exit, TestServer,
+};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
@@ -283,4 +285,61 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_exits_cleanly() {
     for pid in workers {
         assert!(!is_running(pid), "worker {pid} outlived the server");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the_server() {
+    let model = linked_model_copy();
+    let server = TestServer::start_on(&model, &[]);
+    // The weights vanish, then the model worker dies: every restart now fails.
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    let victim = server.worker_pids("model")[0];
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let not_ready = loop {
+        match http_get(server.http_addr, "/ready") {
+            Ok((503, body)) => break body,
+            _ if killed.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("/ready still says {other:?}"),
+        }
+    };
+    assert!(not_ready.contains("not ready"), "{not_ready}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "crossenc.v1.CrossEncoder".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    // A request waits a while for the worker, then fails plainly rather than hang.
+    let mut client = server.client().await;
+    let status = client
+        .infer(InferRequest {
+            pairs: vec![Pair {
+                query: "q".into(),
+                document: "d".into(),
+            }],
+            raw_scores: false,
+        })
+        .await
+        .expect_err("no model worker can score it");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("model worker"), "{status:?}");
+    // The supervisor itself is still up and answering.
+    assert_eq!(http_get(server.http_addr, "/health").unwrap().0, 200);
+    let _ = std::fs::remove_dir_all(&model);
 }

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,21 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// A fresh folder of links to the default model's files, for a test to break.
+pub fn linked_model_copy() -> PathBuf {
+    let source = model_dir().canonicalize().unwrap();
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("crossenc-model-{}-{unique}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(source.join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
+
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -67,19 +82,30 @@ impl TestServer {
         server
     }
 
+    /// Starts the server on the model folder `model` and waits until it is ready.
+    pub fn start_on(model: &Path, extra: &[&str]) -> Self {
+        let server = Self::spawn_on(model, extra, &[]);
+        server.wait_ready();
+        server
+    }
+
     /// Starts the server without waiting.
     pub fn spawn(extra: &[&str]) -> Self {
         Self::spawn_with_env(extra, &[])
     }
 
     fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_on(&model_dir(), extra, env)
+    }
+
+    fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let grpc_addr = free_addr();
         let http_addr = free_addr();
         let child = Command::new(BINARY)
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--model")
-            .arg(model_dir())
+            .arg(model)
             .args(["--grpc-addr", &grpc_addr.to_string()])
             .args(["--http-addr", &http_addr.to_string()])
             .args(extra)

@@ -91,7 +91,7 @@ impl ModelDispatch {
             in_flight: HashMap::new(),
             isolating: HashMap::new(),
             next_batch: 0,
-            joined: models.joined(),
+            joined: models.changes(),
             models,
             limits: dispatch,
             no_worker_since: None,
@@ -161,7 +161,7 @@ struct DispatchTask {
     isolating: HashMap<u64, u32>,
     next_batch: u64,
     models: Arc<WorkerSet>,
-    /// Changes when a model worker joins: pairs waiting for one can go.
+    /// Changes when a model worker joins or leaves: pairs waiting for one can go.
     joined: watch::Receiver<u64>,
     limits: DispatchLimits,
     /// Since when pairs have waited with no model worker up.

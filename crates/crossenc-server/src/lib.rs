@@ -150,13 +150,16 @@ pub async fn serve(
             tokio::spawn(slot.run(worker, slots_stopped.clone()))
         })
         .collect();
-    health
-        .set_serving::<CrossEncoderServer<CrossEncoderService>>()
-        .await;
+    let health_watch = tokio::spawn(report_health(
+        health.clone(),
+        Arc::clone(&pipeline),
+        Arc::clone(&draining),
+    ));
 
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining requests in flight");
     draining.store(true, Ordering::Relaxed);
+    health_watch.abort();
     health
         .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
         .await;
@@ -175,6 +178,36 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the gRPC health status in step with the workers: SERVING while at least one
+/// worker of each kind is up, NOT_SERVING while one kind has none (during a restart).
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    pipeline: Arc<Pipeline>,
+    draining: Arc<AtomicBool>,
+) {
+    let mut tokenizers = pipeline.tokenizers.changes();
+    let mut models = pipeline.models.changes();
+    loop {
+        if draining.load(Ordering::Relaxed) {
+            return;
+        }
+        if pipeline.is_ready() {
+            health
+                .set_serving::<CrossEncoderServer<CrossEncoderService>>()
+                .await;
+        } else {
+            health
+                .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+                .await;
+        }
+        tokio::select! {
+            Ok(()) = tokenizers.changed() => {}
+            Ok(()) = models.changed() => {}
+            else => return,
+        }
+    }
 }
 
 fn pipeline_limits(config: &ServeConfig) -> PipelineLimits {

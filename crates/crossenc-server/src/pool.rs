@@ -156,15 +156,15 @@ impl Worker {
 /// The live workers of one kind.
 pub struct WorkerSet {
     workers: RwLock<Vec<Arc<Worker>>>,
-    /// Bumped whenever a worker joins, so that waiters learn of it.
-    joined: watch::Sender<u64>,
+    /// Bumped whenever a worker joins or leaves, so that waiters learn of it.
+    changes: watch::Sender<u64>,
 }
 
 impl Default for WorkerSet {
     fn default() -> Self {
         Self {
             workers: RwLock::default(),
-            joined: watch::Sender::new(0),
+            changes: watch::Sender::new(0),
         }
     }
 }
@@ -175,7 +175,7 @@ impl WorkerSet {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(worker);
-        self.joined.send_modify(|n| *n += 1);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     pub fn remove(&self, worker: &Arc<Worker>) {
@@ -183,6 +183,7 @@ impl WorkerSet {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|w| !Arc::ptr_eq(w, worker));
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// The live worker with the fewest jobs waiting.
@@ -202,22 +203,22 @@ impl WorkerSet {
 
     /// The least-loaded live worker, waiting up to `patience` for one to join.
     pub async fn least_loaded_within(&self, patience: Duration) -> Option<Arc<Worker>> {
-        let mut joined = self.joined.subscribe();
+        let mut changes = self.changes.subscribe();
         let give_up = tokio::time::Instant::now() + patience;
         loop {
             if let Some(worker) = self.least_loaded() {
                 return Some(worker);
             }
-            match tokio::time::timeout_at(give_up, joined.changed()).await {
+            match tokio::time::timeout_at(give_up, changes.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => return None,
             }
         }
     }
 
-    /// A receiver that changes whenever a worker joins.
-    pub fn joined(&self) -> watch::Receiver<u64> {
-        self.joined.subscribe()
+    /// A receiver that changes whenever a worker joins or leaves.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn any_alive(&self) -> bool {
