@@ -24,7 +24,8 @@ fn pairs(rows: &[Golden]) -> Vec<Pair> {
 
 #[tokio::test]
 async fn infer_matches_the_transformers_reference() {
-    let server = TestServer::start(&[]);
+    // Two model workers, so that batches of one request land on different processes.
+    let server = TestServer::start(&["--model-workers", "2", "--model-threads", "1"]);
     let client = server.client().await;
     let goldens = goldens();
     assert!(goldens.len() >= 200);
@@ -414,6 +415,12 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
         }
     }
     assert!(served >= 2, "the requests that fit are served ({served})");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("");
+    eprintln!("burst of 40: {served} served; supervisor peak RSS {peak}");
     assert!(served < 40, "the burst overflows the limits");
     // Once the burst is over, the server serves as before.
     let mut client = client.clone();

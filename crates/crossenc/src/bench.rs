@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use crossenc_config::ServeConfig;
 use crossenc_ipc::{TokenBatch, TokenBatchBuilder};
 use crossenc_model::{CrossEncoder, ModelFolder, PairTokenizer};
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
@@ -53,9 +54,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// Batch budgets of the model-alone run: use the server's values.
-    #[arg(long, value_name = "TOKENS", default_value_t = 16384)]
+    #[arg(long, value_name = "TOKENS", default_value_t = ServeConfig::default().batching.max_batch_tokens)]
     max_batch_tokens: usize,
-    #[arg(long, value_name = "PAIRS", default_value_t = 64)]
+    #[arg(long, value_name = "PAIRS", default_value_t = ServeConfig::default().batching.max_batch_size)]
     max_batch_size: usize,
     /// Skip the server runs (model alone only).
     #[arg(long)]
