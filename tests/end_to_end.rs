@@ -22,7 +22,7 @@ fn pairs(rows: &[Golden]) -> Vec<Pair> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_matches_the_transformers_reference() {
     // Two model workers, so that batches of one request land on different processes.
     let server = TestServer::start(&["--model-workers", "2", "--model-threads", "1"]);
@@ -68,7 +68,7 @@ async fn infer_matches_the_transformers_reference() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerank_ranks_by_score_and_honours_its_options() {
     let server = TestServer::start(&[]);
     let mut client = server.client().await;
@@ -142,7 +142,7 @@ async fn rerank_ranks_by_score_and_honours_its_options() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_what_was_wrong() {
     let server = TestServer::start(&["--max-client-batch-size", "8"]);
     let mut client = server.client().await;
@@ -198,7 +198,7 @@ async fn bad_requests_are_refused_with_what_was_wrong() {
     assert_eq!(ok.results.len(), 8);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_answer_on_the_grpc_port() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
@@ -370,7 +370,7 @@ fn long_pairs(count: usize, words: usize) -> Vec<Pair> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
     let server = TestServer::start(&[
         "--max-client-batch-size",
@@ -444,7 +444,7 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
     assert!(metric(&metrics, "scheduler_latency_seconds_count") >= 1.0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_never_run() {
     // Small batches, so that the two a worker holds are quick to finish.
     let server = TestServer::start(&["--max-batch-tokens", "4096"]);

@@ -11,7 +11,7 @@ use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::{
-    children_of, http_get, is_running, linked_model_copy, metric, wait_exit, TestServer,
+    children_of, http_get, is_running, linked_model_copy, metric, post_json, wait_exit, TestServer,
 };
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -339,6 +339,16 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
         .expect_err("no model worker can score it");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("model worker"), "{status:?}");
+    // The JSON API says the same with 503.
+    let (code, body) = tokio::task::block_in_place(|| {
+        post_json(
+            server.http_addr,
+            "/score",
+            &serde_json::json!({"pairs": [{"query": "q", "document": "d"}]}),
+        )
+    });
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error_type"], "unavailable", "{body}");
     // The supervisor itself is still up and answering.
     assert_eq!(http_get(server.http_addr, "/health").unwrap().0, 200);
     let _ = std::fs::remove_dir_all(&model);

@@ -254,6 +254,48 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .expect("a number")
 }
 
+/// A bare HTTP/1.1 POST of `body` with `content_type`: status code and body.
+pub fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    // The server may answer (413) and close before it has read the whole body.
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// POSTs JSON and parses the JSON answer.
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let (status, text) =
+        http_post(addr, path, "application/json", &body.to_string()).expect("POST");
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON ({e}): {text}"));
+    (status, value)
+}
+
 /// Pids whose parent is `parent`, with their command lines.
 pub fn children_of(parent: i32) -> Vec<(i32, String)> {
     let mut found = Vec::new();

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Largest request body, gRPC message or HTTP JSON, in bytes.
+    pub max_request_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +77,8 @@ impl Default for ServerConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             shutdown_grace: Duration::from_secs(30),
+            // A 1024-document request of long texts fits.
+            max_request_bytes: 64 << 20,
         }
     }
 }
@@ -143,6 +147,7 @@ impl ServeConfig {
                 });
             }
         };
+        at_least_one("server.max_request_bytes", self.server.max_request_bytes);
         at_least_one("workers.tokenizer", self.workers.tokenizer);
         at_least_one("workers.model", self.workers.model);
         at_least_one("workers.model_threads", self.workers.model_threads);

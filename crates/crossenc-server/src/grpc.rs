@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::pool::JobError;
+use crate::scoring::{activate, check_count, check_query, check_top_n, rank, InvalidRequest};
 
 /// Serves Infer and Rerank through the pipeline.
 pub struct CrossEncoderService {
@@ -46,6 +47,7 @@ impl CrossEncoder for CrossEncoderService {
             .map(|p| (p.query, p.document))
             .collect();
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
+        self.pipeline.metrics.count_request("grpc_infer");
         Ok(Response::new(InferResponse {
             scores: activate(scored.scores, request.raw_scores),
             tokens: scored.tokens,
@@ -65,6 +67,7 @@ impl CrossEncoder for CrossEncoderService {
             .map(|d| (request.query.clone(), d.clone()))
             .collect();
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
+        self.pipeline.metrics.count_request("grpc_rerank");
         let scores = activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
@@ -162,62 +165,25 @@ fn client_deadline(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
-fn validate_count(field: &str, count: usize, limit: usize, what: &str) -> Result<(), Status> {
-    if count == 0 {
-        return Err(Status::invalid_argument(format!(
-            "{field} is empty: send at least one {what}"
-        )));
+impl From<InvalidRequest> for Status {
+    fn from(error: InvalidRequest) -> Self {
+        Status::invalid_argument(error.to_string())
     }
-    if count > limit {
-        return Err(Status::invalid_argument(format!(
-            "{field} has {count} entries; the limit (max_client_batch_size) is {limit}"
-        )));
-    }
-    Ok(())
 }
 
 fn validate_infer(request: &InferRequest, limit: usize) -> Result<(), Status> {
-    validate_count("pairs", request.pairs.len(), limit, "pair")?;
-    if let Some(i) = request.pairs.iter().position(|p| p.query.trim().is_empty()) {
-        return Err(Status::invalid_argument(format!(
-            "pairs[{i}].query is empty"
-        )));
+    check_count("pairs", request.pairs.len(), limit, "pair")?;
+    for (i, pair) in request.pairs.iter().enumerate() {
+        check_query(&format!("pairs[{i}].query"), &pair.query)?;
     }
     Ok(())
 }
 
 fn validate_rerank(request: &RerankRequest, limit: usize) -> Result<(), Status> {
-    if request.query.trim().is_empty() {
-        return Err(Status::invalid_argument("query is empty"));
-    }
-    validate_count("documents", request.documents.len(), limit, "document")?;
-    if request.top_n == Some(0) {
-        return Err(Status::invalid_argument(
-            "top_n is 0: ask for at least 1 result, or leave it unset for all",
-        ));
-    }
+    check_query("query", &request.query)?;
+    check_count("documents", request.documents.len(), limit, "document")?;
+    check_top_n(request.top_n)?;
     Ok(())
-}
-
-/// The model's logits as the client asked for them: raw, or through a sigmoid as
-/// sentence-transformers' CrossEncoder does for single-label models.
-pub fn activate(mut scores: Vec<f32>, raw: bool) -> Vec<f32> {
-    if !raw {
-        for s in &mut scores {
-            *s = 1.0 / (1.0 + (-*s).exp());
-        }
-    }
-    scores
-}
-
-/// Indices ranked by score, highest first; equal scores by index; at most `top_n`.
-pub fn rank(scores: &[f32], top_n: Option<u32>) -> Vec<(usize, f32)> {
-    let mut ranked: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if let Some(n) = top_n {
-        ranked.truncate(n as usize);
-    }
-    ranked
 }
 
 #[cfg(test)]
@@ -253,24 +219,6 @@ mod tests {
             documents: vec!["d".into(); documents],
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn ranking_is_by_score_then_index() {
-        assert_eq!(
-            rank(&[0.1, 0.9, 0.5, 0.9], None),
-            vec![(1, 0.9), (3, 0.9), (2, 0.5), (0, 0.1)]
-        );
-        assert_eq!(rank(&[0.1, 0.9, 0.5], Some(2)), vec![(1, 0.9), (2, 0.5)]);
-        assert_eq!(rank(&[0.1], Some(5)), vec![(0, 0.1)]);
-    }
-
-    #[test]
-    fn sigmoid_unless_raw() {
-        assert_eq!(activate(vec![0.0, 2.0], true), vec![0.0, 2.0]);
-        let s = activate(vec![0.0, 2.0], false);
-        assert_eq!(s[0], 0.5);
-        assert!((s[1] - 0.880_797).abs() < 1e-6);
     }
 
     #[test]

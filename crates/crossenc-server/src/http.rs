@@ -1,27 +1,46 @@
-//! The HTTP side: liveness and readiness probes, and the Prometheus metrics.
+//! The HTTP side: liveness and readiness probes, the Prometheus metrics, and the JSON
+//! API (see [`crate::rest`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::metrics::CONTENT_TYPE;
 use crate::pipeline::Pipeline;
+use crate::rest;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub pipeline: Arc<Pipeline>,
     pub draining: Arc<AtomicBool>,
+    pub max_client_batch_size: usize,
+    pub max_request_bytes: usize,
+    /// The served model's name, known once the first model worker is ready.
+    pub model_name: Arc<OnceLock<String>>,
+}
+
+impl HttpState {
+    pub fn model_name(&self) -> String {
+        self.model_name.get().cloned().unwrap_or_default()
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
+    let api = Router::new()
+        .route("/rerank", post(rest::rerank))
+        .route("/v1/rerank", post(rest::v1_rerank))
+        .route("/score", post(rest::score))
+        .layer(DefaultBodyLimit::max(state.max_request_bytes));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(rest::openapi))
+        .merge(api)
         .with_state(state)
 }
 

@@ -10,7 +10,9 @@ pub mod metrics;
 pub mod pipeline;
 pub mod pool;
 pub mod respawn;
+pub mod rest;
 pub mod scheduler;
+pub mod scoring;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -32,9 +34,6 @@ pub use crate::pool::{SpawnError, WorkerLauncher};
 use crate::pool::{Worker, WorkerSet};
 use crate::respawn::{WorkerSlot, STOP_GRACE};
 use crate::scheduler::SchedulerLimits;
-
-/// Largest gRPC request accepted, so that a 1024-document request of long texts fits.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +97,8 @@ pub async fn serve(
         Arc::clone(&pipeline),
         config.batching.max_client_batch_size,
     ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(config.server.max_request_bytes)
+    .max_encoding_message_size(config.server.max_request_bytes);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
@@ -111,9 +110,13 @@ pub async fn serve(
                 stopped(stop_rx.clone()),
             ),
     );
+    let model_name = Arc::new(std::sync::OnceLock::new());
     let router = http::router(HttpState {
         pipeline: Arc::clone(&pipeline),
         draining: Arc::clone(&draining),
+        max_client_batch_size: config.batching.max_client_batch_size,
+        max_request_bytes: config.server.max_request_bytes,
+        model_name: Arc::clone(&model_name),
     });
     let http = tokio::spawn(
         axum::serve(http_listener, router)
@@ -132,6 +135,7 @@ pub async fn serve(
         }
     };
     tracing::info!(model = %workers[0].info.model_name, "ready");
+    let _ = model_name.set(workers[0].info.model_name.clone());
     let (slots_stop, slots_stopped) = watch::channel(false);
     let slots: Vec<_> = workers
         .into_iter()

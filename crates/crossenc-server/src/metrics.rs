@@ -14,6 +14,12 @@ use prometheus_client::registry::Registry;
 /// The media type of what [`Metrics::render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Labels of a per-API-method metric: `grpc_infer`, `http_rerank`, ...
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
 /// Labels of a per-pool metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -41,6 +47,8 @@ pub struct Metrics {
     pub scheduler_latency: Histogram,
     /// Time each pair waited in the scheduler before its batch went to a model worker.
     pub model_queue_wait_latency: Histogram,
+    /// Requests answered with scores, by API method.
+    pub request_count: Family<MethodLabels, Counter>,
     /// Workers started again after one exited.
     pub worker_restarts: Family<PoolLabels, Counter>,
     /// 1 while a worker is running and ready, 0 while it is down.
@@ -88,6 +96,12 @@ impl Metrics {
             "Time a pair waited in the scheduler before a model worker took its batch",
             model_queue_wait_latency.clone(),
         );
+        let request_count = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "request_count",
+            "Requests answered with scores, by API method",
+            request_count.clone(),
+        );
         let worker_restarts = Family::<PoolLabels, Counter>::default();
         registry.register(
             "worker_restarts",
@@ -102,6 +116,7 @@ impl Metrics {
         );
         Self {
             registry,
+            request_count,
             worker_restarts,
             worker_up,
             padded_tokens,
@@ -110,6 +125,13 @@ impl Metrics {
             scheduler_latency,
             model_queue_wait_latency,
         }
+    }
+
+    /// Counts one answered request of `method`.
+    pub fn count_request(&self, method: &'static str) {
+        self.request_count
+            .get_or_create(&MethodLabels { method })
+            .inc();
     }
 
     /// The registry in the OpenMetrics text format.

@@ -50,7 +50,7 @@ pub struct ServeArgs {
     /// Address of the gRPC API (crossenc.v1.CrossEncoder, health, reflection).
     #[arg(long, value_name = "ADDR", default_value_t = defaults().server.grpc_addr)]
     grpc_addr: SocketAddr,
-    /// Address of the HTTP endpoints (/health, /ready).
+    /// Address of the HTTP endpoints: /health, /ready, /metrics, the JSON API (/rerank, /v1/rerank, /score) and /openapi.json.
     #[arg(long, value_name = "ADDR", default_value_t = defaults().server.http_addr)]
     http_addr: SocketAddr,
     /// Tokenizer worker processes.
@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Largest model batch in pairs.
     #[arg(long, value_name = "PAIRS", default_value_t = defaults().batching.max_batch_size)]
     max_batch_size: usize,
+    /// Largest request body in bytes, gRPC message or HTTP JSON.
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().server.max_request_bytes)]
+    max_request_bytes: usize,
     /// How long a model worker may hold one batch before it is killed as hung (e.g. 120s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "120s")]
@@ -116,6 +119,7 @@ impl ServeArgs {
         config.batching.max_batch_tokens = self.max_batch_tokens;
         config.batching.max_batch_size = self.max_batch_size;
         config.workers.batch_timeout = self.batch_timeout;
+        config.server.max_request_bytes = self.max_request_bytes;
         config.batching.max_batch_delay = self.max_batch_delay;
         config.batching.batches_per_worker = self.batches_per_worker;
         config.batching.max_client_batch_size = self.max_client_batch_size;

@@ -1,0 +1,415 @@
+//! The HTTP JSON API, in the shapes retrieval frameworks already call: text-embeddings-
+//! inference's `POST /rerank`, Cohere's and Jina's `POST /v1/rerank`, and `POST /score`
+//! for raw pairs (gRPC `Infer`). All go through the same pipeline as gRPC.
+//!
+//! Errors are JSON `{"error", "error_type"}` with the status that fits; a body that is
+//! not JSON, a field of the wrong type or an unknown field is a 400 naming the field.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::http::HttpState;
+use crate::pipeline::{PipelineError, Scored};
+use crate::pool::JobError;
+use crate::scoring::{activate, check_count, check_query, check_top_n, rank, InvalidRequest};
+
+/// The OpenAPI document of this API, served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "crossenc HTTP API",
+        description = "Cross-encoder scoring and reranking"
+    ),
+    paths(rerank, v1_rerank, score),
+    components(schemas(
+        RerankRequest,
+        RankedText,
+        V1RerankRequest,
+        V1Document,
+        DocumentText,
+        V1RerankResponse,
+        V1Result,
+        Usage,
+        ScoreRequest,
+        ScorePair,
+        ScoreResponse,
+        ApiErrorBody
+    ))
+)]
+pub struct ApiDoc;
+
+/// text-embeddings-inference's rerank request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerankRequest {
+    pub query: String,
+    pub texts: Vec<String>,
+    /// The model's logits instead of their sigmoid.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Echo each text in its result.
+    #[serde(default)]
+    pub return_text: bool,
+    /// Accepted for compatibility: crossenc always truncates pairs longest-first to the
+    /// model's max_length.
+    #[serde(default)]
+    pub truncate: bool,
+    /// Only `Right` is supported (longest-first truncation keeps the start of each text).
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+}
+
+/// One text of a TEI rerank answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankedText {
+    pub index: usize,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// The Cohere / Jina rerank request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct V1RerankRequest {
+    /// Accepted and ignored: crossenc serves one model.
+    #[serde(default)]
+    pub model: Option<String>,
+    pub query: String,
+    pub documents: Vec<V1Document>,
+    #[serde(default)]
+    pub top_n: Option<u32>,
+    /// Echo each document in its result (default false, as Cohere).
+    #[serde(default)]
+    pub return_documents: bool,
+}
+
+/// A document: a string, or an object with its text.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum V1Document {
+    Text(String),
+    Object(DocumentText),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentText {
+    pub text: String,
+}
+
+impl V1Document {
+    fn into_text(self) -> String {
+        match self {
+            V1Document::Text(text) | V1Document::Object(DocumentText { text }) => text,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V1RerankResponse {
+    /// The served model's name.
+    pub model: String,
+    pub results: Vec<V1Result>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V1Result {
+    pub index: usize,
+    /// The sigmoid of the model's logit, in [0, 1].
+    pub relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<DocumentText>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    /// Real tokens the model read, after truncation.
+    pub total_tokens: u64,
+}
+
+/// Raw (query, document) pairs, as gRPC `Infer`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    pub pairs: Vec<ScorePair>,
+    #[serde(default)]
+    pub raw_scores: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScorePair {
+    pub query: String,
+    pub document: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoreResponse {
+    /// One score per pair, in request order.
+    pub scores: Vec<f32>,
+    pub tokens: u64,
+}
+
+/// The body of every error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiErrorBody {
+    pub error: String,
+    /// `validation`, `payload_too_large`, `overloaded`, `unavailable` or `backend`.
+    pub error_type: &'static str,
+}
+
+/// An error with its HTTP status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ApiErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error_type: &'static str, error: impl ToString) -> Self {
+        Self {
+            status,
+            body: ApiErrorBody {
+                error: error.to_string(),
+                error_type,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<InvalidRequest> for ApiError {
+    fn from(error: InvalidRequest) -> Self {
+        match error {
+            InvalidRequest::Field(_) => ApiError::new(StatusCode::BAD_REQUEST, "validation", error),
+            InvalidRequest::TooMany { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", error)
+            }
+        }
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> Self {
+        match &error {
+            PipelineError::Refused(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", error)
+            }
+            PipelineError::NoWorker(_)
+            | PipelineError::Stopping
+            | PipelineError::Job(JobError::WorkerGone { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
+            }
+            PipelineError::Job(JobError::Failed { .. })
+            | PipelineError::WrongReply { .. }
+            | PipelineError::ScoreCount { .. }
+            | PipelineError::Poison { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", error)
+            }
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s: 400 naming the field for bad JSON,
+/// 413 for a body over the limit.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            status,
+            "payload_too_large",
+            "the request body is over the server's limit (max_request_bytes)",
+        );
+    }
+    let status = match rejection {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, "validation", rejection.body_text())
+}
+
+fn refuse_while_draining(state: &HttpState) -> Result<(), ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+        ));
+    }
+    Ok(())
+}
+
+async fn run(
+    state: &HttpState,
+    method: &'static str,
+    pairs: Vec<(String, String)>,
+) -> Result<Scored, ApiError> {
+    refuse_while_draining(state)?;
+    let scored = state.pipeline.score(pairs).await?;
+    state.pipeline.metrics.count_request(method);
+    Ok(scored)
+}
+
+/// Rerank texts against a query (text-embeddings-inference's shape).
+#[utoipa::path(post, path = "/rerank", request_body = RerankRequest,
+    responses(
+        (status = 200, body = Vec<RankedText>, description = "Texts by score, highest first"),
+        (status = 400, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
+        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody)
+    ))]
+pub async fn rerank(
+    State(state): State<HttpState>,
+    ApiJson(request): ApiJson<RerankRequest>,
+) -> Result<Json<Vec<RankedText>>, ApiError> {
+    check_query("query", &request.query)?;
+    check_count(
+        "texts",
+        request.texts.len(),
+        state.max_client_batch_size,
+        "text",
+    )?;
+    if let Some(direction) = request.truncation_direction.as_deref() {
+        if !direction.eq_ignore_ascii_case("right") {
+            return Err(InvalidRequest::Field(format!(
+                "truncation_direction {direction:?} is not supported; only \"Right\""
+            ))
+            .into());
+        }
+    }
+    let pairs = request
+        .texts
+        .iter()
+        .map(|t| (request.query.clone(), t.clone()))
+        .collect();
+    let scored = run(&state, "http_rerank", pairs).await?;
+    let scores = activate(scored.scores, request.raw_scores);
+    let mut texts = request.texts;
+    let ranked = rank(&scores, None)
+        .into_iter()
+        .map(|(index, score)| RankedText {
+            index,
+            score,
+            text: request
+                .return_text
+                .then(|| std::mem::take(&mut texts[index])),
+        })
+        .collect();
+    Ok(Json(ranked))
+}
+
+/// Rerank documents against a query (the Cohere / Jina shape).
+#[utoipa::path(post, path = "/v1/rerank", request_body = V1RerankRequest,
+    responses(
+        (status = 200, body = V1RerankResponse),
+        (status = 400, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
+        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody)
+    ))]
+pub async fn v1_rerank(
+    State(state): State<HttpState>,
+    ApiJson(request): ApiJson<V1RerankRequest>,
+) -> Result<Json<V1RerankResponse>, ApiError> {
+    check_query("query", &request.query)?;
+    check_count(
+        "documents",
+        request.documents.len(),
+        state.max_client_batch_size,
+        "document",
+    )?;
+    check_top_n(request.top_n)?;
+    let mut documents: Vec<String> = request
+        .documents
+        .into_iter()
+        .map(V1Document::into_text)
+        .collect();
+    let pairs = documents
+        .iter()
+        .map(|d| (request.query.clone(), d.clone()))
+        .collect();
+    let scored = run(&state, "http_v1_rerank", pairs).await?;
+    let scores = activate(scored.scores, false);
+    let results = rank(&scores, request.top_n)
+        .into_iter()
+        .map(|(index, relevance_score)| V1Result {
+            index,
+            relevance_score,
+            document: request.return_documents.then(|| DocumentText {
+                text: std::mem::take(&mut documents[index]),
+            }),
+        })
+        .collect();
+    Ok(Json(V1RerankResponse {
+        model: state.model_name(),
+        results,
+        usage: Usage {
+            total_tokens: scored.tokens,
+        },
+    }))
+}
+
+/// Score (query, document) pairs, one score per pair in order (gRPC `Infer`).
+#[utoipa::path(post, path = "/score", request_body = ScoreRequest,
+    responses(
+        (status = 200, body = ScoreResponse),
+        (status = 400, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
+        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody)
+    ))]
+pub async fn score(
+    State(state): State<HttpState>,
+    ApiJson(request): ApiJson<ScoreRequest>,
+) -> Result<Json<ScoreResponse>, ApiError> {
+    check_count(
+        "pairs",
+        request.pairs.len(),
+        state.max_client_batch_size,
+        "pair",
+    )?;
+    for (i, pair) in request.pairs.iter().enumerate() {
+        check_query(&format!("pairs[{i}].query"), &pair.query)?;
+    }
+    let pairs = request
+        .pairs
+        .into_iter()
+        .map(|p| (p.query, p.document))
+        .collect();
+    let scored = run(&state, "http_score", pairs).await?;
+    Ok(Json(ScoreResponse {
+        scores: activate(scored.scores, request.raw_scores),
+        tokens: scored.tokens,
+    }))
+}
+
+/// The OpenAPI document.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
