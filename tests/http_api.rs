@@ -356,3 +356,18 @@ fn the_openapi_document_matches_the_handlers() {
         }
     }
 }
+
+#[test]
+fn a_request_past_the_http_timeout_answers_504() {
+    let server = TestServer::start(&["--http-request-timeout", "1s"]);
+    // Minutes of model work against a second of patience.
+    let pairs: Vec<Value> = (0..512)
+        .map(|i| json!({"query": format!("query {i}"), "document": "lorem ipsum dolor sit amet ".repeat(80)}))
+        .collect();
+    expect_error(
+        post_json(server.http_addr, "/score", &json!({"pairs": pairs})),
+        504,
+        "timeout",
+        "http_request_timeout",
+    );
+}

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request body, gRPC message or HTTP JSON, in bytes.
     pub max_request_bytes: usize,
+    /// Longest an HTTP JSON request may take before it is answered 504 (gRPC clients
+    /// bring their own deadline).
+    pub http_request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             // A 1024-document request of long texts fits.
             max_request_bytes: 64 << 20,
+            http_request_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct HttpState {
     pub draining: Arc<AtomicBool>,
     pub max_client_batch_size: usize,
     pub max_request_bytes: usize,
+    pub request_timeout: std::time::Duration,
     /// The served model's name, known once the first model worker is ready.
     pub model_name: Arc<OnceLock<String>>,
 }

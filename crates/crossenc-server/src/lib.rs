@@ -116,6 +116,7 @@ pub async fn serve(
         draining: Arc::clone(&draining),
         max_client_batch_size: config.batching.max_client_batch_size,
         max_request_bytes: config.server.max_request_bytes,
+        request_timeout: config.server.http_request_timeout,
         model_name: Arc::clone(&model_name),
     });
     let http = tokio::spawn(

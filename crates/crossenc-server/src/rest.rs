@@ -163,7 +163,8 @@ pub struct ScoreResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiErrorBody {
     pub error: String,
-    /// `validation`, `payload_too_large`, `overloaded`, `unavailable` or `backend`.
+    /// `validation`, `payload_too_large`, `overloaded`, `unavailable`, `timeout` or
+    /// `backend`.
     pub error_type: &'static str,
 }
 
@@ -276,7 +277,19 @@ async fn run(
     pairs: Vec<(String, String)>,
 ) -> Result<Scored, ApiError> {
     refuse_while_draining(state)?;
-    let scored = state.pipeline.score(pairs).await?;
+    // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
+    let scored = tokio::time::timeout(state.request_timeout, state.pipeline.score(pairs))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "no scores within http_request_timeout ({:?})",
+                    state.request_timeout
+                ),
+            )
+        })??;
     state.pipeline.metrics.count_request(method);
     Ok(scored)
 }
@@ -286,7 +299,8 @@ async fn run(
     responses(
         (status = 200, body = Vec<RankedText>, description = "Texts by score, highest first"),
         (status = 400, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
-        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody)
+        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody),
+        (status = 504, body = ApiErrorBody)
     ))]
 pub async fn rerank(
     State(state): State<HttpState>,
@@ -333,7 +347,8 @@ pub async fn rerank(
     responses(
         (status = 200, body = V1RerankResponse),
         (status = 400, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
-        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody)
+        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody),
+        (status = 504, body = ApiErrorBody)
     ))]
 pub async fn v1_rerank(
     State(state): State<HttpState>,
@@ -382,7 +397,8 @@ pub async fn v1_rerank(
     responses(
         (status = 200, body = ScoreResponse),
         (status = 400, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
-        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody)
+        (status = 429, body = ApiErrorBody), (status = 503, body = ApiErrorBody),
+        (status = 504, body = ApiErrorBody)
     ))]
 pub async fn score(
     State(state): State<HttpState>,

@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes, gRPC message or HTTP JSON.
     #[arg(long, value_name = "BYTES", default_value_t = defaults().server.max_request_bytes)]
     max_request_bytes: usize,
+    /// Longest an HTTP JSON request may take before it is answered 504 (e.g. 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "60s")]
+    http_request_timeout: Duration,
     /// How long a model worker may hold one batch before it is killed as hung (e.g. 120s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "120s")]
@@ -120,6 +124,7 @@ impl ServeArgs {
         config.batching.max_batch_size = self.max_batch_size;
         config.workers.batch_timeout = self.batch_timeout;
         config.server.max_request_bytes = self.max_request_bytes;
+        config.server.http_request_timeout = self.http_request_timeout;
         config.batching.max_batch_delay = self.max_batch_delay;
         config.batching.batches_per_worker = self.batches_per_worker;
         config.batching.max_client_batch_size = self.max_client_batch_size;
