@@ -313,18 +313,21 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
             .await
             .unwrap(),
     );
-    let serving = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "crossenc.v1.CrossEncoder".into(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status;
-    assert_eq!(
-        serving,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
+    // Health follows once the supervisor has taken the dead worker out of its set.
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let mut serving = -1;
+    while serving != not_serving && killed.elapsed() < Duration::from_secs(10) {
+        serving = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "crossenc.v1.CrossEncoder".into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serving, not_serving);
     // A request waits a while for the worker, then fails plainly rather than hang.
     let mut client = server.client().await;
     let status = client

@@ -357,6 +357,7 @@ impl DispatchTask {
                 return self.fail_pairs(&pairs, error);
             }
             Err(PipelineError::Job(JobError::WorkerGone { .. })) => return self.requeue(pairs),
+            Err(PipelineError::Job(JobError::NotDelivered { .. })) => return self.put_back(pairs),
             Err(error) => return self.fail_pairs(&pairs, error),
         };
         for (pair, score) in pairs.into_iter().zip(scores) {
@@ -397,6 +398,23 @@ impl DispatchTask {
         self.publish_waiting();
     }
 
+    /// The batch never reached its worker (it had just died): its pairs wait again as
+    /// they were, suspects still alone.
+    fn put_back(&mut self, pairs: Vec<QueuedPair>) {
+        for pair in pairs {
+            if !self.requests.contains_key(&pair.request) {
+                continue;
+            }
+            let (request, len, arrived) = (pair.request, pair.tokens.len(), pair.arrived);
+            if pair.suspect {
+                self.scheduler.push_solo(request, len, pair, arrived);
+            } else {
+                self.scheduler.push(request, len, pair, arrived);
+            }
+        }
+        self.publish_waiting();
+    }
+
     fn fail_pairs(&mut self, pairs: &[QueuedPair], error: PipelineError) {
         for pair in pairs {
             if let Some(gathering) = self.requests.remove(&pair.request) {
@@ -424,27 +442,15 @@ impl DispatchTask {
     }
 }
 
-/// A batch's scores, or why there are none. A worker that holds the batch past
-/// `timeout` is taken for hung and killed; its death then answers the batch.
+/// A batch's scores, or why there are none (a hung worker is killed at `timeout`).
 async fn await_scores(
     worker: &Worker,
-    mut answer: oneshot::Receiver<Result<Reply, JobError>>,
+    answer: oneshot::Receiver<Result<Reply, JobError>>,
     timeout: Duration,
 ) -> Result<Vec<f32>, PipelineError> {
-    let (kind, id) = (worker.kind, worker.id);
-    let answered = match tokio::time::timeout(timeout, &mut answer).await {
-        Ok(answered) => answered,
-        Err(_) => {
-            tracing::error!(%kind, id, ?timeout, "model worker holds a batch past batch_timeout; killing it");
-            worker.kill();
-            answer.await
-        }
-    };
-    match answered {
-        Ok(Ok(Reply::Scored(scores))) => Ok(scores.to_vec()),
-        Ok(Ok(Reply::Encoded(_))) => Err(PipelineError::WrongReply { kind }),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(JobError::WorkerGone { kind, id }.into()),
+    match worker.answer_within(answer, timeout).await? {
+        Reply::Scored(scores) => Ok(scores.to_vec()),
+        Reply::Encoded(_) => Err(PipelineError::WrongReply { kind: worker.kind }),
     }
 }
 

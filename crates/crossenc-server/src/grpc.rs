@@ -92,7 +92,7 @@ impl From<PipelineError> for Status {
         match &error {
             PipelineError::Refused(_) => Status::resource_exhausted(error.to_string()),
             PipelineError::NoWorker(_)
-            | PipelineError::Job(JobError::WorkerGone { .. })
+            | PipelineError::Job(JobError::WorkerGone { .. } | JobError::NotDelivered { .. })
             | PipelineError::Stopping => Status::unavailable(error.to_string()),
             PipelineError::Job(JobError::Failed { .. })
             | PipelineError::WrongReply { .. }

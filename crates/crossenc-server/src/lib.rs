@@ -165,6 +165,8 @@ pub async fn serve(
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining requests in flight");
     draining.store(true, Ordering::Relaxed);
     health_watch.abort();
+    // An update already under way must land before NOT_SERVING, not after.
+    let _ = health_watch.await;
     health
         .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
         .await;

@@ -2,6 +2,7 @@
 //! batches, score on the model workers, and put the scores back in request order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossenc_ipc::{TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
@@ -57,6 +58,8 @@ pub struct Pipeline {
     pub admission: Admission,
     pub dispatch: ModelDispatch,
     pub metrics: Arc<Metrics>,
+    /// A tokenizer worker holding one job longer is killed as hung.
+    job_timeout: Duration,
 }
 
 impl Pipeline {
@@ -76,6 +79,7 @@ impl Pipeline {
             admission: Admission::new(limits.max_concurrent_requests, limits.max_queued_pairs),
             dispatch,
             metrics,
+            job_timeout: limits.dispatch.batch_timeout,
         }
     }
 
@@ -109,29 +113,44 @@ impl Pipeline {
             chunks.push(std::mem::replace(&mut pairs, rest));
         }
         chunks.push(pairs);
-        try_join_all(chunks.into_iter().map(|chunk| async move {
-            match encode(&self.tokenizers, chunk).await? {
-                Reply::Encoded(batch) => Ok(batch),
-                Reply::Scored(_) => Err(PipelineError::WrongReply {
-                    kind: WorkerKind::Tokenizer,
-                }),
-            }
-        }))
-        .await
+        try_join_all(chunks.into_iter().map(|chunk| self.encode(chunk))).await
     }
-}
 
-/// Tokenizes one chunk. A tokenizer worker that dies holding it costs the chunk one
-/// retry on another (or the respawned) worker; while none is up, the chunk waits for one
-/// up to the dispatch's patience.
-async fn encode(workers: &WorkerSet, chunk: Vec<(String, String)>) -> Result<Reply, PipelineError> {
-    let kind = WorkerKind::Tokenizer;
-    // The copy is the text of at most TOKENIZE_CHUNK pairs: small beside tokenizing it.
-    match submit_once(workers, kind, Work::Encode(chunk.clone())).await {
-        Err(PipelineError::Job(JobError::WorkerGone { .. })) => {
-            submit_once(workers, kind, Work::Encode(chunk)).await
+    /// Tokenizes one chunk. A tokenizer worker that dies holding it (or hangs past the
+    /// job timeout and is killed) costs the chunk one retry on another or the respawned
+    /// worker; while none is up, the chunk waits for one up to the dispatch's patience.
+    async fn encode(&self, chunk: Vec<(String, String)>) -> Result<TokenBatch, PipelineError> {
+        let kind = WorkerKind::Tokenizer;
+        let expected = chunk.len();
+        // The copy is the text of at most TOKENIZE_CHUNK pairs: small beside tokenizing it.
+        let first = submit_once(
+            &self.tokenizers,
+            kind,
+            Work::Encode(chunk.clone()),
+            self.job_timeout,
+        );
+        let reply = match first.await {
+            Err(PipelineError::Job(
+                JobError::WorkerGone { .. } | JobError::NotDelivered { .. },
+            )) => {
+                submit_once(
+                    &self.tokenizers,
+                    kind,
+                    Work::Encode(chunk),
+                    self.job_timeout,
+                )
+                .await?
+            }
+            answered => answered?,
+        };
+        match reply {
+            // A batch that does not hold one valid pair per input is refused here, where
+            // it would otherwise put scores at the wrong places.
+            Reply::Encoded(batch) if batch.len() == expected && batch.validate().is_ok() => {
+                Ok(batch)
+            }
+            _ => Err(PipelineError::WrongReply { kind }),
         }
-        answered => answered,
     }
 }
 
@@ -139,16 +158,12 @@ async fn submit_once(
     workers: &WorkerSet,
     kind: WorkerKind,
     work: Work,
+    timeout: Duration,
 ) -> Result<Reply, PipelineError> {
     let worker = workers
         .least_loaded_within(NO_WORKER_PATIENCE)
         .await
         .ok_or(PipelineError::NoWorker(kind))?;
     let answer = worker.submit(work);
-    // The sender is dropped only with the worker's pending table, which answers first.
-    let reply = answer.await.map_err(|_| JobError::WorkerGone {
-        kind,
-        id: worker.id,
-    })?;
-    Ok(reply?)
+    Ok(worker.answer_within(answer, timeout).await?)
 }

@@ -42,6 +42,9 @@ pub enum Reply {
 pub enum JobError {
     #[error("{kind} worker {id} exited before it answered")]
     WorkerGone { kind: WorkerKind, id: u32 },
+    /// The worker was already gone: the job never reached it.
+    #[error("{kind} worker {id} had exited; the job was not sent")]
+    NotDelivered { kind: WorkerKind, id: u32 },
     #[error("{kind} worker {id} could not do the job: {message}")]
     Failed {
         kind: WorkerKind,
@@ -96,10 +99,35 @@ impl Worker {
                 let _ = self.commands.send(WorkerCommand::Run(Job { id, work }));
             }
             None => {
-                let _ = reply.send(Err(self.gone()));
+                let _ = reply.send(Err(JobError::NotDelivered {
+                    kind: self.kind,
+                    id: self.id,
+                }));
             }
         }
         answer
+    }
+
+    /// Waits for a job's answer. A worker that holds the job past `timeout` is taken
+    /// for hung and killed; its death then answers the job.
+    pub async fn answer_within(
+        &self,
+        mut answer: oneshot::Receiver<Result<Reply, JobError>>,
+        timeout: Duration,
+    ) -> Result<Reply, JobError> {
+        let answered = match tokio::time::timeout(timeout, &mut answer).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                tracing::error!(kind = %self.kind, id = self.id, ?timeout, "worker holds a job past its timeout; killing it");
+                self.kill();
+                answer.await
+            }
+        };
+        // The sender is dropped only with the pending table, which answers first.
+        answered.unwrap_or(Err(JobError::WorkerGone {
+            kind: self.kind,
+            id: self.id,
+        }))
     }
 
     /// Jobs sent and not yet answered.
@@ -115,13 +143,6 @@ impl Worker {
             .is_some()
     }
 
-    fn gone(&self) -> JobError {
-        JobError::WorkerGone {
-            kind: self.kind,
-            id: self.id,
-        }
-    }
-
     /// Resolves once the process is gone and every job it held has failed.
     pub async fn exited(&self) {
         let mut exited = self.exited.clone();
@@ -130,8 +151,9 @@ impl Worker {
 
     /// Kills a worker that stopped answering; its death fails its pending jobs.
     pub fn kill(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
+        // By pid, not through the Child: its lock may be held by a thread reaping it.
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
 
     /// Asks the worker to exit, waits up to `grace`, then kills it.
@@ -446,7 +468,9 @@ impl EventThread {
         self.fail_pending();
     }
 
-    /// The channel closed: the worker is gone. Every waiting job learns it now.
+    /// The channel closed or broke: the worker is gone, or no longer to be trusted.
+    /// Every waiting job learns it first; then the process is killed (it may still be
+    /// alive if only the channel broke) and reaped.
     fn fail_pending(&self) {
         let orphans = self
             .pending
@@ -454,20 +478,22 @@ impl EventThread {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default();
-        let status = {
-            let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-            child.wait().map(|s| s.to_string()).unwrap_or_default()
-        };
-        if self.stopping.load(Ordering::Relaxed) && orphans.is_empty() {
-            tracing::info!(kind = %self.kind, id = self.id, %status, "worker stopped");
-        } else {
-            tracing::error!(kind = %self.kind, id = self.id, %status, failed_jobs = orphans.len(), "worker exited");
-        }
+        let failed_jobs = orphans.len();
         for (_, reply) in orphans {
             let _ = reply.send(Err(JobError::WorkerGone {
                 kind: self.kind,
                 id: self.id,
             }));
+        }
+        let status = {
+            let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = child.kill();
+            child.wait().map(|s| s.to_string()).unwrap_or_default()
+        };
+        if self.stopping.load(Ordering::Relaxed) && failed_jobs == 0 {
+            tracing::info!(kind = %self.kind, id = self.id, %status, "worker stopped");
+        } else {
+            tracing::error!(kind = %self.kind, id = self.id, %status, failed_jobs, "worker exited");
         }
         self.exited.send_replace(true);
     }

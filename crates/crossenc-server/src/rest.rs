@@ -212,7 +212,7 @@ impl From<PipelineError> for ApiError {
             }
             PipelineError::NoWorker(_)
             | PipelineError::Stopping
-            | PipelineError::Job(JobError::WorkerGone { .. }) => {
+            | PipelineError::Job(JobError::WorkerGone { .. } | JobError::NotDelivered { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
             }
             PipelineError::Job(JobError::Failed { .. })

@@ -5,13 +5,14 @@
 //! as many batches as there were pairs older than it. Around that pair the batch takes
 //! its neighbours in length order, as long as the batch stays under both budgets
 //! (`max_batch_tokens` padded tokens, `max_batch_size` pairs) and its padding stays
-//! under [`MAX_PADDING`] of its real tokens. A batch that is not full is cut only once
-//! its oldest pair has waited `max_batch_delay`, in case more pairs arrive to fill it.
+//! under [`MAX_PADDING`] of its real tokens. A batch is full when `max_batch_size` or
+//! `max_batch_tokens` stops it; one that is not full is cut only once its oldest pair
+//! has waited `max_batch_delay`, in case more pairs arrive to fill it.
 //!
 //! This is a plain data structure: no IPC, no async, no clock of its own (callers pass
 //! `now`), so that it can be tested exhaustively.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,7 @@ pub struct Scheduler<T> {
     /// The same pairs by arrival sequence: the first is the oldest.
     by_age: BTreeMap<u64, usize>,
     /// Each request's waiting pairs, as (length, sequence) keys.
-    by_request: HashMap<RequestId, Vec<(usize, u64)>>,
+    by_request: HashMap<RequestId, HashSet<(usize, u64)>>,
     next_seq: u64,
 }
 
@@ -116,7 +117,7 @@ impl<T> Scheduler<T> {
             },
         );
         self.by_age.insert(seq, len);
-        self.by_request.entry(request).or_default().push(key);
+        self.by_request.entry(request).or_default().insert(key);
     }
 
     /// Drops every waiting pair of `request` (its client went away or its deadline
@@ -179,8 +180,8 @@ impl<T> Scheduler<T> {
         let mut budget_bound = false;
         while window.keys.len() < self.limits.max_batch_size {
             // Take the neighbour that adds less padding; stop when neither fits.
-            let via_shorter = next_shorter.filter(|&k| self.fits(&window, k));
-            let via_longer = next_longer.filter(|&k| self.fits(&window, k));
+            let via_shorter = next_shorter.filter(|&k| self.fits(&window, k) == Fit::Yes);
+            let via_longer = next_longer.filter(|&k| self.fits(&window, k) == Fit::Yes);
             let pick = match (via_shorter, via_longer) {
                 (Some(s), Some(l)) => {
                     if window.padding_after(s) <= window.padding_after(l) {
@@ -194,7 +195,12 @@ impl<T> Scheduler<T> {
                 (None, None) => None,
             };
             let Some((key, is_shorter)) = pick else {
-                budget_bound = next_shorter.is_some() || next_longer.is_some();
+                // Full only if the token budget stopped it: a neighbour refused for its
+                // padding may yet be joined by later pairs of a closer length.
+                budget_bound = [next_shorter, next_longer]
+                    .into_iter()
+                    .flatten()
+                    .any(|k| self.fits(&window, k) == Fit::OverBudget);
                 break;
             };
             window.add(key);
@@ -208,13 +214,18 @@ impl<T> Scheduler<T> {
         Some((window.keys, full))
     }
 
-    fn fits(&self, window: &Window, key: (usize, u64)) -> bool {
+    fn fits(&self, window: &Window, key: (usize, u64)) -> Fit {
         let pairs = window.keys.len() + 1;
         let longest = window.longest.max(key.0);
         let padded = pairs * longest;
         let real = window.real + key.0;
-        padded <= self.limits.max_batch_tokens
-            && (padded - real) as f64 <= MAX_PADDING * real as f64
+        if padded > self.limits.max_batch_tokens {
+            Fit::OverBudget
+        } else if (padded - real) as f64 > MAX_PADDING * real as f64 {
+            Fit::TooMuchPadding
+        } else {
+            Fit::Yes
+        }
     }
 
     fn take(&mut self, keys: Vec<(usize, u64)>, now: Instant) -> Batch<T> {
@@ -241,14 +252,20 @@ impl<T> Scheduler<T> {
 
     fn forget(&mut self, request: RequestId, key: (usize, u64)) {
         if let Some(keys) = self.by_request.get_mut(&request) {
-            if let Some(at) = keys.iter().position(|k| *k == key) {
-                keys.swap_remove(at);
-            }
+            keys.remove(&key);
             if keys.is_empty() {
                 self.by_request.remove(&request);
             }
         }
     }
+}
+
+/// Whether a pair can join a batch being planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Yes,
+    OverBudget,
+    TooMuchPadding,
 }
 
 /// A batch being planned: its keys, longest pair and real tokens.
