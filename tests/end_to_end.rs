@@ -521,3 +521,34 @@ fn bench_measures_a_server_and_the_model_alone() {
         assert!(line.contains("6 requests, 0 failed"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_has_its_pairs_withdrawn() {
+    let server = TestServer::start(&[]);
+    let mut client = server.client().await;
+    // Minutes of model work; the client gives up after a few seconds and resets the
+    // stream, as a closed connection or a cancelled call does.
+    let gone = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.infer(InferRequest {
+            pairs: long_pairs(1024, 400),
+            raw_scores: false,
+        }),
+    )
+    .await;
+    assert!(gone.is_err(), "the big request cannot finish in 3 s");
+    // Its pairs left the queue with it: a small request is served behind at most the
+    // batches a worker had already taken.
+    let mut next = tonic::Request::new(InferRequest {
+        pairs: long_pairs(4, 10),
+        raw_scores: false,
+    });
+    next.set_timeout(Duration::from_secs(40));
+    let response = client
+        .infer(next)
+        .await
+        .expect("the abandoned pairs do not hold up the next request");
+    assert_eq!(response.get_ref().scores.len(), 4);
+    let queued = metric(&server.metrics(), "batch_queue_size");
+    assert_eq!(queued, 0.0, "nothing of the abandoned request still waits");
+}
