@@ -17,6 +17,22 @@ pub struct ServeConfig {
     pub model: ModelConfig,
     pub workers: WorkersConfig,
     pub batching: BatchingConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsConfig {
+    /// How often the collection loop refreshes the interval gauges (throughputs, CPU,
+    /// memory, padding ratio, GPUs).
+    pub collection_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            collection_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +189,13 @@ impl ServeConfig {
                 key: "batching.max_queued_pairs",
                 value: self.batching.max_queued_pairs.to_string(),
                 allowed: "must hold at least one request of batching.max_client_batch_size pairs",
+            });
+        }
+        if self.metrics.collection_interval < Duration::from_millis(10) {
+            errors.push(InvalidSetting {
+                key: "metrics.collection_interval",
+                value: format!("{:?}", self.metrics.collection_interval),
+                allowed: "must be at least 10ms",
             });
         }
         if let Some(max_length) = self.model.max_length {

@@ -7,13 +7,18 @@
 //! other. Control messages are small and serialized through ipc-channel; token ids and
 //! scores travel in shared memory ([`TokenBatch`], [`ScoreBatch`]).
 //!
+//! Workers also report per-job figures ([`StatsReport`]) on a stats channel of their
+//! own, which the supervisor reads apart from the data path.
+//!
 //! Nothing here depends on an async runtime: both sides use plain blocking calls.
 
 mod batch;
 mod link;
 mod message;
+mod timing;
 
 pub use batch::{PairTokens, PairView, ScoreBatch, TokenBatch, TokenBatchBuilder};
-pub use ipc_channel::ipc::{IpcReceiver, IpcSender};
-pub use link::{connect_to_supervisor, IpcFailure, SupervisorLink, WorkerListener};
+pub use ipc_channel::ipc::{channel, IpcReceiver, IpcSender};
+pub use link::{connect_to_supervisor, IpcFailure, SupervisorLink, WorkerLink, WorkerListener};
 pub use message::{Job, Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind};
+pub use timing::{JobTiming, Stamp, StatsReport};

@@ -2,7 +2,7 @@ use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
 
 #[cfg(test)]
 use crate::{Job, Work};
-use crate::{WorkerCommand, WorkerEvent};
+use crate::{StatsReport, WorkerCommand, WorkerEvent};
 
 /// An IPC operation that failed, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,14 @@ pub struct SupervisorLink {
     pub pid: u32,
     pub commands: IpcSender<WorkerCommand>,
     pub events: IpcReceiver<WorkerEvent>,
+    pub stats: IpcReceiver<StatsReport>,
+}
+
+/// Both directions of one established link, as the worker holds them.
+pub struct WorkerLink {
+    pub events: IpcSender<WorkerEvent>,
+    pub commands: IpcReceiver<WorkerCommand>,
+    pub stats: IpcSender<StatsReport>,
 }
 
 impl WorkerListener {
@@ -69,10 +77,15 @@ impl WorkerListener {
             .accept()
             .map_err(|e| IpcFailure::channel("accept the worker's connection", e))?;
         match first {
-            WorkerEvent::Hello { pid, commands } => Ok(SupervisorLink {
+            WorkerEvent::Hello {
+                pid,
+                commands,
+                stats,
+            } => Ok(SupervisorLink {
                 pid,
                 commands,
                 events,
+                stats,
             }),
             WorkerEvent::Abandoned => Err(IpcFailure::Abandoned),
             other => Err(IpcFailure::NoHello {
@@ -91,10 +104,7 @@ impl WorkerListener {
 }
 
 /// The worker's side: connects to the supervisor's server and says Hello.
-/// Returns where to send events and where commands arrive.
-pub fn connect_to_supervisor(
-    server_name: &str,
-) -> Result<(IpcSender<WorkerEvent>, IpcReceiver<WorkerCommand>), IpcFailure> {
+pub fn connect_to_supervisor(server_name: &str) -> Result<WorkerLink, IpcFailure> {
     let events = IpcSender::<WorkerEvent>::connect(server_name.to_string()).map_err(|source| {
         IpcFailure::Io {
             doing: "connect to the supervisor",
@@ -105,13 +115,22 @@ pub fn connect_to_supervisor(
         doing: "create the command channel",
         source,
     })?;
+    let (stats_tx, stats_rx) = ipc::channel().map_err(|source| IpcFailure::Io {
+        doing: "create the stats channel",
+        source,
+    })?;
     events
         .send(WorkerEvent::Hello {
             pid: std::process::id(),
             commands: commands_tx,
+            stats: stats_rx,
         })
         .map_err(|e| IpcFailure::channel("send Hello to the supervisor", e))?;
-    Ok((events, commands_rx))
+    Ok(WorkerLink {
+        events,
+        commands: commands_rx,
+        stats: stats_tx,
+    })
 }
 
 #[cfg(test)]
@@ -123,11 +142,14 @@ mod tests {
         let listener = WorkerListener::new().unwrap();
         let name = listener.name().to_string();
         let worker = std::thread::spawn(move || {
-            let (events, commands) = connect_to_supervisor(&name).unwrap();
+            let WorkerLink {
+                events, commands, ..
+            } = connect_to_supervisor(&name).unwrap();
             match commands.recv().unwrap() {
                 WorkerCommand::Run(Job {
                     id,
                     work: Work::Encode(pairs),
+                    ..
                 }) => {
                     assert_eq!(pairs, vec![("q".to_string(), "d".to_string())]);
                     events
@@ -146,6 +168,7 @@ mod tests {
             .send(WorkerCommand::Run(Job {
                 id: 7,
                 work: Work::Encode(vec![("q".into(), "d".into())]),
+                sent_at: crate::Stamp::now(),
             }))
             .unwrap();
         match link.events.recv().unwrap() {

@@ -1,9 +1,9 @@
 use std::fmt;
 
-use ipc_channel::ipc::IpcSender;
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 
-use crate::{ScoreBatch, TokenBatch};
+use crate::{JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch};
 
 /// The two kinds of worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +52,8 @@ pub enum WorkerCommand {
 pub struct Job {
     pub id: u64,
     pub work: Work,
+    /// Set by the supervisor just before the job goes on the wire.
+    pub sent_at: Stamp,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,30 +67,29 @@ pub enum Work {
 /// Worker to supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerEvent {
-    /// First message after connecting: where to send commands.
+    /// First message after connecting: where to send commands, and where the worker's
+    /// [`StatsReport`]s arrive.
     Hello {
         pid: u32,
         commands: IpcSender<WorkerCommand>,
+        stats: IpcReceiver<StatsReport>,
     },
     /// Loaded and waiting for commands.
     Ready(WorkerInfo),
     /// Could not load; the worker exits after sending this.
-    StartFailed {
-        message: String,
-    },
+    StartFailed { message: String },
     Encoded {
         job: u64,
         batch: TokenBatch,
+        timing: JobTiming,
     },
     Scored {
         job: u64,
         scores: ScoreBatch,
+        timing: JobTiming,
     },
     /// The job could not be done; the worker goes on with the next.
-    JobFailed {
-        job: u64,
-        message: String,
-    },
+    JobFailed { job: u64, message: String },
     /// Sent by the supervisor to itself to stop waiting for a worker that never connected.
     Abandoned,
 }

@@ -87,6 +87,14 @@ impl Admission {
     pub fn requests_in_flight(&self) -> usize {
         self.max_requests - self.requests.available_permits()
     }
+
+    pub fn max_queued_pairs(&self) -> usize {
+        self.pairs.limit
+    }
+
+    pub fn max_requests(&self) -> usize {
+        self.max_requests
+    }
 }
 
 impl PairBudget {

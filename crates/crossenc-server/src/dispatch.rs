@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossenc_ipc::{PairTokens, TokenBatchBuilder, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, PairTokens, TokenBatchBuilder, Work, WorkerKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admission::PairReservation;
@@ -40,7 +40,18 @@ struct QueuedPair {
     suspect: bool,
 }
 
-type ScoresReply = oneshot::Sender<Result<Vec<f32>, PipelineError>>;
+type ScoresReply = oneshot::Sender<Result<ScoredPairs, PipelineError>>;
+
+/// A request's scores in order, and the model stage of its slowest path: the batch
+/// that completed it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScoredPairs {
+    pub scores: Vec<f32>,
+    /// From tokenized to the forward pass, for the pair that finished last.
+    pub model_wait: Duration,
+    /// The forward pass of the batch that finished last.
+    pub inference: Duration,
+}
 
 enum Command {
     Submit {
@@ -55,7 +66,13 @@ enum Command {
 /// A batch a worker answered (or failed).
 struct Finished {
     batch: u64,
-    result: Result<Vec<f32>, PipelineError>,
+    result: Result<(Vec<f32>, JobTiming), PipelineError>,
+}
+
+/// A batch sent and not answered, kept to re-queue if its worker dies.
+struct InFlight {
+    pairs: Vec<QueuedPair>,
+    sent: Instant,
 }
 
 /// How the dispatch task treats its workers.
@@ -108,7 +125,7 @@ impl ModelDispatch {
         &self,
         pairs: Vec<PairTokens>,
         reservation: PairReservation,
-    ) -> Result<Vec<f32>, PipelineError> {
+    ) -> Result<ScoredPairs, PipelineError> {
         let request = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -145,7 +162,7 @@ impl Drop for WithdrawOnDrop<'_> {
 
 /// A request whose scores are being gathered.
 struct Gathering {
-    scores: Vec<f32>,
+    scored: ScoredPairs,
     remaining: usize,
     reply: ScoresReply,
     reservation: PairReservation,
@@ -154,8 +171,7 @@ struct Gathering {
 struct DispatchTask {
     scheduler: Scheduler<QueuedPair>,
     requests: HashMap<RequestId, Gathering>,
-    /// Batches sent and not answered, kept to re-queue if their worker dies.
-    in_flight: HashMap<u64, Vec<QueuedPair>>,
+    in_flight: HashMap<u64, InFlight>,
     /// Workers (by pid) running a suspect pair alone: they get nothing else meanwhile,
     /// so that their death is the suspect's doing and no other pair's.
     isolating: HashMap<u64, u32>,
@@ -240,7 +256,7 @@ impl DispatchTask {
         reply: ScoresReply,
     ) {
         if pairs.is_empty() {
-            let _ = reply.send(Ok(Vec::new()));
+            let _ = reply.send(Ok(ScoredPairs::default()));
             return;
         }
         let now = Instant::now();
@@ -259,7 +275,10 @@ impl DispatchTask {
         self.requests.insert(
             request,
             Gathering {
-                scores: vec![0.0; count],
+                scored: ScoredPairs {
+                    scores: vec![0.0; count],
+                    ..ScoredPairs::default()
+                },
                 remaining: count,
                 reply,
                 reservation,
@@ -311,7 +330,9 @@ impl DispatchTask {
         if pairs.iter().any(|p| p.suspect) {
             self.isolating.insert(id, worker.pid);
         }
-        self.in_flight.insert(id, pairs);
+        self.metrics.model_queue_size.inc_by(pairs.len() as i64);
+        let sent = Instant::now();
+        self.in_flight.insert(id, InFlight { pairs, sent });
         let answer = worker.submit(Work::Score(builder.finish()));
         let finished = self.finished_tx.clone();
         let timeout = self.limits.batch_timeout;
@@ -322,16 +343,13 @@ impl DispatchTask {
     }
 
     fn record(&self, batch: &Batch<QueuedPair>) {
-        let metrics = &self.metrics;
-        metrics.total_tokens.inc_by(batch.real_tokens as u64);
-        metrics
-            .padded_tokens
-            .inc_by((batch.padded_tokens - batch.real_tokens) as u64);
-        for (_, waited) in &batch.pairs {
-            metrics
-                .model_queue_wait_latency
-                .observe(waited.as_secs_f64());
-        }
+        let pairs = batch.pairs.len();
+        self.metrics.record_batch(
+            pairs,
+            batch.real_tokens,
+            batch.padded_tokens,
+            batch.padded_tokens / pairs.max(1),
+        );
     }
 
     fn publish_waiting(&self) {
@@ -343,13 +361,14 @@ impl DispatchTask {
     /// Puts a batch's scores in place and answers the requests it completed; a batch
     /// whose worker died goes back to the scheduler.
     fn finish(&mut self, done: Finished) {
-        let Some(pairs) = self.in_flight.remove(&done.batch) else {
+        let Some(InFlight { pairs, sent }) = self.in_flight.remove(&done.batch) else {
             return;
         };
+        self.metrics.model_queue_size.dec_by(pairs.len() as i64);
         self.isolating.remove(&done.batch);
-        let scores = match done.result {
-            Ok(scores) if scores.len() == pairs.len() => scores,
-            Ok(scores) => {
+        let (scores, timing) = match done.result {
+            Ok((scores, timing)) if scores.len() == pairs.len() => (scores, timing),
+            Ok((scores, _)) => {
                 let error = PipelineError::ScoreCount {
                     expected: pairs.len(),
                     got: scores.len(),
@@ -361,15 +380,22 @@ impl DispatchTask {
             Err(error) => return self.fail_pairs(&pairs, error),
         };
         for (pair, score) in pairs.into_iter().zip(scores) {
+            // In the scheduler until sent, then behind the worker's earlier batches.
+            let waited = sent.saturating_duration_since(pair.arrived) + timing.queued;
+            self.metrics
+                .model_queue_wait_latency
+                .observe(waited.as_secs_f64());
             // A request that was withdrawn or failed is gone; its scores are not needed.
             let Some(gathering) = self.requests.get_mut(&pair.request) else {
                 continue;
             };
-            gathering.scores[pair.index as usize] = score;
+            gathering.scored.scores[pair.index as usize] = score;
             gathering.remaining -= 1;
             if gathering.remaining == 0 {
-                let gathering = self.requests.remove(&pair.request).expect("present above");
-                let _ = gathering.reply.send(Ok(gathering.scores));
+                let mut gathering = self.requests.remove(&pair.request).expect("present above");
+                gathering.scored.model_wait = waited;
+                gathering.scored.inference = timing.compute;
+                let _ = gathering.reply.send(Ok(gathering.scored));
             }
         }
     }
@@ -447,10 +473,10 @@ async fn await_scores(
     worker: &Worker,
     answer: oneshot::Receiver<Result<Reply, JobError>>,
     timeout: Duration,
-) -> Result<Vec<f32>, PipelineError> {
+) -> Result<(Vec<f32>, JobTiming), PipelineError> {
     match worker.answer_within(answer, timeout).await? {
-        Reply::Scored(scores) => Ok(scores.to_vec()),
-        Reply::Encoded(_) => Err(PipelineError::WrongReply { kind: worker.kind }),
+        Reply::Scored(scores, timing) => Ok((scores.to_vec(), timing)),
+        Reply::Encoded(..) => Err(PipelineError::WrongReply { kind: worker.kind }),
     }
 }
 

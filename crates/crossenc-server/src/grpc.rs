@@ -11,8 +11,9 @@ use crossenc_proto::v1::{
 };
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
+use crate::metrics::{RequestRecorder, StageTimes};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::pool::JobError;
 use crate::scoring::{activate, check_count, check_query, check_top_n, rank, InvalidRequest};
@@ -32,12 +33,39 @@ impl CrossEncoderService {
     }
 }
 
+/// A handler's answer with the stage times of its request.
+type Answer<T> = Result<(Response<T>, StageTimes), Status>;
+
 #[tonic::async_trait]
 impl CrossEncoder for CrossEncoderService {
     async fn infer(
         &self,
         request: Request<InferRequest>,
     ) -> Result<Response<InferResponse>, Status> {
+        let recorder = self.recorder("grpc_infer", &request);
+        finish(recorder, self.answer_infer(request).await)
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<RerankRequest>,
+    ) -> Result<Response<RerankResponse>, Status> {
+        let recorder = self.recorder("grpc_rerank", &request);
+        finish(recorder, self.answer_rerank(request).await)
+    }
+}
+
+impl CrossEncoderService {
+    /// Starts timing a request from its arrival, before its body was read.
+    fn recorder<T>(&self, method: &'static str, request: &Request<T>) -> RequestRecorder {
+        let arrived = request
+            .extensions()
+            .get::<ArrivedAt>()
+            .map_or_else(Instant::now, |a| a.0);
+        RequestRecorder::start(Arc::clone(&self.pipeline.metrics), method, arrived)
+    }
+
+    async fn answer_infer(&self, request: Request<InferRequest>) -> Answer<InferResponse> {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         validate_infer(&request, self.max_client_batch_size)?;
@@ -47,17 +75,14 @@ impl CrossEncoder for CrossEncoderService {
             .map(|p| (p.query, p.document))
             .collect();
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
-        self.pipeline.metrics.count_request("grpc_infer");
-        Ok(Response::new(InferResponse {
+        let response = Response::new(InferResponse {
             scores: activate(scored.scores, request.raw_scores),
             tokens: scored.tokens,
-        }))
+        });
+        Ok((response, scored.stages))
     }
 
-    async fn rerank(
-        &self,
-        request: Request<RerankRequest>,
-    ) -> Result<Response<RerankResponse>, Status> {
+    async fn answer_rerank(&self, request: Request<RerankRequest>) -> Answer<RerankResponse> {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
@@ -67,7 +92,6 @@ impl CrossEncoder for CrossEncoderService {
             .map(|d| (request.query.clone(), d.clone()))
             .collect();
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
-        self.pipeline.metrics.count_request("grpc_rerank");
         let scores = activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
@@ -80,10 +104,38 @@ impl CrossEncoder for CrossEncoderService {
                     .then(|| std::mem::take(&mut documents[index])),
             })
             .collect();
-        Ok(Response::new(RerankResponse {
+        let response = Response::new(RerankResponse {
             results,
             tokens: scored.tokens,
-        }))
+        });
+        Ok((response, scored.stages))
+    }
+}
+
+/// Records how the request ended and hands its answer to tonic.
+fn finish<T>(recorder: RequestRecorder, answer: Answer<T>) -> Result<Response<T>, Status> {
+    match answer {
+        Ok((response, stages)) => {
+            recorder.finish(Ok(Some(stages)));
+            Ok(response)
+        }
+        Err(status) => {
+            recorder.finish(Err(code_word(status.code())));
+            Err(status)
+        }
+    }
+}
+
+/// The `code` label of a failed gRPC request.
+pub fn code_word(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "invalid_argument",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::Internal => "internal",
+        Code::Cancelled => "cancelled",
+        _ => "unknown",
     }
 }
 

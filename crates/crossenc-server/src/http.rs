@@ -3,13 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::metrics::CONTENT_TYPE;
+use crate::metrics::{Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
 use crate::pipeline::Pipeline;
 use crate::rest;
 
@@ -35,7 +38,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/rerank", post(rest::rerank))
         .route("/v1/rerank", post(rest::v1_rerank))
         .route("/score", post(rest::score))
-        .layer(DefaultBodyLimit::max(state.max_request_bytes));
+        .layer(DefaultBodyLimit::max(state.max_request_bytes))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.pipeline.metrics),
+            record_request,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -69,4 +76,43 @@ async fn metrics(
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.pipeline.metrics.render(),
     )
+}
+
+/// Records every API request, including those refused before their handler ran (a body
+/// that is not JSON, too large, of the wrong content type).
+async fn record_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = match request.uri().path() {
+        "/rerank" => "http_rerank",
+        "/v1/rerank" => "http_v1_rerank",
+        "/score" => "http_score",
+        _ => "http_other",
+    };
+    let recorder = RequestRecorder::start(metrics, method, Instant::now());
+    let response = next.run(request).await;
+    let status = response.status();
+    let outcome = if status.is_success() {
+        Ok(response.extensions().get::<StageTimes>().copied())
+    } else {
+        Err(code_word(status))
+    };
+    recorder.finish(outcome);
+    response
+}
+
+/// The `code` label of a failed HTTP request, in the words gRPC's codes use.
+fn code_word(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid_argument",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "resource_exhausted",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "deadline_exceeded",
+        StatusCode::INTERNAL_SERVER_ERROR => "internal",
+        _ => "unknown",
+    }
 }

@@ -3,6 +3,7 @@
 //! model itself.
 
 pub mod admission;
+pub mod collector;
 pub mod dispatch;
 pub mod grpc;
 pub mod http;
@@ -26,9 +27,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::collector::{Collector, GpuMonitor};
 use crate::dispatch::DispatchLimits;
 use crate::grpc::CrossEncoderService;
 use crate::http::HttpState;
+use crate::metrics::{BuildLabels, Metrics};
 use crate::pipeline::{Pipeline, PipelineLimits};
 pub use crate::pool::{SpawnError, WorkerLauncher};
 use crate::pool::{Worker, WorkerSet};
@@ -77,7 +80,10 @@ pub async fn serve(
     config.validate().map_err(ServeError::Config)?;
     let grpc_listener = bind("grpc_addr", config.server.grpc_addr).await?;
     let http_listener = bind("http_addr", config.server.http_addr).await?;
-    let pipeline = Arc::new(Pipeline::start(pipeline_limits(&config)));
+    let gpus = GpuMonitor::open();
+    let metrics = Arc::new(Metrics::new(gpus.is_some()));
+    observe_codec(&metrics);
+    let pipeline = Arc::new(Pipeline::start(pipeline_limits(&config), metrics));
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -137,6 +143,11 @@ pub async fn serve(
     };
     tracing::info!(model = %workers[0].info.model_name, "ready");
     let _ = model_name.set(workers[0].info.model_name.clone());
+    record_build(&pipeline.metrics, &workers);
+    let collector = tokio::spawn(
+        Collector::new(Arc::clone(&pipeline), gpus)
+            .run(config.metrics.collection_interval, stop_tx.subscribe()),
+    );
     let (slots_stop, slots_stopped) = watch::channel(false);
     let slots: Vec<_> = workers
         .into_iter()
@@ -183,8 +194,37 @@ pub async fn serve(
     for slot in slots {
         let _ = slot.await;
     }
+    let _ = collector.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Times the gRPC codec into `metrics` (the first server of a process only: the codec
+/// observer is process-wide).
+fn observe_codec(metrics: &Arc<Metrics>) {
+    struct CodecTimes(Arc<Metrics>);
+    impl crossenc_proto::codec::CodecObserver for CodecTimes {
+        fn encoded(&self, took: std::time::Duration) {
+            self.0.grpc_serialize_latency.observe(took.as_secs_f64());
+        }
+        fn decoded(&self, took: std::time::Duration) {
+            self.0.grpc_deserialize_latency.observe(took.as_secs_f64());
+        }
+    }
+    crossenc_proto::codec::observe_codec(CodecTimes(Arc::clone(metrics)));
+}
+
+fn record_build(metrics: &Metrics, workers: &[Arc<Worker>]) {
+    let model = workers.iter().find(|w| w.kind == WorkerKind::Model);
+    let info = &model.unwrap_or(&workers[0]).info;
+    metrics
+        .build_info
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            model: info.model_name.clone(),
+            device: info.device.clone(),
+        })
+        .set(1);
 }
 
 /// Keeps the gRPC health status in step with the workers: SERVING while at least one
@@ -258,8 +298,9 @@ async fn start_workers(
         for id in 0..count as u32 {
             let launcher = launcher.clone();
             let set: Arc<WorkerSet> = Arc::clone(set);
+            let metrics = Arc::clone(&pipeline.metrics);
             handles.push(tokio::task::spawn_blocking(move || {
-                launcher.spawn(kind, id).map(|w| {
+                launcher.spawn(kind, id, &metrics).map(|w| {
                     let worker = Arc::new(w);
                     set.add(Arc::clone(&worker));
                     worker

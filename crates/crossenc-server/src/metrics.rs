@@ -1,23 +1,415 @@
 //! The supervisor's Prometheus registry, served at `GET /metrics`.
 //!
-//! Names, types and meanings follow the seed document's metric list; this holds the
-//! scheduler's share of it so far.
+//! [`CATALOGUE`] is the one list of crossenc's metrics: name, type, labels and help.
+//! [`Metrics::new`] registers exactly those, and nothing else in the code names a
+//! metric. The names, types and meanings follow the seed document's list; the ones
+//! beyond it (errors, restarts, workers up, batch size, memory, build info, admission)
+//! are what an operator needs to act on the others.
+//!
+//! Where figures come from:
+//! - the API layers record each request's latency and outcome ([`RequestRecorder`]);
+//! - the dispatch task records batches and the waits of their pairs;
+//! - workers report each job on their stats channel, read by [`Metrics::record_worker_report`];
+//! - the collection loop (`collector.rs`) refreshes the per-interval gauges.
+//!
+//! Label values are bounded: methods and codes are fixed words, worker ids are slots
+//! below the configured worker counts. No label carries anything from a request.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossenc_ipc::{StatsReport, WorkerKind};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// The media type of what [`Metrics::render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A gauge holding a fraction or a rate.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// What kind of metric a catalogue entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricType {
+    /// As the `# TYPE` line says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric as operators see it.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricSpec {
+    /// The name as registered; a counter's samples carry `_total` after it.
+    pub name: &'static str,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+    /// Only exported where NVIDIA's management library is present.
+    pub gpu_only: bool,
+}
+
+impl MetricSpec {
+    /// The name of its samples on `/metrics` (a counter's, with `_total`).
+    pub fn sample_name(&self) -> String {
+        match self.kind {
+            MetricType::Counter => format!("{}_total", self.name),
+            _ => self.name.to_string(),
+        }
+    }
+}
+
+const fn spec(
+    name: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricSpec {
+    MetricSpec {
+        name,
+        kind,
+        labels,
+        help,
+        gpu_only: false,
+    }
+}
+
+const fn gpu_spec(name: &'static str, help: &'static str) -> MetricSpec {
+    MetricSpec {
+        name,
+        kind: MetricType::Gauge,
+        labels: &["gpu"],
+        help,
+        gpu_only: true,
+    }
+}
+
+use MetricType::{Counter as C, Gauge as G, Histogram as H};
+
+const WORKER: &[&str] = &["worker_id", "worker_type"];
+
+pub const REQUEST_COUNT: MetricSpec = spec(
+    "request_count",
+    C,
+    &["method"],
+    "Requests finished (answered with scores or an error), by API method",
+);
+pub const REQUEST_ERRORS: MetricSpec = spec(
+    "request_errors",
+    C,
+    &["method", "code"],
+    "Requests that ended in an error, by API method and gRPC-style code",
+);
+pub const PADDED_TOKENS: MetricSpec = spec(
+    "padded_tokens",
+    C,
+    &[],
+    "Padding tokens computed: pairs x longest pair of each batch, less its real tokens",
+);
+pub const TOTAL_TOKENS: MetricSpec = spec(
+    "total_tokens",
+    C,
+    &[],
+    "Real tokens of the pairs sent to model workers",
+);
+pub const WORKER_REQUEST_COUNT: MetricSpec = spec(
+    "worker_request_count",
+    C,
+    WORKER,
+    "Pairs a worker processed",
+);
+pub const WORKER_RESTARTS: MetricSpec = spec(
+    "worker_restarts",
+    C,
+    &["worker_type"],
+    "Workers started again after one exited",
+);
+pub const WORKER_STATS_DROPPED: MetricSpec = spec(
+    "worker_stats_dropped",
+    C,
+    &["worker_type"],
+    "Worker stats reports dropped because the supervisor read them too slowly",
+);
+pub const REQUEST_LATENCY: MetricSpec = spec(
+    "request_latency_seconds",
+    H,
+    &["method"],
+    "End-to-end request latency, from arrival to answer",
+);
+pub const TOKENIZATION_LATENCY: MetricSpec = spec(
+    "tokenization_latency_seconds",
+    H,
+    &[],
+    "Tokenizing one job in a tokenizer worker",
+);
+pub const INFERENCE_LATENCY: MetricSpec = spec(
+    "inference_latency_seconds",
+    H,
+    &[],
+    "One batch's forward pass in a model worker",
+);
+pub const QUEUE_WAIT_LATENCY: MetricSpec = spec(
+    "queue_wait_latency_seconds",
+    H,
+    &[],
+    "All queue waits of a request: tokenizer queue plus model queue, on its slowest path",
+);
+pub const TOKENIZER_QUEUE_WAIT_LATENCY: MetricSpec = spec(
+    "tokenizer_queue_wait_latency_seconds",
+    H,
+    &[],
+    "Time a tokenizer job waited for its worker",
+);
+pub const MODEL_QUEUE_WAIT_LATENCY: MetricSpec = spec(
+    "model_queue_wait_latency_seconds",
+    H,
+    &[],
+    "Time a pair waited from tokenized to its batch's forward pass (scheduler and worker queue)",
+);
+pub const MP_QUEUE_SEND_LATENCY: MetricSpec = spec(
+    "mp_queue_send_latency_seconds",
+    H,
+    &[],
+    "One send on a worker IPC channel (jobs from the supervisor, answers from workers)",
+);
+pub const MP_QUEUE_RECEIVE_LATENCY: MetricSpec = spec(
+    "mp_queue_receive_latency_seconds",
+    H,
+    &[],
+    "A worker's answer from its send to the supervisor having it",
+);
+pub const GRPC_SERIALIZE_LATENCY: MetricSpec = spec(
+    "grpc_serialize_latency_seconds",
+    H,
+    &[],
+    "Protobuf encoding of one gRPC response",
+);
+pub const GRPC_DESERIALIZE_LATENCY: MetricSpec = spec(
+    "grpc_deserialize_latency_seconds",
+    H,
+    &[],
+    "Protobuf decoding of one gRPC request",
+);
+pub const SCHEDULER_LATENCY: MetricSpec = spec(
+    "scheduler_latency_seconds",
+    H,
+    &[],
+    "Time the scheduler took to decide one batch",
+);
+pub const OVERHEAD_LATENCY: MetricSpec = spec(
+    "overhead_latency_seconds",
+    H,
+    &[],
+    "Request latency less its tokenization and inference",
+);
+pub const PIPELINE_OVERHEAD_LATENCY: MetricSpec = spec(
+    "pipeline_overhead_latency_seconds",
+    H,
+    &[],
+    "Request latency less its tokenization, queue waits and inference",
+);
+pub const BATCH_SIZE: MetricSpec = spec(
+    "batch_size",
+    H,
+    &[],
+    "Pairs per batch sent to a model worker",
+);
+pub const GPU_MEMORY: MetricSpec = gpu_spec("gpu_memory_mb", "GPU memory in use, MiB");
+pub const GPU_MEMORY_TOTAL: MetricSpec = gpu_spec("gpu_memory_total_mb", "GPU memory in all, MiB");
+pub const GPU_UTILIZATION: MetricSpec = gpu_spec(
+    "gpu_utilization_pct",
+    "GPU busy over the last sample period, percent",
+);
+pub const CPU_PERCENT: MetricSpec = spec(
+    "cpu_percent",
+    G,
+    &[],
+    "CPU used by the supervisor and its workers over the last interval, percent of one core",
+);
+pub const TOKENIZER_QUEUE_SIZE: MetricSpec = spec(
+    "tokenizer_queue_size",
+    G,
+    &[],
+    "Pairs sent to tokenizer workers and not yet tokenized",
+);
+pub const MODEL_QUEUE_SIZE: MetricSpec = spec(
+    "model_queue_size",
+    G,
+    &[],
+    "Pairs sent to model workers and not yet scored",
+);
+pub const BATCH_QUEUE_SIZE: MetricSpec = spec(
+    "batch_queue_size",
+    G,
+    &[],
+    "Pairs waiting in the scheduler for a batch",
+);
+pub const QUEUED_PAIRS: MetricSpec = spec(
+    "queued_pairs",
+    G,
+    &[],
+    "Pairs admitted and not yet sent to a model worker (bounded by max_queued_pairs)",
+);
+pub const QUEUED_PAIRS_LIMIT: MetricSpec = spec(
+    "queued_pairs_limit",
+    G,
+    &[],
+    "max_queued_pairs: requests beyond it are refused",
+);
+pub const REQUESTS_IN_FLIGHT: MetricSpec = spec(
+    "requests_in_flight",
+    G,
+    &[],
+    "Requests admitted and not yet answered (bounded by max_concurrent_requests)",
+);
+pub const REQUESTS_IN_FLIGHT_LIMIT: MetricSpec = spec(
+    "requests_in_flight_limit",
+    G,
+    &[],
+    "max_concurrent_requests: requests beyond it are refused",
+);
+pub const PADDING_RATIO: MetricSpec = spec(
+    "padding_ratio",
+    G,
+    &[],
+    "Padding tokens over all computed tokens, last interval (0-1)",
+);
+pub const MAX_SEQ_LENGTH: MetricSpec = spec(
+    "max_seq_length",
+    G,
+    &[],
+    "Longest pair sent to a model worker, last interval, tokens",
+);
+pub const AVG_SEQ_LENGTH: MetricSpec = spec(
+    "avg_seq_length",
+    G,
+    &[],
+    "Mean pair length sent to model workers, last interval, tokens",
+);
+pub const WORKER_LATENCY: MetricSpec = spec(
+    "worker_latency_ms",
+    G,
+    WORKER,
+    "Mean time a worker spent on one job, last interval, milliseconds",
+);
+pub const WORKER_THROUGHPUT: MetricSpec = spec(
+    "worker_throughput_qps",
+    G,
+    WORKER,
+    "Pairs per second a worker processed, last interval",
+);
+pub const TOKENIZER_THROUGHPUT: MetricSpec = spec(
+    "tokenizer_throughput_qps",
+    G,
+    &[],
+    "Pairs per second the tokenizer workers processed, last interval",
+);
+pub const INFERENCE_THROUGHPUT: MetricSpec = spec(
+    "inference_throughput_qps",
+    G,
+    &[],
+    "Pairs per second the model workers scored, last interval",
+);
+pub const OVERALL_THROUGHPUT: MetricSpec = spec(
+    "overall_throughput_qps",
+    G,
+    &[],
+    "Requests per second finished, last interval",
+);
+pub const WORKER_UP: MetricSpec = spec(
+    "worker_up",
+    G,
+    WORKER,
+    "1 while a worker is running and ready, 0 while it is down",
+);
+pub const RESIDENT_MEMORY: MetricSpec = spec(
+    "process_resident_memory_bytes",
+    G,
+    WORKER,
+    "Resident memory of the supervisor (worker_type=\"supervisor\") and of each worker",
+);
+pub const BUILD_INFO: MetricSpec = spec(
+    "build_info",
+    G,
+    &["version", "model", "device"],
+    "Always 1; the labels say what is running",
+);
+
+/// Every metric crossenc exports.
+pub const CATALOGUE: &[MetricSpec] = &[
+    REQUEST_COUNT,
+    REQUEST_ERRORS,
+    PADDED_TOKENS,
+    TOTAL_TOKENS,
+    WORKER_REQUEST_COUNT,
+    WORKER_RESTARTS,
+    WORKER_STATS_DROPPED,
+    REQUEST_LATENCY,
+    TOKENIZATION_LATENCY,
+    INFERENCE_LATENCY,
+    QUEUE_WAIT_LATENCY,
+    TOKENIZER_QUEUE_WAIT_LATENCY,
+    MODEL_QUEUE_WAIT_LATENCY,
+    MP_QUEUE_SEND_LATENCY,
+    MP_QUEUE_RECEIVE_LATENCY,
+    GRPC_SERIALIZE_LATENCY,
+    GRPC_DESERIALIZE_LATENCY,
+    SCHEDULER_LATENCY,
+    OVERHEAD_LATENCY,
+    PIPELINE_OVERHEAD_LATENCY,
+    BATCH_SIZE,
+    GPU_MEMORY,
+    GPU_MEMORY_TOTAL,
+    GPU_UTILIZATION,
+    CPU_PERCENT,
+    TOKENIZER_QUEUE_SIZE,
+    MODEL_QUEUE_SIZE,
+    BATCH_QUEUE_SIZE,
+    QUEUED_PAIRS,
+    QUEUED_PAIRS_LIMIT,
+    REQUESTS_IN_FLIGHT,
+    REQUESTS_IN_FLIGHT_LIMIT,
+    PADDING_RATIO,
+    MAX_SEQ_LENGTH,
+    AVG_SEQ_LENGTH,
+    WORKER_LATENCY,
+    WORKER_THROUGHPUT,
+    TOKENIZER_THROUGHPUT,
+    INFERENCE_THROUGHPUT,
+    OVERALL_THROUGHPUT,
+    WORKER_UP,
+    RESIDENT_MEMORY,
+    BUILD_INFO,
+];
 
 /// Labels of a per-API-method metric: `grpc_infer`, `http_rerank`, ...
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: &'static str,
+}
+
+/// Labels of a failed request: its method and a gRPC-style code word.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub method: &'static str,
+    pub code: &'static str,
 }
 
 /// Labels of a per-pool metric.
@@ -33,105 +425,394 @@ pub struct WorkerLabels {
     pub worker_type: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub gpu: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub model: String,
+    pub device: String,
+}
+
+/// Histogram buckets: `start` doubling `count` times.
+#[derive(Debug, Clone, Copy)]
+pub struct Buckets {
+    start: f64,
+    count: u16,
+}
+
+impl Buckets {
+    /// Requests: 1 ms to ~65 s.
+    const REQUEST: Buckets = Buckets {
+        start: 1e-3,
+        count: 17,
+    };
+    /// Stages and queue waits: 100 µs to ~100 s.
+    const STAGE: Buckets = Buckets {
+        start: 1e-4,
+        count: 21,
+    };
+    /// IPC, codecs and the scheduler: 2 µs to ~1 s.
+    const FAST: Buckets = Buckets {
+        start: 2e-6,
+        count: 20,
+    };
+    /// Overheads: 10 µs to ~80 s.
+    const OVERHEAD: Buckets = Buckets {
+        start: 1e-5,
+        count: 24,
+    };
+    /// Pairs per batch: 1 to 1024.
+    const PAIRS: Buckets = Buckets {
+        start: 1.0,
+        count: 11,
+    };
+
+    fn histogram(self) -> Histogram {
+        Histogram::new(exponential_buckets(self.start, 2.0, self.count))
+    }
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        self.histogram()
+    }
+}
+
+/// Batches sent since the collection loop last looked, for the per-interval gauges.
+#[derive(Debug, Default)]
+pub struct BatchWindow {
+    pairs: AtomicU64,
+    real_tokens: AtomicU64,
+    computed_tokens: AtomicU64,
+    longest: AtomicU64,
+}
+
+/// What [`BatchWindow::take`] returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchFigures {
+    pub pairs: u64,
+    pub real_tokens: u64,
+    pub computed_tokens: u64,
+    pub longest: u64,
+}
+
+impl BatchWindow {
+    fn add(&self, pairs: u64, real: u64, computed: u64, longest: u64) {
+        self.pairs.fetch_add(pairs, Ordering::Relaxed);
+        self.real_tokens.fetch_add(real, Ordering::Relaxed);
+        self.computed_tokens.fetch_add(computed, Ordering::Relaxed);
+        self.longest.fetch_max(longest, Ordering::Relaxed);
+    }
+
+    /// The figures since the last call, and a fresh start.
+    pub fn take(&self) -> BatchFigures {
+        BatchFigures {
+            pairs: self.pairs.swap(0, Ordering::Relaxed),
+            real_tokens: self.real_tokens.swap(0, Ordering::Relaxed),
+            computed_tokens: self.computed_tokens.swap(0, Ordering::Relaxed),
+            longest: self.longest.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// One worker's jobs since the collection loop last looked.
+#[derive(Debug, Default)]
+pub struct WorkerWindow {
+    jobs: AtomicU64,
+    pairs: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+impl WorkerWindow {
+    /// (jobs, pairs, time busy) since the last call.
+    pub fn take(&self) -> (u64, u64, Duration) {
+        (
+            self.jobs.swap(0, Ordering::Relaxed),
+            self.pairs.swap(0, Ordering::Relaxed),
+            Duration::from_nanos(self.busy_nanos.swap(0, Ordering::Relaxed)),
+        )
+    }
+}
+
+/// How a finished request's time was spent, on its slowest path: the tokenizer job
+/// that finished last and the batch that completed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub tokenization: Duration,
+    pub tokenizer_wait: Duration,
+    pub model_wait: Duration,
+    pub inference: Duration,
+}
+
 /// Every metric the supervisor records.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Padding tokens computed: pairs x longest pair, less the real tokens.
-    pub padded_tokens: Counter,
-    /// Real tokens of the pairs sent to model workers.
-    pub total_tokens: Counter,
-    /// Pairs waiting in the scheduler for a batch.
-    pub batch_queue_size: Gauge,
-    /// Time the scheduler took to decide one batch.
-    pub scheduler_latency: Histogram,
-    /// Time each pair waited in the scheduler before its batch went to a model worker.
-    pub model_queue_wait_latency: Histogram,
-    /// Requests answered with scores, by API method.
     pub request_count: Family<MethodLabels, Counter>,
-    /// Workers started again after one exited.
+    pub request_errors: Family<ErrorLabels, Counter>,
+    pub padded_tokens: Counter,
+    pub total_tokens: Counter,
+    pub worker_request_count: Family<WorkerLabels, Counter>,
     pub worker_restarts: Family<PoolLabels, Counter>,
-    /// 1 while a worker is running and ready, 0 while it is down.
+    pub worker_stats_dropped: Family<PoolLabels, Counter>,
+    pub request_latency: Family<MethodLabels, Histogram, Buckets>,
+    pub tokenization_latency: Histogram,
+    pub inference_latency: Histogram,
+    pub queue_wait_latency: Histogram,
+    pub tokenizer_queue_wait_latency: Histogram,
+    pub model_queue_wait_latency: Histogram,
+    pub mp_queue_send_latency: Histogram,
+    pub mp_queue_receive_latency: Histogram,
+    pub grpc_serialize_latency: Histogram,
+    pub grpc_deserialize_latency: Histogram,
+    pub scheduler_latency: Histogram,
+    pub overhead_latency: Histogram,
+    pub pipeline_overhead_latency: Histogram,
+    pub batch_size: Histogram,
+    pub gpu_memory_mb: Family<GpuLabels, FloatGauge>,
+    pub gpu_memory_total_mb: Family<GpuLabels, FloatGauge>,
+    pub gpu_utilization_pct: Family<GpuLabels, FloatGauge>,
+    pub cpu_percent: FloatGauge,
+    pub tokenizer_queue_size: Gauge,
+    pub model_queue_size: Gauge,
+    pub batch_queue_size: Gauge,
+    pub queued_pairs: Gauge,
+    pub queued_pairs_limit: Gauge,
+    pub requests_in_flight: Gauge,
+    pub requests_in_flight_limit: Gauge,
+    pub padding_ratio: FloatGauge,
+    pub max_seq_length: Gauge,
+    pub avg_seq_length: FloatGauge,
+    pub worker_latency_ms: Family<WorkerLabels, FloatGauge>,
+    pub worker_throughput_qps: Family<WorkerLabels, FloatGauge>,
+    pub tokenizer_throughput_qps: FloatGauge,
+    pub inference_throughput_qps: FloatGauge,
+    pub overall_throughput_qps: FloatGauge,
     pub worker_up: Family<WorkerLabels, Gauge>,
+    pub resident_memory: Family<WorkerLabels, Gauge>,
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// Batches since the collection loop last looked.
+    pub batches: BatchWindow,
+    /// Requests finished since start, for the per-interval request rate.
+    pub finished_requests: AtomicU64,
+    workers: Mutex<HashMap<(WorkerKind, u32), Arc<WorkerWindow>>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(false)
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Registers metrics under their catalogue entries.
+struct Registrar {
+    registry: Registry,
+    gpu: bool,
+}
+
+impl Registrar {
+    fn add<M: Metric + Clone>(&mut self, spec: MetricSpec, metric: M) -> M {
+        if !spec.gpu_only || self.gpu {
+            self.registry.register(spec.name, spec.help, metric.clone());
+        }
+        metric
+    }
+
+    fn histogram(&mut self, spec: MetricSpec, buckets: Buckets) -> Histogram {
+        self.add(spec, buckets.histogram())
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let padded_tokens = Counter::default();
-        registry.register(
-            "padded_tokens",
-            "Padding tokens computed (pairs x longest pair, less real tokens)",
-            padded_tokens.clone(),
+    /// Registers every metric of the [`CATALOGUE`]; the GPU gauges only with `gpu`.
+    pub fn new(gpu: bool) -> Self {
+        let mut r = Registrar {
+            registry: Registry::default(),
+            gpu,
+        };
+        let metrics = Self {
+            request_count: r.add(REQUEST_COUNT, Family::default()),
+            request_errors: r.add(REQUEST_ERRORS, Family::default()),
+            padded_tokens: r.add(PADDED_TOKENS, Counter::default()),
+            total_tokens: r.add(TOTAL_TOKENS, Counter::default()),
+            worker_request_count: r.add(WORKER_REQUEST_COUNT, Family::default()),
+            worker_restarts: r.add(WORKER_RESTARTS, Family::default()),
+            worker_stats_dropped: r.add(WORKER_STATS_DROPPED, Family::default()),
+            request_latency: r.add(
+                REQUEST_LATENCY,
+                Family::new_with_constructor(Buckets::REQUEST),
+            ),
+            tokenization_latency: r.histogram(TOKENIZATION_LATENCY, Buckets::STAGE),
+            inference_latency: r.histogram(INFERENCE_LATENCY, Buckets::STAGE),
+            queue_wait_latency: r.histogram(QUEUE_WAIT_LATENCY, Buckets::STAGE),
+            tokenizer_queue_wait_latency: r.histogram(TOKENIZER_QUEUE_WAIT_LATENCY, Buckets::STAGE),
+            model_queue_wait_latency: r.histogram(MODEL_QUEUE_WAIT_LATENCY, Buckets::STAGE),
+            mp_queue_send_latency: r.histogram(MP_QUEUE_SEND_LATENCY, Buckets::FAST),
+            mp_queue_receive_latency: r.histogram(MP_QUEUE_RECEIVE_LATENCY, Buckets::FAST),
+            grpc_serialize_latency: r.histogram(GRPC_SERIALIZE_LATENCY, Buckets::FAST),
+            grpc_deserialize_latency: r.histogram(GRPC_DESERIALIZE_LATENCY, Buckets::FAST),
+            scheduler_latency: r.histogram(SCHEDULER_LATENCY, Buckets::FAST),
+            overhead_latency: r.histogram(OVERHEAD_LATENCY, Buckets::OVERHEAD),
+            pipeline_overhead_latency: r.histogram(PIPELINE_OVERHEAD_LATENCY, Buckets::OVERHEAD),
+            batch_size: r.histogram(BATCH_SIZE, Buckets::PAIRS),
+            gpu_memory_mb: r.add(GPU_MEMORY, Family::default()),
+            gpu_memory_total_mb: r.add(GPU_MEMORY_TOTAL, Family::default()),
+            gpu_utilization_pct: r.add(GPU_UTILIZATION, Family::default()),
+            cpu_percent: r.add(CPU_PERCENT, FloatGauge::default()),
+            tokenizer_queue_size: r.add(TOKENIZER_QUEUE_SIZE, Gauge::default()),
+            model_queue_size: r.add(MODEL_QUEUE_SIZE, Gauge::default()),
+            batch_queue_size: r.add(BATCH_QUEUE_SIZE, Gauge::default()),
+            queued_pairs: r.add(QUEUED_PAIRS, Gauge::default()),
+            queued_pairs_limit: r.add(QUEUED_PAIRS_LIMIT, Gauge::default()),
+            requests_in_flight: r.add(REQUESTS_IN_FLIGHT, Gauge::default()),
+            requests_in_flight_limit: r.add(REQUESTS_IN_FLIGHT_LIMIT, Gauge::default()),
+            padding_ratio: r.add(PADDING_RATIO, FloatGauge::default()),
+            max_seq_length: r.add(MAX_SEQ_LENGTH, Gauge::default()),
+            avg_seq_length: r.add(AVG_SEQ_LENGTH, FloatGauge::default()),
+            worker_latency_ms: r.add(WORKER_LATENCY, Family::default()),
+            worker_throughput_qps: r.add(WORKER_THROUGHPUT, Family::default()),
+            tokenizer_throughput_qps: r.add(TOKENIZER_THROUGHPUT, FloatGauge::default()),
+            inference_throughput_qps: r.add(INFERENCE_THROUGHPUT, FloatGauge::default()),
+            overall_throughput_qps: r.add(OVERALL_THROUGHPUT, FloatGauge::default()),
+            worker_up: r.add(WORKER_UP, Family::default()),
+            resident_memory: r.add(RESIDENT_MEMORY, Family::default()),
+            build_info: r.add(BUILD_INFO, Family::default()),
+            batches: BatchWindow::default(),
+            finished_requests: AtomicU64::new(0),
+            workers: Mutex::default(),
+            registry: r.registry,
+        };
+        // Present at 0 from the start, so that increase() sees the first restart.
+        for kind in [WorkerKind::Tokenizer, WorkerKind::Model] {
+            let labels = PoolLabels {
+                worker_type: kind.as_str(),
+            };
+            let _ = metrics.worker_restarts.get_or_create(&labels);
+            let _ = metrics.worker_stats_dropped.get_or_create(&labels);
+        }
+        metrics
+    }
+
+    /// Records one batch sent to a model worker.
+    pub fn record_batch(
+        &self,
+        pairs: usize,
+        real_tokens: usize,
+        computed_tokens: usize,
+        longest: usize,
+    ) {
+        self.total_tokens.inc_by(real_tokens as u64);
+        self.padded_tokens
+            .inc_by(computed_tokens.saturating_sub(real_tokens) as u64);
+        self.batch_size.observe(pairs as f64);
+        self.batches.add(
+            pairs as u64,
+            real_tokens as u64,
+            computed_tokens as u64,
+            longest as u64,
         );
-        let total_tokens = Counter::default();
-        registry.register(
-            "total_tokens",
-            "Real tokens of the pairs sent to model workers",
-            total_tokens.clone(),
-        );
-        let batch_queue_size = Gauge::default();
-        registry.register(
-            "batch_queue_size",
-            "Pairs waiting in the scheduler for a batch",
-            batch_queue_size.clone(),
-        );
-        // 1 µs to ~0.5 s: deciding a batch takes microseconds unless something is wrong.
-        let scheduler_latency = Histogram::new(exponential_buckets(1e-6, 4.0, 10));
-        registry.register(
-            "scheduler_latency_seconds",
-            "Time the scheduler took to decide one batch",
-            scheduler_latency.clone(),
-        );
-        // 100 µs to ~100 s: from an idle server to a deep queue.
-        let model_queue_wait_latency = Histogram::new(exponential_buckets(1e-4, 4.0, 11));
-        registry.register(
-            "model_queue_wait_latency_seconds",
-            "Time a pair waited in the scheduler before a model worker took its batch",
-            model_queue_wait_latency.clone(),
-        );
-        let request_count = Family::<MethodLabels, Counter>::default();
-        registry.register(
-            "request_count",
-            "Requests answered with scores, by API method",
-            request_count.clone(),
-        );
-        let worker_restarts = Family::<PoolLabels, Counter>::default();
-        registry.register(
-            "worker_restarts",
-            "Workers started again after one exited",
-            worker_restarts.clone(),
-        );
-        let worker_up = Family::<WorkerLabels, Gauge>::default();
-        registry.register(
-            "worker_up",
-            "1 while a worker is running and ready, 0 while it is down",
-            worker_up.clone(),
-        );
-        Self {
-            registry,
-            request_count,
-            worker_restarts,
-            worker_up,
-            padded_tokens,
-            total_tokens,
-            batch_queue_size,
-            scheduler_latency,
-            model_queue_wait_latency,
+    }
+
+    /// The window the stats reader of worker `id` of `kind` adds to.
+    pub fn worker_window(&self, kind: WorkerKind, id: u32) -> Arc<WorkerWindow> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(workers.entry((kind, id)).or_default())
+    }
+
+    /// Every worker's window, for the collection loop.
+    pub fn worker_windows(&self) -> Vec<((WorkerKind, u32), Arc<WorkerWindow>)> {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.iter().map(|(k, w)| (*k, Arc::clone(w))).collect()
+    }
+
+    /// Folds in one job a worker reported on its stats channel.
+    pub fn record_worker_report(
+        &self,
+        kind: WorkerKind,
+        id: u32,
+        window: &WorkerWindow,
+        report: &StatsReport,
+    ) {
+        let labels = WorkerLabels {
+            worker_id: id,
+            worker_type: kind.as_str(),
+        };
+        self.worker_request_count
+            .get_or_create(&labels)
+            .inc_by(u64::from(report.pairs));
+        let compute = report.compute.as_secs_f64();
+        match kind {
+            WorkerKind::Tokenizer => self.tokenization_latency.observe(compute),
+            WorkerKind::Model => self.inference_latency.observe(compute),
+        }
+        self.mp_queue_send_latency
+            .observe(report.answer_send.as_secs_f64());
+        if report.dropped > 0 {
+            self.worker_stats_dropped
+                .get_or_create(&PoolLabels {
+                    worker_type: kind.as_str(),
+                })
+                .inc_by(report.dropped);
+        }
+        window.jobs.fetch_add(1, Ordering::Relaxed);
+        window
+            .pairs
+            .fetch_add(u64::from(report.pairs), Ordering::Relaxed);
+        window
+            .busy_nanos
+            .fetch_add(report.compute.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a finished request: its latency, its outcome and, for one answered
+    /// with scores, how its time divides into stages.
+    pub fn record_request(
+        &self,
+        method: &'static str,
+        latency: Duration,
+        outcome: Result<Option<StageTimes>, &'static str>,
+    ) {
+        let labels = MethodLabels { method };
+        self.request_count.get_or_create(&labels).inc();
+        self.finished_requests.fetch_add(1, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        self.request_latency.get_or_create(&labels).observe(seconds);
+        match outcome {
+            Err(code) => {
+                self.request_errors
+                    .get_or_create(&ErrorLabels { method, code })
+                    .inc();
+            }
+            Ok(Some(stages)) => self.record_stages(seconds, &stages),
+            Ok(None) => {}
         }
     }
 
-    /// Counts one answered request of `method`.
-    pub fn count_request(&self, method: &'static str) {
-        self.request_count
-            .get_or_create(&MethodLabels { method })
-            .inc();
+    fn record_stages(&self, latency: f64, stages: &StageTimes) {
+        let compute = (stages.tokenization + stages.inference).as_secs_f64();
+        let waits = (stages.tokenizer_wait + stages.model_wait).as_secs_f64();
+        self.queue_wait_latency.observe(waits);
+        self.overhead_latency.observe((latency - compute).max(0.0));
+        self.pipeline_overhead_latency
+            .observe((latency - compute - waits).max(0.0));
+    }
+
+    /// Marks a worker up or down.
+    pub fn set_worker_up(&self, kind: WorkerKind, id: u32, up: bool) {
+        self.worker_up
+            .get_or_create(&WorkerLabels {
+                worker_id: id,
+                worker_type: kind.as_str(),
+            })
+            .set(i64::from(up));
     }
 
     /// The registry in the OpenMetrics text format.
@@ -142,20 +823,199 @@ impl Metrics {
     }
 }
 
+/// Records a request when it finishes, or as `cancelled` if it is dropped unfinished
+/// (the client went away, or its deadline dropped the handler).
+pub struct RequestRecorder {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl RequestRecorder {
+    pub fn start(metrics: Arc<Metrics>, method: &'static str, started: Instant) -> Self {
+        Self {
+            metrics,
+            method,
+            started,
+            finished: false,
+        }
+    }
+
+    /// Records the outcome: stage times for an answer, or the error's code word.
+    pub fn finish(mut self, outcome: Result<Option<StageTimes>, &'static str>) {
+        self.finished = true;
+        self.metrics
+            .record_request(self.method, self.started.elapsed(), outcome);
+    }
+}
+
+impl Drop for RequestRecorder {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.metrics
+                .record_request(self.method, self.started.elapsed(), Err("cancelled"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn touch_every_family(metrics: &Metrics) {
+        let worker = WorkerLabels {
+            worker_id: 0,
+            worker_type: "model",
+        };
+        let window = metrics.worker_window(WorkerKind::Model, 0);
+        metrics.record_worker_report(WorkerKind::Model, 0, &window, &StatsReport::default());
+        metrics.record_request("grpc_infer", Duration::from_millis(3), Err("internal"));
+        metrics
+            .worker_restarts
+            .get_or_create(&PoolLabels {
+                worker_type: "model",
+            })
+            .inc();
+        metrics
+            .worker_stats_dropped
+            .get_or_create(&PoolLabels {
+                worker_type: "model",
+            })
+            .inc();
+        for family in [
+            &metrics.gpu_memory_mb,
+            &metrics.gpu_memory_total_mb,
+            &metrics.gpu_utilization_pct,
+        ] {
+            family.get_or_create(&GpuLabels { gpu: 0 }).set(1.0);
+        }
+        metrics.worker_latency_ms.get_or_create(&worker).set(1.0);
+        metrics
+            .worker_throughput_qps
+            .get_or_create(&worker)
+            .set(1.0);
+        metrics.set_worker_up(WorkerKind::Model, 0, true);
+        metrics.resident_memory.get_or_create(&worker).set(1);
+        metrics
+            .build_info
+            .get_or_create(&BuildLabels {
+                version: "0",
+                model: "m".into(),
+                device: "cpu".into(),
+            })
+            .set(1);
+    }
+
     #[test]
-    fn counters_render_with_their_total_suffix() {
-        let metrics = Metrics::new();
-        metrics.padded_tokens.inc_by(7);
-        metrics.total_tokens.inc_by(70);
-        metrics.scheduler_latency.observe(3e-6);
+    fn every_catalogue_entry_renders_with_its_type_and_labels() {
+        let metrics = Metrics::new(true);
+        touch_every_family(&metrics);
         let text = metrics.render();
-        assert!(text.contains("padded_tokens_total 7"), "{text}");
-        assert!(text.contains("total_tokens_total 70"), "{text}");
-        assert!(text.contains("scheduler_latency_seconds_count 1"), "{text}");
-        assert!(text.contains("# TYPE batch_queue_size gauge"), "{text}");
+        for spec in CATALOGUE {
+            let type_line = format!("# TYPE {} {}", spec.name, spec.kind.as_str());
+            assert!(
+                text.contains(&type_line),
+                "missing {type_line:?} in\n{text}"
+            );
+            let sample = text
+                .lines()
+                .find(|l| l.starts_with(&spec.sample_name()) && !l.starts_with('#'))
+                .unwrap_or_else(|| panic!("no sample of {}", spec.name));
+            for label in spec.labels {
+                assert!(
+                    sample.contains(&format!("{label}=")),
+                    "{sample} lacks {label}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_gauges_are_absent_without_a_gpu() {
+        let metrics = Metrics::new(false);
+        touch_every_family(&metrics);
+        let text = metrics.render();
+        assert!(!text.contains("gpu_"), "{text}");
+        assert!(text.contains("# TYPE cpu_percent gauge"));
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = CATALOGUE.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+    }
+
+    #[test]
+    fn a_request_splits_into_stages_and_overheads() {
+        let metrics = Metrics::new(false);
+        let stages = StageTimes {
+            tokenization: Duration::from_millis(10),
+            tokenizer_wait: Duration::from_millis(5),
+            model_wait: Duration::from_millis(20),
+            inference: Duration::from_millis(100),
+        };
+        metrics.record_request("http_score", Duration::from_millis(150), Ok(Some(stages)));
+        let text = metrics.render();
+        let sum = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}_sum ")))
+                .unwrap();
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        // 150 - 110 = 40 ms of overhead; 40 - 25 = 15 ms outside every stage and queue.
+        assert!(
+            (sum("overhead_latency_seconds") - 0.040).abs() < 1e-9,
+            "{text}"
+        );
+        assert!(
+            (sum("pipeline_overhead_latency_seconds") - 0.015).abs() < 1e-9,
+            "{text}"
+        );
+        assert!(
+            (sum("queue_wait_latency_seconds") - 0.025).abs() < 1e-9,
+            "{text}"
+        );
+        assert!(
+            text.contains("request_count_total{method=\"http_score\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_recorder_counts_a_cancelled_request() {
+        let metrics = Arc::new(Metrics::new(false));
+        drop(RequestRecorder::start(
+            Arc::clone(&metrics),
+            "grpc_rerank",
+            Instant::now(),
+        ));
+        let text = metrics.render();
+        assert!(
+            text.contains("request_errors_total{method=\"grpc_rerank\",code=\"cancelled\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_batch_window_resets_when_taken() {
+        let metrics = Metrics::new(false);
+        metrics.record_batch(4, 100, 120, 30);
+        metrics.record_batch(2, 50, 50, 25);
+        assert_eq!(
+            metrics.batches.take(),
+            BatchFigures {
+                pairs: 6,
+                real_tokens: 150,
+                computed_tokens: 170,
+                longest: 30
+            }
+        );
+        assert_eq!(metrics.batches.take(), BatchFigures::default());
+        assert!(metrics.render().contains("padded_tokens_total 20"));
     }
 }

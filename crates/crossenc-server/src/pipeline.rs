@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossenc_ipc::{TokenBatch, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 
 use crate::admission::{Admission, Refused};
 use crate::dispatch::{DispatchLimits, ModelDispatch, NO_WORKER_PATIENCE};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageTimes};
 use crate::pool::{JobError, Reply, WorkerSet};
 use crate::scheduler::SchedulerLimits;
 
@@ -35,11 +35,12 @@ pub enum PipelineError {
     Poison { index: u32 },
 }
 
-/// Raw logits in request order, and the real tokens they cost.
+/// Raw logits in request order, the real tokens they cost, and where the time went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
     pub scores: Vec<f32>,
     pub tokens: u64,
+    pub stages: StageTimes,
 }
 
 /// How the pipeline batches and how much it holds.
@@ -64,9 +65,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the model dispatch task: call within the runtime.
-    pub fn start(limits: PipelineLimits) -> Self {
+    pub fn start(limits: PipelineLimits, metrics: Arc<Metrics>) -> Self {
         let models = Arc::<WorkerSet>::default();
-        let metrics = Arc::new(Metrics::new());
         let dispatch = ModelDispatch::start(
             limits.scheduler,
             Arc::clone(&models),
@@ -91,22 +91,35 @@ impl Pipeline {
     /// Scores `pairs` in order, or refuses them at once when the server is full.
     pub async fn score(&self, pairs: Vec<(String, String)>) -> Result<Scored, PipelineError> {
         let ticket = self.admission.admit(pairs.len())?;
-        let tokenized: Vec<_> = self
-            .tokenize(pairs)
-            .await?
+        let chunks = self.tokenize(pairs).await?;
+        let tokenized: Vec<_> = chunks
             .iter()
-            .flat_map(TokenBatch::iter)
+            .flat_map(|(batch, _)| batch.iter())
             .map(|pair| pair.to_pair_tokens())
             .collect();
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
-        let scores = self.dispatch.score(tokenized, ticket.pairs).await?;
-        Ok(Scored { scores, tokens })
+        let scored = self.dispatch.score(tokenized, ticket.pairs).await?;
+        // Chunks run side by side: the slowest one is what the request waited for.
+        let slowest = |of: fn(&JobTiming) -> Duration| {
+            chunks.iter().map(|(_, t)| of(t)).max().unwrap_or_default()
+        };
+        let stages = StageTimes {
+            tokenization: slowest(|t| t.compute),
+            tokenizer_wait: slowest(|t| t.queued),
+            model_wait: scored.model_wait,
+            inference: scored.inference,
+        };
+        Ok(Scored {
+            scores: scored.scores,
+            tokens,
+            stages,
+        })
     }
 
     async fn tokenize(
         &self,
         mut pairs: Vec<(String, String)>,
-    ) -> Result<Vec<TokenBatch>, PipelineError> {
+    ) -> Result<Vec<(TokenBatch, JobTiming)>, PipelineError> {
         let mut chunks = Vec::new();
         while pairs.len() > TOKENIZE_CHUNK {
             let rest = pairs.split_off(TOKENIZE_CHUNK);
@@ -119,9 +132,13 @@ impl Pipeline {
     /// Tokenizes one chunk. A tokenizer worker that dies holding it (or hangs past the
     /// job timeout and is killed) costs the chunk one retry on another or the respawned
     /// worker; while none is up, the chunk waits for one up to the dispatch's patience.
-    async fn encode(&self, chunk: Vec<(String, String)>) -> Result<TokenBatch, PipelineError> {
+    async fn encode(
+        &self,
+        chunk: Vec<(String, String)>,
+    ) -> Result<(TokenBatch, JobTiming), PipelineError> {
         let kind = WorkerKind::Tokenizer;
         let expected = chunk.len();
+        let _queued = GaugeShare::add(&self.metrics.tokenizer_queue_size, expected);
         // The copy is the text of at most TOKENIZE_CHUNK pairs: small beside tokenizing it.
         let first = submit_once(
             &self.tokenizers,
@@ -146,11 +163,36 @@ impl Pipeline {
         match reply {
             // A batch that does not hold one valid pair per input is refused here, where
             // it would otherwise put scores at the wrong places.
-            Reply::Encoded(batch) if batch.len() == expected && batch.validate().is_ok() => {
-                Ok(batch)
+            Reply::Encoded(batch, timing)
+                if batch.len() == expected && batch.validate().is_ok() =>
+            {
+                self.metrics
+                    .tokenizer_queue_wait_latency
+                    .observe(timing.queued.as_secs_f64());
+                Ok((batch, timing))
             }
             _ => Err(PipelineError::WrongReply { kind }),
         }
+    }
+}
+
+/// Adds to a gauge for as long as it lives.
+struct GaugeShare<'a> {
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    amount: i64,
+}
+
+impl<'a> GaugeShare<'a> {
+    fn add(gauge: &'a prometheus_client::metrics::gauge::Gauge, amount: usize) -> Self {
+        let amount = amount as i64;
+        gauge.inc_by(amount);
+        Self { gauge, amount }
+    }
+}
+
+impl Drop for GaugeShare<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.amount);
     }
 }
 

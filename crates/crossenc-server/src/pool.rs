@@ -14,10 +14,12 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crossenc_ipc::{
-    IpcReceiver, IpcSender, Job, ScoreBatch, TokenBatch, Work, WorkerCommand, WorkerEvent,
-    WorkerInfo, WorkerKind, WorkerListener,
+    IpcReceiver, IpcSender, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch, Work,
+    WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind, WorkerListener,
 };
 use tokio::sync::{oneshot, watch};
+
+use crate::metrics::Metrics;
 
 /// How to start a worker: the binary to re-execute and what every worker is told.
 #[derive(Debug, Clone)]
@@ -33,8 +35,8 @@ pub struct WorkerLauncher {
 /// A worker's answer to one job.
 #[derive(Debug)]
 pub enum Reply {
-    Encoded(TokenBatch),
-    Scored(ScoreBatch),
+    Encoded(TokenBatch, JobTiming),
+    Scored(ScoreBatch, JobTiming),
 }
 
 /// Why a job got no answer.
@@ -96,7 +98,12 @@ impl Worker {
                 table.insert(id, reply);
                 // A closed command channel means the worker is dying; the event thread
                 // fails this job with the others when it sees the death.
-                let _ = self.commands.send(WorkerCommand::Run(Job { id, work }));
+                let _ = self.commands.send(WorkerCommand::Run(Job {
+                    id,
+                    work,
+                    // Stamped again when it goes on the wire.
+                    sent_at: Stamp::now(),
+                }));
             }
             None => {
                 let _ = reply.send(Err(JobError::NotDelivered {
@@ -208,6 +215,12 @@ impl WorkerSet {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// The live workers, for the collection loop.
+    pub fn members(&self) -> Vec<Arc<Worker>> {
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        workers.iter().filter(|w| w.is_alive()).cloned().collect()
+    }
+
     /// The live worker with the fewest jobs waiting.
     pub fn least_loaded(&self) -> Option<Arc<Worker>> {
         self.least_loaded_where(|_| true)
@@ -253,7 +266,12 @@ impl WorkerLauncher {
     /// Starts one worker and waits until it is loaded (blocking: call from a blocking
     /// thread). A worker that exits, fails to load or takes longer than
     /// `startup_timeout` is reported with its reason.
-    pub fn spawn(&self, kind: WorkerKind, id: u32) -> Result<Worker, SpawnError> {
+    pub fn spawn(
+        &self,
+        kind: WorkerKind,
+        id: u32,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Worker, SpawnError> {
         let fail = |reason: String| SpawnError { kind, id, reason };
         let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;
         let name = listener.name().to_string();
@@ -281,7 +299,7 @@ impl WorkerLauncher {
             }
         };
         tracing::info!(%kind, id, pid = link.pid, "worker ready");
-        Ok(Worker::start(kind, id, link, info, child))
+        Ok(Worker::start(kind, id, link, info, child, metrics))
     }
 
     fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
@@ -345,15 +363,23 @@ impl Worker {
         link: crossenc_ipc::SupervisorLink,
         info: WorkerInfo,
         child: Child,
+        metrics: &Arc<Metrics>,
     ) -> Self {
         let (commands, queued) = mpsc::channel();
         let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
         let child = Arc::new(Mutex::new(child));
         let stopping = Arc::new(AtomicBool::new(false));
         let (exit_tx, exited) = watch::channel(false);
+        let sends = Arc::clone(metrics);
         spawn_named(format!("{kind}-{id}-send"), move || {
-            forward_commands(queued, link.commands)
+            forward_commands(queued, link.commands, &sends)
         });
+        let stats = StatsThread {
+            kind,
+            id,
+            metrics: Arc::clone(metrics),
+        };
+        spawn_named(format!("{kind}-{id}-stats"), move || stats.run(link.stats));
         let events = EventThread {
             kind,
             id,
@@ -361,6 +387,7 @@ impl Worker {
             child: Arc::clone(&child),
             stopping: Arc::clone(&stopping),
             exited: exit_tx,
+            metrics: Arc::clone(metrics),
         };
         spawn_named(format!("{kind}-{id}-events"), move || {
             events.run(link.events)
@@ -417,10 +444,39 @@ fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) {
 
 /// Writes commands to the worker's IPC channel off the async runtime, since a large
 /// message blocks until the worker reads it.
-fn forward_commands(queued: mpsc::Receiver<WorkerCommand>, ipc: IpcSender<WorkerCommand>) {
-    for command in queued {
+fn forward_commands(
+    queued: mpsc::Receiver<WorkerCommand>,
+    ipc: IpcSender<WorkerCommand>,
+    metrics: &Metrics,
+) {
+    for mut command in queued {
+        if let WorkerCommand::Run(job) = &mut command {
+            job.sent_at = Stamp::now();
+        }
+        let sending = Instant::now();
         if ipc.send(command).is_err() {
             return;
+        }
+        metrics
+            .mp_queue_send_latency
+            .observe(sending.elapsed().as_secs_f64());
+    }
+}
+
+/// Reads a worker's stats channel into the registry, apart from its events, so that
+/// the figures never stand in the way of the answers.
+struct StatsThread {
+    kind: WorkerKind,
+    id: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl StatsThread {
+    fn run(self, reports: IpcReceiver<StatsReport>) {
+        let window = self.metrics.worker_window(self.kind, self.id);
+        while let Ok(report) = reports.recv() {
+            self.metrics
+                .record_worker_report(self.kind, self.id, &window, &report);
         }
     }
 }
@@ -433,14 +489,25 @@ struct EventThread {
     child: Arc<Mutex<Child>>,
     stopping: Arc<AtomicBool>,
     exited: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl EventThread {
     fn run(self, events: IpcReceiver<WorkerEvent>) {
         while let Ok(event) = events.recv() {
             let (job, answer) = match event {
-                WorkerEvent::Encoded { job, batch } => (job, Ok(Reply::Encoded(batch))),
-                WorkerEvent::Scored { job, scores } => (job, Ok(Reply::Scored(scores))),
+                WorkerEvent::Encoded { job, batch, timing } => {
+                    self.received(timing);
+                    (job, Ok(Reply::Encoded(batch, timing)))
+                }
+                WorkerEvent::Scored {
+                    job,
+                    scores,
+                    timing,
+                } => {
+                    self.received(timing);
+                    (job, Ok(Reply::Scored(scores, timing)))
+                }
                 WorkerEvent::JobFailed { job, message } => (
                     job,
                     Err(JobError::Failed {
@@ -466,6 +533,12 @@ impl EventThread {
             }
         }
         self.fail_pending();
+    }
+
+    fn received(&self, timing: JobTiming) {
+        self.metrics
+            .mp_queue_receive_latency
+            .observe(timing.sent_at.elapsed().as_secs_f64());
     }
 
     /// The channel closed or broke: the worker is gone, or no longer to be trusted.

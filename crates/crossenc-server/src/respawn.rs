@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::WorkerKind;
 use tokio::sync::watch;
 
-use crate::metrics::{Metrics, PoolLabels, WorkerLabels};
+use crate::metrics::{Metrics, PoolLabels};
 use crate::pool::{Worker, WorkerLauncher, WorkerSet};
 
 /// Pause before the first restart; it doubles on each failure up to [`MAX_PAUSE`].
@@ -98,7 +98,9 @@ impl WorkerSlot {
             }
             let launcher = self.launcher.clone();
             let (kind, id) = (self.kind, self.id);
-            let spawned = tokio::task::spawn_blocking(move || launcher.spawn(kind, id)).await;
+            let metrics = Arc::clone(&self.metrics);
+            let spawned =
+                tokio::task::spawn_blocking(move || launcher.spawn(kind, id, &metrics)).await;
             match spawned {
                 Ok(Ok(worker)) => {
                     let worker = Arc::new(worker);
@@ -122,13 +124,7 @@ impl WorkerSlot {
     }
 
     fn up(&self, up: bool) {
-        self.metrics
-            .worker_up
-            .get_or_create(&WorkerLabels {
-                worker_id: self.id,
-                worker_type: self.kind.as_str(),
-            })
-            .set(i64::from(up));
+        self.metrics.set_worker_up(self.kind, self.id, up);
     }
 }
 

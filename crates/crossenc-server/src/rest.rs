@@ -11,11 +11,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::http::HttpState;
+use crate::metrics::StageTimes;
 use crate::pipeline::{PipelineError, Scored};
 use crate::pool::JobError;
 use crate::scoring::{activate, check_count, check_query, check_top_n, rank, InvalidRequest};
@@ -293,11 +294,7 @@ fn refuse_while_draining(state: &HttpState) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn run(
-    state: &HttpState,
-    method: &'static str,
-    pairs: Vec<(String, String)>,
-) -> Result<Scored, ApiError> {
+async fn run(state: &HttpState, pairs: Vec<(String, String)>) -> Result<Scored, ApiError> {
     refuse_while_draining(state)?;
     // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
     let scored = tokio::time::timeout(state.request_timeout, state.pipeline.score(pairs))
@@ -312,7 +309,6 @@ async fn run(
                 ),
             )
         })??;
-    state.pipeline.metrics.count_request(method);
     Ok(scored)
 }
 
@@ -322,7 +318,7 @@ async fn run(
 pub async fn rerank(
     State(state): State<HttpState>,
     ApiJson(request): ApiJson<RerankRequest>,
-) -> Result<Json<Vec<RankedText>>, ApiError> {
+) -> Result<(Extension<StageTimes>, Json<Vec<RankedText>>), ApiError> {
     check_query("query", &request.query)?;
     check_count(
         "texts",
@@ -343,7 +339,7 @@ pub async fn rerank(
         .iter()
         .map(|t| (request.query.clone(), t.clone()))
         .collect();
-    let scored = run(&state, "http_rerank", pairs).await?;
+    let scored = run(&state, pairs).await?;
     let scores = activate(scored.scores, request.raw_scores);
     let mut texts = request.texts;
     let ranked = rank(&scores, None)
@@ -356,7 +352,7 @@ pub async fn rerank(
                 .then(|| std::mem::take(&mut texts[index])),
         })
         .collect();
-    Ok(Json(ranked))
+    Ok((Extension(scored.stages), Json(ranked)))
 }
 
 /// Rerank documents against a query (the Cohere / Jina shape).
@@ -365,7 +361,7 @@ pub async fn rerank(
 pub async fn v1_rerank(
     State(state): State<HttpState>,
     ApiJson(request): ApiJson<V1RerankRequest>,
-) -> Result<Json<V1RerankResponse>, ApiError> {
+) -> Result<(Extension<StageTimes>, Json<V1RerankResponse>), ApiError> {
     check_query("query", &request.query)?;
     check_count(
         "documents",
@@ -383,7 +379,7 @@ pub async fn v1_rerank(
         .iter()
         .map(|d| (request.query.clone(), d.clone()))
         .collect();
-    let scored = run(&state, "http_v1_rerank", pairs).await?;
+    let scored = run(&state, pairs).await?;
     let scores = activate(scored.scores, false);
     let results = rank(&scores, request.top_n)
         .into_iter()
@@ -395,13 +391,14 @@ pub async fn v1_rerank(
             }),
         })
         .collect();
-    Ok(Json(V1RerankResponse {
+    let response = V1RerankResponse {
         model: state.model_name(),
         results,
         usage: Usage {
             total_tokens: scored.tokens,
         },
-    }))
+    };
+    Ok((Extension(scored.stages), Json(response)))
 }
 
 /// Score (query, document) pairs, one score per pair in order (gRPC `Infer`).
@@ -410,7 +407,7 @@ pub async fn v1_rerank(
 pub async fn score(
     State(state): State<HttpState>,
     ApiJson(request): ApiJson<ScoreRequest>,
-) -> Result<Json<ScoreResponse>, ApiError> {
+) -> Result<(Extension<StageTimes>, Json<ScoreResponse>), ApiError> {
     check_count(
         "pairs",
         request.pairs.len(),
@@ -425,11 +422,12 @@ pub async fn score(
         .into_iter()
         .map(|p| (p.query, p.document))
         .collect();
-    let scored = run(&state, "http_score", pairs).await?;
-    Ok(Json(ScoreResponse {
+    let scored = run(&state, pairs).await?;
+    let response = ScoreResponse {
         scores: activate(scored.scores, request.raw_scores),
         tokens: scored.tokens,
-    }))
+    };
+    Ok((Extension(scored.stages), Json(response)))
 }
 
 /// The OpenAPI document.

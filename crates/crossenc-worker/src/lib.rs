@@ -4,13 +4,18 @@
 //! not start), then answers commands one at a time until told to stop or until the
 //! supervisor goes away. No async runtime: a worker does one thing at a time.
 
+mod stats;
+
 use std::path::PathBuf;
+use std::time::Instant;
 
 use crossenc_ipc::{
-    connect_to_supervisor, IpcFailure, Job, ScoreBatch, TokenBatch, TokenBatchBuilder, Work,
-    WorkerCommand, WorkerEvent, WorkerInfo,
+    connect_to_supervisor, IpcFailure, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch,
+    TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
 };
 use crossenc_model::{CrossEncoder, ModelError, ModelFolder, PaddedBatch, PairTokenizer};
+
+pub use crate::stats::StatsSender;
 
 /// What a worker is told on its command line.
 #[derive(Debug, Clone)]
@@ -39,12 +44,12 @@ pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
         let max_length = folder.max_length(args.max_length)?;
         let tokenizer = PairTokenizer::load(&folder, max_length)?;
         let info = worker_info(&folder, max_length, "cpu");
-        let handle = move |Job { id, work }| match work {
+        let handle = move |work| match work {
             Work::Encode(pairs) => match encode(&tokenizer, &pairs) {
-                Ok(batch) => WorkerEvent::Encoded { job: id, batch },
-                Err(e) => job_failed(id, e),
+                Ok(batch) => Answer::Encoded(batch),
+                Err(e) => Answer::Failed(e.to_string()),
             },
-            Work::Score(_) => job_failed(id, "a tokenizer worker cannot score"),
+            Work::Score(_) => Answer::Failed("a tokenizer worker cannot score".into()),
         };
         Ok((info, handle))
     })
@@ -59,18 +64,18 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         let model = CrossEncoder::load(&folder, device)?;
         let info = worker_info(&folder, max_length, &args.device);
         let poison = PoisonPill::from_env(&folder, max_length)?;
-        let handle = move |Job { id, work }| match work {
+        let handle = move |work| match work {
             Work::Score(batch) => match poison
                 .check(&batch)
                 .and_then(|()| score(&model, &batch, max_length))
             {
-                Ok(scores) => WorkerEvent::Scored {
-                    job: id,
-                    scores: ScoreBatch::new(&scores),
+                Ok(scores) => Answer::Scored {
+                    scores,
+                    tokens: batch.total_tokens() as u64,
                 },
-                Err(e) => job_failed(id, e),
+                Err(e) => Answer::Failed(e),
             },
-            Work::Encode(_) => job_failed(id, "a model worker cannot tokenize"),
+            Work::Encode(_) => Answer::Failed("a model worker cannot tokenize".into()),
         };
         Ok((info, handle))
     })
@@ -145,15 +150,56 @@ impl PoisonPill {
     }
 }
 
-/// The loop both workers share: connect, load, say Ready, answer commands.
+/// What a job came to, before it is put on the wire.
+enum Answer {
+    Encoded(TokenBatch),
+    Scored { scores: Vec<f32>, tokens: u64 },
+    Failed(String),
+}
+
+impl Answer {
+    /// The event that answers job `job`, and the job's figures (none for a failed job:
+    /// it processed no pairs).
+    fn into_event(self, job: u64, timing: JobTiming) -> (WorkerEvent, Option<StatsReport>) {
+        let report = |pairs: usize, tokens: u64| StatsReport {
+            pairs: pairs as u32,
+            tokens,
+            compute: timing.compute,
+            ..StatsReport::default()
+        };
+        match self {
+            Answer::Encoded(batch) => {
+                let stats = report(batch.len(), batch.total_tokens() as u64);
+                let event = WorkerEvent::Encoded { job, batch, timing };
+                (event, Some(stats))
+            }
+            Answer::Scored { scores, tokens } => {
+                let stats = report(scores.len(), tokens);
+                let scores = ScoreBatch::new(&scores);
+                let event = WorkerEvent::Scored {
+                    job,
+                    scores,
+                    timing,
+                };
+                (event, Some(stats))
+            }
+            Answer::Failed(message) => (WorkerEvent::JobFailed { job, message }, None),
+        }
+    }
+}
+
+/// The loop both workers share: connect, load, say Ready, answer commands, and report
+/// each job's figures on the stats channel.
 fn serve<H>(
     args: &WorkerArgs,
     load: impl FnOnce(&WorkerArgs) -> Result<(WorkerInfo, H), ModelError>,
 ) -> Result<(), WorkerError>
 where
-    H: FnMut(Job) -> WorkerEvent,
+    H: FnMut(Work) -> Answer,
 {
-    let (events, commands) = connect_to_supervisor(&args.server_name)?;
+    let link = connect_to_supervisor(&args.server_name)?;
+    let events = link.events;
+    let mut stats = StatsSender::start(link.stats);
     let (info, mut handle) = match load(args) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -166,8 +212,22 @@ where
     tracing::info!(worker_id = args.worker_id, model = %info.model_name, "worker ready");
     send(&events, WorkerEvent::Ready(info))?;
     // Shutdown, or a receive error (the supervisor is gone): nothing is left to do.
-    while let Ok(WorkerCommand::Run(job)) = commands.recv() {
-        send(&events, handle(job))?;
+    while let Ok(WorkerCommand::Run(Job { id, work, sent_at })) = link.commands.recv() {
+        let queued = sent_at.elapsed();
+        let started = Instant::now();
+        let answer = handle(work);
+        let timing = JobTiming {
+            queued,
+            compute: started.elapsed(),
+            sent_at: Stamp::now(),
+        };
+        let (event, report) = answer.into_event(id, timing);
+        let sending = Instant::now();
+        send(&events, event)?;
+        if let Some(mut report) = report {
+            report.answer_send = sending.elapsed();
+            stats.report(report);
+        }
     }
     Ok(())
 }
@@ -187,13 +247,6 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerI
         max_length,
         model_name: folder.config.name.clone(),
         device: device.to_string(),
-    }
-}
-
-fn job_failed(job: u64, error: impl std::fmt::Display) -> WorkerEvent {
-    WorkerEvent::JobFailed {
-        job,
-        message: error.to_string(),
     }
 }
 

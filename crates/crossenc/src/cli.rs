@@ -36,6 +36,8 @@ pub enum Command {
     Worker(WorkerCommand),
     /// Measure a running server (pairs/s, latency, padding) and the model alone on a workload.
     Bench(crate::bench::BenchArgs),
+    /// List every metric served at /metrics: name, type, labels and meaning.
+    Metrics,
 }
 
 fn defaults() -> ServeConfig {
@@ -105,6 +107,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "30s")]
     shutdown_grace: Duration,
+    /// How often the interval gauges (throughputs, CPU, memory, padding ratio, GPUs) are refreshed (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "5s")]
+    collection_interval: Duration,
 }
 
 impl ServeArgs {
@@ -130,6 +136,7 @@ impl ServeArgs {
         config.batching.max_client_batch_size = self.max_client_batch_size;
         config.batching.max_queued_pairs = self.max_queued_pairs;
         config.batching.max_concurrent_requests = self.max_concurrent_requests;
+        config.metrics.collection_interval = self.collection_interval;
         config
     }
 }
@@ -253,4 +260,23 @@ fn die_with_parent(supervisor: i32) -> anyhow::Result<()> {
         bail!("the supervisor (pid {supervisor}) is gone; parent is now {parent}");
     }
     Ok(())
+}
+
+/// Prints the metric catalogue as a table (the registry itself registers exactly these).
+pub fn metrics() -> ExitCode {
+    use crossenc_server::metrics::CATALOGUE;
+    println!("{:<40} {:<10} {:<30} help", "name", "type", "labels");
+    for spec in CATALOGUE {
+        let mut help = spec.help.to_string();
+        if spec.gpu_only {
+            help.push_str(" [only where NVML is present]");
+        }
+        println!(
+            "{:<40} {:<10} {:<30} {help}",
+            spec.sample_name(),
+            spec.kind.as_str(),
+            spec.labels.join(","),
+        );
+    }
+    ExitCode::SUCCESS
 }

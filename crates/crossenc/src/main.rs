@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve(args),
         Command::Worker(worker) => cli::worker(worker),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Metrics => Ok(cli::metrics()),
     };
     match result {
         Ok(code) => code,
