@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of crossenc: builds the default model folder if missing, builds the
 # workspace once, then runs unit, property and end-to-end tests (nextest when installed).
-# The end-to-end tests start the real binary, real worker processes and the real model.
+# The end-to-end tests start the real binary, real worker processes and the real model;
+# the observability test, a real Prometheus with the shipped config and rules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/crossenc/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/fetch-model.sh
+# The observability test runs a real Prometheus and promtool (Debian's package).
+scripts/install-prometheus.sh
 cargo build --workspace --all-targets --locked
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Writes the Grafana dashboard (conf/grafana/provisioning/dashboards/prometheus_metrics_dashboard.json):
+usage: scripts/build_dashboard.py OUT.json. Edit the panels here, not in the JSON."""
+import json
+import sys
+
+DS = {"type": "prometheus", "uid": "prometheus"}
+JOB = 'job="cross_encoder_server"'
+
+panels = []
+next_id = [1]
+
+
+def target(expr, legend, ref):
+    return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend, "range": True}
+
+
+def thresholds(steps):
+    # steps: [(value or None, color)]
+    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
+
+
+def panel(kind, title, desc, targets, pos, unit="short", steps=None, extra_defaults=None, options=None):
+    refs = "ABCDEFGHIJKLMNOP"
+    defaults = {"unit": unit}
+    if steps:
+        defaults["thresholds"] = thresholds(steps)
+    if kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+        }
+        if steps:
+            defaults["custom"]["thresholdsStyle"] = {"mode": "line"}
+        defaults.setdefault("color", {"mode": "palette-classic"})
+    else:
+        defaults.setdefault("color", {"mode": "thresholds"})
+    if extra_defaults:
+        defaults.update(extra_defaults)
+    if options is None:
+        if kind == "timeseries":
+            options = {
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                "tooltip": {"mode": "multi", "sort": "desc"},
+            }
+        else:
+            options = {
+                "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": ""},
+                "orientation": "auto",
+                "textMode": "auto",
+                "colorMode": "value",
+                "graphMode": "area",
+                "justifyMode": "auto",
+            }
+    p = {
+        "id": next_id[0],
+        "type": kind,
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "gridPos": {"x": pos[0], "y": pos[1], "w": pos[2], "h": pos[3]},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": [target(e, l, refs[i]) for i, (e, l) in enumerate(targets)],
+    }
+    next_id[0] += 1
+    panels.append(p)
+
+
+GREEN = (None, "green")
+
+# Row 0: stats.
+panel("stat", "Requests (5m)",
+      "Requests finished (scored or errored) over the last 5 minutes, all methods.",
+      [("sum(increase(request_count_total[5m]))", "requests")], (0, 0, 4, 4))
+panel("stat", "Throughput (RPS)",
+      "Finished requests per second over the last minute, all methods.",
+      [("sum(rate(request_count_total[1m]))", "req/s")], (4, 0, 4, 4), unit="reqps")
+panel("stat", "Latency P50",
+      "Median end-to-end request latency over 5m, all methods (recording rule).",
+      [("crossenc:request_latency_seconds:p50_5m", "p50")], (8, 0, 4, 4), unit="s",
+      steps=[GREEN, (1, "yellow"), (2, "red")])
+panel("stat", "Latency P95",
+      "95th percentile of end-to-end request latency over 5m, all methods (recording rule). "
+      "Alert CrossencHighLatencyP95 fires above 2s for 5m.",
+      [("crossenc:request_latency_seconds:p95_5m", "p95")], (12, 0, 4, 4), unit="s",
+      steps=[GREEN, (1, "yellow"), (2, "red")])
+panel("stat", "Error Ratio (5m)",
+      "Share of finished requests that ended in an error over 5m: all codes, and server-side "
+      "codes only (what alert CrossencHighErrorRatio watches, above 5%).",
+      [("crossenc:request_errors:ratio_5m", "all"),
+       ("crossenc:request_server_errors:ratio_5m", "server")], (16, 0, 4, 4), unit="percentunit",
+      steps=[GREEN, (0.01, "yellow"), (0.05, "red")])
+panel("stat", "Workers Up",
+      "Workers running and ready, by type (worker_up summed).",
+      [("sum by (worker_type) (worker_up)", "{{worker_type}}")], (20, 0, 4, 4),
+      steps=[(None, "red"), (1, "green")])
+
+# Timeseries, two per row.
+W, H = 12, 8
+rows = [
+    ("Latency Percentiles", "End-to-end request latency over all methods, 1m windows "
+     "(recording rules). Mean is rate(sum)/rate(count).",
+     [("crossenc:request_latency_seconds:p50_1m", "p50"),
+      ("crossenc:request_latency_seconds:p95_1m", "p95"),
+      ("crossenc:request_latency_seconds:p99_1m", "p99"),
+      ("crossenc:request_latency_seconds:mean_1m", "mean")], "s", None),
+    ("Stage Latencies", "p95 of each pipeline stage over 5m (recording rules). Inference is "
+     "one forward pass per batch; queue waits are per request or pair.",
+     [("crossenc:tokenization_latency_seconds:p95_5m", "tokenization"),
+      ("crossenc:inference_latency_seconds:p95_5m", "inference (per batch)"),
+      ("crossenc:queue_wait_latency_seconds:p95_5m", "queue wait (total)"),
+      ("crossenc:tokenizer_queue_wait_latency_seconds:p95_5m", "tokenizer queue wait"),
+      ("crossenc:model_queue_wait_latency_seconds:p95_5m", "model queue wait"),
+      ("crossenc:scheduler_latency_seconds:p95_5m", "scheduler"),
+      ("crossenc:overhead_latency_seconds:p95_5m", "overhead"),
+      ("crossenc:pipeline_overhead_latency_seconds:p95_5m", "pipeline overhead")], "s", None),
+    ("Requests by Method", "Finished requests per second by API method.",
+     [("sum by (method) (rate(request_count_total[1m]))", "{{method}}")], "reqps", None),
+    ("Errors by Code", "Requests that ended in an error, per second, by code. No series "
+     "before the first error.",
+     [("sum by (code) (rate(request_errors_total[1m]))", "{{code}}")], "reqps", None),
+    ("Stage Share of Request Time", "Mean latency of a stage divided by the mean end-to-end "
+     "request latency over 5m: roughly the share of a request's time spent there. Stages are "
+     "observed per request, pair or batch and overlap, so shares need not add up to 100%.",
+     [("crossenc:tokenization_latency_seconds:mean_5m / on (job) crossenc:request_latency_seconds:mean_5m", "tokenization"),
+      ("crossenc:inference_latency_seconds:mean_5m / on (job) crossenc:request_latency_seconds:mean_5m", "inference"),
+      ("crossenc:queue_wait_latency_seconds:mean_5m / on (job) crossenc:request_latency_seconds:mean_5m", "queue wait"),
+      ("crossenc:overhead_latency_seconds:mean_5m / on (job) crossenc:request_latency_seconds:mean_5m", "overhead")],
+     "percentunit", None),
+    ("IPC & gRPC Latencies", "p95 over 5m of the transfers between the supervisor and the "
+     "worker processes, and of gRPC (de)serialization (recording rules).",
+     [("crossenc:mp_queue_send_latency_seconds:p95_5m", "ipc send"),
+      ("crossenc:mp_queue_receive_latency_seconds:p95_5m", "ipc receive"),
+      ("crossenc:grpc_serialize_latency_seconds:p95_5m", "grpc serialize"),
+      ("crossenc:grpc_deserialize_latency_seconds:p95_5m", "grpc deserialize")], "s", None),
+    ("Queue Sizes", "Items waiting for a tokenizer worker, for a model worker, and pairs "
+     "waiting in the scheduler for a batch.",
+     [("sum(tokenizer_queue_size)", "tokenizer queue"),
+      ("sum(model_queue_size)", "model queue"),
+      ("sum(batch_queue_size)", "batch queue (pairs)")], "short", None),
+    ("Admission (share of limit)", "Queued pairs against --max-queued-pairs and requests in "
+     "flight against --max-concurrent-requests; past 100% requests get RESOURCE_EXHAUSTED. "
+     "Alerts fire above 80% for 2m.",
+     [("sum(queued_pairs) / sum(queued_pairs_limit > 0)", "queued pairs"),
+      ("sum(requests_in_flight) / sum(requests_in_flight_limit > 0)", "requests in flight")],
+     "percentunit", [GREEN, (0.8, "red")]),
+    ("Worker Latency", "Per-worker latency reported by the supervisor (worker_latency_ms).",
+     [("max by (worker_type, worker_id) (worker_latency_ms)", "{{worker_type}} {{worker_id}}")],
+     "ms", None),
+    ("Worker Throughput", "Pairs processed per second by each worker: from the "
+     "worker_request_count_total counter, and the worker_throughput_qps gauge.",
+     [("sum by (worker_type, worker_id) (rate(worker_request_count_total[1m]))", "{{worker_type}} {{worker_id}}"),
+      ("sum by (worker_type, worker_id) (worker_throughput_qps)", "{{worker_type}} {{worker_id}} (gauge)")],
+     "suffix: pairs/s", None),
+    ("Worker Restarts", "Worker restarts over the last 15m by type. Alert "
+     "CrossencWorkerRestarting fires above 3.",
+     [("sum by (worker_type) (increase(worker_restarts_total[15m]))", "{{worker_type}}")],
+     "short", [GREEN, (3.5, "red")]),
+    ("Pipeline Throughput", "Tokenizer and inference throughput (pairs/s) and overall "
+     "throughput (requests/s), as the supervisor reports them.",
+     [("sum(tokenizer_throughput_qps)", "tokenizer (pairs/s)"),
+      ("sum(inference_throughput_qps)", "inference (pairs/s)"),
+      ("sum(overall_throughput_qps)", "overall (req/s)")], "short", None),
+    ("Batch Size", "Pairs per model batch over 5m.",
+     [("crossenc:batch_size:mean_5m", "mean"),
+      ("histogram_quantile(0.50, sum by (le) (rate(batch_size_bucket[5m])))", "p50"),
+      ("histogram_quantile(0.95, sum by (le) (rate(batch_size_bucket[5m])))", "p95")],
+     "short", None),
+    ("Padding Ratio", "Share of computed tokens that were padding: over 5m from the token "
+     "counters (padded / (padded + real)), and the padding_ratio gauge (last interval).",
+     [("crossenc:padding_ratio:ratio_5m", "5m, from counters"),
+      ("avg(padding_ratio)", "last interval (gauge)")], "percentunit", None),
+    ("Sequence Length", "Longest and mean pair length in tokens over the last interval.",
+     [("max(max_seq_length)", "max"), ("avg(avg_seq_length)", "mean")], "short", None),
+    ("Tokens per Second", "Real tokens sent to the model and padding tokens computed, per "
+     "second.",
+     [("sum(rate(total_tokens_total[1m]))", "real"),
+      ("sum(rate(padded_tokens_total[1m]))", "padding")], "short", None),
+    ("CPU & GPU", "CPU of crossenc's whole process tree (100% = one core busy) and GPU "
+     "utilization. GPU series exist only on machines with NVIDIA GPUs.",
+     [("sum(cpu_percent)", "CPU (process tree)"),
+      ("avg by (gpu) (gpu_utilization_pct)", "GPU {{gpu}}")], "percent", None),
+    ("GPU Memory", "GPU memory used and total per GPU. Absent without NVIDIA GPUs. Alert "
+     "CrossencGpuMemoryNearFull fires above 90% for 5m.",
+     [("sum by (gpu) (gpu_memory_mb)", "GPU {{gpu}} used"),
+      ("sum by (gpu) (gpu_memory_total_mb)", "GPU {{gpu}} total")], "mbytes", None),
+    ("Memory (RSS)", "Resident memory of the supervisor and of each worker process.",
+     [(f"sum by (worker_type, worker_id) (process_resident_memory_bytes{{{JOB}}})", "{{worker_type}} {{worker_id}}"),
+      (f"sum(process_resident_memory_bytes{{{JOB}}})", "total")], "bytes", None),
+    ("Scraped Samples (cardinality)", "Samples in each scrape of crossenc and series new in "
+     "it (above 0 after start-up means churn). Alert CrossencTooManySeries fires above 2000 "
+     "for 10m.",
+     [(f"sum(scrape_samples_scraped{{{JOB}}})", "samples per scrape"),
+      (f"sum(scrape_series_added{{{JOB}}})", "series added")], "short", [GREEN, (2000, "red")]),
+]
+y = 4
+for i, (title, desc, targets, unit, steps) in enumerate(rows):
+    x = 0 if i % 2 == 0 else W
+    panel("timeseries", title, desc, targets, (x, y, W, H), unit=unit, steps=steps)
+    if i % 2 == 1:
+        y += H
+
+panel("stat", "Build Info", "Version, model and device of the running crossenc (build_info).",
+      [("build_info", "{{version}} / {{model}} / {{device}}")], (0, y, 24, 3),
+      options={
+          "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": ""},
+          "orientation": "auto",
+          "textMode": "name",
+          "colorMode": "none",
+          "graphMode": "none",
+          "justifyMode": "auto",
+      })
+
+dashboard = {
+    "id": None,
+    "uid": "crossenc-prometheus-metrics",
+    "title": "Prometheus Metrics Dashboard",
+    "description": "crossenc cross-encoder server: traffic, latency, stages, workers, queues "
+                   "and resources. Needs the recording rules in conf/prometheus/rules "
+                   "(loaded by conf/prometheus/prometheus.yml).",
+    "tags": ["crossenc", "prometheus"],
+    "timezone": "browser",
+    "editable": True,
+    "graphTooltip": 1,
+    "schemaVersion": 39,
+    "version": 1,
+    "refresh": "5s",
+    "time": {"from": "now-15m", "to": "now"},
+    "timepicker": {"refresh_intervals": ["5s", "10s", "30s", "1m", "5m"]},
+    "templating": {"list": []},
+    "annotations": {"list": [{
+        "builtIn": 1,
+        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+        "enable": True,
+        "hide": True,
+        "iconColor": "rgba(0, 211, 255, 1)",
+        "name": "Annotations & Alerts",
+        "type": "dashboard",
+    }]},
+    "links": [],
+    "panels": panels,
+}
+
+out = sys.argv[1]
+with open(out, "w") as f:
+    json.dump(dashboard, f, indent=2)
+    f.write("\n")
