@@ -9,4 +9,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/crossenc/target}"
 
 scripts/fetch-model.sh
 cargo build --release --locked -p crossenc
-exec "$CARGO_TARGET_DIR/release/crossenc" serve --model models/default "$@"
+exec "$CARGO_TARGET_DIR/release/crossenc" serve "$@"

@@ -1,17 +1,30 @@
 //! The configuration of a crossenc server: what the supervisor, its workers and its
 //! batching need to know, with the defaults an operator gets when they say nothing.
 //!
-//! Values reach this model from command-line flags today; the file and environment
-//! layers build the same [`ServeConfig`].
+//! A [`ServeConfig`] is built in layers, lowest first: built-in defaults, a TOML file,
+//! `CROSSENC_<SECTION>__<KEY>` environment variables, command-line flags ([`load`]).
+//! `conf/crossenc.toml` documents every key. Durations take human units (`"250ms"`,
+//! `"5s"`), sizes too (`"64MiB"`). Unknown keys are errors that suggest the nearest valid
+//! one; [`ServeConfig::validate`] then checks what types cannot.
+
+mod load;
+mod show;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
+
+pub use crate::load::{env_var, load, ConfigError, Layers, Loaded, Problem, Source};
+pub use crate::show::render;
+/// A flag's value for [`Layers::flags`].
+pub use figment::value::Value;
 
 /// Everything `crossenc serve` needs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
     pub server: ServerConfig,
     pub model: ModelConfig,
@@ -21,64 +34,91 @@ pub struct ServeConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsConfig {
-    /// How often the collection loop refreshes the interval gauges (throughputs, CPU,
-    /// memory, padding ratio, GPUs).
-    pub collection_interval: Duration,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            collection_interval: Duration::from_secs(5),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Where the gRPC API listens.
     pub grpc_addr: SocketAddr,
-    /// Where /health, /ready and /metrics listen.
+    /// Where /health, /ready, /metrics and the JSON API listen.
     pub http_addr: SocketAddr,
     /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Largest request body, gRPC message or HTTP JSON, in bytes.
-    pub max_request_bytes: usize,
+    /// Largest request body, gRPC message or HTTP JSON.
+    pub max_request_bytes: ByteSize,
     /// Longest an HTTP JSON request may take before it is answered 504 (gRPC clients
     /// bring their own deadline).
+    #[serde(with = "humantime_serde")]
     pub http_request_timeout: Duration,
+    /// Requests in flight; more are refused.
+    pub max_concurrent_requests: usize,
+}
+
+/// What model workers compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+}
+
+/// What turns the model's logit into the score clients get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// 1 / (1 + e^-logit), in [0, 1], as sentence-transformers' CrossEncoder returns.
+    Sigmoid,
+    /// The logit itself.
+    Identity,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// A Hugging Face model folder: config.json, tokenizer.json, model.safetensors.
     pub path: PathBuf,
-    /// Longest pair in tokens after truncation; `None` means the model's own limit (at most 512).
-    pub max_length: Option<usize>,
+    /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
+    pub device: String,
+    pub dtype: Dtype,
+    /// Longest pair in tokens after truncation; 0 means the model's own limit (at most 512).
+    pub max_length: usize,
+    /// Applied to the logits unless a request asks for raw scores.
+    pub activation: Activation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkersConfig {
     /// Tokenizer worker processes.
     pub tokenizer: usize,
     /// Model worker processes.
     pub model: usize,
-    /// Compute threads in each model worker.
+    /// Compute threads in each model worker; 0 shares the machine's cores among them.
     pub model_threads: usize,
     /// How long a worker may take to load before it counts as failed.
+    #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
     /// How long a model worker may hold one batch before it is killed as hung.
+    #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
+    /// Pause before restarting a worker that exited; doubles while restarts fail.
+    #[serde(with = "humantime_serde")]
+    pub respawn_backoff_initial: Duration,
+    /// Longest pause between restarts.
+    #[serde(with = "humantime_serde")]
+    pub respawn_backoff_max: Duration,
+    /// How long work waits for a worker of a kind that has none up before it fails.
+    #[serde(with = "humantime_serde")]
+    pub no_worker_patience: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchingConfig {
     /// Largest batch in padded tokens (pairs x longest pair).
     pub max_batch_tokens: usize,
     /// Largest batch in pairs.
     pub max_batch_size: usize,
     /// How long a batch that is not full waits for more pairs once a worker could take it.
+    #[serde(with = "humantime_serde")]
     pub max_batch_delay: Duration,
     /// Batches sent to one model worker and not yet answered: one running, one ready.
     pub batches_per_worker: usize,
@@ -86,8 +126,15 @@ pub struct BatchingConfig {
     pub max_client_batch_size: usize,
     /// Pairs admitted and not yet sent to a model worker; more are refused.
     pub max_queued_pairs: usize,
-    /// Requests in flight; more are refused.
-    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// How often the collection loop refreshes the interval gauges (throughputs, CPU,
+    /// memory, padding ratio, GPUs).
+    #[serde(with = "humantime_serde")]
+    pub collection_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -97,8 +144,9 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             shutdown_grace: Duration::from_secs(30),
             // A 1024-document request of long texts fits.
-            max_request_bytes: 64 << 20,
+            max_request_bytes: ByteSize::mib(64),
             http_request_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 512,
         }
     }
 }
@@ -107,8 +155,18 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("models/default"),
-            max_length: None,
+            device: "cpu".into(),
+            dtype: Dtype::F32,
+            max_length: 0,
+            activation: Activation::Sigmoid,
         }
+    }
+}
+
+impl ModelConfig {
+    /// The operator's truncation length, if they chose one.
+    pub fn requested_max_length(&self) -> Option<usize> {
+        (self.max_length > 0).then_some(self.max_length)
     }
 }
 
@@ -117,10 +175,24 @@ impl Default for WorkersConfig {
         Self {
             tokenizer: 1,
             model: 1,
-            model_threads: default_threads(),
+            model_threads: 0,
             startup_timeout: Duration::from_secs(120),
             batch_timeout: Duration::from_secs(120),
+            respawn_backoff_initial: Duration::from_millis(50),
+            respawn_backoff_max: Duration::from_secs(10),
+            no_worker_patience: Duration::from_secs(10),
         }
+    }
+}
+
+impl WorkersConfig {
+    /// Threads per model worker: as configured, or the cores shared among them.
+    pub fn threads_per_model_worker(&self) -> usize {
+        if self.model_threads > 0 {
+            return self.model_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / self.model.max(1)).max(1)
     }
 }
 
@@ -136,13 +208,16 @@ impl Default for BatchingConfig {
             batches_per_worker: 2,
             max_client_batch_size: 1024,
             max_queued_pairs: 8192,
-            max_concurrent_requests: 512,
         }
     }
 }
 
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            collection_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A setting that cannot work, named by its key.
@@ -154,72 +229,130 @@ pub struct InvalidSetting {
     pub allowed: &'static str,
 }
 
+/// Collects the problems of one configuration.
+#[derive(Default)]
+struct Checks(Vec<InvalidSetting>);
+
+impl Checks {
+    fn require(
+        &mut self,
+        ok: bool,
+        key: &'static str,
+        value: impl ToString,
+        allowed: &'static str,
+    ) {
+        if !ok {
+            self.0.push(InvalidSetting {
+                key,
+                value: value.to_string(),
+                allowed,
+            });
+        }
+    }
+
+    fn at_least_one(&mut self, key: &'static str, value: usize) {
+        self.require(value >= 1, key, value, "must be at least 1");
+    }
+
+    fn positive(&mut self, key: &'static str, value: Duration) {
+        let shown = humantime::format_duration(value);
+        self.require(!value.is_zero(), key, shown, "must be longer than 0s");
+    }
+}
+
 impl ServeConfig {
     /// Checks the values that no type can rule out; every problem is reported, not only the first.
     pub fn validate(&self) -> Result<(), Vec<InvalidSetting>> {
-        let mut errors = Vec::new();
-        let mut at_least_one = |key, value: usize| {
-            if value == 0 {
-                errors.push(InvalidSetting {
-                    key,
-                    value: value.to_string(),
-                    allowed: "must be at least 1",
-                });
-            }
-        };
-        at_least_one("server.max_request_bytes", self.server.max_request_bytes);
-        at_least_one("workers.tokenizer", self.workers.tokenizer);
-        at_least_one("workers.model", self.workers.model);
-        at_least_one("workers.model_threads", self.workers.model_threads);
-        at_least_one("batching.max_batch_size", self.batching.max_batch_size);
-        at_least_one(
+        let mut c = Checks::default();
+        let (server, workers, batching) = (&self.server, &self.workers, &self.batching);
+        c.require(
+            server.grpc_addr != server.http_addr || server.grpc_addr.port() == 0,
+            "server.http_addr",
+            server.http_addr,
+            "must differ from server.grpc_addr",
+        );
+        c.require(
+            server.max_request_bytes.as_u64() >= 1024,
+            "server.max_request_bytes",
+            server.max_request_bytes.as_u64(),
+            "must be at least 1KiB",
+        );
+        c.at_least_one(
+            "server.max_concurrent_requests",
+            server.max_concurrent_requests,
+        );
+        c.positive("server.http_request_timeout", server.http_request_timeout);
+        c.require(
+            is_device(&self.model.device),
+            "model.device",
+            &self.model.device,
+            "must be `cpu` or `cuda:N`",
+        );
+        c.at_least_one("workers.tokenizer", workers.tokenizer);
+        c.at_least_one("workers.model", workers.model);
+        c.positive("workers.startup_timeout", workers.startup_timeout);
+        c.positive("workers.batch_timeout", workers.batch_timeout);
+        c.positive(
+            "workers.respawn_backoff_initial",
+            workers.respawn_backoff_initial,
+        );
+        c.require(
+            workers.respawn_backoff_max >= workers.respawn_backoff_initial,
+            "workers.respawn_backoff_max",
+            humantime::format_duration(workers.respawn_backoff_max),
+            "must not be shorter than workers.respawn_backoff_initial",
+        );
+        c.positive("workers.no_worker_patience", workers.no_worker_patience);
+        c.at_least_one("batching.max_batch_size", batching.max_batch_size);
+        c.at_least_one(
             "batching.max_client_batch_size",
-            self.batching.max_client_batch_size,
+            batching.max_client_batch_size,
         );
-        at_least_one(
-            "batching.batches_per_worker",
-            self.batching.batches_per_worker,
+        c.at_least_one("batching.batches_per_worker", batching.batches_per_worker);
+        c.require(
+            batching.max_queued_pairs >= batching.max_client_batch_size,
+            "batching.max_queued_pairs",
+            batching.max_queued_pairs,
+            "must hold at least one request of batching.max_client_batch_size pairs",
         );
-        at_least_one(
-            "batching.max_concurrent_requests",
-            self.batching.max_concurrent_requests,
+        c.require(
+            self.metrics.collection_interval >= Duration::from_millis(10),
+            "metrics.collection_interval",
+            humantime::format_duration(self.metrics.collection_interval),
+            "must be at least 10ms",
         );
-        if self.batching.max_queued_pairs < self.batching.max_client_batch_size {
-            errors.push(InvalidSetting {
-                key: "batching.max_queued_pairs",
-                value: self.batching.max_queued_pairs.to_string(),
-                allowed: "must hold at least one request of batching.max_client_batch_size pairs",
-            });
-        }
-        if self.metrics.collection_interval < Duration::from_millis(10) {
-            errors.push(InvalidSetting {
-                key: "metrics.collection_interval",
-                value: format!("{:?}", self.metrics.collection_interval),
-                allowed: "must be at least 10ms",
-            });
-        }
-        if let Some(max_length) = self.model.max_length {
-            if !(2..=8192).contains(&max_length) {
-                errors.push(InvalidSetting {
-                    key: "model.max_length",
-                    value: max_length.to_string(),
-                    allowed: "must be between 2 and 8192 tokens",
-                });
-            }
-            if self.batching.max_batch_tokens < max_length {
-                errors.push(InvalidSetting {
-                    key: "batching.max_batch_tokens",
-                    value: self.batching.max_batch_tokens.to_string(),
-                    allowed: "must hold at least one pair of model.max_length tokens",
-                });
-            }
-        }
-        if errors.is_empty() {
+        self.check_lengths(&mut c);
+        if c.0.is_empty() {
             Ok(())
         } else {
-            Err(errors)
+            Err(c.0)
         }
     }
+
+    fn check_lengths(&self, c: &mut Checks) {
+        let max_length = self.model.max_length;
+        c.require(
+            max_length == 0 || (2..=8192).contains(&max_length),
+            "model.max_length",
+            max_length,
+            "must be 0 (the model's limit) or between 2 and 8192 tokens",
+        );
+        // A pair of the longest length must fit one batch; 512 is the default limit.
+        let longest = if max_length == 0 { 512 } else { max_length };
+        c.require(
+            self.batching.max_batch_tokens >= longest,
+            "batching.max_batch_tokens",
+            self.batching.max_batch_tokens,
+            "must hold at least one pair of model.max_length tokens (512 when it is 0)",
+        );
+    }
+}
+
+fn is_device(device: &str) -> bool {
+    device == "cpu"
+        || device
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -232,17 +365,41 @@ mod tests {
     }
 
     #[test]
-    fn zero_workers_and_a_budget_below_one_pair_are_named() {
+    fn every_problem_is_named_at_once() {
         let mut config = ServeConfig::default();
         config.workers.model = 0;
-        config.model.max_length = Some(512);
+        config.model.max_length = 512;
         config.batching.max_batch_tokens = 100;
+        config.model.device = "gpu0".into();
+        config.server.http_addr = config.server.grpc_addr;
+        config.workers.respawn_backoff_max = Duration::from_millis(10);
         let errors = config.validate().unwrap_err();
         let keys: Vec<_> = errors.iter().map(|e| e.key).collect();
-        assert_eq!(keys, ["workers.model", "batching.max_batch_tokens"]);
         assert_eq!(
-            errors[0].to_string(),
+            keys,
+            [
+                "server.http_addr",
+                "model.device",
+                "workers.model",
+                "workers.respawn_backoff_max",
+                "batching.max_batch_tokens"
+            ]
+        );
+        assert_eq!(
+            errors[2].to_string(),
             "workers.model = 0: must be at least 1"
         );
+        assert_eq!(
+            errors[1].to_string(),
+            "model.device = gpu0: must be `cpu` or `cuda:N`"
+        );
+    }
+
+    #[test]
+    fn model_threads_zero_shares_the_cores() {
+        let mut workers = WorkersConfig::default();
+        assert!(workers.threads_per_model_worker() >= 1);
+        workers.model_threads = 3;
+        assert_eq!(workers.threads_per_model_worker(), 3);
     }
 }

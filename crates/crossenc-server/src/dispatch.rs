@@ -10,7 +10,7 @@
 //! of its batches go back to the scheduler once, each to ride alone: a pair that then
 //! kills a second worker is a poison input, and its request fails with INTERNAL instead
 //! of crash-looping the pool. While no model worker is up, pairs wait for the respawn
-//! at most [`NO_WORKER_PATIENCE`], then their requests fail with UNAVAILABLE.
+//! at most `no_worker_patience`, then their requests fail with UNAVAILABLE.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +25,6 @@ use crate::metrics::Metrics;
 use crate::pipeline::PipelineError;
 use crate::pool::{JobError, Reply, Worker, WorkerSet};
 use crate::scheduler::{Batch, RequestId, Scheduler, SchedulerLimits};
-
-/// How long pairs wait for a model worker to come back before their requests fail.
-pub const NO_WORKER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A pair in the scheduler: whose it is, where its score goes, and its tokens.
 #[derive(Debug)]
@@ -81,6 +78,8 @@ pub struct DispatchLimits {
     pub batches_per_worker: usize,
     /// A worker holding one batch longer than this is killed as hung.
     pub batch_timeout: Duration,
+    /// How long pairs wait for a model worker to come back before their requests fail.
+    pub no_worker_patience: Duration,
 }
 
 /// The handle requests use to have their pairs scored.
@@ -211,7 +210,7 @@ impl DispatchTask {
     /// or the patience for a missing worker runs out.
     fn wake_at(&self) -> Option<Instant> {
         if let Some(since) = self.no_worker_since {
-            return Some(since + NO_WORKER_PATIENCE);
+            return Some(since + self.limits.no_worker_patience);
         }
         self.free_worker()?;
         self.scheduler.deadline()
@@ -294,7 +293,7 @@ impl DispatchTask {
         }
         if !self.models.any_alive() {
             let since = *self.no_worker_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= NO_WORKER_PATIENCE {
+            if since.elapsed() >= self.limits.no_worker_patience {
                 self.no_worker_since = None;
                 self.fail_waiting(PipelineError::NoWorker(WorkerKind::Model));
             }

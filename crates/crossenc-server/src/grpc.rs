@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::metrics::{RequestRecorder, StageTimes};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::pool::JobError;
-use crate::scoring::{activate, check_count, check_query, check_top_n, rank, InvalidRequest};
+use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
 
 /// Serves Infer and Rerank through the pipeline.
 pub struct CrossEncoderService {
@@ -76,7 +76,7 @@ impl CrossEncoderService {
             .collect();
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
         let response = Response::new(InferResponse {
-            scores: activate(scored.scores, request.raw_scores),
+            scores: self.pipeline.activate(scored.scores, request.raw_scores),
             tokens: scored.tokens,
         });
         Ok((response, scored.stages))
@@ -92,7 +92,7 @@ impl CrossEncoderService {
             .map(|d| (request.query.clone(), d.clone()))
             .collect();
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
-        let scores = activate(scored.scores, request.raw_scores);
+        let scores = self.pipeline.activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
             .into_iter()

@@ -35,7 +35,7 @@ use crate::metrics::{BuildLabels, Metrics};
 use crate::pipeline::{Pipeline, PipelineLimits};
 pub use crate::pool::{SpawnError, WorkerLauncher};
 use crate::pool::{Worker, WorkerSet};
-use crate::respawn::{WorkerSlot, STOP_GRACE};
+use crate::respawn::{Backoff, WorkerSlot, STOP_GRACE};
 use crate::scheduler::SchedulerLimits;
 
 /// Why the server could not start or keep running.
@@ -78,6 +78,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
+    let max_request_bytes =
+        usize::try_from(config.server.max_request_bytes.as_u64()).unwrap_or(usize::MAX);
     let grpc_listener = bind("grpc_addr", config.server.grpc_addr).await?;
     let http_listener = bind("http_addr", config.server.http_addr).await?;
     let gpus = GpuMonitor::open();
@@ -103,8 +105,8 @@ pub async fn serve(
         Arc::clone(&pipeline),
         config.batching.max_client_batch_size,
     ))
-    .max_decoding_message_size(config.server.max_request_bytes)
-    .max_encoding_message_size(config.server.max_request_bytes);
+    .max_decoding_message_size(max_request_bytes)
+    .max_encoding_message_size(max_request_bytes);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
@@ -121,7 +123,7 @@ pub async fn serve(
         pipeline: Arc::clone(&pipeline),
         draining: Arc::clone(&draining),
         max_client_batch_size: config.batching.max_client_batch_size,
-        max_request_bytes: config.server.max_request_bytes,
+        max_request_bytes,
         request_timeout: config.server.http_request_timeout,
         model_name: Arc::clone(&model_name),
     });
@@ -162,6 +164,10 @@ pub async fn serve(
                 launcher: launcher.clone(),
                 set: Arc::clone(set),
                 metrics: Arc::clone(&pipeline.metrics),
+                backoff: Backoff::new(
+                    config.workers.respawn_backoff_initial,
+                    config.workers.respawn_backoff_max,
+                ),
             };
             tokio::spawn(slot.run(worker, slots_stopped.clone()))
         })
@@ -268,8 +274,10 @@ fn pipeline_limits(config: &ServeConfig) -> PipelineLimits {
         dispatch: DispatchLimits {
             batches_per_worker: batching.batches_per_worker,
             batch_timeout: config.workers.batch_timeout,
+            no_worker_patience: config.workers.no_worker_patience,
         },
-        max_concurrent_requests: batching.max_concurrent_requests,
+        max_concurrent_requests: config.server.max_concurrent_requests,
+        activation: config.model.activation,
         max_queued_pairs: batching.max_queued_pairs,
     }
 }

@@ -8,10 +8,12 @@ use crossenc_ipc::{JobTiming, TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 
 use crate::admission::{Admission, Refused};
-use crate::dispatch::{DispatchLimits, ModelDispatch, NO_WORKER_PATIENCE};
+use crate::dispatch::{DispatchLimits, ModelDispatch};
 use crate::metrics::{Metrics, StageTimes};
 use crate::pool::{JobError, Reply, WorkerSet};
 use crate::scheduler::SchedulerLimits;
+use crate::scoring::activate;
+use crossenc_config::Activation;
 
 /// Pairs sent to one tokenizer job: large requests spread over the tokenizer workers.
 const TOKENIZE_CHUNK: usize = 64;
@@ -50,6 +52,8 @@ pub struct PipelineLimits {
     pub dispatch: DispatchLimits,
     pub max_concurrent_requests: usize,
     pub max_queued_pairs: usize,
+    /// What turns logits into scores unless a request asks for raw ones.
+    pub activation: Activation,
 }
 
 /// The workers a request passes through, and the scheduler between them.
@@ -61,6 +65,9 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// A tokenizer worker holding one job longer is killed as hung.
     job_timeout: Duration,
+    /// How long a chunk waits for a tokenizer worker while none is up.
+    patience: Duration,
+    activation: Activation,
 }
 
 impl Pipeline {
@@ -80,7 +87,15 @@ impl Pipeline {
             dispatch,
             metrics,
             job_timeout: limits.dispatch.batch_timeout,
+            patience: limits.dispatch.no_worker_patience,
+            activation: limits.activation,
         }
+    }
+
+    /// The scores a client gets: logits through the configured activation, or raw
+    /// when the request asks for them.
+    pub fn activate(&self, scores: Vec<f32>, raw: bool) -> Vec<f32> {
+        activate(scores, raw || self.activation == Activation::Identity)
     }
 
     /// Both kinds of worker have at least one live member.
@@ -144,7 +159,7 @@ impl Pipeline {
             &self.tokenizers,
             kind,
             Work::Encode(chunk.clone()),
-            self.job_timeout,
+            (self.job_timeout, self.patience),
         );
         let reply = match first.await {
             Err(PipelineError::Job(
@@ -154,7 +169,7 @@ impl Pipeline {
                     &self.tokenizers,
                     kind,
                     Work::Encode(chunk),
-                    self.job_timeout,
+                    (self.job_timeout, self.patience),
                 )
                 .await?
             }
@@ -200,10 +215,10 @@ async fn submit_once(
     workers: &WorkerSet,
     kind: WorkerKind,
     work: Work,
-    timeout: Duration,
+    (timeout, patience): (Duration, Duration),
 ) -> Result<Reply, PipelineError> {
     let worker = workers
-        .least_loaded_within(NO_WORKER_PATIENCE)
+        .least_loaded_within(patience)
         .await
         .ok_or(PipelineError::NoWorker(kind))?;
     let answer = worker.submit(work);

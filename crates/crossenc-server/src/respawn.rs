@@ -11,37 +11,38 @@ use tokio::sync::watch;
 use crate::metrics::{Metrics, PoolLabels};
 use crate::pool::{Worker, WorkerLauncher, WorkerSet};
 
-/// Pause before the first restart; it doubles on each failure up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(50);
-/// The longest pause between restarts of a worker that keeps failing.
-const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// A worker that ran this long was healthy: its next restart starts from the first pause.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// How long a worker may take to exit after the supervisor asks it to.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Growing pauses between restarts, so that a worker that cannot start does not spin.
+/// Growing pauses between restarts, so that a worker that cannot start does not spin:
+/// from `first`, doubling on each failure up to `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    first: Duration,
+    max: Duration,
     next: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: FIRST_PAUSE }
-    }
-}
-
 impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
+
     /// The pause before this attempt; the next one is twice as long, up to the maximum.
     pub fn pause(&mut self) -> Duration {
         let pause = self.next;
-        self.next = (self.next * 2).min(MAX_PAUSE);
+        self.next = (self.next * 2).min(self.max);
         pause
     }
 
     pub fn reset(&mut self) {
-        self.next = FIRST_PAUSE;
+        self.next = self.first;
     }
 }
 
@@ -52,13 +53,14 @@ pub struct WorkerSlot {
     pub launcher: WorkerLauncher,
     pub set: Arc<WorkerSet>,
     pub metrics: Arc<Metrics>,
+    pub backoff: Backoff,
 }
 
 impl WorkerSlot {
     /// Watches `worker`, restarts it whenever it exits, and stops it when `stop` turns
     /// true. Returns once the slot's last worker has stopped.
     pub async fn run(self, mut worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::default();
+        let mut backoff = self.backoff.clone();
         loop {
             self.up(true);
             let started = Instant::now();
@@ -139,13 +141,14 @@ mod tests {
 
     #[test]
     fn pauses_double_up_to_the_cap_and_reset() {
-        let mut backoff = Backoff::default();
+        let (first, max) = (Duration::from_millis(50), Duration::from_secs(10));
+        let mut backoff = Backoff::new(first, max);
         let pauses: Vec<_> = (0..12).map(|_| backoff.pause()).collect();
-        assert_eq!(pauses[0], FIRST_PAUSE);
-        assert_eq!(pauses[1], FIRST_PAUSE * 2);
+        assert_eq!(pauses[0], first);
+        assert_eq!(pauses[1], first * 2);
         assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(*pauses.last().unwrap(), MAX_PAUSE);
+        assert_eq!(*pauses.last().unwrap(), max);
         backoff.reset();
-        assert_eq!(backoff.pause(), FIRST_PAUSE);
+        assert_eq!(backoff.pause(), first);
     }
 }

@@ -19,7 +19,7 @@ use crate::http::HttpState;
 use crate::metrics::StageTimes;
 use crate::pipeline::{PipelineError, Scored};
 use crate::pool::JobError;
-use crate::scoring::{activate, check_count, check_query, check_top_n, rank, InvalidRequest};
+use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -340,7 +340,7 @@ pub async fn rerank(
         .map(|t| (request.query.clone(), t.clone()))
         .collect();
     let scored = run(&state, pairs).await?;
-    let scores = activate(scored.scores, request.raw_scores);
+    let scores = state.pipeline.activate(scored.scores, request.raw_scores);
     let mut texts = request.texts;
     let ranked = rank(&scores, None)
         .into_iter()
@@ -380,7 +380,7 @@ pub async fn v1_rerank(
         .map(|d| (request.query.clone(), d.clone()))
         .collect();
     let scored = run(&state, pairs).await?;
-    let scores = activate(scored.scores, false);
+    let scores = state.pipeline.activate(scored.scores, false);
     let results = rank(&scores, request.top_n)
         .into_iter()
         .map(|(index, relevance_score)| V1Result {
@@ -424,7 +424,7 @@ pub async fn score(
         .collect();
     let scored = run(&state, pairs).await?;
     let response = ScoreResponse {
-        scores: activate(scored.scores, request.raw_scores),
+        scores: state.pipeline.activate(scored.scores, request.raw_scores),
         tokens: scored.tokens,
     };
     Ok((Extension(scored.stages), Json(response)))

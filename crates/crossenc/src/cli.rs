@@ -1,18 +1,14 @@
 //! The command line: flags, and what each subcommand runs.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use crossenc_config::ServeConfig;
 use crossenc_server::{ServeError, WorkerLauncher};
 use crossenc_worker::WorkerArgs;
 
-/// Exit code for a configuration that cannot work, as sysexits' EX_USAGE-like tools do.
-const EXIT_CONFIG: u8 = 2;
+use crate::settings::{ConfigArgs, ConfigCommand, EXIT_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -31,114 +27,16 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the server: the supervisor, its worker processes, gRPC and HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ConfigArgs>),
+    /// Show the effective configuration, or check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run one worker process. The supervisor starts these itself; not for use by hand.
     Worker(WorkerCommand),
     /// Measure a running server (pairs/s, latency, padding) and the model alone on a workload.
     Bench(crate::bench::BenchArgs),
     /// List every metric served at /metrics: name, type, labels and meaning.
     Metrics,
-}
-
-fn defaults() -> ServeConfig {
-    ServeConfig::default()
-}
-
-#[derive(Args)]
-pub struct ServeArgs {
-    /// Model folder holding config.json, tokenizer.json and model.safetensors.
-    #[arg(long, value_name = "DIR", default_value = "models/default")]
-    model: PathBuf,
-    /// Address of the gRPC API (crossenc.v1.CrossEncoder, health, reflection).
-    #[arg(long, value_name = "ADDR", default_value_t = defaults().server.grpc_addr)]
-    grpc_addr: SocketAddr,
-    /// Address of the HTTP endpoints: /health, /ready, /metrics, the JSON API (/rerank, /v1/rerank, /score) and /openapi.json.
-    #[arg(long, value_name = "ADDR", default_value_t = defaults().server.http_addr)]
-    http_addr: SocketAddr,
-    /// Tokenizer worker processes.
-    #[arg(long, value_name = "N", default_value_t = defaults().workers.tokenizer)]
-    tokenizer_workers: usize,
-    /// Model worker processes.
-    #[arg(long, value_name = "M", default_value_t = defaults().workers.model)]
-    model_workers: usize,
-    /// Compute threads in each model worker [default: the cores, shared among model workers].
-    #[arg(long, value_name = "T")]
-    model_threads: Option<usize>,
-    /// Where model workers compute: `cpu`, or `cuda:N` in a build with the `cuda` feature.
-    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
-    device: String,
-    /// Longest pair in tokens; longer pairs are truncated longest-first [default: the model's limit, at most 512].
-    #[arg(long, value_name = "TOKENS")]
-    max_length: Option<usize>,
-    /// Largest model batch in padded tokens (pairs x longest pair).
-    #[arg(long, value_name = "TOKENS", default_value_t = defaults().batching.max_batch_tokens)]
-    max_batch_tokens: usize,
-    /// Largest model batch in pairs.
-    #[arg(long, value_name = "PAIRS", default_value_t = defaults().batching.max_batch_size)]
-    max_batch_size: usize,
-    /// Largest request body in bytes, gRPC message or HTTP JSON.
-    #[arg(long, value_name = "BYTES", default_value_t = defaults().server.max_request_bytes)]
-    max_request_bytes: usize,
-    /// Longest an HTTP JSON request may take before it is answered 504 (e.g. 60s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-          default_value = "60s")]
-    http_request_timeout: Duration,
-    /// How long a model worker may hold one batch before it is killed as hung (e.g. 120s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-          default_value = "120s")]
-    batch_timeout: Duration,
-    /// How long a batch that is not full waits for more pairs (e.g. 2ms).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-          default_value = "2ms")]
-    max_batch_delay: Duration,
-    /// Batches in flight to one model worker: one computing, the rest ready in its queue.
-    #[arg(long, value_name = "N", default_value_t = defaults().batching.batches_per_worker)]
-    batches_per_worker: usize,
-    /// Most documents (Rerank) or pairs (Infer) in one request.
-    #[arg(long, value_name = "N", default_value_t = defaults().batching.max_client_batch_size)]
-    max_client_batch_size: usize,
-    /// Pairs admitted and not yet sent to a model worker; a request that would exceed it is refused with RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "PAIRS", default_value_t = defaults().batching.max_queued_pairs)]
-    max_queued_pairs: usize,
-    /// Requests in flight; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "N", default_value_t = defaults().batching.max_concurrent_requests)]
-    max_concurrent_requests: usize,
-    /// How long requests in flight may take to finish after SIGTERM or SIGINT (e.g. 30s, 500ms).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-          default_value = "30s")]
-    shutdown_grace: Duration,
-    /// How often the interval gauges (throughputs, CPU, memory, padding ratio, GPUs) are refreshed (e.g. 5s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-          default_value = "5s")]
-    collection_interval: Duration,
-}
-
-impl ServeArgs {
-    fn into_config(self) -> ServeConfig {
-        let mut config = ServeConfig::default();
-        config.model.path = self.model;
-        config.model.max_length = self.max_length;
-        config.server.grpc_addr = self.grpc_addr;
-        config.server.http_addr = self.http_addr;
-        config.server.shutdown_grace = self.shutdown_grace;
-        config.workers.tokenizer = self.tokenizer_workers;
-        config.workers.model = self.model_workers;
-        config.workers.model_threads = self
-            .model_threads
-            .unwrap_or_else(|| (config.workers.model_threads / self.model_workers.max(1)).max(1));
-        config.batching.max_batch_tokens = self.max_batch_tokens;
-        config.batching.max_batch_size = self.max_batch_size;
-        config.workers.batch_timeout = self.batch_timeout;
-        config.server.max_request_bytes = self.max_request_bytes;
-        config.server.http_request_timeout = self.http_request_timeout;
-        config.batching.max_batch_delay = self.max_batch_delay;
-        config.batching.batches_per_worker = self.batches_per_worker;
-        config.batching.max_client_batch_size = self.max_client_batch_size;
-        config.batching.max_queued_pairs = self.max_queued_pairs;
-        config.batching.max_concurrent_requests = self.max_concurrent_requests;
-        config.metrics.collection_interval = self.collection_interval;
-        config
-    }
 }
 
 #[derive(Args)]
@@ -177,15 +75,20 @@ struct WorkerFlags {
     device: String,
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let device = args.device.clone();
-    let config = args.into_config();
+pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
+    let config = match args.load() {
+        Ok(loaded) => loaded.config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let launcher = WorkerLauncher {
         exe: std::env::current_exe().context("cannot find the crossenc binary to start workers")?,
         model: config.model.path.clone(),
-        max_length: config.model.max_length,
-        device,
-        model_threads: config.workers.model_threads,
+        max_length: config.model.requested_max_length(),
+        device: config.model.device.clone(),
+        model_threads: config.workers.threads_per_model_worker(),
         startup_timeout: config.workers.startup_timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

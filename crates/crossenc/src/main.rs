@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod settings;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         Command::Worker(worker) => cli::worker(worker),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Metrics => Ok(cli::metrics()),
+        Command::Config(command) => Ok(settings::config(command)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,255 @@
+//! `crossenc serve`'s configuration flags, the layers under them, and `crossenc config`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use crossenc_config::{ConfigError, Layers, Loaded, Problem, ServeConfig, Value};
+use crossenc_model::ModelFolder;
+
+/// Exit code for a configuration that cannot work, as sysexits' EX_USAGE-like tools do.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The configuration file and the flags that override it. Every flag sets one key of
+/// conf/crossenc.toml; a flag not given leaves the key to the layers below (file,
+/// then CROSSENC_<SECTION>__<KEY> variables, then the defaults).
+#[derive(Args, Debug, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file; conf/crossenc.toml documents every key.
+    #[arg(long, value_name = "PATH", env = "CROSSENC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// model.path: folder holding config.json, tokenizer.json and model.safetensors [default: models/default].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// server.grpc_addr: the gRPC API (crossenc.v1.CrossEncoder, health, reflection) [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// server.http_addr: /health, /ready, /metrics, the JSON API and /openapi.json [default: 127.0.0.1:8000].
+    #[arg(long, value_name = "ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// workers.tokenizer: tokenizer worker processes [default: 1].
+    #[arg(long, value_name = "N")]
+    tokenizer_workers: Option<usize>,
+    /// workers.model: model worker processes [default: 1].
+    #[arg(long, value_name = "M")]
+    model_workers: Option<usize>,
+    /// workers.model_threads: compute threads per model worker; 0 shares the cores among them [default: 0].
+    #[arg(long, value_name = "T")]
+    model_threads: Option<usize>,
+    /// model.device: `cpu`, or `cuda:N` in a build with the `cuda` feature [default: cpu].
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// model.max_length: longest pair in tokens, truncated longest-first; 0 is the model's limit [default: 0].
+    #[arg(long, value_name = "TOKENS")]
+    max_length: Option<usize>,
+    /// model.activation: `sigmoid` or `identity` (raw logits) [default: sigmoid].
+    #[arg(long, value_name = "NAME")]
+    activation: Option<String>,
+    /// batching.max_batch_tokens: largest model batch in padded tokens (pairs x longest pair) [default: 4096].
+    #[arg(long, value_name = "TOKENS")]
+    max_batch_tokens: Option<usize>,
+    /// batching.max_batch_size: largest model batch in pairs [default: 64].
+    #[arg(long, value_name = "PAIRS")]
+    max_batch_size: Option<usize>,
+    /// batching.max_batch_delay: how long a batch that is not full waits for more pairs [default: 2ms].
+    #[arg(long, value_name = "DURATION")]
+    max_batch_delay: Option<String>,
+    /// batching.batches_per_worker: batches in flight per model worker [default: 2].
+    #[arg(long, value_name = "N")]
+    batches_per_worker: Option<usize>,
+    /// batching.max_client_batch_size: most documents or pairs in one request [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_client_batch_size: Option<usize>,
+    /// batching.max_queued_pairs: pairs admitted and not yet sent to a model worker [default: 8192].
+    #[arg(long, value_name = "PAIRS")]
+    max_queued_pairs: Option<usize>,
+    /// server.max_concurrent_requests: requests in flight; more are refused [default: 512].
+    #[arg(long, value_name = "N")]
+    max_concurrent_requests: Option<usize>,
+    /// server.max_request_bytes: largest gRPC message or HTTP body, e.g. 64MiB [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_request_bytes: Option<String>,
+    /// server.http_request_timeout: HTTP JSON requests answer 504 past it [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    http_request_timeout: Option<String>,
+    /// server.shutdown_grace: time for requests in flight after SIGTERM or SIGINT [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+    /// workers.batch_timeout: a model worker holding one batch longer is killed as hung [default: 120s].
+    #[arg(long, value_name = "DURATION")]
+    batch_timeout: Option<String>,
+    /// metrics.collection_interval: how often the interval gauges are refreshed [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    collection_interval: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The flags given, by the key each sets.
+    fn overrides(&self) -> BTreeMap<&'static str, Value> {
+        let mut set = BTreeMap::new();
+        let text = |v: &dyn ToString| Value::from(v.to_string());
+        let count = |n: &usize| Value::from(*n as u64);
+        let mut put = |key, value: Option<Value>| {
+            if let Some(value) = value {
+                set.insert(key, value);
+            }
+        };
+        put(
+            "model.path",
+            self.model
+                .as_ref()
+                .map(|p| Value::from(p.display().to_string())),
+        );
+        put("server.grpc_addr", self.grpc_addr.as_ref().map(|a| text(a)));
+        put("server.http_addr", self.http_addr.as_ref().map(|a| text(a)));
+        put(
+            "workers.tokenizer",
+            self.tokenizer_workers.as_ref().map(count),
+        );
+        put("workers.model", self.model_workers.as_ref().map(count));
+        put(
+            "workers.model_threads",
+            self.model_threads.as_ref().map(count),
+        );
+        put("model.device", self.device.as_ref().map(|d| text(d)));
+        put("model.max_length", self.max_length.as_ref().map(count));
+        put(
+            "model.activation",
+            self.activation.as_ref().map(|a| text(a)),
+        );
+        put(
+            "batching.max_batch_tokens",
+            self.max_batch_tokens.as_ref().map(count),
+        );
+        put(
+            "batching.max_batch_size",
+            self.max_batch_size.as_ref().map(count),
+        );
+        put(
+            "batching.max_batch_delay",
+            self.max_batch_delay.as_ref().map(|d| text(d)),
+        );
+        put(
+            "batching.batches_per_worker",
+            self.batches_per_worker.as_ref().map(count),
+        );
+        put(
+            "batching.max_client_batch_size",
+            self.max_client_batch_size.as_ref().map(count),
+        );
+        put(
+            "batching.max_queued_pairs",
+            self.max_queued_pairs.as_ref().map(count),
+        );
+        put(
+            "server.max_concurrent_requests",
+            self.max_concurrent_requests.as_ref().map(count),
+        );
+        put(
+            "server.max_request_bytes",
+            self.max_request_bytes.as_ref().map(|s| size(s)),
+        );
+        put(
+            "server.http_request_timeout",
+            self.http_request_timeout.as_ref().map(|d| text(d)),
+        );
+        put(
+            "server.shutdown_grace",
+            self.shutdown_grace.as_ref().map(|d| text(d)),
+        );
+        put(
+            "workers.batch_timeout",
+            self.batch_timeout.as_ref().map(|d| text(d)),
+        );
+        put(
+            "metrics.collection_interval",
+            self.collection_interval.as_ref().map(|d| text(d)),
+        );
+        set
+    }
+
+    /// Builds the configuration from every layer and checks the model folder against it.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let layers = Layers {
+            file: self.config.clone(),
+            env: true,
+            flags: self.overrides(),
+        };
+        let loaded = crossenc_config::load(&layers)?;
+        check_model(&loaded.config).map_err(|problem| ConfigError(vec![problem]))?;
+        Ok(loaded)
+    }
+}
+
+/// A size flag: a plain number of bytes, or a string with a unit for the config to parse.
+fn size(text: &str) -> Value {
+    match text.parse::<u64>() {
+        Ok(bytes) => Value::from(bytes),
+        Err(_) => Value::from(text.to_string()),
+    }
+}
+
+/// The model folder exists, holds a supported model, and allows `model.max_length`.
+fn check_model(config: &ServeConfig) -> Result<(), Problem> {
+    let path = &config.model.path;
+    let problem = |message: String| Problem {
+        key: "model.path".into(),
+        source: None,
+        message: format!("{}: {message}", path.display()),
+    };
+    let folder = ModelFolder::open(path).map_err(|e| problem(e.to_string()))?;
+    folder
+        .max_length(config.model.requested_max_length())
+        .map_err(|e| Problem {
+            key: "model.max_length".into(),
+            source: None,
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, environment and flags) and where each value came from.
+    Show(Box<ConfigArgs>),
+    /// Validate a configuration file, with the model folder it names; exit 2 on errors.
+    Check {
+        /// The TOML file to check.
+        path: PathBuf,
+    },
+}
+
+pub fn config(command: ConfigCommand) -> ExitCode {
+    match command {
+        ConfigCommand::Show(args) => report(args.load(), |loaded| {
+            print!("{}", crossenc_config::render(loaded));
+        }),
+        ConfigCommand::Check { path } => {
+            // The file alone over the defaults: the environment does not blur the verdict.
+            let layers = Layers {
+                file: Some(path.clone()),
+                ..Layers::default()
+            };
+            let loaded = crossenc_config::load(&layers).and_then(|loaded| {
+                check_model(&loaded.config).map_err(|problem| ConfigError(vec![problem]))?;
+                Ok(loaded)
+            });
+            report(loaded, |_| println!("{}: ok", path.display()))
+        }
+    }
+}
+
+fn report(loaded: Result<Loaded, ConfigError>, ok: impl FnOnce(&Loaded)) -> ExitCode {
+    match loaded {
+        Ok(loaded) => {
+            ok(&loaded);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
