@@ -100,7 +100,10 @@ impl TestServer {
 
     fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let grpc_addr = free_addr();
-        let http_addr = free_addr();
+        // A port just released can be handed out again at once: insist on two.
+        let http_addr = std::iter::repeat_with(free_addr)
+            .find(|addr| *addr != grpc_addr)
+            .expect("free ports");
         let child = Command::new(BINARY)
             .envs(env.iter().copied())
             .arg("serve")
@@ -129,6 +132,10 @@ impl TestServer {
             if let Ok((200, _)) = http_get(self.http_addr, "/ready") {
                 return;
             }
+            assert!(
+                is_running(self.pid()),
+                "crossenc exited before it was ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("crossenc was not ready within {READY_TIMEOUT:?}");

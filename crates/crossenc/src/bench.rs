@@ -1,45 +1,44 @@
-//! `crossenc bench`: the scheduler's figures on a real workload.
+//! `crossenc bench` and `crossenc sweep`, over the crossenc-bench library.
 //!
-//! Against a running server, clients send each workload query as a Rerank of its
-//! documents, at each concurrency asked, and the bench reports pairs/s, latency
-//! percentiles and the padding the server computed (from its /metrics). In-process, it
-//! also scores the same pairs on the model alone, cut into batches by the same
-//! scheduler, for the ceiling the server should come close to, and works out the
-//! padding of the naive one-batch-per-request baseline.
+//! Against a running server, the bench sends each workload query as a Rerank of its
+//! documents, closed loop at each concurrency or open loop at each rate, and reports
+//! requests/s, pairs/s, tokens/s, latency percentiles, errors by code and the server's
+//! own figures (padding, batch size) from its /metrics. In-process, it also scores the
+//! same pairs on the model alone, cut into batches by the same scheduler, for the
+//! ceiling the server should come close to, and works out the padding of the naive
+//! one-batch-per-request baseline.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
+use crossenc_bench::sweep::SweepPlan;
+use crossenc_bench::{bench_server, load_workload, BenchReport, Bound, Loop, Query};
 use crossenc_config::ServeConfig;
 use crossenc_ipc::{TokenBatch, TokenBatchBuilder};
 use crossenc_model::{CrossEncoder, ModelFolder, PairTokenizer};
-use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
-use crossenc_proto::v1::RerankRequest;
 use crossenc_server::scheduler::{Scheduler, SchedulerLimits};
-use serde::Deserialize;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Workload: JSON lines of {"query": ..., "documents": [...]}.
+    /// Workload: JSON lines of {"query": ..., "documents": [...]}; each line is one Rerank.
     #[arg(
         long,
         value_name = "FILE",
-        default_value = "../shared/bench/workload-public.jsonl"
+        default_value = "bench/workload-public.jsonl"
     )]
     workload: PathBuf,
     /// The server's gRPC address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
-    /// The server's HTTP address, for the padding it reports on /metrics.
+    /// The server's HTTP address, for its own figures on /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     http_addr: SocketAddr,
-    /// Concurrent clients; one run per value.
+    /// Closed loop: concurrent clients, each sending when its last answer came; one run per value.
     #[arg(
         long,
         value_name = "N,...",
@@ -47,9 +46,24 @@ pub struct BenchArgs {
         default_value = "1,16"
     )]
     concurrency: Vec<usize>,
+    /// Open loop instead: requests per second, due on schedule (latency counts from when
+    /// each was due); one run per value.
+    #[arg(
+        long,
+        value_name = "R,...",
+        value_delimiter = ',',
+        conflicts_with = "concurrency"
+    )]
+    rate: Vec<f64>,
     /// Requests per run [default: one per workload query].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
     requests: Option<usize>,
+    /// Run for this long instead of a number of requests (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Also write the reports as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Model folder: also measure the model alone and the naive padding baseline.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
@@ -61,12 +75,6 @@ pub struct BenchArgs {
     /// Skip the server runs (model alone only).
     #[arg(long)]
     no_server: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Query {
-    query: String,
-    documents: Vec<String>,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -82,29 +90,79 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if !args.no_server {
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-        for &clients in &args.concurrency {
-            runtime.block_on(server_run(&args, &workload, clients))?;
+        let reports = runtime.block_on(server_runs(&args, workload))?;
+        if let Some(path) = &args.json {
+            let json = serde_json::to_string_pretty(&reports)?;
+            std::fs::write(path, json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     Ok(())
 }
 
-fn load_workload(path: &PathBuf) -> anyhow::Result<Vec<Query>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the workload {}", path.display()))?;
-    let queries = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{} line {}: not a query row", path.display(), i + 1))
-        })
-        .collect::<anyhow::Result<Vec<Query>>>()?;
-    if queries.is_empty() {
-        bail!("{} holds no queries", path.display());
+/// One run per concurrency (or rate), each reported as a table row.
+async fn server_runs(args: &BenchArgs, workload: Vec<Query>) -> anyhow::Result<Vec<BenchReport>> {
+    let bound = match (args.duration, args.requests) {
+        (Some(duration), _) => Bound::Duration(duration),
+        (None, requests) => Bound::Requests(requests.unwrap_or(workload.len())),
+    };
+    let modes: Vec<Loop> = if args.rate.is_empty() {
+        args.concurrency
+            .iter()
+            .map(|&clients| Loop::Closed { clients })
+            .collect()
+    } else {
+        args.rate.iter().map(|&rate| Loop::Open { rate }).collect()
+    };
+    let workload: Arc<[Query]> = workload.into();
+    let progress = std::io::stderr().is_terminal();
+    println!("{}", BenchReport::table_header());
+    let mut reports = Vec::new();
+    for mode in modes {
+        let report = bench_server(
+            args.grpc_addr,
+            args.http_addr,
+            workload.clone(),
+            mode,
+            bound,
+            progress,
+        )
+        .await?;
+        println!("{}", report.table_row());
+        reports.push(report);
     }
-    Ok(queries)
+    Ok(reports)
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The sweep file: grid, run settings, output folder (see conf/sweep.toml).
+    #[arg(long, value_name = "FILE", default_value = "conf/sweep.toml")]
+    config: PathBuf,
+    /// Write the results here instead of the file's output.dir.
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+}
+
+/// Runs a configuration sweep: a server per grid point, a bench per concurrency.
+pub fn sweep(args: SweepArgs) -> anyhow::Result<()> {
+    let mut plan = SweepPlan::load(&args.config)?;
+    if let Some(output) = args.output {
+        plan.output = output;
+    }
+    let exe =
+        std::env::current_exe().context("cannot find the crossenc binary to start servers")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let progress = std::io::stderr().is_terminal();
+    let results = runtime.block_on(crossenc_bench::sweep::run_sweep(&exe, &plan, progress))?;
+    let summary = std::fs::read_to_string(plan.output.join("summary.md")).unwrap_or_default();
+    println!("{summary}");
+    println!(
+        "{} runs; results.csv, results.json, summary.md and plots in {}",
+        results.len(),
+        plan.output.display()
+    );
+    Ok(())
 }
 
 /// Scores every pair in-process: the model worker's own code, the scheduler's batches.
@@ -207,135 +265,4 @@ fn scheduler_batches(requests: &[TokenBatch], args: &BenchArgs) -> Vec<TokenBatc
         batches.push(builder.finish());
     }
     batches
-}
-
-/// What one server run measured.
-struct RunFigures {
-    latencies: Vec<Duration>,
-    pairs: usize,
-    failures: usize,
-    elapsed: Duration,
-}
-
-async fn server_run(args: &BenchArgs, workload: &[Query], clients: usize) -> anyhow::Result<()> {
-    let endpoint = format!("http://{}", args.grpc_addr);
-    let client = CrossEncoderClient::connect(endpoint.clone())
-        .await
-        .with_context(|| format!("cannot reach the server at {endpoint}"))?
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let before = scrape_tokens(args.http_addr)?;
-    let figures = drive(
-        client,
-        workload,
-        clients,
-        args.requests.unwrap_or(workload.len()),
-    )
-    .await;
-    let after = scrape_tokens(args.http_addr)?;
-    let padded = after.0 - before.0;
-    let real = after.1 - before.1;
-    let mut latencies = figures.latencies;
-    latencies.sort_unstable();
-    println!(
-        "server, {clients} clients: {:.1} pairs/s, Rerank p50 {:.0} ms, p99 {:.0} ms, padding {:.1}% of computed tokens, {} requests, {} failed ({:.1} s)",
-        figures.pairs as f64 / figures.elapsed.as_secs_f64(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        100.0 * padded / (padded + real).max(1.0),
-        latencies.len(),
-        figures.failures,
-        figures.elapsed.as_secs_f64(),
-    );
-    Ok(())
-}
-
-/// `clients` tasks send `requests` Reranks between them, each query in workload order.
-async fn drive(
-    client: CrossEncoderClient<tonic::transport::Channel>,
-    workload: &[Query],
-    clients: usize,
-    requests: usize,
-) -> RunFigures {
-    let next = Arc::new(AtomicUsize::new(0));
-    let workload: Arc<[Query]> = workload.into();
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients.max(1))
-        .map(|_| {
-            let (mut client, next, workload) = (client.clone(), next.clone(), workload.clone());
-            tokio::spawn(async move {
-                let mut figures = (Vec::new(), 0usize, 0usize);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= requests {
-                        return figures;
-                    }
-                    let query = &workload[i % workload.len()];
-                    let sent = Instant::now();
-                    let reply = client
-                        .rerank(RerankRequest {
-                            query: query.query.clone(),
-                            documents: query.documents.clone(),
-                            ..Default::default()
-                        })
-                        .await;
-                    match reply {
-                        Ok(_) => {
-                            figures.0.push(sent.elapsed());
-                            figures.1 += query.documents.len();
-                        }
-                        Err(status) => {
-                            eprintln!("request {i} failed: {status}");
-                            figures.2 += 1;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut all = RunFigures {
-        latencies: Vec::new(),
-        pairs: 0,
-        failures: 0,
-        elapsed: Duration::ZERO,
-    };
-    for task in tasks {
-        if let Ok((latencies, pairs, failures)) = task.await {
-            all.latencies.extend(latencies);
-            all.pairs += pairs;
-            all.failures += failures;
-        }
-    }
-    all.elapsed = started.elapsed();
-    all
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-/// (padded_tokens_total, total_tokens_total) from the server's /metrics.
-fn scrape_tokens(addr: SocketAddr) -> anyhow::Result<(f64, f64)> {
-    let mut stream = TcpStream::connect(addr)
-        .with_context(|| format!("cannot reach the server's /metrics at {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let value = |name: &str| -> anyhow::Result<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .with_context(|| format!("/metrics at {addr} has no {name}"))?
-            .trim()
-            .parse()
-            .with_context(|| format!("{name} on /metrics is not a number"))
-    };
-    Ok((value("padded_tokens_total")?, value("total_tokens_total")?))
 }

@@ -35,6 +35,8 @@ pub enum Command {
     Worker(WorkerCommand),
     /// Measure a running server (pairs/s, latency, padding) and the model alone on a workload.
     Bench(crate::bench::BenchArgs),
+    /// Run the server over a grid of configurations under load; write CSV, JSON, Markdown and plots.
+    Sweep(crate::bench::SweepArgs),
     /// List every metric served at /metrics: name, type, labels and meaning.
     Metrics,
 }

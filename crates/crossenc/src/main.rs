@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve(args),
         Command::Worker(worker) => cli::worker(worker),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => bench::sweep(args).map(|()| ExitCode::SUCCESS),
         Command::Metrics => Ok(cli::metrics()),
         Command::Config(command) => Ok(settings::config(command)),
     };

@@ -1,0 +1,125 @@
+//! One bench run against a running server, and how it is reported.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::load::{run_load, Bound, LoadFigures, Loop};
+use crate::scrape::{Scrape, ServerFigures};
+use crate::workload::Query;
+use crate::BenchError;
+
+/// A run: how it was driven, what the clients saw, what the server says it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub mode: Loop,
+    pub bound: Bound,
+    pub client: LoadFigures,
+    pub server: ServerFigures,
+}
+
+/// Drives `workload` at the server and reads its /metrics before and after.
+pub async fn bench_server(
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    workload: Arc<[Query]>,
+    mode: Loop,
+    bound: Bound,
+    progress: bool,
+) -> Result<BenchReport, BenchError> {
+    let client = CrossEncoderClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .map_err(|e| BenchError::Connect {
+            addr: grpc_addr,
+            message: e.to_string(),
+        })?
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let before = Scrape::fetch(http_addr)?;
+    let bar = progress_bar(progress, bound);
+    let ticking = bar.clone();
+    let tick = Arc::new(move || ticking.inc(1));
+    let client_figures = run_load(client, workload, mode, bound, tick).await;
+    bar.finish_and_clear();
+    let after = Scrape::fetch(http_addr)?;
+    Ok(BenchReport {
+        mode,
+        bound,
+        client: client_figures,
+        server: ServerFigures::between(&before, &after),
+    })
+}
+
+fn progress_bar(shown: bool, bound: Bound) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = match bound {
+        Bound::Requests(n) => ProgressBar::new(n as u64),
+        Bound::Duration(_) => ProgressBar::no_length(),
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {pos}/{len} requests {per_sec} [{elapsed}]")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+impl BenchReport {
+    /// The table's header line.
+    pub fn table_header() -> String {
+        format!(
+            "{:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}",
+            "load",
+            "req/s",
+            "pairs/s",
+            "tokens/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "padding",
+            "batch"
+        )
+    }
+
+    /// One line of the table.
+    pub fn table_row(&self) -> String {
+        let c = &self.client;
+        let ms = |s: f64| s * 1e3;
+        let mut row = String::new();
+        let _ = write!(
+            row,
+            "{:<14} {:>8.2} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7} {:>7.1}% {:>7.1}",
+            describe(self.mode),
+            c.requests_per_second,
+            c.pairs_per_second,
+            c.tokens_per_second,
+            ms(c.latency.p50),
+            ms(c.latency.p90),
+            ms(c.latency.p99),
+            ms(c.latency.max),
+            c.requests - c.answered,
+            self.server.padding_ratio * 100.0,
+            self.server.mean_batch_size,
+        );
+        for (code, count) in &c.errors {
+            let _ = write!(row, "  {code}: {count}");
+        }
+        row
+    }
+}
+
+/// `closed x16`, `open 5/s`.
+pub fn describe(mode: Loop) -> String {
+    match mode {
+        Loop::Closed { clients } => format!("closed x{clients}"),
+        Loop::Open { rate } => format!("open {rate}/s"),
+    }
+}
