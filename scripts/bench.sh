@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/crossenc/target}"
 GRPC_ADDR="${CROSSENC_BENCH_GRPC:-127.0.0.1:50151}"
 HTTP_ADDR="${CROSSENC_BENCH_HTTP:-127.0.0.1:8100}"
-WORKLOAD="${CROSSENC_BENCH_WORKLOAD:-../shared/bench/workload-public.jsonl}"
+WORKLOAD="${CROSSENC_BENCH_WORKLOAD:-bench/workload-public.jsonl}"
 THREADS="${CROSSENC_BENCH_THREADS:-$(nproc)}"
 
 scripts/fetch-model.sh

@@ -9,7 +9,7 @@
 # target DOWN (alert CrossencTargetDown) until it answers. Stop with Ctrl-C.
 #
 # Environment (all optional):
-#   PROMETHEUS_LISTEN_ADDRESS  default :9091 (Grafana's provisioned data source uses 9091)
+#   PROMETHEUS_LISTEN_ADDRESS  default 127.0.0.1:9091 (Grafana's data source uses port 9091)
 #   PROMETHEUS_DATA_DIR        default ${XDG_DATA_HOME:-~/.local/share}/crossenc/prometheus
 #   PROMETHEUS_RETENTION       how long samples are kept, default 7d
 #   PROMETHEUS_RETENTION_SIZE  most disk the samples may take, default 2GB
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-listen="${PROMETHEUS_LISTEN_ADDRESS:-:9091}"
+listen="${PROMETHEUS_LISTEN_ADDRESS:-127.0.0.1:9091}"
 data_dir="${PROMETHEUS_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/crossenc/prometheus}"
 retention="${PROMETHEUS_RETENTION:-7d}"
 retention_size="${PROMETHEUS_RETENTION_SIZE:-2GB}"

@@ -218,11 +218,15 @@ fn watch_gauges(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_moves_by_what_was_sent() {
     let server = TestServer::start(&["--model-workers", "2", "--collection-interval", "100ms"]);
+    // Interval gauges read 0 again once the server is idle: watch them under load.
     const WATCHED: &[&str] = &[
         "overall_throughput_qps",
         "inference_throughput_qps",
         "tokenizer_throughput_qps",
         "cpu_percent",
+        "max_seq_length",
+        "avg_seq_length",
+        "worker_latency_ms",
     ];
     let (stop, watcher) = watch_gauges(&server, WATCHED);
     let sent = send_the_mix(&server).await;
@@ -332,10 +336,7 @@ async fn every_metric_moves_by_what_was_sent() {
     assert_eq!(metric(&text, "requests_in_flight_limit"), 512.0);
     let padding = metric(&text, "padding_ratio");
     assert!((0.0..1.0).contains(&padding), "padding_ratio {padding}");
-    let (longest, mean) = (
-        metric(&text, "max_seq_length"),
-        metric(&text, "avg_seq_length"),
-    );
+    let (longest, mean) = (peaks["max_seq_length"], peaks["avg_seq_length"]);
     assert!(longest >= mean && mean > 2.0, "max {longest}, avg {mean}");
     for (kind, id) in [
         ("supervisor", 0),
@@ -365,11 +366,6 @@ async fn every_metric_moves_by_what_was_sent() {
             "{name} never rose above 0 under load: {peaks:?}"
         );
     }
-    let latency = metric(
-        &text,
-        "worker_latency_ms{worker_id=\"0\",worker_type=\"model\"}",
-    );
-    assert!(latency > 0.0, "model worker latency {latency}");
 
     // Bounded label values: fixed words and worker slots only.
     let methods = [

@@ -104,7 +104,15 @@ impl TestServer {
         let http_addr = std::iter::repeat_with(free_addr)
             .find(|addr| *addr != grpc_addr)
             .expect("free ports");
-        let child = Command::new(BINARY)
+        let mut command = Command::new(BINARY);
+        // The test says every setting that matters: none comes from the caller's shell.
+        command.env_remove("CROSSENC_CONFIG");
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CROSSENC_") && name.contains("__") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--model")

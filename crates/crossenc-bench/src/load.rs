@@ -147,11 +147,10 @@ async fn open(
     bound: Bound,
     tick: Arc<dyn Fn() + Send + Sync>,
 ) -> Vec<Outcome> {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0.. {
-        let due = started + interval * i as u32;
+    for i in 0usize.. {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
         if !within(bound, i, due, started) {
             break;
         }

@@ -31,7 +31,16 @@ impl SpawnedServer {
                 break addr;
             }
         };
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // Each point is its flags over the defaults: no configuration file or
+        // CROSSENC_SECTION__KEY variable of the caller's blurs the grid.
+        command.env_remove("CROSSENC_CONFIG");
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CROSSENC_") && name.contains("__") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("serve")
             .args(["--grpc-addr", &grpc_addr.to_string()])
             .args(["--http-addr", &http_addr.to_string()])

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
+use crate::packed::{Linear, Norm, PackedEncoder, PackedLayer, PackedTokens};
 use crate::{Activation, ModelConfig, ModelError, ModelFolder};
 
 /// A loaded cross-encoder, ready to score batches.
@@ -17,6 +18,8 @@ pub struct CrossEncoder {
     classifier: Dense,
     config: ModelConfig,
     device: Device,
+    /// The padding-free CPU forward pass; `None` on other devices.
+    packed: Option<PackedEncoder>,
 }
 
 /// Pairs padded to one width, as the forward pass takes them.
@@ -245,9 +248,43 @@ impl CrossEncoder {
                 classifier: Dense::load(vb.pp("classifier"), c.hidden_size, c.num_labels)?,
                 config: c.clone(),
                 device: device.clone(),
+                packed: None,
             })
         };
-        load().map_err(weights_error)
+        let mut model = load().map_err(weights_error)?;
+        if device.is_cpu() {
+            model.packed = Some(model.pack().map_err(weights_error)?);
+        }
+        Ok(model)
+    }
+
+    /// The weights as the packed CPU forward pass reads them.
+    fn pack(&self) -> candle_core::Result<PackedEncoder> {
+        let e = &self.embeddings;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(PackedLayer {
+                    qkv: l.qkv.pack()?,
+                    attention_out: l.attention_out.pack()?,
+                    attention_norm: pack_norm(&l.attention_norm, &self.config)?,
+                    intermediate: l.intermediate.pack()?,
+                    output: l.output.pack()?,
+                    output_norm: pack_norm(&l.output_norm, &self.config)?,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(PackedEncoder {
+            words: flat(e.words.embeddings())?,
+            positions: flat(e.positions.embeddings())?,
+            token_types: flat(e.token_types.embeddings())?,
+            embedding_norm: pack_norm(&e.norm, &self.config)?,
+            layers,
+            pooler: self.pooler.pack()?,
+            classifier: self.classifier.pack()?,
+            config: self.config.clone(),
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -258,8 +295,18 @@ impl CrossEncoder {
         &self.device
     }
 
-    /// Raw logits, one per pair, in batch order.
+    /// Raw logits, one per pair, in batch order: on the CPU by the packed forward
+    /// pass, elsewhere by candle over the padded batch.
     pub fn score(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
+        match &self.packed {
+            Some(packed) if !batch.is_empty() => Ok(score_packed(packed, batch)),
+            _ => self.score_padded(batch),
+        }
+    }
+
+    /// Raw logits by candle's ops over the padded batch, mask and all: the reference
+    /// the packed pass is tested against, and the path on GPUs.
+    pub fn score_padded(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -293,4 +340,52 @@ impl CrossEncoder {
         }
         Tensor::from_vec(mask, (batch.len(), 1, 1, batch.width), &self.device).map(Some)
     }
+}
+
+fn flat(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+fn pack_norm(norm: &LayerNorm, c: &ModelConfig) -> candle_core::Result<Norm> {
+    let beta = match norm.bias() {
+        Some(b) => flat(b)?,
+        None => vec![0.0; c.hidden_size],
+    };
+    Ok(Norm {
+        gamma: flat(norm.weight())?,
+        beta,
+        eps: c.layer_norm_eps as f32,
+    })
+}
+
+impl Dense {
+    fn pack(&self) -> candle_core::Result<Linear> {
+        let (inputs, outputs) = self.weight_t.dims2()?;
+        Ok(Linear {
+            weight: flat(&self.weight_t)?,
+            bias: flat(&self.bias)?,
+            inputs,
+            outputs,
+        })
+    }
+}
+
+/// The padded batch's real tokens end to end, scored without padding.
+fn score_packed(packed: &PackedEncoder, batch: &PaddedBatch) -> Vec<f32> {
+    let real = batch.real_tokens();
+    let (mut ids, mut type_ids) = (Vec::with_capacity(real), Vec::with_capacity(real));
+    let mut offsets = Vec::with_capacity(batch.len() + 1);
+    offsets.push(0);
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        let start = row * batch.width;
+        ids.extend_from_slice(&batch.ids[start..start + len]);
+        type_ids.extend_from_slice(&batch.type_ids[start..start + len]);
+        offsets.push(ids.len());
+    }
+    let tokens = PackedTokens {
+        ids: &ids,
+        type_ids: &type_ids,
+        offsets: &offsets,
+    };
+    packed.score(&tokens, rayon::current_num_threads())
 }

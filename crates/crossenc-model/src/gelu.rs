@@ -45,7 +45,7 @@ impl CustomOp1 for GeluErf {
 
 /// erf(x) for f32: odd rational approximation on [-4, 4], where erf reaches ±1 in f32.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;

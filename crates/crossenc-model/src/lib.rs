@@ -8,6 +8,7 @@ mod bert;
 mod error;
 mod folder;
 mod gelu;
+mod packed;
 mod tokenize;
 
 pub use bert::{CrossEncoder, PaddedBatch};

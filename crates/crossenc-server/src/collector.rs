@@ -78,6 +78,8 @@ pub struct Collector {
     gpus: Option<GpuMonitor>,
     /// CPU ticks of each process at the last look.
     ticks: HashMap<u32, u64>,
+    /// Processes whose memory was reported last time, to drop those that exited.
+    reported: Vec<WorkerLabels>,
     requests: u64,
     last: Instant,
 }
@@ -97,6 +99,7 @@ impl Collector {
             pipeline,
             gpus,
             ticks: HashMap::new(),
+            reported: Vec::new(),
             requests: 0,
             last: Instant::now(),
         }
@@ -140,17 +143,14 @@ impl Collector {
         }
     }
 
-    /// Padding and lengths of the interval's batches; an idle interval leaves them be.
+    /// Padding and lengths of the interval's batches; 0 for an idle interval.
     fn batches(&self) {
         let figures = self.metrics.batches.take();
-        if figures.pairs == 0 {
-            return;
-        }
         let padding = figures.computed_tokens.saturating_sub(figures.real_tokens);
         let ratio = padding as f64 / figures.computed_tokens.max(1) as f64;
         self.metrics.padding_ratio.set(ratio);
         self.metrics.max_seq_length.set(figures.longest as i64);
-        let mean = figures.real_tokens as f64 / figures.pairs as f64;
+        let mean = figures.real_tokens as f64 / figures.pairs.max(1) as f64;
         self.metrics.avg_seq_length.set(mean);
     }
 
@@ -167,13 +167,11 @@ impl Collector {
                 .worker_throughput_qps
                 .get_or_create(&labels)
                 .set(throughput);
-            if jobs > 0 {
-                let mean_ms = busy.as_secs_f64() * 1e3 / jobs as f64;
-                self.metrics
-                    .worker_latency_ms
-                    .get_or_create(&labels)
-                    .set(mean_ms);
-            }
+            let mean_ms = busy.as_secs_f64() * 1e3 / jobs.max(1) as f64;
+            self.metrics
+                .worker_latency_ms
+                .get_or_create(&labels)
+                .set(mean_ms);
             match kind {
                 WorkerKind::Tokenizer => tokenizer_pairs += pairs,
                 WorkerKind::Model => model_pairs += pairs,
@@ -219,6 +217,7 @@ impl Collector {
         }
         let page = procfs::page_size();
         let mut ticks = HashMap::with_capacity(members.len());
+        let mut reported = Vec::with_capacity(members.len());
         let mut used = 0;
         for member in members {
             // A worker that just exited has no /proc entry: it is skipped this time.
@@ -235,6 +234,7 @@ impl Collector {
                 .resident_memory
                 .get_or_create(&labels)
                 .set(resident);
+            reported.push(labels);
             let now = stat.utime + stat.stime;
             // A process first seen this interval counts from now on.
             used += self
@@ -243,6 +243,11 @@ impl Collector {
                 .map_or(0, |&then| now.saturating_sub(then));
             ticks.insert(member.pid, now);
         }
+        // A worker that exited (or is being restarted) has no memory to report.
+        for gone in self.reported.iter().filter(|l| !reported.contains(l)) {
+            self.metrics.resident_memory.remove(gone);
+        }
+        self.reported = reported;
         let first_look = self.ticks.is_empty();
         self.ticks = ticks;
         if !first_look {

@@ -115,12 +115,14 @@ impl Pipeline {
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
         let scored = self.dispatch.score(tokenized, ticket.pairs).await?;
         // Chunks run side by side: the slowest one is what the request waited for.
-        let slowest = |of: fn(&JobTiming) -> Duration| {
-            chunks.iter().map(|(_, t)| of(t)).max().unwrap_or_default()
-        };
+        let slowest = chunks
+            .iter()
+            .map(|(_, t)| *t)
+            .max_by_key(|t| t.queued + t.compute)
+            .unwrap_or_default();
         let stages = StageTimes {
-            tokenization: slowest(|t| t.compute),
-            tokenizer_wait: slowest(|t| t.queued),
+            tokenization: slowest.compute,
+            tokenizer_wait: slowest.queued,
             model_wait: scored.model_wait,
             inference: scored.inference,
         };

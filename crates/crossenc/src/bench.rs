@@ -52,7 +52,8 @@ pub struct BenchArgs {
         long,
         value_name = "R,...",
         value_delimiter = ',',
-        conflicts_with = "concurrency"
+        conflicts_with = "concurrency",
+        value_parser = parse_rate
     )]
     rate: Vec<f64>,
     /// Requests per run [default: one per workload query].
@@ -98,6 +99,18 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A request rate: a finite number of requests per second, above 0 and at most a million.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if rate.is_finite() && rate > 0.0 && rate <= 1e6 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{rate} requests/s: must be above 0 and at most 1000000"
+        ))
+    }
 }
 
 /// One run per concurrency (or rate), each reported as a table row.

@@ -1,0 +1,561 @@
+//! The CPU forward pass on packed tokens: no FLOPs on padding.
+//!
+//! A batch's pairs are laid end to end, `[total_tokens, hidden]`. Every dense layer
+//! (QKV, attention output, FFN: nearly all the FLOPs) is one matrix product over all
+//! tokens of the batch; only attention looks at each pair on its own, per head. Weights
+//! are transposed once at load into the `[inputs, outputs]` layout the products read;
+//! bias and residual are written into the output before the product accumulates onto
+//! them, GELU runs in place, layer norm in place. Products run on the `gemm` crate
+//! (candle's own CPU matmul), across the worker's rayon threads.
+
+use rayon::prelude::*;
+
+use crate::{Activation, ModelConfig};
+
+/// A dense layer, weights `[inputs, outputs]` row-major.
+pub(crate) struct Linear {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+pub(crate) struct Norm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub eps: f32,
+}
+
+pub(crate) struct PackedLayer {
+    /// Q, K and V in one product: `[hidden, 3 * hidden]`.
+    pub qkv: Linear,
+    pub attention_out: Linear,
+    pub attention_norm: Norm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_norm: Norm,
+}
+
+/// Everything the packed forward pass reads, prepared at load.
+pub(crate) struct PackedEncoder {
+    pub words: Vec<f32>,
+    pub positions: Vec<f32>,
+    pub token_types: Vec<f32>,
+    pub embedding_norm: Norm,
+    pub layers: Vec<PackedLayer>,
+    pub pooler: Linear,
+    pub classifier: Linear,
+    pub config: ModelConfig,
+}
+
+/// The pairs of one batch, packed: token ids end to end and where each pair starts.
+pub(crate) struct PackedTokens<'a> {
+    pub ids: &'a [u32],
+    pub type_ids: &'a [u32],
+    /// Start of each pair in `ids`, plus the total at the end.
+    pub offsets: &'a [usize],
+}
+
+/// A matrix in memory: `rows x cols`, element (r, c) at `r * row_stride + c * col_stride`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// Whether every element it names lies inside `data`.
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `out (+)= scale * a * b`, `out` row-major with `out_stride` between rows. With
+/// `accumulate`, the product is added to what `out` holds (bias, residual).
+fn product(
+    out: &mut [f32],
+    out_stride: usize,
+    accumulate: bool,
+    (a, b): (View<'_>, View<'_>),
+    scale: f32,
+    threads: usize,
+) {
+    let len = out.len();
+    // SAFETY: `out` is borrowed mutably for the call: valid and unaliased for `len`.
+    unsafe {
+        product_into(
+            out.as_mut_ptr(),
+            len,
+            out_stride,
+            accumulate,
+            (a, b),
+            scale,
+            threads,
+        )
+    }
+}
+
+/// [`product`] into raw memory.
+///
+/// # Safety
+/// `out` must be valid for writes of `out_len` elements that nothing else reads or
+/// writes during the call.
+unsafe fn product_into(
+    out: *mut f32,
+    out_len: usize,
+    out_stride: usize,
+    accumulate: bool,
+    (a, b): (View<'_>, View<'_>),
+    scale: f32,
+    threads: usize,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "inner dimensions differ");
+    assert!(a.fits() && b.fits(), "an operand view overruns its data");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * out_stride + n <= out_len,
+        "the output overruns its data"
+    );
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts keep every element read inside `a` and `b` and every element
+    // written inside the caller's `out_len`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            out_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+impl Linear {
+    /// `out = x * W + b (+ residual)` for `rows` rows of `x`.
+    fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut Vec<f32>,
+        threads: usize,
+    ) {
+        out.clear();
+        out.reserve(rows * self.outputs);
+        for r in 0..rows {
+            match residual {
+                Some(res) => out.extend(
+                    res[r * self.outputs..(r + 1) * self.outputs]
+                        .iter()
+                        .zip(&self.bias)
+                        .map(|(x, b)| x + b),
+                ),
+                None => out.extend_from_slice(&self.bias),
+            }
+        }
+        let a = View::rows(x, rows, self.inputs);
+        let w = View::rows(&self.weight, self.inputs, self.outputs);
+        product(out, self.outputs, true, (a, w), 1.0, threads);
+    }
+}
+
+/// Defines `fn $name(x: &mut [f32], p: &P)` compiled three times, for AVX-512 + FMA,
+/// for AVX2 + FMA and plain, and picks one at run time: with FMA `mul_add` is one
+/// instruction (without it, a call into libm), and the wider lanes let the loops
+/// vectorise.
+macro_rules! simd_kernel {
+    ($(#[$doc:meta])* fn $name:ident($x:ident: &mut [f32], $p:ident: &$param:ty) $body:block) => {
+        $(#[$doc])*
+        fn $name($x: &mut [f32], $p: &$param) {
+            #[inline(always)]
+            fn body($x: &mut [f32], $p: &$param) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn v4($x: &mut [f32], $p: &$param) {
+                    body($x, $p)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($x: &mut [f32], $p: &$param) {
+                    body($x, $p)
+                }
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512vl") && has!("fma") {
+                    // SAFETY: the CPU has every feature `v4` is compiled for.
+                    return unsafe { v4($x, $p) };
+                }
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: the CPU has every feature `v3` is compiled for.
+                    return unsafe { v3($x, $p) };
+                }
+            }
+            body($x, $p)
+        }
+    };
+}
+
+/// Lanes of the partial sums: wide enough for AVX-512, and a fixed summation order.
+const LANES: usize = 16;
+
+/// `f` of each value, summed in `LANES` partial sums so that it vectorises.
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// The largest value, in `LANES` partial maxima so that it vectorises.
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    lanes.iter().copied().fold(rest, f32::max)
+}
+
+simd_kernel! {
+    /// Layer norm of each row of `x` (rows as long as `norm.gamma`), in place.
+    fn norm_rows(x: &mut [f32], norm: &Norm) {
+        let width = norm.gamma.len();
+        for row in x.chunks_exact_mut(width) {
+            let mean = lane_sum(row, |v| v) / width as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / width as f32;
+            let inv = 1.0 / (var + norm.eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// The FFN's activation, in place.
+    fn activate_slice(x: &mut [f32], activation: &Activation) {
+        match activation {
+            Activation::GeluErf => {
+                for v in x {
+                    *v = 0.5 * *v * (1.0 + crate::gelu::erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            }
+            Activation::GeluTanh => {
+                const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+                for v in x {
+                    let t = *v;
+                    *v = 0.5 * t * (1.0 + (C * (t + 0.044_715 * t * t * t)).tanh());
+                }
+            }
+            Activation::Relu => {
+                for v in x {
+                    *v = v.max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// e^x for f32, to about 1 ULP, in a form that vectorises (libm's `expf` is a call per
+/// element): x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes' polynomial, 2^n by
+/// building the float's exponent. Inputs below -87 give ~1e-38 instead of 0 (softmax
+/// only feeds it x - max <= 0, where that difference vanishes in the sum).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits, a
+    // form that vectorises where a float-to-int cast does not.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x.mul_add(std::f32::consts::LOG2_E, ROUND);
+    let n = shifted - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e_r = p.mul_add(r * r, r) + 1.0;
+    // n + 127 in the exponent field is 2^n.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    e_r * scale
+}
+
+simd_kernel! {
+    /// Softmax of each `row_len`-long row, in place.
+    fn softmax_rows(x: &mut [f32], row_len: &usize) {
+        for row in x.chunks_exact_mut(*row_len) {
+            let max = lane_max(row);
+            for v in row.iter_mut() {
+                *v = exp(*v - max);
+            }
+            let inv = 1.0 / lane_sum(row, |v| v);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+impl Norm {
+    /// Layer norm of each `width`-long row, in place, across the worker's threads.
+    fn apply(&self, x: &mut [f32], width: usize) {
+        x.par_chunks_mut(width * 64)
+            .for_each(|rows| norm_rows(rows, self));
+    }
+}
+
+fn activate(x: &mut [f32], activation: Activation) {
+    x.par_chunks_mut(16 * 1024)
+        .for_each(|chunk| activate_slice(chunk, &activation));
+}
+
+/// Scratch buffers of one forward pass, reused from layer to layer.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    inner: Vec<f32>,
+}
+
+impl PackedEncoder {
+    /// Raw logits (the first label), one per pair.
+    pub fn score(&self, batch: &PackedTokens<'_>, threads: usize) -> Vec<f32> {
+        let c = &self.config;
+        let (h, tokens) = (c.hidden_size, batch.ids.len());
+        let mut s = Scratch::default();
+        self.embed(batch, &mut s.x);
+        for layer in &self.layers {
+            layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, threads);
+            self.attention(batch, &s.qkv, &mut s.context);
+            layer
+                .attention_out
+                .forward(&s.context, tokens, Some(&s.x), &mut s.attended, threads);
+            layer.attention_norm.apply(&mut s.attended, h);
+            layer
+                .intermediate
+                .forward(&s.attended, tokens, None, &mut s.inner, threads);
+            activate(&mut s.inner, c.activation);
+            layer
+                .output
+                .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, threads);
+            layer.output_norm.apply(&mut s.x, h);
+        }
+        let pairs = batch.offsets.len() - 1;
+        let mut cls = Vec::with_capacity(pairs * h);
+        for &start in &batch.offsets[..pairs] {
+            cls.extend_from_slice(&s.x[start * h..(start + 1) * h]);
+        }
+        let mut pooled = Vec::new();
+        self.pooler.forward(&cls, pairs, None, &mut pooled, 1);
+        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        let mut logits = Vec::new();
+        self.classifier
+            .forward(&pooled, pairs, None, &mut logits, 1);
+        logits
+            .chunks(self.classifier.outputs)
+            .map(|labels| labels[0])
+            .collect()
+    }
+
+    /// Word + position + token-type embeddings, then layer norm: `[tokens, hidden]`.
+    fn embed(&self, batch: &PackedTokens<'_>, x: &mut Vec<f32>) {
+        let h = self.config.hidden_size;
+        x.clear();
+        x.reserve(batch.ids.len() * h);
+        for pair in batch.offsets.windows(2) {
+            for (position, t) in (pair[0]..pair[1]).enumerate() {
+                let word = &self.words[batch.ids[t] as usize * h..][..h];
+                let place = &self.positions[position * h..][..h];
+                let kind = &self.token_types[batch.type_ids[t] as usize * h..][..h];
+                x.extend(
+                    word.iter()
+                        .zip(place)
+                        .zip(kind)
+                        .map(|((w, p), k)| w + p + k),
+                );
+            }
+        }
+        self.embedding_norm.apply(x, h);
+    }
+
+    /// Self-attention of each pair over its own tokens, every head apart: the context
+    /// `[tokens, hidden]` from the fused `[tokens, 3 * hidden]` Q|K|V.
+    fn attention(&self, batch: &PackedTokens<'_>, qkv: &[f32], context: &mut Vec<f32>) {
+        let c = &self.config;
+        let (h, heads) = (c.hidden_size, c.num_attention_heads);
+        let d = h / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        context.clear();
+        context.resize(qkv.len() / 3, 0.0);
+        // One task per (pair, head); each writes its own columns of its pair's rows.
+        let tasks: Vec<(usize, usize, usize)> = batch
+            .offsets
+            .windows(2)
+            .flat_map(|p| (0..heads).map(move |head| (p[0], p[1], head)))
+            .collect();
+        let out = SharedOut(context.as_mut_ptr(), context.len());
+        tasks.par_iter().for_each(|&(start, end, head)| {
+            let len = end - start;
+            let rows = &qkv[start * 3 * h..end * 3 * h];
+            let view = |part: usize| View {
+                data: &rows[part * h + head * d..],
+                rows: len,
+                cols: d,
+                row_stride: 3 * h,
+                col_stride: 1,
+            };
+            let (q, k, v) = (view(0), view(1), view(2));
+            let k_t = View {
+                rows: d,
+                cols: len,
+                row_stride: 1,
+                col_stride: 3 * h,
+                ..k
+            };
+            let mut scores = vec![0.0f32; len * len];
+            product(&mut scores, len, false, (q, k_t), scale, 1);
+            softmax_rows(&mut scores, &len);
+            let probs = View::rows(&scores, len, len);
+            let first = start * h + head * d;
+            // SAFETY: this task alone writes rows start..end, columns head*d..(head+1)*d
+            // of the context, borrowed mutably above until every task has ended.
+            unsafe {
+                product_into(
+                    out.at(first),
+                    out.len() - first,
+                    h,
+                    false,
+                    (probs, v),
+                    1.0,
+                    1,
+                )
+            };
+        });
+    }
+}
+
+/// The context buffer, written by attention tasks that each own disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32, usize);
+
+// SAFETY: the tasks that share it write disjoint elements (see `PackedEncoder::attention`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Where element `index` lives (a method, so that closures capture the whole
+    /// `Sync` wrapper rather than its raw pointer).
+    fn at(&self, index: usize) -> *mut f32 {
+        assert!(index < self.1, "attention output out of bounds");
+        // SAFETY: in bounds of the allocation, checked above.
+        unsafe { self.0.add(index) }
+    }
+
+    fn len(&self) -> usize {
+        self.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0f32;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let (ours, std) = (exp(x), x.exp());
+            worst = worst.max((ours - std).abs() / std);
+        }
+        assert!(worst < 2.5e-7, "relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_keep_order() {
+        let mut rows = vec![0.0, 1.0, 2.0, -50.0, 3.0, 3.0, 3.0, 3.0];
+        softmax_rows(&mut rows, &4);
+        for row in rows.chunks(4) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{row:?}");
+        }
+        assert!(rows[3] < rows[0] && rows[0] < rows[1] && rows[1] < rows[2]);
+        assert!(rows[4..].iter().all(|&p| (p - 0.25).abs() < 1e-7));
+    }
+
+    #[test]
+    fn layer_norm_rows_have_zero_mean_and_unit_variance() {
+        let width = 40;
+        let norm = Norm {
+            gamma: vec![1.0; width],
+            beta: vec![0.0; width],
+            eps: 1e-12,
+        };
+        let mut x: Vec<f32> = (0..width * 3).map(|i| (i * 37 % 11) as f32 - 4.0).collect();
+        norm_rows(&mut x, &norm);
+        for row in x.chunks(width) {
+            let mean = row.iter().sum::<f32>() / width as f32;
+            let var = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            assert!(
+                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+                "{mean} {var}"
+            );
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The packed CPU forward pass against candle's padded one, on the real default model
+//! (scripts/fetch-model.sh builds it): shapes that break wrong kernels, one pair, one
+//! token past a tile edge, 512 tokens, lengths 10x apart in one batch.
+
+use std::path::PathBuf;
+
+use crossenc_model::{CrossEncoder, ModelFolder, PaddedBatch, PairTokenizer};
+
+fn model() -> (CrossEncoder, PairTokenizer, u32) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let folder = ModelFolder::open(&dir).expect("models/default: run scripts/fetch-model.sh");
+    let tokenizer = PairTokenizer::load(&folder, 512).unwrap();
+    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu).unwrap();
+    let pad = model.config().pad_token_id;
+    (model, tokenizer, pad)
+}
+
+/// A pair whose document has `words` words (so about that many tokens).
+fn pair(words: usize, seed: usize) -> (String, String) {
+    let vocabulary = [
+        "tide", "moon", "river", "stone", "light", "rust", "bread", "wind", "sea",
+    ];
+    let document: Vec<&str> = (0..words)
+        .map(|i| vocabulary[(i * 7 + seed) % vocabulary.len()])
+        .collect();
+    (
+        format!("what moves the {}", vocabulary[seed % vocabulary.len()]),
+        document.join(" "),
+    )
+}
+
+fn batch(
+    tokenizer: &PairTokenizer,
+    pad: u32,
+    pairs: &[(String, String)],
+) -> (PaddedBatch, Vec<usize>) {
+    let encoded: Vec<_> = pairs
+        .iter()
+        .map(|(q, d)| tokenizer.encode(q, d).unwrap())
+        .collect();
+    let width = encoded.iter().map(|e| e.ids().len()).max().unwrap();
+    let mut batch = PaddedBatch::new(width, pairs.len(), pad);
+    let mut lengths = Vec::new();
+    for e in &encoded {
+        let type_ids: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
+        batch.push(e.ids().iter().copied(), &type_ids);
+        lengths.push(e.ids().len());
+    }
+    (batch, lengths)
+}
+
+#[test]
+fn packed_scores_match_the_padded_reference_on_odd_shapes() {
+    let (model, tokenizer, pad) = model();
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![3],                              // one short pair
+        vec![600],                            // truncated to 512 tokens
+        vec![12, 200],                        // lengths 10x apart
+        vec![10, 11, 12, 27, 28, 60, 61, 62], // around tile edges
+        (0..40).map(|i| 1 + i * 3).collect(), // many pairs, all lengths
+    ];
+    let mut worst = 0f32;
+    for (s, words) in shapes.iter().enumerate() {
+        let pairs: Vec<_> = words
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| pair(w, s + i))
+            .collect();
+        let (batch, lengths) = batch(&tokenizer, pad, &pairs);
+        let packed = model.score(&batch).unwrap();
+        let padded = model.score_padded(&batch).unwrap();
+        assert_eq!(packed.len(), pairs.len());
+        for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+            let error = (a - b).abs();
+            worst = worst.max(error);
+            assert!(
+                error < 1e-4,
+                "shape {s} pair {i} ({} tokens): packed {a} vs padded {b}",
+                lengths[i]
+            );
+        }
+        if s == 1 {
+            assert_eq!(lengths, [512]);
+        }
+    }
+    eprintln!("largest difference packed vs padded: {worst:e}");
+}
+
+#[test]
+fn a_pair_scores_the_same_alone_and_in_a_batch() {
+    let (model, tokenizer, pad) = model();
+    let pairs: Vec<_> = [5, 90, 31]
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| pair(w, i))
+        .collect();
+    let (together, _) = batch(&tokenizer, pad, &pairs);
+    let together = model.score(&together).unwrap();
+    for (i, p) in pairs.iter().enumerate() {
+        let (alone, _) = batch(&tokenizer, pad, std::slice::from_ref(p));
+        let alone = model.score(&alone).unwrap()[0];
+        assert!(
+            (alone - together[i]).abs() < 1e-5,
+            "pair {i}: {alone} alone, {} in a batch",
+            together[i]
+        );
+    }
+}
