@@ -456,47 +456,63 @@ fn by_configuration(results: &[SweepResult]) -> Vec<(String, Vec<&SweepResult>)>
     groups
 }
 
-fn axis_max(values: impl Iterator<Item = f64>) -> f64 {
-    values.fold(0.0, f64::max).max(1e-3) * 1.1
+/// One line of a chart: its points, its configuration's colour, and a legend entry for
+/// the first line of each configuration.
+struct Line {
+    label: Option<String>,
+    points: Vec<(f64, f64)>,
+    color: usize,
+    width: u32,
+    dots: bool,
 }
 
-fn throughput_vs_p99(
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Draws `lines` on axes from 0 to a little past their largest values, into an SVG.
+fn line_chart(
     path: &Path,
-    results: &[SweepResult],
-) -> Result<(), Box<dyn std::error::Error>> {
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    lines: &[Line],
+) -> PlotResult {
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let x_max = axis_max(results.iter().map(|r| r.client.latency.p99));
-    let y_max = axis_max(results.iter().map(|r| r.client.pairs_per_second));
+    let max = |of: fn(&(f64, f64)) -> f64| {
+        let largest = lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(of))
+            .fold(0.0, f64::max);
+        largest.max(1e-3) * 1.1
+    };
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Throughput vs p99 latency (one line per configuration, points by clients)",
-            ("sans-serif", 18),
-        )
+        .caption(title, ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        .build_cartesian_2d(0.0..max(|p| p.0), 0.0..max(|p| p.1))?;
     chart
         .configure_mesh()
-        .x_desc("p99 latency (s)")
-        .y_desc("pairs/s")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .draw()?;
-    for (i, (label, group)) in by_configuration(results).into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = group
-            .iter()
-            .map(|r| (r.client.latency.p99, r.client.pairs_per_second))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 4, color.filled())),
-        )?;
+    for line in lines {
+        let color = Palette99::pick(line.color).to_rgba();
+        let drawn = chart.draw_series(LineSeries::new(
+            line.points.clone(),
+            color.stroke_width(line.width),
+        ))?;
+        if let Some(label) = &line.label {
+            drawn
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        if line.dots {
+            chart.draw_series(
+                line.points
+                    .iter()
+                    .map(|&p| Circle::new(p, 4, color.filled())),
+            )?;
+        }
     }
     chart
         .configure_series_labels()
@@ -507,51 +523,51 @@ fn throughput_vs_p99(
     Ok(())
 }
 
-fn latency_vs_concurrency(
-    path: &Path,
-    results: &[SweepResult],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let x_max = axis_max(results.iter().map(|r| r.concurrency as f64));
-    let y_max = axis_max(results.iter().map(|r| r.client.latency.p99));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Latency percentiles vs clients (solid p99, thin p50)",
-            ("sans-serif", 18),
-        )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("concurrent clients")
-        .y_desc("latency (s)")
-        .draw()?;
-    for (i, (label, group)) in by_configuration(results).into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let p99: Vec<(f64, f64)> = group
-            .iter()
-            .map(|r| (r.concurrency as f64, r.client.latency.p99))
-            .collect();
-        let p50: Vec<(f64, f64)> = group
-            .iter()
-            .map(|r| (r.concurrency as f64, r.client.latency.p50))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(p99, color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(LineSeries::new(p50, color.stroke_width(1)))?;
+fn throughput_vs_p99(path: &Path, results: &[SweepResult]) -> PlotResult {
+    let lines: Vec<Line> = by_configuration(results)
+        .into_iter()
+        .enumerate()
+        .map(|(color, (label, group))| Line {
+            label: Some(label),
+            points: group
+                .iter()
+                .map(|r| (r.client.latency.p99, r.client.pairs_per_second))
+                .collect(),
+            color,
+            width: 2,
+            dots: true,
+        })
+        .collect();
+    let title = "Throughput vs p99 latency (one line per configuration, points by clients)";
+    line_chart(path, title, ("p99 latency (s)", "pairs/s"), &lines)
+}
+
+fn latency_vs_concurrency(path: &Path, results: &[SweepResult]) -> PlotResult {
+    let mut lines = Vec::new();
+    for (color, (label, group)) in by_configuration(results).into_iter().enumerate() {
+        let at = |latency: fn(&SweepResult) -> f64| {
+            group
+                .iter()
+                .map(|r| (r.concurrency as f64, latency(r)))
+                .collect()
+        };
+        lines.push(Line {
+            label: Some(label),
+            points: at(|r| r.client.latency.p99),
+            color,
+            width: 2,
+            dots: false,
+        });
+        lines.push(Line {
+            label: None,
+            points: at(|r| r.client.latency.p50),
+            color,
+            width: 1,
+            dots: false,
+        });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let title = "Latency percentiles vs clients (solid p99, thin p50)";
+    line_chart(path, title, ("concurrent clients", "latency (s)"), &lines)
 }
 
 #[cfg(test)]
