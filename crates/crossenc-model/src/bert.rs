@@ -76,6 +76,67 @@ impl PaddedBatch {
     }
 }
 
+/// Pairs end to end, without padding, as the packed forward pass reads them.
+#[derive(Debug, Default)]
+pub struct PackedPairs {
+    ids: Vec<u32>,
+    type_ids: Vec<u32>,
+    /// Where each pair starts, and the total at the end.
+    offsets: Vec<usize>,
+}
+
+impl PackedPairs {
+    pub fn with_capacity(pairs: usize, tokens: usize) -> Self {
+        let mut offsets = Vec::with_capacity(pairs + 1);
+        offsets.push(0);
+        Self {
+            ids: Vec::with_capacity(tokens),
+            type_ids: Vec::with_capacity(tokens),
+            offsets,
+        }
+    }
+
+    /// Adds one pair (at least one token, as many type ids as ids).
+    pub fn push(&mut self, ids: impl ExactSizeIterator<Item = u32>, type_ids: &[u8]) {
+        assert!(ids.len() == type_ids.len() && ids.len() > 0);
+        self.ids.extend(ids);
+        self.type_ids.extend(type_ids.iter().map(|&t| u32::from(t)));
+        self.offsets.push(self.ids.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn tokens(&self) -> PackedTokens<'_> {
+        PackedTokens {
+            ids: &self.ids,
+            type_ids: &self.type_ids,
+            offsets: &self.offsets,
+        }
+    }
+
+    /// The same pairs padded to the longest, for candle's forward pass.
+    fn padded(&self, pad_id: u32) -> PaddedBatch {
+        let width = self
+            .offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0);
+        let mut batch = PaddedBatch::new(width, self.len(), pad_id);
+        for w in self.offsets.windows(2) {
+            let types: Vec<u8> = self.type_ids[w[0]..w[1]].iter().map(|&t| t as u8).collect();
+            batch.push(self.ids[w[0]..w[1]].iter().copied(), &types);
+        }
+        batch
+    }
+}
+
 struct Dense {
     weight_t: Tensor,
     bias: Tensor,
@@ -295,8 +356,18 @@ impl CrossEncoder {
         &self.device
     }
 
-    /// Raw logits, one per pair, in batch order: on the CPU by the packed forward
-    /// pass, elsewhere by candle over the padded batch.
+    /// Raw logits, one per pair, in order: on the CPU by the packed forward pass,
+    /// elsewhere by candle over the pairs padded to the longest.
+    pub fn score_pairs(&self, pairs: &PackedPairs) -> Result<Vec<f32>, ModelError> {
+        match &self.packed {
+            Some(packed) if !pairs.is_empty() => {
+                Ok(packed.score(&pairs.tokens(), rayon::current_num_threads()))
+            }
+            _ => self.score_padded(&pairs.padded(self.config.pad_token_id)),
+        }
+    }
+
+    /// As [`CrossEncoder::score_pairs`], for pairs already padded.
     pub fn score(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
         match &self.packed {
             Some(packed) if !batch.is_empty() => Ok(score_packed(packed, batch)),

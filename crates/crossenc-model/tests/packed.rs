@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crossenc_model::{CrossEncoder, ModelFolder, PaddedBatch, PairTokenizer};
+use crossenc_model::{CrossEncoder, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer};
 
 fn model() -> (CrossEncoder, PairTokenizer, u32) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
@@ -68,6 +68,14 @@ fn packed_scores_match_the_padded_reference_on_odd_shapes() {
             .collect();
         let (batch, lengths) = batch(&tokenizer, pad, &pairs);
         let packed = model.score(&batch).unwrap();
+        // The worker's way in: pairs packed from the start.
+        let mut pairs_in = PackedPairs::with_capacity(pairs.len(), 0);
+        for (q, d) in &pairs {
+            let e = tokenizer.encode(q, d).unwrap();
+            let types: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
+            pairs_in.push(e.ids().iter().copied(), &types);
+        }
+        assert_eq!(model.score_pairs(&pairs_in).unwrap(), packed);
         let padded = model.score_padded(&batch).unwrap();
         assert_eq!(packed.len(), pairs.len());
         for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {

@@ -13,7 +13,7 @@ use crossenc_ipc::{
     connect_to_supervisor, IpcFailure, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch,
     TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
 };
-use crossenc_model::{CrossEncoder, ModelError, ModelFolder, PaddedBatch, PairTokenizer};
+use crossenc_model::{CrossEncoder, ModelError, ModelFolder, PackedPairs, PairTokenizer};
 
 pub use crate::stats::StatsSender;
 
@@ -280,12 +280,12 @@ pub fn score(
             "batch holds a pair of {width} tokens; pairs must have 1 to {max_length}"
         ));
     }
-    let mut padded = PaddedBatch::new(width, batch.len(), model.config().pad_token_id);
+    let mut pairs = PackedPairs::with_capacity(batch.len(), batch.total_tokens());
     for pair in batch.iter() {
         if pair.is_empty() {
             return Err("batch holds an empty pair".into());
         }
-        padded.push(pair.ids(), pair.type_ids());
+        pairs.push(pair.ids(), pair.type_ids());
     }
-    model.score(&padded).map_err(|e| e.to_string())
+    model.score_pairs(&pairs).map_err(|e| e.to_string())
 }
