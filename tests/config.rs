@@ -192,3 +192,26 @@ async fn the_server_takes_its_settings_from_file_environment_and_flags() {
     // The flag beats the file's 100.
     assert_eq!(support::metric(&metrics, "queued_pairs_limit"), 50.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_activation_answers_the_raw_logits() {
+    let server = TestServer::start(&["--activation", "identity"]);
+    let mut client = server.client().await;
+    let ask = |raw_scores| RerankRequest {
+        query: "what causes tides".into(),
+        documents: vec!["the moon pulls the sea".into(), "bread rises".into()],
+        raw_scores,
+        ..Default::default()
+    };
+    let scores = |answer: crossenc_proto::v1::RerankResponse| -> Vec<(u32, f32)> {
+        answer.results.iter().map(|r| (r.index, r.score)).collect()
+    };
+    let plain = scores(client.rerank(ask(false)).await.unwrap().into_inner());
+    let raw = scores(client.rerank(ask(true)).await.unwrap().into_inner());
+    assert_eq!(plain, raw);
+    // A sigmoid would have put them in (0, 1); the untrained head's logits are not all there.
+    assert!(
+        plain.iter().any(|(_, s)| !(0.0..=1.0).contains(s)),
+        "{plain:?}"
+    );
+}

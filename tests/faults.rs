@@ -290,7 +290,10 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the_server() {
     let model = linked_model_copy();
-    let server = TestServer::start_on(&model, &[]);
+    // The patience for a missing worker comes from the configuration file: 1 s, not 10 s.
+    let config = model.join("crossenc.toml");
+    std::fs::write(&config, "[workers]\nno_worker_patience = \"1s\"\n").unwrap();
+    let server = TestServer::start_on(&model, &["--config", config.to_str().unwrap()]);
     // The weights vanish, then the model worker dies: every restart now fails.
     std::fs::remove_file(model.join("model.safetensors")).unwrap();
     let victim = server.worker_pids("model")[0];
@@ -330,6 +333,7 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
     assert_eq!(serving, not_serving);
     // A request waits a while for the worker, then fails plainly rather than hang.
     let mut client = server.client().await;
+    let asked = Instant::now();
     let status = client
         .infer(InferRequest {
             pairs: vec![Pair {
@@ -341,6 +345,12 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
         .await
         .expect_err("no model worker can score it");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Well under the default 10 s: the configured patience was used.
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
     assert!(status.message().contains("model worker"), "{status:?}");
     // The JSON API says the same with 503.
     let (code, body) = tokio::task::block_in_place(|| {

@@ -407,3 +407,20 @@ fn gpu_gauges_are_absent_on_a_machine_without_nvml() {
     assert!(!text.contains("gpu_"), "{text}");
     assert!(text.contains("# TYPE cpu_percent gauge"), "{text}");
 }
+
+#[test]
+fn the_metrics_command_lists_the_whole_catalogue() {
+    let output = std::process::Command::new(support::BINARY)
+        .arg("metrics")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let listed = String::from_utf8(output.stdout).unwrap();
+    for spec in CATALOGUE {
+        let line = listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(spec.sample_name().as_str()))
+            .unwrap_or_else(|| panic!("{} is not listed:\n{listed}", spec.name));
+        assert!(line.contains(spec.kind.as_str()), "{line}");
+    }
+}
