@@ -99,11 +99,6 @@ impl TestServer {
     }
 
     fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let grpc_addr = free_addr();
-        // A port just released can be handed out again at once: insist on two.
-        let http_addr = std::iter::repeat_with(free_addr)
-            .find(|addr| *addr != grpc_addr)
-            .expect("free ports");
         let mut command = Command::new(BINARY);
         // The test says every setting that matters: none comes from the caller's shell.
         command.env_remove("CROSSENC_CONFIG");
@@ -112,17 +107,20 @@ impl TestServer {
                 command.env_remove(name);
             }
         }
-        let child = command
+        // Port 0: the server binds free ports itself and says which (no port picked here
+        // can be taken by another test before the server binds it).
+        let mut child = command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--model")
             .arg(model)
-            .args(["--grpc-addr", &grpc_addr.to_string()])
-            .args(["--http-addr", &http_addr.to_string()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(extra)
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start crossenc");
+        let (grpc_addr, http_addr) = listening_addrs(&mut child);
         Self {
             child,
             grpc_addr,
@@ -261,6 +259,37 @@ fn status_and_body(response: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Forwards the server's log to the test's and returns the addresses its "listening"
+/// line names; a server that exits before saying them is reported on port 0.
+fn listening_addrs(child: &mut Child) -> (SocketAddr, SocketAddr) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (found, addrs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            let addr = |key: &str| -> Option<SocketAddr> {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(key))?
+                    .parse()
+                    .ok()
+            };
+            if line.contains("listening") {
+                if let (Some(grpc), Some(http)) = (addr("grpc="), addr("http=")) {
+                    let _ = found.send((grpc, http));
+                }
+            }
+        }
+    });
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 0));
+    addrs
+        .recv_timeout(READY_TIMEOUT)
+        .unwrap_or((nowhere, nowhere))
 }
 
 /// A sample's value in the Prometheus text format; `series` is the name with its labels

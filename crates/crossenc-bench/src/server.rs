@@ -1,9 +1,11 @@
 //! A crossenc server started for a sweep point, stopped when dropped.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -16,21 +18,10 @@ pub struct SpawnedServer {
     pub http_addr: SocketAddr,
 }
 
-fn free_addr() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
 impl SpawnedServer {
-    /// Starts `exe serve` with `args` and waits (up to `patience`) until /ready says 200.
+    /// Starts `exe serve` with `args` on ports it picks itself (port 0, read back from
+    /// its "listening" log line) and waits (up to `patience`) until /ready says 200.
     pub fn start(exe: &Path, args: &[String], patience: Duration) -> Result<Self, String> {
-        let grpc_addr = free_addr().map_err(|e| e.to_string())?;
-        // A port just released can be handed out again at once: insist on two.
-        let http_addr = loop {
-            let addr = free_addr().map_err(|e| e.to_string())?;
-            if addr != grpc_addr {
-                break addr;
-            }
-        };
         let mut command = Command::new(exe);
         // Each point is its flags over the defaults: no configuration file or
         // CROSSENC_SECTION__KEY variable of the caller's blurs the grid.
@@ -40,27 +31,39 @@ impl SpawnedServer {
                 command.env_remove(name);
             }
         }
-        let child = command
+        let mut child = command
             .arg("serve")
-            .args(["--grpc-addr", &grpc_addr.to_string()])
-            .args(["--http-addr", &http_addr.to_string()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        let log = ServerLog::follow(&mut child);
+        let started = Instant::now();
+        let addrs = log.addrs.recv_timeout(patience);
+        let (grpc_addr, http_addr) = match addrs {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "it never said where it listens; its log ends:\n{}",
+                    log.tail()
+                ));
+            }
+        };
         let mut server = Self {
             child,
             grpc_addr,
             http_addr,
         };
-        let started = Instant::now();
         while started.elapsed() < patience {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(format!(
-                    "it exited ({status}); run `crossenc serve` with these flags to see why: {}",
-                    args.join(" ")
+                    "it exited ({status}); its log ends:\n{}",
+                    log.tail()
                 ));
             }
             if ready(http_addr) {
@@ -69,7 +72,10 @@ impl SpawnedServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         server.stop();
-        Err(format!("not ready within {patience:?}"))
+        Err(format!(
+            "not ready within {patience:?}; its log ends:\n{}",
+            log.tail()
+        ))
     }
 
     /// SIGTERM, then SIGKILL after 30 s.
@@ -111,4 +117,53 @@ fn ready(addr: SocketAddr) -> bool {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200")
+}
+
+/// A server's stderr, read on a thread: where it listens, and its last lines for errors.
+struct ServerLog {
+    addrs: mpsc::Receiver<(SocketAddr, SocketAddr)>,
+    last: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl ServerLog {
+    const KEPT: usize = 20;
+
+    fn follow(child: &mut Child) -> Self {
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (found, addrs) = mpsc::channel();
+        let last = Arc::new(Mutex::new(VecDeque::new()));
+        let keep = Arc::clone(&last);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(pair) = listening(&line) {
+                    let _ = found.send(pair);
+                }
+                let mut kept = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() == Self::KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
+        Self { addrs, last }
+    }
+
+    fn tail(&self) -> String {
+        let kept = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The addresses of the server's "listening ... grpc=ADDR http=ADDR" log line.
+fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let addr = |key: &str| -> Option<SocketAddr> {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))?
+            .parse()
+            .ok()
+    };
+    Some((addr("grpc=")?, addr("http=")?))
 }

@@ -82,6 +82,9 @@ pub async fn serve(
         usize::try_from(config.server.max_request_bytes.as_u64()).unwrap_or(usize::MAX);
     let grpc_listener = bind("grpc_addr", config.server.grpc_addr).await?;
     let http_listener = bind("http_addr", config.server.http_addr).await?;
+    // The bound addresses, not the asked ones: with port 0 these are where to connect.
+    let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (grpc_bound, http_bound) = (bound(&grpc_listener), bound(&http_listener));
     let gpus = GpuMonitor::open();
     let metrics = Arc::new(Metrics::new(gpus.is_some()));
     observe_codec(&metrics);
@@ -132,7 +135,7 @@ pub async fn serve(
             .with_graceful_shutdown(stopped(stop_rx))
             .into_future(),
     );
-    tracing::info!(grpc = %config.server.grpc_addr, http = %config.server.http_addr, "listening; starting workers");
+    tracing::info!(grpc = %grpc_bound, http = %http_bound, "listening; starting workers");
 
     let started = start_workers(&launcher, &config, &pipeline).await;
     let workers = match started {
