@@ -359,12 +359,48 @@ impl CrossEncoder {
     /// Raw logits, one per pair, in order: on the CPU by the packed forward pass,
     /// elsewhere by candle over the pairs padded to the longest.
     pub fn score_pairs(&self, pairs: &PackedPairs) -> Result<Vec<f32>, ModelError> {
+        self.check_tokens(pairs)?;
         match &self.packed {
             Some(packed) if !pairs.is_empty() => {
                 Ok(packed.score(&pairs.tokens(), rayon::current_num_threads()))
             }
             _ => self.score_padded(&pairs.padded(self.config.pad_token_id)),
         }
+    }
+
+    /// Token and type ids index the embedding tables: one past them is an error here,
+    /// not a read out of bounds in the forward pass.
+    fn check_tokens(&self, pairs: &PackedPairs) -> Result<(), ModelError> {
+        let c = &self.config;
+        let beyond = |ids: &[u32], limit: usize| ids.iter().copied().find(|&i| i as usize >= limit);
+        if let Some(value) = beyond(&pairs.ids, c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                what: "token id",
+                value,
+                limit: c.vocab_size,
+            });
+        }
+        if let Some(value) = beyond(&pairs.type_ids, c.type_vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                what: "token type id",
+                value,
+                limit: c.type_vocab_size,
+            });
+        }
+        let longest = pairs
+            .offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0);
+        if longest > c.max_position_embeddings {
+            return Err(ModelError::TokenOutOfRange {
+                what: "pair length",
+                value: longest as u32,
+                limit: c.max_position_embeddings,
+            });
+        }
+        Ok(())
     }
 
     /// As [`CrossEncoder::score_pairs`], for pairs already padded.

@@ -33,6 +33,12 @@ pub enum ModelError {
     Device { device: String, message: String },
     #[error("tokenizing a pair failed: {0}")]
     Encode(String),
+    #[error("a pair holds {what} {value}, past the model's {limit}")]
+    TokenOutOfRange {
+        what: &'static str,
+        value: u32,
+        limit: usize,
+    },
     #[error("the forward pass failed: {0}")]
     Forward(#[from] candle_core::Error),
 }

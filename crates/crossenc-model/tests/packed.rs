@@ -114,3 +114,20 @@ fn a_pair_scores_the_same_alone_and_in_a_batch() {
         );
     }
 }
+
+#[test]
+fn ids_past_the_tables_are_refused_not_read() {
+    let (model, _, _) = model();
+    let mut pairs = PackedPairs::with_capacity(1, 3);
+    let vocab = model.config().vocab_size as u32;
+    pairs.push([101, vocab, 102].into_iter(), &[0, 0, 0]);
+    let error = model.score_pairs(&pairs).unwrap_err().to_string();
+    assert!(
+        error.contains("token id") && error.contains(&vocab.to_string()),
+        "{error}"
+    );
+    let mut pairs = PackedPairs::with_capacity(1, 2);
+    pairs.push([101, 102].into_iter(), &[0, 7]);
+    let error = model.score_pairs(&pairs).unwrap_err().to_string();
+    assert!(error.contains("token type id 7"), "{error}");
+}
