@@ -101,12 +101,7 @@ impl TestServer {
     fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BINARY);
         // The test says every setting that matters: none comes from the caller's shell.
-        command.env_remove("CROSSENC_CONFIG");
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CROSSENC_") && name.contains("__") {
-                command.env_remove(name);
-            }
-        }
+        crossenc_bench::without_caller_settings(&mut command);
         // Port 0: the server binds free ports itself and says which (no port picked here
         // can be taken by another test before the server binds it).
         let mut child = command
@@ -273,16 +268,8 @@ fn listening_addrs(child: &mut Child) -> (SocketAddr, SocketAddr) {
             .map_while(Result::ok)
         {
             eprintln!("{line}");
-            let addr = |key: &str| -> Option<SocketAddr> {
-                line.split_whitespace()
-                    .find_map(|word| word.strip_prefix(key))?
-                    .parse()
-                    .ok()
-            };
-            if line.contains("listening") {
-                if let (Some(grpc), Some(http)) = (addr("grpc="), addr("http=")) {
-                    let _ = found.send((grpc, http));
-                }
+            if let Some(addrs) = crossenc_bench::listening(&line) {
+                let _ = found.send(addrs);
             }
         }
     });

@@ -23,14 +23,8 @@ impl SpawnedServer {
     /// its "listening" log line) and waits (up to `patience`) until /ready says 200.
     pub fn start(exe: &Path, args: &[String], patience: Duration) -> Result<Self, String> {
         let mut command = Command::new(exe);
-        // Each point is its flags over the defaults: no configuration file or
-        // CROSSENC_SECTION__KEY variable of the caller's blurs the grid.
-        command.env_remove("CROSSENC_CONFIG");
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CROSSENC_") && name.contains("__") {
-                command.env_remove(name);
-            }
-        }
+        // Each point is its flags over the defaults.
+        without_caller_settings(&mut command);
         let mut child = command
             .arg("serve")
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -154,8 +148,19 @@ impl ServerLog {
     }
 }
 
+/// Keeps the caller's configuration file and CROSSENC_SECTION__KEY variables from a
+/// server `command` will start, so that only its flags and the defaults count.
+pub fn without_caller_settings(command: &mut Command) {
+    command.env_remove("CROSSENC_CONFIG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CROSSENC_") && name.contains("__") {
+            command.env_remove(name);
+        }
+    }
+}
+
 /// The addresses of the server's "listening ... grpc=ADDR http=ADDR" log line.
-fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+pub fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     if !line.contains("listening") {
         return None;
     }
