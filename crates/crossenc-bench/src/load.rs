@@ -133,11 +133,7 @@ async fn closed(
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap_or_default());
-    }
-    all
+    gather(tasks).await.into_iter().flatten().collect()
 }
 
 async fn open(
@@ -166,10 +162,15 @@ async fn open(
             outcome
         }));
     }
+    gather(tasks).await
+}
+
+/// What every task returned; a task that panicked returned nothing.
+async fn gather<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut all = Vec::with_capacity(tasks.len());
     for task in tasks {
-        if let Ok(outcome) = task.await {
-            all.push(outcome);
+        if let Ok(done) = task.await {
+            all.push(done);
         }
     }
     all

@@ -2,7 +2,7 @@
 //! `cargo run --release -p crossenc-model --example forward_timing -- models/default`.
 use std::time::Instant;
 
-use crossenc_model::{CrossEncoder, ModelFolder, PaddedBatch};
+use crossenc_model::{CrossEncoder, ModelFolder, PackedPairs};
 
 fn main() {
     let dir = std::env::args()
@@ -11,16 +11,16 @@ fn main() {
     let folder = ModelFolder::open(dir).unwrap();
     let model = CrossEncoder::load(&folder, candle_core::Device::Cpu).unwrap();
     for (pairs, width) in [(1, 16), (32, 32), (32, 128), (8, 512), (32, 512)] {
-        let mut batch = PaddedBatch::new(width, pairs, 0);
+        let mut batch = PackedPairs::with_capacity(pairs, pairs * width);
         for _ in 0..pairs {
             let ids: Vec<u32> = (0..width as u32).map(|i| 1000 + i).collect();
             batch.push(ids.into_iter(), &vec![0u8; width]);
         }
-        model.score(&batch).unwrap();
+        model.score_pairs(&batch).unwrap();
         let start = Instant::now();
         let runs = 3;
         for _ in 0..runs {
-            model.score(&batch).unwrap();
+            model.score_pairs(&batch).unwrap();
         }
         let seconds = start.elapsed().as_secs_f64() / runs as f64;
         println!(

@@ -403,14 +403,6 @@ impl CrossEncoder {
         Ok(())
     }
 
-    /// As [`CrossEncoder::score_pairs`], for pairs already padded.
-    pub fn score(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
-        match &self.packed {
-            Some(packed) if !batch.is_empty() => Ok(score_packed(packed, batch)),
-            _ => self.score_padded(batch),
-        }
-    }
-
     /// Raw logits by candle's ops over the padded batch, mask and all: the reference
     /// the packed pass is tested against, and the path on GPUs.
     pub fn score_padded(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
@@ -475,24 +467,4 @@ impl Dense {
             outputs,
         })
     }
-}
-
-/// The padded batch's real tokens end to end, scored without padding.
-fn score_packed(packed: &PackedEncoder, batch: &PaddedBatch) -> Vec<f32> {
-    let real = batch.real_tokens();
-    let (mut ids, mut type_ids) = (Vec::with_capacity(real), Vec::with_capacity(real));
-    let mut offsets = Vec::with_capacity(batch.len() + 1);
-    offsets.push(0);
-    for (row, &len) in batch.lengths.iter().enumerate() {
-        let start = row * batch.width;
-        ids.extend_from_slice(&batch.ids[start..start + len]);
-        type_ids.extend_from_slice(&batch.type_ids[start..start + len]);
-        offsets.push(ids.len());
-    }
-    let tokens = PackedTokens {
-        ids: &ids,
-        type_ids: &type_ids,
-        offsets: &offsets,
-    };
-    packed.score(&tokens, rayon::current_num_threads())
 }

@@ -29,24 +29,27 @@ fn pair(words: usize, seed: usize) -> (String, String) {
     )
 }
 
+/// The pairs both ways: padded for candle's pass, packed for the CPU one.
 fn batch(
     tokenizer: &PairTokenizer,
     pad: u32,
     pairs: &[(String, String)],
-) -> (PaddedBatch, Vec<usize>) {
+) -> (PaddedBatch, PackedPairs, Vec<usize>) {
     let encoded: Vec<_> = pairs
         .iter()
         .map(|(q, d)| tokenizer.encode(q, d).unwrap())
         .collect();
     let width = encoded.iter().map(|e| e.ids().len()).max().unwrap();
     let mut batch = PaddedBatch::new(width, pairs.len(), pad);
+    let mut packed = PackedPairs::with_capacity(pairs.len(), width * pairs.len());
     let mut lengths = Vec::new();
     for e in &encoded {
         let type_ids: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
         batch.push(e.ids().iter().copied(), &type_ids);
+        packed.push(e.ids().iter().copied(), &type_ids);
         lengths.push(e.ids().len());
     }
-    (batch, lengths)
+    (batch, packed, lengths)
 }
 
 #[test]
@@ -66,16 +69,8 @@ fn packed_scores_match_the_padded_reference_on_odd_shapes() {
             .enumerate()
             .map(|(i, &w)| pair(w, s + i))
             .collect();
-        let (batch, lengths) = batch(&tokenizer, pad, &pairs);
-        let packed = model.score(&batch).unwrap();
-        // The worker's way in: pairs packed from the start.
-        let mut pairs_in = PackedPairs::with_capacity(pairs.len(), 0);
-        for (q, d) in &pairs {
-            let e = tokenizer.encode(q, d).unwrap();
-            let types: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
-            pairs_in.push(e.ids().iter().copied(), &types);
-        }
-        assert_eq!(model.score_pairs(&pairs_in).unwrap(), packed);
+        let (batch, pairs_in, lengths) = batch(&tokenizer, pad, &pairs);
+        let packed = model.score_pairs(&pairs_in).unwrap();
         let padded = model.score_padded(&batch).unwrap();
         assert_eq!(packed.len(), pairs.len());
         for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
@@ -102,11 +97,11 @@ fn a_pair_scores_the_same_alone_and_in_a_batch() {
         .enumerate()
         .map(|(i, &w)| pair(w, i))
         .collect();
-    let (together, _) = batch(&tokenizer, pad, &pairs);
-    let together = model.score(&together).unwrap();
+    let (_, together, _) = batch(&tokenizer, pad, &pairs);
+    let together = model.score_pairs(&together).unwrap();
     for (i, p) in pairs.iter().enumerate() {
-        let (alone, _) = batch(&tokenizer, pad, std::slice::from_ref(p));
-        let alone = model.score(&alone).unwrap()[0];
+        let (_, alone, _) = batch(&tokenizer, pad, std::slice::from_ref(p));
+        let alone = model.score_pairs(&alone).unwrap()[0];
         assert!(
             (alone - together[i]).abs() < 1e-5,
             "pair {i}: {alone} alone, {} in a batch",

@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::metrics::{RequestRecorder, StageTimes};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::pool::JobError;
-use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
+use crate::scoring::{check_count, check_query, check_top_n, query_pairs, rank, InvalidRequest};
 
 /// Serves Infer and Rerank through the pipeline.
 pub struct CrossEncoderService {
@@ -86,11 +86,7 @@ impl CrossEncoderService {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
-        let pairs = request
-            .documents
-            .iter()
-            .map(|d| (request.query.clone(), d.clone()))
-            .collect();
+        let pairs = query_pairs(&request.query, &request.documents);
         let scored = within(deadline, self.pipeline.score(pairs)).await??;
         let scores = self.pipeline.activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;

@@ -19,7 +19,7 @@ use crate::http::HttpState;
 use crate::metrics::StageTimes;
 use crate::pipeline::{PipelineError, Scored};
 use crate::pool::JobError;
-use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
+use crate::scoring::{check_count, check_query, check_top_n, query_pairs, rank, InvalidRequest};
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -334,11 +334,7 @@ pub async fn rerank(
             .into());
         }
     }
-    let pairs = request
-        .texts
-        .iter()
-        .map(|t| (request.query.clone(), t.clone()))
-        .collect();
+    let pairs = query_pairs(&request.query, &request.texts);
     let scored = run(&state, pairs).await?;
     let scores = state.pipeline.activate(scored.scores, request.raw_scores);
     let mut texts = request.texts;
@@ -375,10 +371,7 @@ pub async fn v1_rerank(
         .into_iter()
         .map(V1Document::into_text)
         .collect();
-    let pairs = documents
-        .iter()
-        .map(|d| (request.query.clone(), d.clone()))
-        .collect();
+    let pairs = query_pairs(&request.query, &documents);
     let scored = run(&state, pairs).await?;
     let scores = state.pipeline.activate(scored.scores, false);
     let results = rank(&scores, request.top_n)

@@ -56,6 +56,14 @@ pub fn check_top_n(top_n: Option<u32>) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
+/// One (query, document) pair per document, as Rerank scores them.
+pub fn query_pairs(query: &str, documents: &[String]) -> Vec<(String, String)> {
+    documents
+        .iter()
+        .map(|d| (query.to_string(), d.clone()))
+        .collect()
+}
+
 /// The model's logits as the client asked for them: raw, or through a sigmoid as
 /// sentence-transformers' CrossEncoder does for single-label models.
 pub fn activate(mut scores: Vec<f32>, raw: bool) -> Vec<f32> {
