@@ -1,0 +1,164 @@
+//! The C shim (`shim.c`) over oneDNN, owned through RAII handles.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr::NonNull;
+
+use crate::{bf16, OnednnError};
+
+#[repr(C)]
+struct RawWeights {
+    _opaque: [u8; 0],
+}
+
+#[repr(C)]
+struct RawProduct {
+    _opaque: [u8; 0],
+}
+
+extern "C" {
+    fn crossenc_weights_new(
+        inputs: i64,
+        outputs: i64,
+        weights: *const u16,
+        out: *mut *mut RawWeights,
+    ) -> c_int;
+    fn crossenc_weights_free(weights: *mut RawWeights);
+    fn crossenc_product_new(
+        weights: *const RawWeights,
+        rows: i64,
+        out: *mut *mut RawProduct,
+    ) -> c_int;
+    fn crossenc_product_free(product: *mut RawProduct);
+    fn crossenc_product_implementation(product: *const RawProduct) -> *const c_char;
+    fn crossenc_product_run(
+        product: *const RawProduct,
+        weights: *const RawWeights,
+        src: *const u16,
+        dst: *mut f32,
+        threads: c_int,
+    ) -> c_int;
+}
+
+/// oneDNN's `dnnl_status_t`, in words.
+fn status_name(status: c_int) -> &'static str {
+    match status {
+        1 => "out of memory",
+        2 => "invalid arguments",
+        3 => "unimplemented for these shapes or this CPU",
+        5 => "runtime error",
+        6 => "not required",
+        _ => "unknown status",
+    }
+}
+
+fn check(status: c_int, action: impl FnOnce() -> String) -> Result<(), OnednnError> {
+    match status {
+        0 => Ok(()),
+        _ => Err(OnednnError::Call {
+            action: action(),
+            status: status_name(status),
+        }),
+    }
+}
+
+pub(crate) struct Weights(NonNull<RawWeights>);
+
+// SAFETY: after `new` the prepared weights are only read, which oneDNN allows from any
+// thread; they are freed once, on drop.
+unsafe impl Send for Weights {}
+unsafe impl Sync for Weights {}
+
+impl Weights {
+    pub fn new(weights: &[bf16], inputs: usize, outputs: usize) -> Result<Self, OnednnError> {
+        assert_eq!(weights.len(), inputs * outputs, "checked by the caller");
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `weights` holds inputs * outputs bf16 values (u16 bit patterns), read
+        // during the call only; `raw` is written on success.
+        let status = unsafe {
+            crossenc_weights_new(
+                inputs as i64,
+                outputs as i64,
+                weights.as_ptr().cast(),
+                &mut raw,
+            )
+        };
+        check(status, || {
+            format!("preparing {inputs}x{outputs} bf16 weights")
+        })?;
+        NonNull::new(raw)
+            .map(Self)
+            .ok_or_else(|| OnednnError::Unavailable("oneDNN returned no weights".into()))
+    }
+}
+
+impl Drop for Weights {
+    fn drop(&mut self) {
+        // SAFETY: made by crossenc_weights_new, freed once.
+        unsafe { crossenc_weights_free(self.0.as_ptr()) }
+    }
+}
+
+pub(crate) struct Product {
+    raw: NonNull<RawProduct>,
+    rows: usize,
+}
+
+// SAFETY: a oneDNN primitive may be executed from any thread; the caller serialises
+// executions of one product anyway (a mutex around the cache).
+unsafe impl Send for Product {}
+unsafe impl Sync for Product {}
+
+impl Product {
+    pub fn new(weights: &Weights, rows: usize) -> Result<Self, OnednnError> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `weights` is alive and prepared; `raw` is written on success.
+        let status = unsafe { crossenc_product_new(weights.0.as_ptr(), rows as i64, &mut raw) };
+        check(status, || {
+            format!("creating a bf16 product for {rows} rows")
+        })?;
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| OnednnError::Unavailable("oneDNN returned no product".into()))?;
+        Ok(Self { raw, rows })
+    }
+
+    /// `dst += src * weights`; the caller checked both lengths against `rows`.
+    pub fn run(
+        &self,
+        weights: &Weights,
+        src: &[bf16],
+        dst: &mut [f32],
+        threads: usize,
+    ) -> Result<(), OnednnError> {
+        let threads = c_int::try_from(threads.max(1)).unwrap_or(c_int::MAX);
+        // SAFETY: the product was made for `self.rows` rows of these weights' shape, and
+        // the caller checked that `src` and `dst` hold exactly that many rows; `dst` is
+        // borrowed mutably for the call.
+        let status = unsafe {
+            crossenc_product_run(
+                self.raw.as_ptr(),
+                weights.0.as_ptr(),
+                src.as_ptr().cast(),
+                dst.as_mut_ptr(),
+                threads,
+            )
+        };
+        check(status, || {
+            format!("running a bf16 product of {} rows", self.rows)
+        })
+    }
+
+    pub fn implementation(&self) -> String {
+        // SAFETY: the shim returns a NUL-terminated string owned by the product, alive
+        // while `self` is; copied out at once.
+        unsafe { CStr::from_ptr(crossenc_product_implementation(self.raw.as_ptr())) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for Product {
+    fn drop(&mut self) {
+        // SAFETY: made by crossenc_product_new, freed once.
+        unsafe { crossenc_product_free(self.raw.as_ptr()) }
+    }
+}

@@ -1,0 +1,172 @@
+/* A narrow C face over oneDNN's matmul, so the Rust side never lays out oneDNN's
+ * structs itself: prepared bf16 weights, and products `dst += src * weights` for a
+ * given number of rows, the sum fused into the matmul as a post-op. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <oneapi/dnnl/dnnl.h>
+
+extern void omp_set_num_threads(int);
+
+/* The row count the weights' layout is chosen for; any row count reuses it. */
+#define REFERENCE_ROWS 1024
+
+struct crossenc_weights {
+    dnnl_memory_desc_t md;
+    dnnl_memory_t memory;
+    int64_t inputs, outputs;
+};
+
+struct crossenc_product {
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t primitive;
+    dnnl_memory_desc_t src_md, dst_md;
+};
+
+static dnnl_engine_t engine;
+static dnnl_status_t engine_status = dnnl_runtime_error;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+
+static void create_engine(void) {
+    /* oneDNN 2.6 may keep AMX behind its ISA limit; lift it unless the operator set one. */
+    if (!getenv("ONEDNN_MAX_CPU_ISA") && !getenv("DNNL_MAX_CPU_ISA"))
+        (void)dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx512_core_amx);
+    engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0);
+}
+
+static dnnl_status_t ready(void) {
+    pthread_once(&engine_once, create_engine);
+    return engine_status;
+}
+
+#define TRY(call) do { dnnl_status_t s_ = (call); if (s_ != dnnl_success) { status = s_; goto done; } } while (0)
+
+/* dst[rows, outputs] (f32) += src[rows, inputs] (bf16) * weights, weights in `weights_md`. */
+static dnnl_status_t product_desc(dnnl_primitive_desc_t *pd, const dnnl_memory_desc_t *weights_md,
+                                  int64_t rows, int64_t inputs, int64_t outputs,
+                                  dnnl_memory_desc_t *src_md, dnnl_memory_desc_t *dst_md) {
+    dnnl_status_t status = dnnl_success;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t post_ops = NULL;
+    dnnl_matmul_desc_t desc;
+    dnnl_dims_t src_dims = {rows, inputs}, dst_dims = {rows, outputs};
+    TRY(dnnl_memory_desc_init_by_tag(src_md, 2, src_dims, dnnl_bf16, dnnl_ab));
+    TRY(dnnl_memory_desc_init_by_tag(dst_md, 2, dst_dims, dnnl_f32, dnnl_ab));
+    TRY(dnnl_matmul_desc_init(&desc, src_md, weights_md, NULL, dst_md));
+    TRY(dnnl_post_ops_create(&post_ops));
+    TRY(dnnl_post_ops_append_sum(post_ops, 1.0f));
+    TRY(dnnl_primitive_attr_create(&attr));
+    TRY(dnnl_primitive_attr_set_post_ops(attr, post_ops));
+    TRY(dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL));
+done:
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    return status;
+}
+
+static dnnl_status_t run(dnnl_primitive_t primitive, int nargs, dnnl_exec_arg_t *args) {
+    dnnl_stream_t stream = NULL;
+    dnnl_status_t status = dnnl_success;
+    TRY(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+    TRY(dnnl_primitive_execute(primitive, stream, nargs, args));
+    TRY(dnnl_stream_wait(stream));
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    return status;
+}
+
+/* Copies row-major bf16 weights [inputs, outputs] into the layout the matmul reads. */
+int crossenc_weights_new(int64_t inputs, int64_t outputs, const uint16_t *weights,
+                         struct crossenc_weights **out) {
+    dnnl_status_t status = ready();
+    if (status != dnnl_success) return status;
+    struct crossenc_weights *w = calloc(1, sizeof *w);
+    if (!w) return dnnl_out_of_memory;
+    w->inputs = inputs;
+    w->outputs = outputs;
+    dnnl_primitive_desc_t pd = NULL, reorder_pd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_memory_t user = NULL;
+    dnnl_memory_desc_t user_md, any_md, src_md, dst_md;
+    dnnl_dims_t dims = {inputs, outputs};
+    TRY(dnnl_memory_desc_init_by_tag(&user_md, 2, dims, dnnl_bf16, dnnl_ab));
+    TRY(dnnl_memory_desc_init_by_tag(&any_md, 2, dims, dnnl_bf16, dnnl_format_tag_any));
+    TRY(product_desc(&pd, &any_md, REFERENCE_ROWS, inputs, outputs, &src_md, &dst_md));
+    const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (!chosen) { status = dnnl_runtime_error; goto done; }
+    w->md = *chosen;
+    TRY(dnnl_memory_create(&w->memory, &w->md, engine, DNNL_MEMORY_ALLOCATE));
+    TRY(dnnl_memory_create(&user, &user_md, engine, (void *)weights));
+    TRY(dnnl_reorder_primitive_desc_create(&reorder_pd, &user_md, engine, &w->md, engine, NULL));
+    TRY(dnnl_primitive_create(&reorder, reorder_pd));
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, w->memory}};
+    TRY(run(reorder, 2, args));
+done:
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (reorder_pd) dnnl_primitive_desc_destroy(reorder_pd);
+    if (user) dnnl_memory_destroy(user);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (status != dnnl_success) {
+        if (w->memory) dnnl_memory_destroy(w->memory);
+        free(w);
+    } else {
+        *out = w;
+    }
+    return status;
+}
+
+void crossenc_weights_free(struct crossenc_weights *w) {
+    if (!w) return;
+    dnnl_memory_destroy(w->memory);
+    free(w);
+}
+
+int crossenc_product_new(const struct crossenc_weights *w, int64_t rows,
+                         struct crossenc_product **out) {
+    struct crossenc_product *p = calloc(1, sizeof *p);
+    if (!p) return dnnl_out_of_memory;
+    dnnl_status_t status = dnnl_success;
+    TRY(product_desc(&p->pd, &w->md, rows, w->inputs, w->outputs, &p->src_md, &p->dst_md));
+    TRY(dnnl_primitive_create(&p->primitive, p->pd));
+done:
+    if (status != dnnl_success) {
+        if (p->pd) dnnl_primitive_desc_destroy(p->pd);
+        free(p);
+    } else {
+        *out = p;
+    }
+    return status;
+}
+
+void crossenc_product_free(struct crossenc_product *p) {
+    if (!p) return;
+    dnnl_primitive_destroy(p->primitive);
+    dnnl_primitive_desc_destroy(p->pd);
+    free(p);
+}
+
+/* The implementation oneDNN chose, e.g. "brg:avx512_core_amx": valid while `p` lives. */
+const char *crossenc_product_implementation(const struct crossenc_product *p) {
+    const char *name = NULL;
+    if (dnnl_primitive_desc_query(p->pd, dnnl_query_impl_info_str, 0, &name) != dnnl_success)
+        return "unknown";
+    return name;
+}
+
+/* dst += src * weights, on `threads` OpenMP threads. */
+int crossenc_product_run(const struct crossenc_product *p, const struct crossenc_weights *w,
+                         const uint16_t *src, float *dst, int threads) {
+    dnnl_status_t status = dnnl_success;
+    dnnl_memory_t src_memory = NULL, dst_memory = NULL;
+    omp_set_num_threads(threads);
+    TRY(dnnl_memory_create(&src_memory, &p->src_md, engine, (void *)src));
+    TRY(dnnl_memory_create(&dst_memory, &p->dst_md, engine, dst));
+    dnnl_exec_arg_t args[3] = {
+        {DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, w->memory}, {DNNL_ARG_DST, dst_memory}};
+    TRY(run(p->primitive, 3, args));
+done:
+    if (src_memory) dnnl_memory_destroy(src_memory);
+    if (dst_memory) dnnl_memory_destroy(dst_memory);
+    return status;
+}

@@ -1,0 +1,163 @@
+//! bf16 products against an f64 reference on the same bf16-rounded operands: the only
+//! error left is f32 accumulation, so a wrong kernel (a tile edge, a tail) shows up.
+
+use crossenc_onednn::{bf16, support, to_bf16, Bf16Weights, OnednnError, Support};
+use proptest::prelude::*;
+
+/// Deterministic values in [-1, 1): no two rows or columns alike.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn rounded(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| bf16::from_f32(*v).to_f32()).collect()
+}
+
+fn native() -> bool {
+    match support() {
+        Support::Native { .. } => true,
+        Support::Missing(why) => {
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
+/// Checks `dst = start + src * w` for one shape, start values included.
+fn check_shape(rows: usize, inputs: usize, outputs: usize) {
+    let w = values(inputs * outputs, 1 + rows as u64);
+    let x = values(rows * inputs, 2 + inputs as u64);
+    let start = values(rows * outputs, 3);
+    let weights = Bf16Weights::new(&w, inputs, outputs).unwrap();
+    let mut src = Vec::new();
+    to_bf16(&x, &mut src);
+    let mut dst = start.clone();
+    weights.accumulate(&src, rows, &mut dst, 2).unwrap();
+
+    let (w, x) = (rounded(&w), rounded(&x));
+    let mut worst = 0.0f64;
+    // Every 7th row and the last: all the tails, at a tenth of the cost.
+    for r in (0..rows).filter(|r| r % 7 == 0 || r + 1 == rows) {
+        for c in 0..outputs {
+            let exact = start[r * outputs + c] as f64
+                + (0..inputs)
+                    .map(|k| x[r * inputs + k] as f64 * w[k * outputs + c] as f64)
+                    .sum::<f64>();
+            let error = (dst[r * outputs + c] as f64 - exact).abs() / (1.0 + exact.abs());
+            worst = worst.max(error);
+        }
+    }
+    assert!(
+        worst < 1e-5,
+        "{rows}x{inputs} * {inputs}x{outputs}: worst relative error {worst:e}"
+    );
+}
+
+#[test]
+fn products_match_the_reference_on_odd_shapes() {
+    if !native() {
+        return;
+    }
+    // One row, tile edges and one past them, a long batch, and the model's own shapes.
+    for (rows, inputs, outputs) in [
+        (1, 384, 1152),
+        (15, 384, 384),
+        (16, 384, 384),
+        (17, 384, 384),
+        (33, 1536, 384),
+        (512, 384, 1536),
+        (1025, 384, 1152),
+        (3, 7, 5),
+    ] {
+        check_shape(rows, inputs, outputs);
+    }
+}
+
+#[test]
+fn the_same_weights_serve_many_row_counts() {
+    if !native() {
+        return;
+    }
+    let weights = Bf16Weights::new(&values(64 * 32, 9), 64, 32).unwrap();
+    for rows in [1, 2, 64, 65, 1, 300] {
+        let mut src = Vec::new();
+        to_bf16(&values(rows * 64, rows as u64), &mut src);
+        let mut dst = vec![0.0; rows * 32];
+        weights.accumulate(&src, rows, &mut dst, 1).unwrap();
+        assert!(dst.iter().any(|v| *v != 0.0), "{rows} rows wrote nothing");
+    }
+}
+
+#[test]
+fn wrong_lengths_are_refused_before_any_kernel_runs() {
+    let Ok(weights) = Bf16Weights::new(&values(8 * 4, 1), 8, 4) else {
+        assert!(!native());
+        return;
+    };
+    let src = vec![bf16::ONE; 3 * 8];
+    let mut short = vec![0.0; 2 * 4];
+    let error = weights.accumulate(&src, 3, &mut short, 1).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            OnednnError::Shape {
+                what: "destination rows",
+                expected: 12,
+                got: 8
+            }
+        ),
+        "{error}"
+    );
+    assert!(Bf16Weights::new(&[1.0; 5], 2, 3).is_err());
+}
+
+/// Where the CPU has AVX512-BF16, a build with oneDNN must run bf16 natively: the test
+/// script builds with `CROSSENC_REQUIRE_ONEDNN=1`, so this cannot pass by falling back.
+#[test]
+fn a_bf16_capable_cpu_gets_native_products() {
+    let capable = std::arch::is_x86_feature_detected!("avx512bf16");
+    match support() {
+        Support::Native {
+            amx,
+            implementation,
+        } => {
+            eprintln!("bf16 products on {implementation} (amx: {amx})");
+            assert!(
+                capable || *amx,
+                "native without AVX512-BF16: {implementation}"
+            );
+        }
+        Support::Missing(why) => {
+            assert!(!capable, "this CPU has AVX512-BF16 but: {why}");
+            assert!(!why.is_empty());
+        }
+    }
+}
+
+proptest! {
+    /// The vector conversion rounds exactly as `half` does, tails and odd values included;
+    /// subnormal inputs may flush to zero (the AVX512-BF16 instruction does).
+    #[test]
+    fn conversion_rounds_to_nearest_even(values in prop::collection::vec(any::<f32>(), 0..100)) {
+        let mut fast = Vec::new();
+        to_bf16(&values, &mut fast);
+        for (value, got) in values.iter().zip(&fast) {
+            let want = bf16::from_f32(*value);
+            let flushed = value.is_subnormal() && got.to_f32() == 0.0;
+            prop_assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()) || flushed,
+                "{value:e}: {got} vs {want}"
+            );
+        }
+    }
+}
