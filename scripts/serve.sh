@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/crossenc/target}"
 
 scripts/fetch-model.sh
+# For `--dtype bf16` (AMX); without it crossenc builds and serves f32 all the same.
+scripts/install-onednn.sh --optional
 cargo build --release --locked -p crossenc
 exec "$CARGO_TARGET_DIR/release/crossenc" serve "$@"

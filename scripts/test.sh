@@ -13,6 +13,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/fetch-model.sh
 # The observability test runs a real Prometheus and promtool (Debian's package).
 scripts/install-prometheus.sh
+# The bf16 path builds against oneDNN (its tests fail on a bf16-capable CPU without it).
+scripts/install-onednn.sh
 cargo build --workspace --all-targets --locked
 
 if cargo nextest --version >/dev/null 2>&1; then

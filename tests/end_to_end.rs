@@ -70,6 +70,96 @@ async fn infer_matches_the_transformers_reference() {
     );
 }
 
+/// bf16 moves raw logits by up to ~1e-2 (1.1e-2 measured over the public workload), so
+/// this test allows 2e-2 where the f32 one allows 1e-4.
+const BF16_TOLERANCE: f64 = 2e-2;
+
+/// What `build_info` says the model workers compute in.
+fn served_dtype(server: &TestServer) -> String {
+    let text = server.metrics();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("build_info{"))
+        .expect("build_info in /metrics");
+    let start = line.find("dtype=\"").expect("a dtype label") + "dtype=\"".len();
+    line[start..].split('"').next().unwrap().to_string()
+}
+
+fn cpu_has(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|info| info.split_whitespace().any(|word| word == flag))
+}
+
+/// With `CROSSENC_BF16_WITHOUT_AMX=1` the bf16 path runs on any CPU with AVX512-BF16 (AMX
+/// or not), so it is tested here even on machines without AMX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_in_bf16_stays_within_2e_2_of_the_transformers_reference() {
+    let server =
+        TestServer::start_with_env(&["--dtype", "bf16"], &[("CROSSENC_BF16_WITHOUT_AMX", "1")]);
+    let expected = if cpu_has("avx512_bf16") {
+        "bf16"
+    } else {
+        "f32"
+    };
+    assert_eq!(served_dtype(&server), expected);
+    let mut client = server.client().await;
+    let goldens = goldens();
+    let mut worst = 0.0f64;
+    for chunk in goldens.chunks(64) {
+        let response = client
+            .infer(InferRequest {
+                pairs: pairs(chunk),
+                raw_scores: true,
+            })
+            .await
+            .expect("Infer failed")
+            .into_inner();
+        assert_eq!(response.scores.len(), chunk.len());
+        for (golden, &score) in chunk.iter().zip(&response.scores) {
+            worst = worst.max((f64::from(score) - golden.score).abs());
+        }
+    }
+    eprintln!("largest bf16 score difference from transformers: {worst:.3e}");
+    assert!(worst <= BF16_TOLERANCE, "bf16 score off by {worst:e}");
+    if expected == "bf16" {
+        assert!(
+            worst > TOLERANCE,
+            "bf16 scores as close as f32 ones: not bf16"
+        );
+    }
+}
+
+/// Without AMX, `dtype = "bf16"` runs f32 (bf16 on AVX512-BF16 alone is slower) and
+/// `build_info` says so; with AMX it runs bf16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bf16_falls_back_to_f32_without_amx() {
+    let server = TestServer::start(&["--dtype", "bf16"]);
+    let expected = if cpu_has("amx_bf16") && cpu_has("amx_tile") {
+        "bf16"
+    } else {
+        "f32"
+    };
+    assert_eq!(served_dtype(&server), expected);
+    let mut client = server.client().await;
+    let rows: Vec<Golden> = goldens().into_iter().take(8).collect();
+    let response = client
+        .infer(InferRequest {
+            pairs: pairs(&rows),
+            raw_scores: true,
+        })
+        .await
+        .expect("Infer failed")
+        .into_inner();
+    let tolerance = if expected == "f32" {
+        TOLERANCE
+    } else {
+        BF16_TOLERANCE
+    };
+    for (golden, &score) in rows.iter().zip(&response.scores) {
+        assert!((f64::from(score) - golden.score).abs() <= tolerance);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerank_ranks_by_score_and_honours_its_options() {
     let server = TestServer::start(&[]);

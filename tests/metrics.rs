@@ -357,7 +357,7 @@ async fn every_metric_moves_by_what_was_sent() {
         .find(|l| l.starts_with("build_info{"))
         .expect("build_info");
     assert!(
-        build.contains("device=\"cpu\"") && build.ends_with(" 1"),
+        build.contains("device=\"cpu\"") && build.contains("dtype=\"f32\"") && build.ends_with(" 1"),
         "{build}"
     );
     for name in WATCHED {
@@ -382,6 +382,7 @@ async fn every_metric_moves_by_what_was_sent() {
             "code" => value == "invalid_argument",
             "worker_type" => ["tokenizer", "model", "supervisor"].contains(&value.as_str()),
             "worker_id" => ["0", "1"].contains(&value.as_str()),
+            "dtype" => ["f32", "bf16"].contains(&value.as_str()),
             "le" | "version" | "model" | "device" => true,
             other => panic!("unexpected label {other} on {sample}"),
         };

@@ -58,6 +58,18 @@ pub struct ServerConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     F32,
+    /// bf16 products (AMX or AVX512-BF16) accumulating in f32; f32 where the CPU has
+    /// neither, with a log line saying why.
+    Bf16,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// What turns the model's logit into the score clients get.

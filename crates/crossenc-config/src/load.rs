@@ -360,7 +360,7 @@ mod tests {
             jail.create_file("m.toml", "[model]\ndtype = \"f16\"\n")?;
             let found = problems(&layers(Some("m.toml")));
             assert!(
-                found[0].contains("\"f16\" is not one of `f32`"),
+                found[0].contains("\"f16\" is not one of `f32`, `bf16`"),
                 "{found:?}"
             );
             Ok(())

@@ -37,6 +37,8 @@ pub struct WorkerInfo {
     pub model_name: String,
     /// The device the worker computes on (`cpu`, `cuda:0`).
     pub device: String,
+    /// The number format its products run in (`f32`, `bf16`), after any fallback.
+    pub dtype: String,
 }
 
 /// Supervisor to worker.

@@ -9,7 +9,12 @@ fn main() {
         .nth(1)
         .expect("usage: forward_timing MODEL_DIR");
     let folder = ModelFolder::open(dir).unwrap();
-    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu).unwrap();
+    let model = CrossEncoder::load(
+        &folder,
+        candle_core::Device::Cpu,
+        crossenc_model::Precision::F32,
+    )
+    .unwrap();
     for (pairs, width) in [(1, 16), (32, 32), (32, 128), (8, 512), (32, 512)] {
         let mut batch = PackedPairs::with_capacity(pairs, pairs * width);
         for _ in 0..pairs {

@@ -11,7 +11,7 @@ mod gelu;
 mod packed;
 mod tokenize;
 
-pub use bert::{CrossEncoder, PackedPairs, PaddedBatch};
+pub use bert::{CrossEncoder, PackedPairs, PaddedBatch, Precision, Products};
 pub use error::ModelError;
 pub use folder::{Activation, ModelConfig, ModelFolder};
 pub use tokenize::{EncodedPair, PairTokenizer};

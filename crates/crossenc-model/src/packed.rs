@@ -6,11 +6,14 @@
 //! are transposed once at load into the `[inputs, outputs]` layout the products read;
 //! bias and residual are written into the output before the product accumulates onto
 //! them, GELU runs in place, layer norm in place. Products run on the `gemm` crate
-//! (candle's own CPU matmul), across the worker's rayon threads.
+//! (candle's own CPU matmul), across the worker's rayon threads; with bf16 the encoder's
+//! products run on oneDNN instead (`crossenc-onednn`), on inputs rounded to bf16 and
+//! accumulating in f32, while everything between them stays f32.
 
+use crossenc_onednn::{bf16, Bf16Weights};
 use rayon::prelude::*;
 
-use crate::{Activation, ModelConfig};
+use crate::{Activation, ModelConfig, ModelError};
 
 /// A dense layer, weights `[inputs, outputs]` row-major.
 pub(crate) struct Linear {
@@ -18,6 +21,8 @@ pub(crate) struct Linear {
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
+    /// The same weights for bf16 products, where the model runs them.
+    pub bf16: Option<Bf16Weights>,
 }
 
 pub(crate) struct Norm {
@@ -167,7 +172,50 @@ unsafe fn product_into(
     }
 }
 
+/// What every product of one forward pass shares: its threads and the bf16 copy of
+/// its input.
+struct ProductScratch {
+    threads: usize,
+    bf16: Vec<bf16>,
+}
+
+impl ProductScratch {
+    fn new(threads: usize) -> Self {
+        Self {
+            threads,
+            bf16: Vec::new(),
+        }
+    }
+
+    /// `x` rounded to bf16, converted in parallel: it runs before every bf16 product.
+    fn rounded(&mut self, x: &[f32]) -> &[bf16] {
+        const CHUNK: usize = 32 * 1024;
+        self.bf16.clear();
+        self.bf16.resize(x.len(), bf16::ZERO);
+        x.par_chunks(CHUNK)
+            .zip(self.bf16.par_chunks_mut(CHUNK))
+            .for_each(|(from, to)| crossenc_onednn::to_bf16_into(from, to));
+        &self.bf16
+    }
+}
+
 impl Linear {
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Self {
+        Self {
+            weight,
+            bias,
+            inputs,
+            outputs,
+            bf16: None,
+        }
+    }
+
+    /// Prepares the weights for bf16 products; later forward passes use them.
+    pub fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
+        self.bf16 = Some(Bf16Weights::new(&self.weight, self.inputs, self.outputs)?);
+        Ok(())
+    }
+
     /// `out = x * W + b (+ residual)` for `rows` rows of `x`.
     fn forward(
         &self,
@@ -175,8 +223,8 @@ impl Linear {
         rows: usize,
         residual: Option<&[f32]>,
         out: &mut Vec<f32>,
-        threads: usize,
-    ) {
+        scratch: &mut ProductScratch,
+    ) -> Result<(), ModelError> {
         out.clear();
         out.reserve(rows * self.outputs);
         for r in 0..rows {
@@ -190,9 +238,17 @@ impl Linear {
                 None => out.extend_from_slice(&self.bias),
             }
         }
-        let a = View::rows(x, rows, self.inputs);
-        let w = View::rows(&self.weight, self.inputs, self.outputs);
-        product(out, self.outputs, true, (a, w), 1.0, threads);
+        let x = &x[..rows * self.inputs];
+        let threads = scratch.threads;
+        match &self.bf16 {
+            Some(weights) => weights.accumulate(scratch.rounded(x), rows, out, threads)?,
+            None => {
+                let a = View::rows(x, rows, self.inputs);
+                let w = View::rows(&self.weight, self.inputs, self.outputs);
+                product(out, self.outputs, true, (a, w), 1.0, threads);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -374,26 +430,39 @@ struct Scratch {
 }
 
 impl PackedEncoder {
+    /// Prepares the encoder layers' products (nearly all the FLOPs) for bf16; the
+    /// pooler and classifier, one row per pair, stay f32.
+    pub fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
+        for layer in &mut self.layers {
+            layer.qkv.prepare_bf16()?;
+            layer.attention_out.prepare_bf16()?;
+            layer.intermediate.prepare_bf16()?;
+            layer.output.prepare_bf16()?;
+        }
+        Ok(())
+    }
+
     /// Raw logits (the first label), one per pair.
-    pub fn score(&self, batch: &PackedTokens<'_>, threads: usize) -> Vec<f32> {
+    pub fn score(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (h, tokens) = (c.hidden_size, batch.ids.len());
         let mut s = Scratch::default();
+        let mut p = ProductScratch::new(threads);
         self.embed(batch, &mut s.x);
         for layer in &self.layers {
-            layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, threads);
+            layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, &mut p)?;
             self.attention(batch, &s.qkv, &mut s.context);
             layer
                 .attention_out
-                .forward(&s.context, tokens, Some(&s.x), &mut s.attended, threads);
+                .forward(&s.context, tokens, Some(&s.x), &mut s.attended, &mut p)?;
             layer.attention_norm.apply(&mut s.attended, h);
             layer
                 .intermediate
-                .forward(&s.attended, tokens, None, &mut s.inner, threads);
+                .forward(&s.attended, tokens, None, &mut s.inner, &mut p)?;
             activate(&mut s.inner, c.activation);
             layer
                 .output
-                .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, threads);
+                .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, &mut p)?;
             layer.output_norm.apply(&mut s.x, h);
         }
         let pairs = batch.offsets.len() - 1;
@@ -401,16 +470,18 @@ impl PackedEncoder {
         for &start in &batch.offsets[..pairs] {
             cls.extend_from_slice(&s.x[start * h..(start + 1) * h]);
         }
+        let mut one_thread = ProductScratch::new(1);
         let mut pooled = Vec::new();
-        self.pooler.forward(&cls, pairs, None, &mut pooled, 1);
+        self.pooler
+            .forward(&cls, pairs, None, &mut pooled, &mut one_thread)?;
         pooled.iter_mut().for_each(|v| *v = v.tanh());
         let mut logits = Vec::new();
         self.classifier
-            .forward(&pooled, pairs, None, &mut logits, 1);
-        logits
+            .forward(&pooled, pairs, None, &mut logits, &mut one_thread)?;
+        Ok(logits
             .chunks(self.classifier.outputs)
             .map(|labels| labels[0])
-            .collect()
+            .collect())
     }
 
     /// Word + position + token-type embeddings, then layer norm: `[tokens, hidden]`.

@@ -98,7 +98,9 @@ pub fn to_bf16_into(src: &[f32], dst: &mut [bf16]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 fn convert_avx512(src: &[f32], dst: &mut [bf16]) {
-    use std::arch::x86_64::{__m256i, _mm256_storeu_si256, _mm512_cvtneps_pbh, _mm512_loadu_ps};
+    use std::arch::x86_64::{
+        __m256bh, __m256i, _mm256_storeu_si256, _mm512_cvtneps_pbh, _mm512_loadu_ps,
+    };
     let whole = src.len() / 16 * 16;
     for (from, to) in src[..whole]
         .chunks_exact(16)
@@ -109,7 +111,7 @@ fn convert_avx512(src: &[f32], dst: &mut [bf16]) {
             let packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(from.as_ptr()));
             _mm256_storeu_si256(
                 to.as_mut_ptr().cast::<__m256i>(),
-                std::mem::transmute(packed),
+                std::mem::transmute::<__m256bh, __m256i>(packed),
             );
         }
     }

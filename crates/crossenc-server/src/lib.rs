@@ -232,6 +232,7 @@ fn record_build(metrics: &Metrics, workers: &[Arc<Worker>]) {
             version: env!("CARGO_PKG_VERSION"),
             model: info.model_name.clone(),
             device: info.device.clone(),
+            dtype: info.dtype.clone(),
         })
         .set(1);
 }

@@ -348,7 +348,7 @@ pub const RESIDENT_MEMORY: MetricSpec = spec(
 pub const BUILD_INFO: MetricSpec = spec(
     "build_info",
     G,
-    &["version", "model", "device"],
+    &["version", "model", "device", "dtype"],
     "Always 1; the labels say what is running",
 );
 
@@ -435,6 +435,7 @@ pub struct BuildLabels {
     pub version: &'static str,
     pub model: String,
     pub device: String,
+    pub dtype: String,
 }
 
 /// Histogram buckets: `start` doubling `count` times.
@@ -903,6 +904,7 @@ mod tests {
                 version: "0",
                 model: "m".into(),
                 device: "cpu".into(),
+                dtype: "f32".into(),
             })
             .set(1);
     }

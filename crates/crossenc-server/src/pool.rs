@@ -28,6 +28,8 @@ pub struct WorkerLauncher {
     pub model: PathBuf,
     pub max_length: Option<usize>,
     pub device: String,
+    /// `f32` or `bf16`, as `model.dtype` says.
+    pub dtype: &'static str,
     pub model_threads: usize,
     pub startup_timeout: Duration,
 }
@@ -313,6 +315,7 @@ impl WorkerLauncher {
             .arg("--model")
             .arg(&self.model)
             .args(["--device", &self.device])
+            .args(["--dtype", self.dtype])
             .stdin(Stdio::null())
             // Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
             // which then stops the workers in order.
@@ -324,7 +327,13 @@ impl WorkerLauncher {
             WorkerKind::Model => self.model_threads,
             WorkerKind::Tokenizer => 1,
         };
+        // rayon runs the CPU pass; OpenMP runs oneDNN's bf16 products. OpenMP threads that
+        // spin after a product would take the cores from the rayon work between products.
         command.env("RAYON_NUM_THREADS", threads.to_string());
+        command.env("OMP_NUM_THREADS", threads.to_string());
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            command.env("OMP_WAIT_POLICY", "passive");
+        }
         command
     }
 

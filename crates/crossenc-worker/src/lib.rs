@@ -13,7 +13,9 @@ use crossenc_ipc::{
     connect_to_supervisor, IpcFailure, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch,
     TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
 };
-use crossenc_model::{CrossEncoder, ModelError, ModelFolder, PackedPairs, PairTokenizer};
+use crossenc_model::{
+    CrossEncoder, ModelError, ModelFolder, PackedPairs, PairTokenizer, Precision, Products,
+};
 
 pub use crate::stats::StatsSender;
 
@@ -27,6 +29,8 @@ pub struct WorkerArgs {
     pub max_length: Option<usize>,
     /// `cpu` or `cuda:N` (model workers only).
     pub device: String,
+    /// The products' number format (model workers only).
+    pub precision: Precision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +47,7 @@ pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
         let folder = ModelFolder::open(&args.model)?;
         let max_length = folder.max_length(args.max_length)?;
         let tokenizer = PairTokenizer::load(&folder, max_length)?;
-        let info = worker_info(&folder, max_length, "cpu");
+        let info = worker_info(&folder, max_length, "cpu", "f32");
         let handle = move |work| match work {
             Work::Encode(pairs) => match encode(&tokenizer, &pairs) {
                 Ok(batch) => Answer::Encoded(batch),
@@ -61,8 +65,19 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         let folder = ModelFolder::open(&args.model)?;
         let max_length = folder.max_length(args.max_length)?;
         let device = crossenc_model::parse_device(&args.device)?;
-        let model = CrossEncoder::load(&folder, device)?;
-        let info = worker_info(&folder, max_length, &args.device);
+        let model = CrossEncoder::load(&folder, device, args.precision)?;
+        let products = model.products();
+        match products {
+            Products::F32Instead { .. } => {
+                tracing::warn!(worker_id = args.worker_id, "products: {products}")
+            }
+            _ => tracing::info!(worker_id = args.worker_id, "products: {products}"),
+        }
+        let dtype = match products {
+            Products::Bf16 { .. } => "bf16",
+            Products::F32 | Products::F32Instead { .. } => "f32",
+        };
+        let info = worker_info(&folder, max_length, &args.device, dtype);
         let poison = PoisonPill::from_env(&folder, max_length)?;
         let handle = move |work| match work {
             Work::Score(batch) => match poison
@@ -242,11 +257,12 @@ fn send(
     })
 }
 
-fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerInfo {
+fn worker_info(folder: &ModelFolder, max_length: usize, device: &str, dtype: &str) -> WorkerInfo {
     WorkerInfo {
         max_length,
         model_name: folder.config.name.clone(),
         device: device.to_string(),
+        dtype: dtype.to_string(),
     }
 }
 

@@ -20,7 +20,7 @@ use crossenc_bench::sweep::SweepPlan;
 use crossenc_bench::{bench_server, load_workload, BenchReport, Bound, Loop, Query};
 use crossenc_config::ServeConfig;
 use crossenc_ipc::{TokenBatch, TokenBatchBuilder};
-use crossenc_model::{CrossEncoder, ModelFolder, PairTokenizer};
+use crossenc_model::{CrossEncoder, ModelFolder, PairTokenizer, Precision};
 use crossenc_server::scheduler::{Scheduler, SchedulerLimits};
 
 #[derive(Args)]
@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Skip the server runs (model alone only).
     #[arg(long)]
     no_server: bool,
+    /// Products of the model-alone run: `f32`, or `bf16` (then also its max score error
+    /// against f32 on the same pairs).
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crate::cli::parse_precision)]
+    dtype: Precision,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -183,7 +187,9 @@ fn model_alone(dir: &PathBuf, workload: &[Query], args: &BenchArgs) -> anyhow::R
     let folder = ModelFolder::open(dir)?;
     let max_length = folder.max_length(None)?;
     let tokenizer = PairTokenizer::load(&folder, max_length)?;
-    let model = CrossEncoder::load(&folder, crossenc_model::parse_device("cpu")?)?;
+    let cpu = crossenc_model::parse_device("cpu")?;
+    let model = CrossEncoder::load(&folder, cpu.clone(), args.dtype)?;
+    println!("model alone: products {}", model.products());
     let requests: Vec<TokenBatch> = workload
         .iter()
         .map(|q| {
@@ -204,8 +210,9 @@ fn model_alone(dir: &PathBuf, workload: &[Query], args: &BenchArgs) -> anyhow::R
         .sum();
     let pairs: usize = batches.iter().map(TokenBatch::len).sum();
     let started = Instant::now();
+    let mut scores = Vec::with_capacity(batches.len());
     for batch in &batches {
-        crossenc_worker::score(&model, batch, max_length).map_err(anyhow::Error::msg)?;
+        scores.push(crossenc_worker::score(&model, batch, max_length).map_err(anyhow::Error::msg)?);
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
@@ -220,6 +227,23 @@ fn model_alone(dir: &PathBuf, workload: &[Query], args: &BenchArgs) -> anyhow::R
         100.0 * (padded - real) as f64 / padded as f64,
         seconds
     );
+    if args.dtype != Precision::F32 {
+        let reference = CrossEncoder::load(&folder, cpu, Precision::F32)?;
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let (mut raw, mut squashed) = (0.0f32, 0.0f32);
+        for (batch, scores) in batches.iter().zip(&scores) {
+            let exact = crossenc_worker::score(&reference, batch, max_length)
+                .map_err(anyhow::Error::msg)?;
+            for (a, b) in scores.iter().zip(&exact) {
+                raw = raw.max((a - b).abs());
+                squashed = squashed.max((sigmoid(*a) - sigmoid(*b)).abs());
+            }
+        }
+        println!(
+            "max score error against f32 over {pairs} pairs: {raw:.2e} in raw logits, \
+             {squashed:.2e} after sigmoid"
+        );
+    }
     Ok(())
 }
 

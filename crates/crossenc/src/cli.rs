@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use crossenc_model::Precision;
 use crossenc_server::{ServeError, WorkerLauncher};
 use crossenc_worker::WorkerArgs;
 
@@ -75,6 +76,22 @@ struct WorkerFlags {
     /// `cpu` or `cuda:N`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
+    /// Number format of the products: `f32` or `bf16`.
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_precision)]
+    dtype: Precision,
+}
+
+/// Runs bf16 products on AVX512-BF16 where the CPU has no AMX (normally f32 runs there).
+const BF16_WITHOUT_AMX: &str = "CROSSENC_BF16_WITHOUT_AMX";
+
+pub(crate) fn parse_precision(name: &str) -> Result<Precision, String> {
+    match name {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16 {
+            without_amx: std::env::var_os(BF16_WITHOUT_AMX).is_some_and(|v| v == "1"),
+        }),
+        _ => Err(format!("`{name}` is not one of `f32`, `bf16`")),
+    }
 }
 
 pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
@@ -90,6 +107,7 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         model: config.model.path.clone(),
         max_length: config.model.requested_max_length(),
         device: config.model.device.clone(),
+        dtype: config.model.dtype.as_str(),
         model_threads: config.workers.threads_per_model_worker(),
         startup_timeout: config.workers.startup_timeout,
     };
@@ -150,6 +168,7 @@ pub fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
         model: flags.model,
         max_length: flags.max_length,
         device: flags.device,
+        precision: flags.dtype,
     };
     run(&args)?;
     Ok(ExitCode::SUCCESS)

@@ -41,6 +41,9 @@ pub struct ConfigArgs {
     /// model.device: `cpu`, or `cuda:N` in a build with the `cuda` feature [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
+    /// model.dtype: `f32`, or `bf16` products (AMX / AVX512-BF16; f32 where neither) [default: f32].
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<String>,
     /// model.max_length: longest pair in tokens, truncated longest-first; 0 is the model's limit [default: 0].
     #[arg(long, value_name = "TOKENS")]
     max_length: Option<usize>,
@@ -114,6 +117,7 @@ impl ConfigArgs {
             self.model_threads.as_ref().map(count),
         );
         put("model.device", self.device.as_ref().map(|d| text(d)));
+        put("model.dtype", self.dtype.as_ref().map(|d| text(d)));
         put("model.max_length", self.max_length.as_ref().map(count));
         put(
             "model.activation",
