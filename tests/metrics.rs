@@ -357,7 +357,9 @@ async fn every_metric_moves_by_what_was_sent() {
         .find(|l| l.starts_with("build_info{"))
         .expect("build_info");
     assert!(
-        build.contains("device=\"cpu\"") && build.contains("dtype=\"f32\"") && build.ends_with(" 1"),
+        build.contains("device=\"cpu\"")
+            && build.contains("dtype=\"f32\"")
+            && build.ends_with(" 1"),
         "{build}"
     );
     for name in WATCHED {
