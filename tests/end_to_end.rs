@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
-use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
+use crossenc_proto::v1::{InferRequest, InferResponse, Pair, RerankRequest};
 use support::{
     children_of, goldens, http_get, is_running, metric, model_dir, Golden, TestServer, BINARY,
 };
@@ -24,6 +24,18 @@ fn pairs(rows: &[Golden]) -> Vec<Pair> {
         .collect()
 }
 
+/// Infer on `rows`, raw logits back.
+async fn infer_raw(mut client: CrossEncoderClient<Channel>, rows: &[Golden]) -> InferResponse {
+    client
+        .infer(InferRequest {
+            pairs: pairs(rows),
+            raw_scores: true,
+        })
+        .await
+        .expect("Infer failed")
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_matches_the_transformers_reference() {
     // Two model workers, so that batches of one request land on different processes.
@@ -34,18 +46,8 @@ async fn infer_matches_the_transformers_reference() {
     // Uneven requests, all in flight at once: the scheduler mixes their pairs into
     // shared batches, and every score must still come back to its own request and place.
     let requests = goldens.chunks(37).map(|chunk| {
-        let mut client = client.clone();
-        async move {
-            let response = client
-                .infer(InferRequest {
-                    pairs: pairs(chunk),
-                    raw_scores: true,
-                })
-                .await
-                .expect("Infer failed")
-                .into_inner();
-            (chunk, response)
-        }
+        let client = client.clone();
+        async move { (chunk, infer_raw(client, chunk).await) }
     });
     let mut worst = (0.0f64, String::new());
     for (chunk, response) in futures_util::future::join_all(requests).await {
@@ -102,18 +104,11 @@ async fn infer_in_bf16_stays_within_2e_2_of_the_transformers_reference() {
         "f32"
     };
     assert_eq!(served_dtype(&server), expected);
-    let mut client = server.client().await;
+    let client = server.client().await;
     let goldens = goldens();
     let mut worst = 0.0f64;
     for chunk in goldens.chunks(64) {
-        let response = client
-            .infer(InferRequest {
-                pairs: pairs(chunk),
-                raw_scores: true,
-            })
-            .await
-            .expect("Infer failed")
-            .into_inner();
+        let response = infer_raw(client.clone(), chunk).await;
         assert_eq!(response.scores.len(), chunk.len());
         for (golden, &score) in chunk.iter().zip(&response.scores) {
             worst = worst.max((f64::from(score) - golden.score).abs());
@@ -140,16 +135,8 @@ async fn bf16_falls_back_to_f32_without_amx() {
         "f32"
     };
     assert_eq!(served_dtype(&server), expected);
-    let mut client = server.client().await;
     let rows: Vec<Golden> = goldens().into_iter().take(8).collect();
-    let response = client
-        .infer(InferRequest {
-            pairs: pairs(&rows),
-            raw_scores: true,
-        })
-        .await
-        .expect("Infer failed")
-        .into_inner();
+    let response = infer_raw(server.client().await, &rows).await;
     let tolerance = if expected == "f32" {
         TOLERANCE
     } else {

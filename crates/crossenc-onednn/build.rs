@@ -12,6 +12,11 @@ fn main() {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let Some(include) = headers() else {
+        // Build again once they are installed: a directory counts as changed when
+        // anything under it does.
+        for dir in candidates().filter(|dir| dir.is_dir()) {
+            println!("cargo::rerun-if-changed={}", dir.display());
+        }
         println!(
             "cargo::warning=oneDNN headers (oneapi/dnnl/dnnl.h) not found: building without \
              the bf16 path; install libdnnl-dev (scripts/install-onednn.sh) or set \
@@ -41,12 +46,13 @@ fn main() {
     println!("cargo::rustc-cfg=onednn");
 }
 
-fn headers() -> Option<PathBuf> {
-    let candidates = std::env::var_os("ONEDNN_INCLUDE_DIR")
+fn candidates() -> impl Iterator<Item = PathBuf> {
+    std::env::var_os("ONEDNN_INCLUDE_DIR")
         .map(PathBuf::from)
         .into_iter()
-        .chain(["/usr/include", "/usr/local/include"].map(PathBuf::from));
-    candidates
-        .into_iter()
-        .find(|dir| dir.join("oneapi/dnnl/dnnl.h").is_file())
+        .chain(["/usr/include", "/usr/local/include"].map(PathBuf::from))
+}
+
+fn headers() -> Option<PathBuf> {
+    candidates().find(|dir| dir.join("oneapi/dnnl/dnnl.h").is_file())
 }
