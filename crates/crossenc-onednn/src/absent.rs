@@ -3,6 +3,10 @@
 
 use crate::{bf16, OnednnError};
 
+pub(crate) fn amx() -> bool {
+    false
+}
+
 pub(crate) enum Weights {}
 
 pub(crate) enum Product {}

@@ -30,6 +30,7 @@ extern "C" {
     ) -> c_int;
     fn crossenc_product_free(product: *mut RawProduct);
     fn crossenc_product_implementation(product: *const RawProduct) -> *const c_char;
+    fn crossenc_onednn_isa() -> c_int;
     fn crossenc_product_run(
         product: *const RawProduct,
         weights: *const RawWeights,
@@ -59,6 +60,16 @@ fn check(status: c_int, action: impl FnOnce() -> String) -> Result<(), OnednnErr
             status: status_name(status),
         }),
     }
+}
+
+/// `dnnl_cpu_isa_avx512_core_amx`: AVX-512 with bf16 and AMX tiles.
+const ISA_AMX: c_int = 0x3e7;
+
+/// Whether oneDNN dispatches to AMX kernels on this machine.
+pub(crate) fn amx() -> bool {
+    // SAFETY: no arguments; the shim creates oneDNN's engine first.
+    let isa = unsafe { crossenc_onednn_isa() };
+    (isa & ISA_AMX) == ISA_AMX
 }
 
 pub(crate) struct Weights(NonNull<RawWeights>);

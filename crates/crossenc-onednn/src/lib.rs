@@ -48,14 +48,18 @@ pub fn support() -> &'static Support {
     SUPPORT.get_or_init(probe)
 }
 
+/// A product of a typical shape (a BERT-small layer over a batch) says which kernels
+/// oneDNN picks; AMX is also taken from oneDNN's instruction set, should it pick other
+/// kernels for this one shape.
 fn probe() -> Support {
-    const SIDE: usize = 64;
+    const ROWS: usize = 256;
+    const SIDE: usize = 384;
     let weights = match Bf16Weights::new(&vec![0.5; SIDE * SIDE], SIDE, SIDE) {
         Ok(weights) => weights,
         Err(e) => return Support::Missing(e.to_string()),
     };
-    match weights.implementation(2 * SIDE) {
-        Ok(name) if name.contains("amx") => Support::Native {
+    match weights.implementation(ROWS) {
+        Ok(name) if name.contains("amx") || backend::amx() => Support::Native {
             amx: true,
             implementation: name,
         },
@@ -70,9 +74,9 @@ fn probe() -> Support {
     }
 }
 
-/// f32 to bf16, rounding to nearest even (subnormals may flush to zero): `dst` is overwritten. One instruction per 16
-/// values where the CPU has AVX512-BF16; activations are converted before every product,
-/// so this is on the hot path.
+/// f32 to bf16, rounding to nearest even (subnormals may flush to zero); `dst` is
+/// overwritten. One instruction per 16 values where the CPU has AVX512-BF16: activations
+/// are converted before every product, so this is on the hot path.
 pub fn to_bf16(src: &[f32], dst: &mut Vec<bf16>) {
     dst.clear();
     dst.resize(src.len(), bf16::ZERO);

@@ -146,6 +146,13 @@ void crossenc_product_free(struct crossenc_product *p) {
     free(p);
 }
 
+/* The highest instruction set oneDNN dispatches to here (`dnnl_cpu_isa_t`): it knows
+ * whether the CPU has AMX and the kernel lets this process use it. */
+int crossenc_onednn_isa(void) {
+    if (ready() != dnnl_success) return 0;
+    return (int)dnnl_get_effective_cpu_isa();
+}
+
 /* The implementation oneDNN chose, e.g. "brg:avx512_core_amx": valid while `p` lives. */
 const char *crossenc_product_implementation(const struct crossenc_product *p) {
     const char *name = NULL;
