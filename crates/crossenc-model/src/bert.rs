@@ -49,6 +49,16 @@ pub enum Products {
     },
 }
 
+impl Products {
+    /// The number format in one word, as `model.dtype` spells it.
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Products::Bf16 { .. } => "bf16",
+            Products::F32 | Products::F32Instead { .. } => "f32",
+        }
+    }
+}
+
 impl std::fmt::Display for Products {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -210,9 +210,11 @@ impl Linear {
         }
     }
 
-    /// Prepares the weights for bf16 products; later forward passes use them.
+    /// Prepares the weights for bf16 products, which later forward passes use; the f32
+    /// copy is dropped (nothing reads it any more).
     pub fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
         self.bf16 = Some(Bf16Weights::new(&self.weight, self.inputs, self.outputs)?);
+        self.weight = Vec::new();
         Ok(())
     }
 

@@ -73,11 +73,7 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
             }
             _ => tracing::info!(worker_id = args.worker_id, "products: {products}"),
         }
-        let dtype = match products {
-            Products::Bf16 { .. } => "bf16",
-            Products::F32 | Products::F32Instead { .. } => "f32",
-        };
-        let info = worker_info(&folder, max_length, &args.device, dtype);
+        let info = worker_info(&folder, max_length, &args.device, products.dtype());
         let poison = PoisonPill::from_env(&folder, max_length)?;
         let handle = move |work| match work {
             Work::Score(batch) => match poison
