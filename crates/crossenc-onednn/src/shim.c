@@ -166,6 +166,9 @@ int crossenc_product_run(const struct crossenc_product *p, const struct crossenc
                          const uint16_t *src, float *dst, int threads) {
     dnnl_status_t status = dnnl_success;
     dnnl_memory_t src_memory = NULL, dst_memory = NULL;
+    /* One product serves all weights of its shape: they must share the layout it was made for. */
+    const dnnl_memory_desc_t *expected = dnnl_primitive_desc_query_md(p->pd, dnnl_query_weights_md, 0);
+    if (!expected || !dnnl_memory_desc_equal(expected, &w->md)) return dnnl_invalid_arguments;
     omp_set_num_threads(threads);
     TRY(dnnl_memory_create(&src_memory, &p->src_md, engine, (void *)src));
     TRY(dnnl_memory_create(&dst_memory, &p->dst_md, engine, dst));

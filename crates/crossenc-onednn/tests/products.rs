@@ -98,6 +98,30 @@ fn the_same_weights_serve_many_row_counts() {
     }
 }
 
+/// Products are shared by every weights object of one shape: each must still use its own.
+#[test]
+fn weights_of_one_shape_keep_their_own_values() {
+    if !native() {
+        return;
+    }
+    let rows = 5;
+    let mut src = Vec::new();
+    to_bf16(&values(rows * 64, 4), &mut src);
+    let results: Vec<Vec<f32>> = [1.0f32, -2.0]
+        .iter()
+        .map(|&w| {
+            let weights = Bf16Weights::new(&vec![w; 64 * 48], 64, 48).unwrap();
+            let mut dst = vec![0.0; rows * 48];
+            weights.accumulate(&src, rows, &mut dst, 1).unwrap();
+            dst
+        })
+        .collect();
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!((b + 2.0 * a).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    assert!(results[0].iter().any(|v| v.abs() > 1e-3));
+}
+
 #[test]
 fn wrong_lengths_are_refused_before_any_kernel_runs() {
     let Ok(weights) = Bf16Weights::new(&values(8 * 4, 1), 8, 4) else {
