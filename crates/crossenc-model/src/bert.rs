@@ -165,6 +165,15 @@ impl PackedPairs {
         self.offsets.len() - 1
     }
 
+    /// Tokens in the longest pair.
+    fn longest(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -179,13 +188,7 @@ impl PackedPairs {
 
     /// The same pairs padded to the longest, for candle's forward pass.
     fn padded(&self, pad_id: u32) -> PaddedBatch {
-        let width = self
-            .offsets
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or(0);
-        let mut batch = PaddedBatch::new(width, self.len(), pad_id);
+        let mut batch = PaddedBatch::new(self.longest(), self.len(), pad_id);
         for w in self.offsets.windows(2) {
             let types: Vec<u8> = self.type_ids[w[0]..w[1]].iter().map(|&t| t as u8).collect();
             batch.push(self.ids[w[0]..w[1]].iter().copied(), &types);
@@ -494,12 +497,7 @@ impl CrossEncoder {
                 limit: c.type_vocab_size,
             });
         }
-        let longest = pairs
-            .offsets
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or(0);
+        let longest = pairs.longest();
         if longest > c.max_position_embeddings {
             return Err(ModelError::TokenOutOfRange {
                 what: "pair length",

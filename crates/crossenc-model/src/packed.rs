@@ -188,14 +188,17 @@ impl ProductScratch {
     }
 
     /// `x` rounded to bf16, converted in parallel: it runs before every bf16 product.
+    /// The buffer only grows, so it is not cleared before each conversion overwrites it.
     fn rounded(&mut self, x: &[f32]) -> &[bf16] {
         const CHUNK: usize = 32 * 1024;
-        self.bf16.clear();
-        self.bf16.resize(x.len(), bf16::ZERO);
+        if self.bf16.len() < x.len() {
+            self.bf16.resize(x.len(), bf16::ZERO);
+        }
+        let rounded = &mut self.bf16[..x.len()];
         x.par_chunks(CHUNK)
-            .zip(self.bf16.par_chunks_mut(CHUNK))
+            .zip(rounded.par_chunks_mut(CHUNK))
             .for_each(|(from, to)| crossenc_onednn::to_bf16_into(from, to));
-        &self.bf16
+        rounded
     }
 }
 
