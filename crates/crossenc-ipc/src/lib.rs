@@ -15,10 +15,12 @@
 mod batch;
 mod link;
 mod message;
+mod texts;
 mod timing;
 
 pub use batch::{PairTokens, PairView, ScoreBatch, TokenBatch, TokenBatchBuilder};
 pub use ipc_channel::ipc::{channel, IpcReceiver, IpcSender};
 pub use link::{connect_to_supervisor, IpcFailure, SupervisorLink, WorkerLink, WorkerListener};
 pub use message::{Job, Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind};
+pub use texts::{Text, TextPairs, TextRef};
 pub use timing::{JobTiming, Stamp, StatsReport};

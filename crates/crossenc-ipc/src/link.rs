@@ -137,6 +137,13 @@ pub fn connect_to_supervisor(server_name: &str) -> Result<WorkerLink, IpcFailure
 mod tests {
     use super::*;
 
+    fn one_pair() -> crate::TextPairs {
+        crate::TextPairs {
+            queries: vec![crate::Text::cut("q", 10)],
+            pairs: vec![(0, crate::Text::cut("d", 10))],
+        }
+    }
+
     #[test]
     fn handshake_then_commands_flow() {
         let listener = WorkerListener::new().unwrap();
@@ -151,7 +158,7 @@ mod tests {
                     work: Work::Encode(pairs),
                     ..
                 }) => {
-                    assert_eq!(pairs, vec![("q".to_string(), "d".to_string())]);
+                    assert_eq!(pairs, one_pair());
                     events
                         .send(WorkerEvent::JobFailed {
                             job: id,
@@ -167,7 +174,7 @@ mod tests {
         link.commands
             .send(WorkerCommand::Run(Job {
                 id: 7,
-                work: Work::Encode(vec![("q".into(), "d".into())]),
+                work: Work::Encode(one_pair()),
                 sent_at: crate::Stamp::now(),
             }))
             .unwrap();

@@ -3,7 +3,7 @@ use std::fmt;
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 
-use crate::{JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch};
+use crate::{JobTiming, ScoreBatch, Stamp, StatsReport, TextPairs, TextRef, TokenBatch};
 
 /// The two kinds of worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,6 +35,9 @@ pub struct WorkerInfo {
     pub max_length: usize,
     /// The model's name as its folder says it.
     pub model_name: String,
+    /// Real tokens per second a model worker scored in a warm-up batch at start: the
+    /// supervisor's first throughput estimate, before any request was scored.
+    pub warmup_tokens_per_second: Option<f64>,
     /// The device the worker computes on (`cpu`, `cuda:0`).
     pub device: String,
     /// The number format its products run in (`f32`, `bf16`), after any fallback.
@@ -61,7 +64,7 @@ pub struct Job {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Work {
     /// Tokenize these (query, document) pairs; answered by [`WorkerEvent::Encoded`].
-    Encode(Vec<(String, String)>),
+    Encode(TextPairs),
     /// Score these tokenized pairs; answered by [`WorkerEvent::Scored`].
     Score(TokenBatch),
 }
@@ -84,6 +87,8 @@ pub enum WorkerEvent {
         job: u64,
         batch: TokenBatch,
         timing: JobTiming,
+        /// Texts that arrived cut and whose cut changed the tokens the model reads.
+        lossy: Vec<TextRef>,
     },
     Scored {
         job: u64,

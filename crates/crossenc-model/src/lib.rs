@@ -14,7 +14,7 @@ mod tokenize;
 pub use bert::{CrossEncoder, PackedPairs, PaddedBatch, Precision, Products};
 pub use error::ModelError;
 pub use folder::{Activation, ModelConfig, ModelFolder};
-pub use tokenize::{EncodedPair, PairTokenizer};
+pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};
 
 /// Where a model runs: `cpu`, or `cuda:N` in a build with the `cuda` feature.
 pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crossenc_ipc::{
-    connect_to_supervisor, IpcFailure, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch,
-    TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
+    connect_to_supervisor, IpcFailure, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TextPairs,
+    TextRef, TokenBatch, TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
 };
 use crossenc_model::{
     CrossEncoder, ModelError, ModelFolder, PackedPairs, PairTokenizer, Precision, Products,
@@ -48,11 +48,15 @@ pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
         let max_length = folder.max_length(args.max_length)?;
         let tokenizer = PairTokenizer::load(&folder, max_length)?;
         let info = worker_info(&folder, max_length, "cpu", "f32");
+        let poison = TextPoison::from_env();
         let handle = move |work| match work {
-            Work::Encode(pairs) => match encode(&tokenizer, &pairs) {
-                Ok(batch) => Answer::Encoded(batch),
-                Err(e) => Answer::Failed(e.to_string()),
-            },
+            Work::Encode(pairs) => {
+                poison.check(&pairs);
+                match encode(&tokenizer, &pairs) {
+                    Ok((batch, lossy)) => Answer::Encoded(batch, lossy),
+                    Err(e) => Answer::Failed(e),
+                }
+            }
             Work::Score(_) => Answer::Failed("a tokenizer worker cannot score".into()),
         };
         Ok((info, handle))
@@ -73,7 +77,8 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
             }
             _ => tracing::info!(worker_id = args.worker_id, "products: {products}"),
         }
-        let info = worker_info(&folder, max_length, &args.device, products.dtype());
+        let mut info = worker_info(&folder, max_length, &args.device, products.dtype());
+        info.warmup_tokens_per_second = warm_up(&model, max_length);
         let poison = PoisonPill::from_env(&folder, max_length)?;
         let handle = move |work| match work {
             Work::Score(batch) => match poison
@@ -161,9 +166,69 @@ impl PoisonPill {
     }
 }
 
+/// The tokenizer's fault-injection hook, in debug builds only: with
+/// `CROSSENC_FAULT_TOKENIZER_ABORT_ON=WORD`, a tokenizer worker aborts on any job whose
+/// texts hold WORD, as a tokenizer crashing on a hostile text would.
+struct TextPoison {
+    #[cfg(debug_assertions)]
+    word: Option<String>,
+}
+
+impl TextPoison {
+    fn from_env() -> Self {
+        #[cfg(debug_assertions)]
+        {
+            let word = std::env::var("CROSSENC_FAULT_TOKENIZER_ABORT_ON").ok();
+            if let Some(word) = &word {
+                tracing::warn!(%word, "fault injection on for jobs holding the word");
+            }
+            Self { word }
+        }
+        #[cfg(not(debug_assertions))]
+        Self {}
+    }
+
+    fn check(&self, _pairs: &TextPairs) {
+        #[cfg(debug_assertions)]
+        if let Some(word) = &self.word {
+            let texts = _pairs
+                .queries
+                .iter()
+                .chain(_pairs.pairs.iter().map(|p| &p.1));
+            if texts.into_iter().any(|t| t.text.contains(word.as_str())) {
+                eprintln!("fault injection: abort on a marked text");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Scores a small batch at start: the first throughput figure the supervisor's
+/// admission has, before any request was scored. The best of a few runs, since the other
+/// workers are loading beside it; `None` if the batch fails.
+fn warm_up(model: &CrossEncoder, max_length: usize) -> Option<f64> {
+    const PAIRS: usize = 8;
+    const RUNS: usize = 3;
+    let len = 128.min(max_length).max(2);
+    let mut pairs = PackedPairs::with_capacity(PAIRS, PAIRS * len);
+    for pair in 0..PAIRS {
+        // Ids 100.. are ordinary word pieces in BERT's and RoBERTa's vocabularies.
+        let ids = (0..len).map(|i| 100 + ((pair * 31 + i * 7) % 900) as u32);
+        let type_ids: Vec<u8> = (0..len).map(|i| u8::from(i >= len / 2)).collect();
+        pairs.push(ids, &type_ids);
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        model.score_pairs(&pairs).ok()?;
+        best = best.min(started.elapsed().as_secs_f64().max(1e-6));
+    }
+    Some((PAIRS * len) as f64 / best)
+}
+
 /// What a job came to, before it is put on the wire.
 enum Answer {
-    Encoded(TokenBatch),
+    Encoded(TokenBatch, Vec<TextRef>),
     Scored { scores: Vec<f32>, tokens: u64 },
     Failed(String),
 }
@@ -179,9 +244,14 @@ impl Answer {
             ..StatsReport::default()
         };
         match self {
-            Answer::Encoded(batch) => {
+            Answer::Encoded(batch, lossy) => {
                 let stats = report(batch.len(), batch.total_tokens() as u64);
-                let event = WorkerEvent::Encoded { job, batch, timing };
+                let event = WorkerEvent::Encoded {
+                    job,
+                    batch,
+                    timing,
+                    lossy,
+                };
                 (event, Some(stats))
             }
             Answer::Scored { scores, tokens } => {
@@ -257,26 +327,103 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str, dtype: &st
     WorkerInfo {
         max_length,
         model_name: folder.config.name.clone(),
+        warmup_tokens_per_second: None,
         device: device.to_string(),
         dtype: dtype.to_string(),
     }
 }
 
-/// Tokenizes pairs into shared memory, as a tokenizer worker does for each job.
+/// Tokenizes pairs into shared memory, as a tokenizer worker does for each job, and
+/// names the cut texts whose cut changed the tokens the model would read.
 pub fn encode(
     tokenizer: &PairTokenizer,
-    pairs: &[(String, String)],
-) -> Result<TokenBatch, ModelError> {
+    texts: &TextPairs,
+) -> Result<(TokenBatch, Vec<TextRef>), String> {
+    let failed = |e: ModelError| e.to_string();
+    let pairs = texts
+        .resolve()
+        .map_err(|i| format!("pair {i} names a query the job does not hold"))?;
     let mut batch = TokenBatchBuilder::with_capacity(pairs.len(), pairs.len() * 64);
     let mut type_ids = Vec::new();
-    for (query, document) in pairs {
-        let encoded = tokenizer.encode(query, document)?;
+    for (query, document) in &pairs {
+        let encoded = tokenizer
+            .encode(&query.text, &document.text)
+            .map_err(failed)?;
         type_ids.clear();
         // Type ids are 0 or 1 for BERT; a u8 keeps the shared memory small.
         type_ids.extend(encoded.type_ids().iter().map(|&t| t as u8));
         batch.push(encoded.ids().iter().copied(), &type_ids);
     }
-    Ok(batch.finish())
+    let cut = |text: &crossenc_ipc::Text| Cut::of(tokenizer, text);
+    let queries = texts
+        .queries
+        .iter()
+        .map(cut)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lossy = Vec::new();
+    for (i, query) in queries.iter().enumerate() {
+        if *query == Cut::Lost {
+            lossy.push(TextRef::Query(i as u32));
+        }
+    }
+    let length = |text: &crossenc_ipc::Text| -> Result<usize, String> {
+        Ok(tokenizer.encode_text(&text.text).map_err(failed)?.len())
+    };
+    for (i, (q, document)) in texts.pairs.iter().enumerate() {
+        let (query, q) = (&queries[*q as usize], *q);
+        let decided = match (*query, cut(document)?) {
+            (_, Cut::Lost) => false,
+            (Cut::Kept(_), Cut::Kept(kept)) => tokenizer.cut_splits_as_whole(kept, None),
+            (Cut::Kept(kept), Cut::Whole) => {
+                let other = length(document)?;
+                if !tokenizer.cut_splits_as_whole(kept, Some(other)) {
+                    lossy.push(TextRef::Query(q));
+                }
+                true
+            }
+            (Cut::Whole, Cut::Kept(kept)) => {
+                let other = length(&texts.queries[q as usize])?;
+                tokenizer.cut_splits_as_whole(kept, Some(other))
+            }
+            _ => true,
+        };
+        if !decided {
+            lossy.push(TextRef::Document(i as u32));
+        }
+    }
+    lossy.sort_by_key(|text| match text {
+        TextRef::Query(i) => (0, *i),
+        TextRef::Document(i) => (1, *i),
+    });
+    lossy.dedup();
+    Ok((batch.finish(), lossy))
+}
+
+/// What the check found for one text of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Not cut.
+    Whole,
+    /// Cut, every token kept; the tokens the whole surely has.
+    Kept(usize),
+    /// Cut, and the cut changed tokens the model reads.
+    Lost,
+}
+
+impl Cut {
+    fn of(tokenizer: &PairTokenizer, text: &crossenc_ipc::Text) -> Result<Self, String> {
+        if !text.is_cut() {
+            return Ok(Cut::Whole);
+        }
+        let encoded = tokenizer
+            .encode_text(&text.text)
+            .map_err(|e| e.to_string())?;
+        let kept = tokenizer.tokens_before_the_cut(&encoded);
+        Ok(match tokenizer.prefix_keeps_every_token(kept) {
+            true => Cut::Kept(kept),
+            false => Cut::Lost,
+        })
+    }
 }
 
 /// Scores one batch, as a model worker does for each job: raw logits, in batch order.

@@ -193,14 +193,15 @@ fn model_alone(dir: &PathBuf, workload: &[Query], args: &BenchArgs) -> anyhow::R
     let requests: Vec<TokenBatch> = workload
         .iter()
         .map(|q| {
-            let pairs: Vec<_> = q
-                .documents
-                .iter()
-                .map(|d| (q.query.clone(), d.clone()))
-                .collect();
-            crossenc_worker::encode(&tokenizer, &pairs)
+            let whole = |text: &str| crossenc_ipc::Text::cut(text, text.len());
+            let pairs = crossenc_ipc::TextPairs {
+                queries: vec![whole(&q.query)],
+                pairs: q.documents.iter().map(|d| (0, whole(d))).collect(),
+            };
+            crossenc_worker::encode(&tokenizer, &pairs).map(|(batch, _)| batch)
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
     let naive = naive_padding(&requests, args);
     let batches = scheduler_batches(&requests, args);
     let real: usize = batches.iter().map(TokenBatch::total_tokens).sum();
