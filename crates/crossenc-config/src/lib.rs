@@ -49,8 +49,21 @@ pub struct ServerConfig {
     /// bring their own deadline).
     #[serde(with = "humantime_serde")]
     pub http_request_timeout: Duration,
-    /// Requests in flight; more are refused.
+    /// Requests in flight, counted from before their bodies are read; more are refused.
     pub max_concurrent_requests: usize,
+    /// Longest query or document the tokenizers see; 0 is the model's max_length x 32
+    /// bytes. A longer text is cut at a char boundary; if the cut changes the tokens the
+    /// model reads, the request is refused naming the text.
+    pub max_text_bytes: ByteSize,
+    /// Text of admitted requests held at once (after cutting); more is refused.
+    pub max_text_bytes_in_flight: ByteSize,
+    /// The deadline of a gRPC request that brings none (no grpc-timeout).
+    #[serde(with = "humantime_serde")]
+    pub default_deadline: Duration,
+    /// Open connections per listener (gRPC, HTTP); a connection past it is closed at once.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (requests) on one gRPC connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// What model workers compute in.
@@ -120,6 +133,9 @@ pub struct WorkersConfig {
     /// How long work waits for a worker of a kind that has none up before it fails.
     #[serde(with = "humantime_serde")]
     pub no_worker_patience: Duration,
+    /// A worker that fails to start this many times in a row (a broken model folder)
+    /// stops the server with the reason, so that its orchestrator sees it.
+    pub max_start_failures: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +175,11 @@ impl Default for ServerConfig {
             max_request_bytes: ByteSize::mib(64),
             http_request_timeout: Duration::from_secs(60),
             max_concurrent_requests: 512,
+            max_text_bytes: ByteSize::b(0),
+            max_text_bytes_in_flight: ByteSize::mib(256),
+            default_deadline: Duration::from_secs(60),
+            max_connections: 4096,
+            http2_max_concurrent_streams: 256,
         }
     }
 }
@@ -193,6 +214,7 @@ impl Default for WorkersConfig {
             respawn_backoff_initial: Duration::from_millis(50),
             respawn_backoff_max: Duration::from_secs(10),
             no_worker_patience: Duration::from_secs(10),
+            max_start_failures: 5,
         }
     }
 }
@@ -294,6 +316,26 @@ impl ServeConfig {
             server.max_concurrent_requests,
         );
         c.positive("server.http_request_timeout", server.http_request_timeout);
+        c.positive("server.default_deadline", server.default_deadline);
+        c.at_least_one("server.max_connections", server.max_connections);
+        c.require(
+            server.http2_max_concurrent_streams >= 1,
+            "server.http2_max_concurrent_streams",
+            server.http2_max_concurrent_streams,
+            "must be at least 1",
+        );
+        c.require(
+            server.max_text_bytes.as_u64() == 0 || server.max_text_bytes.as_u64() >= 64,
+            "server.max_text_bytes",
+            server.max_text_bytes.as_u64(),
+            "must be 0 (max_length x 32) or at least 64 bytes",
+        );
+        c.require(
+            server.max_text_bytes_in_flight.as_u64() >= server.max_request_bytes.as_u64(),
+            "server.max_text_bytes_in_flight",
+            server.max_text_bytes_in_flight.as_u64(),
+            "must hold at least one request of server.max_request_bytes",
+        );
         c.require(
             is_device(&self.model.device),
             "model.device",
@@ -315,6 +357,12 @@ impl ServeConfig {
             "must not be shorter than workers.respawn_backoff_initial",
         );
         c.positive("workers.no_worker_patience", workers.no_worker_patience);
+        c.require(
+            workers.max_start_failures >= 1,
+            "workers.max_start_failures",
+            workers.max_start_failures,
+            "must be at least 1",
+        );
         c.at_least_one("batching.max_batch_size", batching.max_batch_size);
         c.at_least_one(
             "batching.max_client_batch_size",

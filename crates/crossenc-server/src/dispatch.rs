@@ -6,13 +6,15 @@
 //! batch is already in its IPC queue when it finishes one, while the rest of the pairs
 //! stay in the scheduler where later arrivals can still join their batches.
 //!
-//! When a worker dies (or is killed for holding a batch past `batch_timeout`), the pairs
-//! of its batches go back to the scheduler once, each to ride alone: a pair that then
-//! kills a second worker is a poison input, and its request fails with INTERNAL instead
-//! of crash-looping the pool. While no model worker is up, pairs wait for the respawn
-//! at most `no_worker_patience`, then their requests fail with UNAVAILABLE.
+//! When a worker dies (or is killed for holding a batch past `batch_timeout`), its batch
+//! is bisected: each half runs alone on an idle worker, a half that kills its worker is
+//! halved again, and a pair that kills a worker alone is a poison input whose request
+//! fails with INTERNAL. A poison pair in a batch of n costs about log2(n) worker deaths,
+//! never a crash loop, and every other pair is scored. Pairs that go back to the queue
+//! count against `max_queued_pairs` again. While no model worker is up, pairs wait for
+//! the respawn at most `no_worker_patience`, then their requests fail with UNAVAILABLE.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::{JobTiming, PairTokens, TokenBatchBuilder, Work, WorkerKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::admission::PairReservation;
+use crate::admission::{Backlog, Ticket};
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineError;
 use crate::pool::{JobError, Reply, Worker, WorkerSet};
@@ -33,8 +35,6 @@ struct QueuedPair {
     index: u32,
     tokens: PairTokens,
     arrived: Instant,
-    /// Its batch's worker died once already.
-    suspect: bool,
 }
 
 type ScoresReply = oneshot::Sender<Result<ScoredPairs, PipelineError>>;
@@ -54,7 +54,7 @@ enum Command {
     Submit {
         request: RequestId,
         pairs: Vec<PairTokens>,
-        reservation: PairReservation,
+        ticket: Ticket,
         reply: ScoresReply,
     },
     Cancel(RequestId),
@@ -70,6 +70,8 @@ struct Finished {
 struct InFlight {
     pairs: Vec<QueuedPair>,
     sent: Instant,
+    /// Ran alone on its worker, as part of a bisection.
+    isolated: bool,
 }
 
 /// How the dispatch task treats its workers.
@@ -98,6 +100,7 @@ impl ModelDispatch {
         models: Arc<WorkerSet>,
         dispatch: DispatchLimits,
         metrics: Arc<Metrics>,
+        backlog: Arc<Backlog>,
     ) -> Self {
         let (commands, incoming) = mpsc::unbounded_channel();
         let (finished_tx, finished) = mpsc::unbounded_channel();
@@ -105,6 +108,7 @@ impl ModelDispatch {
             scheduler: Scheduler::new(limits),
             requests: HashMap::new(),
             in_flight: HashMap::new(),
+            suspects: VecDeque::new(),
             isolating: HashMap::new(),
             next_batch: 0,
             joined: models.changes(),
@@ -113,6 +117,7 @@ impl ModelDispatch {
             no_worker_since: None,
             finished_tx,
             metrics,
+            backlog,
         };
         tokio::spawn(task.run(incoming, finished));
         Self { commands }
@@ -123,7 +128,7 @@ impl ModelDispatch {
     pub async fn score(
         &self,
         pairs: Vec<PairTokens>,
-        reservation: PairReservation,
+        ticket: Ticket,
     ) -> Result<ScoredPairs, PipelineError> {
         let request = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -131,7 +136,7 @@ impl ModelDispatch {
             .send(Command::Submit {
                 request,
                 pairs,
-                reservation,
+                ticket,
                 reply,
             })
             .map_err(|_| PipelineError::Stopping)?;
@@ -164,15 +169,19 @@ struct Gathering {
     scored: ScoredPairs,
     remaining: usize,
     reply: ScoresReply,
-    reservation: PairReservation,
+    /// Its queued pairs and tokens, given back as they leave the queue and the model.
+    ticket: Ticket,
 }
 
 struct DispatchTask {
     scheduler: Scheduler<QueuedPair>,
     requests: HashMap<RequestId, Gathering>,
     in_flight: HashMap<u64, InFlight>,
-    /// Workers (by pid) running a suspect pair alone: they get nothing else meanwhile,
-    /// so that their death is the suspect's doing and no other pair's.
+    /// Parts of batches whose worker died, each to run alone on an idle worker, before
+    /// any new batch: the bisection that finds a poison pair.
+    suspects: VecDeque<Vec<QueuedPair>>,
+    /// Workers (by pid) running a suspect group alone: they get nothing else meanwhile,
+    /// so that their death is the group's doing and no other pair's.
     isolating: HashMap<u64, u32>,
     next_batch: u64,
     models: Arc<WorkerSet>,
@@ -183,6 +192,8 @@ struct DispatchTask {
     no_worker_since: Option<Instant>,
     finished_tx: mpsc::UnboundedSender<Finished>,
     metrics: Arc<Metrics>,
+    /// Learns the workers' throughput from every batch, for admission.
+    backlog: Arc<Backlog>,
 }
 
 impl DispatchTask {
@@ -216,13 +227,13 @@ impl DispatchTask {
         self.scheduler.deadline()
     }
 
-    /// A worker that can take the next batch: one with room, or an idle one for a
-    /// suspect pair.
+    /// A worker that can take the next batch: one with room, or an idle one while a
+    /// suspect group waits.
     fn free_worker(&self) -> Option<Arc<Worker>> {
-        let room = if self.scheduler.next_is_solo() {
-            1
-        } else {
+        let room = if self.suspects.is_empty() {
             self.limits.batches_per_worker
+        } else {
+            1
         };
         let isolating = |w: &Worker| self.isolating.values().any(|&pid| pid == w.pid);
         self.models
@@ -235,9 +246,9 @@ impl DispatchTask {
             Command::Submit {
                 request,
                 pairs,
-                reservation,
+                ticket,
                 reply,
-            } => self.submit(request, pairs, reservation, reply),
+            } => self.submit(request, pairs, ticket, reply),
             Command::Cancel(request) => {
                 self.scheduler.cancel(request);
                 // Dropping the entry releases the pairs it still held in the queue.
@@ -251,7 +262,7 @@ impl DispatchTask {
         &mut self,
         request: RequestId,
         pairs: Vec<PairTokens>,
-        reservation: PairReservation,
+        ticket: Ticket,
         reply: ScoresReply,
     ) {
         if pairs.is_empty() {
@@ -267,7 +278,6 @@ impl DispatchTask {
                 index: index as u32,
                 tokens,
                 arrived: now,
-                suspect: false,
             };
             self.scheduler.push(request, len, pair, now);
         }
@@ -280,14 +290,14 @@ impl DispatchTask {
                 },
                 remaining: count,
                 reply,
-                reservation,
+                ticket,
             },
         );
     }
 
     /// Sends batches while a worker has room and the scheduler has one ready.
     fn dispatch(&mut self) {
-        if self.scheduler.is_empty() {
+        if self.scheduler.is_empty() && self.suspects.is_empty() {
             self.no_worker_since = None;
             return;
         }
@@ -300,7 +310,16 @@ impl DispatchTask {
             return;
         }
         self.no_worker_since = None;
-        while let Some(worker) = self.free_worker() {
+        while !self.suspects.is_empty() {
+            let Some(worker) = self.free_worker() else {
+                break;
+            };
+            let group = self.suspects.pop_front().expect("not empty");
+            self.send_pairs(worker, group, true);
+        }
+        // New batches wait until every suspect group has run, or they would keep the
+        // workers from ever being idle.
+        while let Some(worker) = self.free_worker().filter(|_| self.suspects.is_empty()) {
             let deciding = Instant::now();
             let Some(batch) = self.scheduler.next_batch(deciding) else {
                 break;
@@ -315,23 +334,35 @@ impl DispatchTask {
 
     fn send(&mut self, worker: Arc<Worker>, batch: Batch<QueuedPair>) {
         self.record(&batch);
-        let mut builder = TokenBatchBuilder::with_capacity(batch.pairs.len(), batch.real_tokens);
-        let mut pairs = Vec::with_capacity(batch.pairs.len());
-        for (pair, _) in batch.pairs {
+        let pairs = batch.pairs.into_iter().map(|(pair, _)| pair).collect();
+        self.send_pairs(worker, pairs, false);
+    }
+
+    /// Sends `pairs` as one batch; an `isolated` one keeps its worker to itself.
+    fn send_pairs(&mut self, worker: Arc<Worker>, pairs: Vec<QueuedPair>, isolated: bool) {
+        let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
+        let mut builder = TokenBatchBuilder::with_capacity(pairs.len(), tokens);
+        for pair in &pairs {
             builder.push_pair(&pair.tokens);
             if let Some(gathering) = self.requests.get_mut(&pair.request) {
-                gathering.reservation.release(1);
+                gathering.ticket.pairs.release(1);
             }
-            pairs.push(pair);
         }
         let id = self.next_batch;
         self.next_batch += 1;
-        if pairs.iter().any(|p| p.suspect) {
+        if isolated {
             self.isolating.insert(id, worker.pid);
         }
         self.metrics.model_queue_size.inc_by(pairs.len() as i64);
         let sent = Instant::now();
-        self.in_flight.insert(id, InFlight { pairs, sent });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                pairs,
+                sent,
+                isolated,
+            },
+        );
         let answer = worker.submit(Work::Score(builder.finish()));
         let finished = self.finished_tx.clone();
         let timeout = self.limits.batch_timeout;
@@ -352,15 +383,21 @@ impl DispatchTask {
     }
 
     fn publish_waiting(&self) {
+        let suspects: usize = self.suspects.iter().map(Vec::len).sum();
         self.metrics
             .batch_queue_size
-            .set(self.scheduler.len() as i64);
+            .set((self.scheduler.len() + suspects) as i64);
     }
 
     /// Puts a batch's scores in place and answers the requests it completed; a batch
     /// whose worker died goes back to the scheduler.
     fn finish(&mut self, done: Finished) {
-        let Some(InFlight { pairs, sent }) = self.in_flight.remove(&done.batch) else {
+        let Some(InFlight {
+            pairs,
+            sent,
+            isolated,
+        }) = self.in_flight.remove(&done.batch)
+        else {
             return;
         };
         self.metrics.model_queue_size.dec_by(pairs.len() as i64);
@@ -374,10 +411,17 @@ impl DispatchTask {
                 };
                 return self.fail_pairs(&pairs, error);
             }
-            Err(PipelineError::Job(JobError::WorkerGone { .. })) => return self.requeue(pairs),
-            Err(PipelineError::Job(JobError::NotDelivered { .. })) => return self.put_back(pairs),
+            Err(PipelineError::Job(JobError::WorkerGone { .. })) => {
+                return self.bisect(pairs, isolated)
+            }
+            Err(PipelineError::Job(JobError::NotDelivered { .. })) => {
+                return self.put_back(pairs, isolated)
+            }
             Err(error) => return self.fail_pairs(&pairs, error),
         };
+        let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
+        self.backlog
+            .observe(tokens, timing.compute, self.models.alive_count());
         for (pair, score) in pairs.into_iter().zip(scores) {
             // In the scheduler until sent, then behind the worker's earlier batches.
             let waited = sent.saturating_duration_since(pair.arrived) + timing.queued;
@@ -388,6 +432,7 @@ impl DispatchTask {
             let Some(gathering) = self.requests.get_mut(&pair.request) else {
                 continue;
             };
+            gathering.ticket.tokens.scored(pair.tokens.len() as u64);
             gathering.scored.scores[pair.index as usize] = score;
             gathering.remaining -= 1;
             if gathering.remaining == 0 {
@@ -399,45 +444,62 @@ impl DispatchTask {
         }
     }
 
-    /// The worker died holding these pairs: each gets one more try, alone; a pair that
-    /// was already on its second try is the poison, and its request fails.
-    fn requeue(&mut self, pairs: Vec<QueuedPair>) {
-        for mut pair in pairs {
-            if !self.requests.contains_key(&pair.request) {
-                continue;
-            }
-            if pair.suspect {
-                tracing::error!(
-                    request = pair.request,
-                    pair = pair.index,
-                    "a pair killed two model workers; failing its request"
-                );
-                let error = PipelineError::Poison { index: pair.index };
-                self.fail_pairs(std::slice::from_ref(&pair), error);
-                continue;
-            }
-            pair.suspect = true;
-            let (request, len, arrived) = (pair.request, pair.tokens.len(), pair.arrived);
-            self.scheduler.push_solo(request, len, pair, arrived);
+    /// The worker died holding these pairs (of requests still waiting): they count as
+    /// queued again and run alone on idle workers, in halves, so that a pair that kills
+    /// a worker is found in log2 steps. A pair that killed a worker alone is the poison,
+    /// and its request fails.
+    fn bisect(&mut self, pairs: Vec<QueuedPair>, isolated: bool) {
+        let mut pairs = self.requeued(pairs);
+        if pairs.len() == 1 && isolated {
+            let pair = &pairs[0];
+            tracing::error!(
+                request = pair.request,
+                pair = pair.index,
+                "a pair killed a model worker alone; failing its request"
+            );
+            let error = PipelineError::Poison { index: pair.index };
+            self.fail_pairs(&pairs, error);
+            return;
+        }
+        if pairs.len() > 1 {
+            let second = pairs.split_off(pairs.len() / 2);
+            self.suspects.push_back(second);
+        }
+        if !pairs.is_empty() {
+            self.suspects.push_front(pairs);
         }
         self.publish_waiting();
     }
 
     /// The batch never reached its worker (it had just died): its pairs wait again as
-    /// they were, suspects still alone.
-    fn put_back(&mut self, pairs: Vec<QueuedPair>) {
-        for pair in pairs {
-            if !self.requests.contains_key(&pair.request) {
-                continue;
+    /// they were, a suspect group still as one.
+    fn put_back(&mut self, pairs: Vec<QueuedPair>, isolated: bool) {
+        let pairs = self.requeued(pairs);
+        if isolated {
+            if !pairs.is_empty() {
+                self.suspects.push_front(pairs);
             }
-            let (request, len, arrived) = (pair.request, pair.tokens.len(), pair.arrived);
-            if pair.suspect {
-                self.scheduler.push_solo(request, len, pair, arrived);
-            } else {
+        } else {
+            for pair in pairs {
+                let (request, len, arrived) = (pair.request, pair.tokens.len(), pair.arrived);
                 self.scheduler.push(request, len, pair, arrived);
             }
         }
         self.publish_waiting();
+    }
+
+    /// The pairs whose requests still wait, each counted as queued again.
+    fn requeued(&mut self, pairs: Vec<QueuedPair>) -> Vec<QueuedPair> {
+        pairs
+            .into_iter()
+            .filter(|pair| match self.requests.get_mut(&pair.request) {
+                Some(gathering) => {
+                    gathering.ticket.pairs.restore(1);
+                    true
+                }
+                None => false,
+            })
+            .collect()
     }
 
     fn fail_pairs(&mut self, pairs: &[QueuedPair], error: PipelineError) {
@@ -452,12 +514,13 @@ impl DispatchTask {
 
     /// No worker can take the waiting pairs: their requests fail now rather than hang.
     fn fail_waiting(&mut self, error: PipelineError) {
-        let waiting: Vec<RequestId> = self
+        let mut waiting: Vec<RequestId> = self
             .requests
             .keys()
             .copied()
             .filter(|&r| self.scheduler.cancel(r) > 0)
             .collect();
+        waiting.extend(self.suspects.drain(..).flatten().map(|pair| pair.request));
         for request in waiting {
             if let Some(gathering) = self.requests.remove(&request) {
                 let _ = gathering.reply.send(Err(error.clone()));

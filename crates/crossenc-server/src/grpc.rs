@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::cross_encoder_server::CrossEncoder;
@@ -16,19 +17,27 @@ use tonic::{Code, Request, Response, Status};
 use crate::metrics::{RequestRecorder, StageTimes};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::pool::JobError;
-use crate::scoring::{check_count, check_query, check_top_n, query_pairs, rank, InvalidRequest};
+use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
+use crate::texts::RequestTexts;
 
 /// Serves Infer and Rerank through the pipeline.
 pub struct CrossEncoderService {
     pipeline: Arc<Pipeline>,
     max_client_batch_size: usize,
+    /// The deadline of a request that brings none.
+    default_deadline: Duration,
 }
 
 impl CrossEncoderService {
-    pub fn new(pipeline: Arc<Pipeline>, max_client_batch_size: usize) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        max_client_batch_size: usize,
+        default_deadline: Duration,
+    ) -> Self {
         Self {
             pipeline,
             max_client_batch_size,
+            default_deadline,
         }
     }
 }
@@ -66,28 +75,43 @@ impl CrossEncoderService {
     }
 
     async fn answer_infer(&self, request: Request<InferRequest>) -> Answer<InferResponse> {
-        let deadline = deadline_of(&request);
+        let deadline = deadline_of(&request, self.default_deadline);
         let request = request.into_inner();
         validate_infer(&request, self.max_client_batch_size)?;
-        let pairs = request
-            .pairs
-            .into_iter()
-            .map(|p| (p.query, p.document))
-            .collect();
-        let scored = within(deadline, self.pipeline.score(pairs)).await??;
+        let texts = RequestTexts::pairs(
+            request
+                .pairs
+                .iter()
+                .map(|p| (p.query.as_str(), p.document.as_str())),
+            "pairs",
+            self.pipeline.max_text_bytes(),
+        );
+        let raw_scores = request.raw_scores;
+        // The texts hold what the model needs: the message itself can go.
+        drop(request);
+        let scored = within(deadline, self.pipeline.score(texts, deadline.at)).await??;
         let response = Response::new(InferResponse {
-            scores: self.pipeline.activate(scored.scores, request.raw_scores),
+            scores: self.pipeline.activate(scored.scores, raw_scores),
             tokens: scored.tokens,
         });
         Ok((response, scored.stages))
     }
 
     async fn answer_rerank(&self, request: Request<RerankRequest>) -> Answer<RerankResponse> {
-        let deadline = deadline_of(&request);
-        let request = request.into_inner();
+        let deadline = deadline_of(&request, self.default_deadline);
+        let mut request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
-        let pairs = query_pairs(&request.query, &request.documents);
-        let scored = within(deadline, self.pipeline.score(pairs)).await??;
+        let texts = RequestTexts::rerank(
+            &request.query,
+            request.documents.iter().map(String::as_str),
+            "documents",
+            self.pipeline.max_text_bytes(),
+        );
+        request.query = String::new();
+        if !request.return_documents {
+            request.documents = Vec::new();
+        }
+        let scored = within(deadline, self.pipeline.score(texts, deadline.at)).await??;
         let scores = self.pipeline.activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
@@ -139,13 +163,15 @@ impl From<PipelineError> for Status {
     fn from(error: PipelineError) -> Self {
         match &error {
             PipelineError::Refused(_) => Status::resource_exhausted(error.to_string()),
+            PipelineError::Invalid(_) => Status::invalid_argument(error.to_string()),
             PipelineError::NoWorker(_)
             | PipelineError::Job(JobError::WorkerGone { .. } | JobError::NotDelivered { .. })
             | PipelineError::Stopping => Status::unavailable(error.to_string()),
             PipelineError::Job(JobError::Failed { .. })
             | PipelineError::WrongReply { .. }
             | PipelineError::ScoreCount { .. }
-            | PipelineError::Poison { .. } => Status::internal(error.to_string()),
+            | PipelineError::Poison { .. }
+            | PipelineError::TokenizerPoison { .. } => Status::internal(error.to_string()),
         }
     }
 }
@@ -166,32 +192,116 @@ pub fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
 /// DEADLINE_EXCEEDED, as gRPC specifies.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
-/// The instant this request's client stops waiting, if it set a deadline.
-fn deadline_of<T>(request: &Request<T>) -> Option<(Instant, Duration)> {
-    let timeout = client_deadline(request.metadata())?;
+/// When a request must be answered by.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+    /// The client's own (grpc-timeout), or the server's default.
+    from_client: bool,
+}
+
+/// The instant this request's client stops waiting, or the server's default deadline
+/// for a request that set none.
+fn deadline_of<T>(request: &Request<T>, default: Duration) -> Deadline {
     let arrived = request
         .extensions()
         .get::<ArrivedAt>()
         .map_or_else(Instant::now, |a| a.0);
-    Some((arrived + timeout.saturating_sub(DEADLINE_MARGIN), timeout))
+    match client_deadline(request.metadata()) {
+        Some(timeout) => Deadline {
+            at: arrived + timeout.saturating_sub(DEADLINE_MARGIN),
+            timeout,
+            from_client: true,
+        },
+        None => Deadline {
+            at: arrived + default,
+            timeout: default,
+            from_client: false,
+        },
+    }
 }
 
-/// Runs `work` until the client's deadline, if it set one. Dropping `work` withdraws
-/// its pairs that no worker has taken.
-async fn within<T>(
-    deadline: Option<(Instant, Duration)>,
-    work: impl Future<Output = T>,
-) -> Result<T, Status> {
-    let Some((deadline, timeout)) = deadline else {
-        return Ok(work.await);
-    };
-    tokio::time::timeout_at(deadline.into(), work)
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded(format!(
-                "the client's deadline ({timeout:?}) passed before the scores were ready"
-            ))
-        })
+/// Runs `work` until the deadline. Dropping `work` withdraws its pairs that no worker
+/// has taken.
+async fn within<T>(deadline: Deadline, work: impl Future<Output = T>) -> Result<T, Status> {
+    let Deadline {
+        at,
+        timeout,
+        from_client,
+    } = deadline;
+    tokio::time::timeout_at(at.into(), work).await.map_err(|_| {
+        let whose = match from_client {
+            true => "the client's deadline",
+            false => "the server's default_deadline",
+        };
+        Status::deadline_exceeded(format!(
+            "{whose} ({timeout:?}) passed before the scores were ready"
+        ))
+    })
+}
+
+/// Refuses a CrossEncoder call at once, before its message is read, while
+/// `max_concurrent_requests` calls are in flight; health and reflection pass freely.
+#[derive(Clone)]
+pub struct GateLayer(pub Arc<Pipeline>);
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
+            inner,
+            pipeline: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// The service [`GateLayer`] makes.
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    pipeline: Arc<Pipeline>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Gate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = match request.uri().path() {
+            "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
+            "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
+            _ => return Box::pin(self.inner.call(request)),
+        };
+        match self.pipeline.admission.enter() {
+            Ok(permit) => {
+                let answer = self.inner.call(request);
+                Box::pin(async move {
+                    let answer = answer.await;
+                    drop(permit);
+                    answer
+                })
+            }
+            Err(refused) => {
+                let metrics = Arc::clone(&self.pipeline.metrics);
+                RequestRecorder::start(metrics, method, Instant::now())
+                    .finish(Err(code_word(Code::ResourceExhausted)));
+                let status = Status::resource_exhausted(refused.to_string());
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
 }
 
 /// The client's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).

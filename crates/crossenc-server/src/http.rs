@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -39,6 +39,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/rerank", post(rest::v1_rerank))
         .route("/score", post(rest::score))
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.pipeline),
+            admission_gate,
+        ))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.pipeline.metrics),
             record_request,
@@ -76,6 +80,25 @@ async fn metrics(
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.pipeline.metrics.render(),
     )
+}
+
+/// Lets an API request in before its body is read, or refuses it at once (429) while
+/// `max_concurrent_requests` are in flight: no more bodies than that are decoded at once.
+async fn admission_gate(
+    State(pipeline): State<Arc<Pipeline>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match pipeline.admission.enter() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(refused) => {
+            rest::ApiError::from(crate::pipeline::PipelineError::Refused(refused)).into_response()
+        }
+    }
 }
 
 /// Records every API request, including those refused before their handler ran (a body

@@ -7,6 +7,7 @@ pub mod collector;
 pub mod dispatch;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod pipeline;
 pub mod pool;
@@ -14,6 +15,7 @@ pub mod respawn;
 pub mod rest;
 pub mod scheduler;
 pub mod scoring;
+pub mod texts;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -24,13 +26,13 @@ use crossenc_config::{InvalidSetting, ServeConfig};
 use crossenc_ipc::WorkerKind;
 use crossenc_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{mpsc, watch};
 
 use crate::collector::{Collector, GpuMonitor};
 use crate::dispatch::DispatchLimits;
 use crate::grpc::CrossEncoderService;
 use crate::http::HttpState;
+use crate::listen::LimitedListener;
 use crate::metrics::{BuildLabels, Metrics};
 use crate::pipeline::{Pipeline, PipelineLimits};
 pub use crate::pool::{SpawnError, WorkerLauncher};
@@ -78,12 +80,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
-    let max_request_bytes =
-        usize::try_from(config.server.max_request_bytes.as_u64()).unwrap_or(usize::MAX);
-    let grpc_listener = bind("grpc_addr", config.server.grpc_addr).await?;
-    let http_listener = bind("http_addr", config.server.http_addr).await?;
+    raise_open_file_limit();
+    let max_request_bytes = bytes(config.server.max_request_bytes.as_u64());
+    let connections = config.server.max_connections;
+    let grpc_listener = LimitedListener::new(
+        bind("grpc_addr", config.server.grpc_addr).await?,
+        connections,
+        "grpc",
+    );
+    let http_listener = LimitedListener::new(
+        bind("http_addr", config.server.http_addr).await?,
+        connections,
+        "http",
+    );
     // The bound addresses, not the asked ones: with port 0 these are where to connect.
-    let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let bound = |l: &LimitedListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (grpc_bound, http_bound) = (bound(&grpc_listener), bound(&http_listener));
     let gpus = GpuMonitor::open();
     let metrics = Arc::new(Metrics::new(gpus.is_some()));
@@ -107,19 +118,19 @@ pub async fn serve(
     let service = CrossEncoderServer::new(CrossEncoderService::new(
         Arc::clone(&pipeline),
         config.batching.max_client_batch_size,
+        config.server.default_deadline,
     ))
     .max_decoding_message_size(max_request_bytes)
     .max_encoding_message_size(max_request_bytes);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(config.server.http2_max_concurrent_streams)
             .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
+            .layer(grpc::GateLayer(Arc::clone(&pipeline)))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
-                stopped(stop_rx.clone()),
-            ),
+            .serve_with_incoming_shutdown(grpc_listener.into_stream(), stopped(stop_rx.clone())),
     );
     let model_name = Arc::new(std::sync::OnceLock::new());
     let router = http::router(HttpState {
@@ -148,12 +159,14 @@ pub async fn serve(
     };
     tracing::info!(model = %workers[0].info.model_name, "ready");
     let _ = model_name.set(workers[0].info.model_name.clone());
+    learn_model(&pipeline, &workers);
     record_build(&pipeline.metrics, &workers);
     let collector = tokio::spawn(
         Collector::new(Arc::clone(&pipeline), gpus)
             .run(config.metrics.collection_interval, stop_tx.subscribe()),
     );
     let (slots_stop, slots_stopped) = watch::channel(false);
+    let (fatal_tx, mut fatal) = mpsc::channel(1);
     let slots: Vec<_> = workers
         .into_iter()
         .map(|worker| {
@@ -171,6 +184,8 @@ pub async fn serve(
                     config.workers.respawn_backoff_initial,
                     config.workers.respawn_backoff_max,
                 ),
+                max_start_failures: config.workers.max_start_failures,
+                fatal: fatal_tx.clone(),
             };
             tokio::spawn(slot.run(worker, slots_stopped.clone()))
         })
@@ -181,8 +196,17 @@ pub async fn serve(
         Arc::clone(&draining),
     ));
 
-    shutdown.await;
-    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining requests in flight");
+    drop(fatal_tx);
+    let failed = tokio::select! {
+        () = shutdown => None,
+        Some(error) = fatal.recv() => Some(error),
+    };
+    match &failed {
+        None => {
+            tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining requests in flight")
+        }
+        Some(error) => tracing::error!(%error, "a worker cannot be started; shutting down"),
+    }
     draining.store(true, Ordering::Relaxed);
     health_watch.abort();
     // An update already under way must land before NOT_SERVING, not after.
@@ -205,7 +229,46 @@ pub async fn serve(
     }
     let _ = collector.await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(error) => Err(ServeError::Spawn(error)),
+    }
+}
+
+fn bytes(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(usize::MAX)
+}
+
+/// Raises the soft limit on open files to the hard one: every connection costs one, and
+/// the default soft limit (often 1024) is below `max_connections`.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Tells the pipeline what the workers learned at start: the model's longest pair, and
+/// the model workers' warm-up throughput, admission's first estimate.
+fn learn_model(pipeline: &Pipeline, workers: &[Arc<Worker>]) {
+    let models = workers.iter().filter(|w| w.kind == WorkerKind::Model);
+    let warmup = models
+        .clone()
+        .filter_map(|w| w.info.warmup_tokens_per_second)
+        .reduce(f64::min);
+    let max_length = models
+        .map(|w| w.info.max_length)
+        .next()
+        .unwrap_or(workers[0].info.max_length);
+    pipeline.learn_model(max_length, warmup);
 }
 
 /// Times the gRPC codec into `metrics` (the first server of a process only: the codec
@@ -281,6 +344,9 @@ fn pipeline_limits(config: &ServeConfig) -> PipelineLimits {
             no_worker_patience: config.workers.no_worker_patience,
         },
         max_concurrent_requests: config.server.max_concurrent_requests,
+        max_text_bytes: bytes(config.server.max_text_bytes.as_u64()),
+        max_text_bytes_in_flight: bytes(config.server.max_text_bytes_in_flight.as_u64()),
+        tokenizer_workers: config.workers.tokenizer,
         activation: config.model.activation,
         max_queued_pairs: batching.max_queued_pairs,
     }

@@ -1,28 +1,43 @@
 //! A request's path through the workers: tokenize on the tokenizer workers, cut into
 //! batches, score on the model workers, and put the scores back in request order.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use crossenc_ipc::{JobTiming, TokenBatch, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, TextRef, TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
+use tokio::sync::Semaphore;
 
 use crate::admission::{Admission, Refused};
 use crate::dispatch::{DispatchLimits, ModelDispatch};
 use crate::metrics::{Metrics, StageTimes};
 use crate::pool::{JobError, Reply, WorkerSet};
 use crate::scheduler::SchedulerLimits;
-use crate::scoring::activate;
+use crate::scoring::{activate, InvalidRequest};
+use crate::texts::{Chunk, RequestTexts};
 use crossenc_config::Activation;
 
 /// Pairs sent to one tokenizer job: large requests spread over the tokenizer workers.
 const TOKENIZE_CHUNK: usize = 64;
+/// Tokenizer jobs in each worker's queue at most: one running, one ready. The rest wait
+/// in the supervisor, where a request that goes away withdraws them.
+const TOKENIZER_JOBS_PER_WORKER: usize = 2;
+/// Bytes of text per token of max_length that `max_text_bytes = 0` allows.
+const AUTO_TEXT_BYTES_PER_TOKEN: usize = 32;
+/// The share of the warm-up's throughput admission counts on until batches are measured:
+/// the warm-up runs the model alone on short pairs, while a server also tokenizes and
+/// batches on the same cores, and long pairs cost more per token (attention).
+const WARMUP_DISCOUNT: f64 = 0.5;
+/// The longest pair assumed until a worker says the model's own (BERT's 512).
+const ASSUMED_MAX_LENGTH: usize = 512;
 
 /// Why a request's pairs were not scored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Refused(#[from] Refused),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     #[error("no {0} worker is ready; retry shortly")]
     NoWorker(WorkerKind),
     #[error(transparent)]
@@ -33,8 +48,12 @@ pub enum PipelineError {
     ScoreCount { expected: usize, got: usize },
     #[error("the server is stopping")]
     Stopping,
-    #[error("pair {index} of this request crashed two model workers; it is not retried")]
+    #[error("pair {index} of this request crashed a model worker on its own; it is not retried")]
     Poison { index: u32 },
+    #[error(
+        "the texts of pairs {first} to {last} of this request crashed or hung a tokenizer worker twice, the second time alone; they are not retried"
+    )]
+    TokenizerPoison { first: usize, last: usize },
 }
 
 /// Raw logits in request order, the real tokens they cost, and where the time went.
@@ -52,6 +71,11 @@ pub struct PipelineLimits {
     pub dispatch: DispatchLimits,
     pub max_concurrent_requests: usize,
     pub max_queued_pairs: usize,
+    /// Longest text the tokenizers see; 0 for the model's max_length x 32 bytes.
+    pub max_text_bytes: usize,
+    pub max_text_bytes_in_flight: usize,
+    /// Tokenizer worker processes configured.
+    pub tokenizer_workers: usize,
     /// What turns logits into scores unless a request asks for raw ones.
     pub activation: Activation,
 }
@@ -68,27 +92,67 @@ pub struct Pipeline {
     /// How long a chunk waits for a tokenizer worker while none is up.
     patience: Duration,
     activation: Activation,
+    /// Tokenizer jobs that may be in the workers' queues at once.
+    tokenizer_slots: Semaphore,
+    /// `max_text_bytes` as configured (0: from the model's max_length).
+    configured_text_bytes: usize,
+    /// The longest pair in tokens, once a worker has said it.
+    max_length: OnceLock<usize>,
 }
 
 impl Pipeline {
     /// Starts the model dispatch task: call within the runtime.
     pub fn start(limits: PipelineLimits, metrics: Arc<Metrics>) -> Self {
         let models = Arc::<WorkerSet>::default();
+        let admission = Admission::new(
+            limits.max_concurrent_requests,
+            limits.max_queued_pairs,
+            limits.max_text_bytes_in_flight,
+        );
         let dispatch = ModelDispatch::start(
             limits.scheduler,
             Arc::clone(&models),
             limits.dispatch,
             Arc::clone(&metrics),
+            Arc::clone(&admission.backlog),
         );
         Self {
             tokenizers: Arc::default(),
             models,
-            admission: Admission::new(limits.max_concurrent_requests, limits.max_queued_pairs),
+            admission,
             dispatch,
             metrics,
             job_timeout: limits.dispatch.batch_timeout,
             patience: limits.dispatch.no_worker_patience,
             activation: limits.activation,
+            tokenizer_slots: Semaphore::new(
+                limits.tokenizer_workers.max(1) * TOKENIZER_JOBS_PER_WORKER,
+            ),
+            configured_text_bytes: limits.max_text_bytes,
+            max_length: OnceLock::new(),
+        }
+    }
+
+    /// What the workers said at start: the model's longest pair, and the throughput of
+    /// their warm-up, admission's first estimate.
+    pub fn learn_model(&self, max_length: usize, warmup_tokens_per_second: Option<f64>) {
+        let _ = self.max_length.set(max_length);
+        if let Some(rate) = warmup_tokens_per_second {
+            self.admission
+                .backlog
+                .seed(rate * WARMUP_DISCOUNT * self.models.alive_count().max(1) as f64);
+        }
+    }
+
+    fn max_length(&self) -> usize {
+        self.max_length.get().copied().unwrap_or(ASSUMED_MAX_LENGTH)
+    }
+
+    /// The longest text the tokenizers see; longer ones are cut.
+    pub fn max_text_bytes(&self) -> usize {
+        match self.configured_text_bytes {
+            0 => self.max_length() * AUTO_TEXT_BYTES_PER_TOKEN,
+            configured => configured,
         }
     }
 
@@ -103,21 +167,39 @@ impl Pipeline {
         self.tokenizers.any_alive() && self.models.any_alive()
     }
 
-    /// Scores `pairs` in order, or refuses them at once when the server is full.
-    pub async fn score(&self, pairs: Vec<(String, String)>) -> Result<Scored, PipelineError> {
-        let ticket = self.admission.admit(pairs.len())?;
-        let chunks = self.tokenize(pairs).await?;
-        let tokenized: Vec<_> = chunks
+    /// Scores `texts` in order by `deadline`, or refuses them at once: when the server
+    /// is full, when the deadline cannot be met, or when a text was cut with loss.
+    pub async fn score(
+        &self,
+        texts: RequestTexts,
+        deadline: Instant,
+    ) -> Result<Scored, PipelineError> {
+        let estimate = texts.estimated_tokens(self.max_length());
+        let mut ticket =
+            self.admission
+                .admit(texts.len(), texts.text_bytes(), estimate, deadline)?;
+        let chunks = texts.chunks(TOKENIZE_CHUNK);
+        let encoded = try_join_all(chunks.iter().map(|chunk| self.encode(chunk))).await?;
+        for (chunk, (_, _, lossy)) in chunks.iter().zip(&encoded) {
+            if let Some(&text) = lossy.first() {
+                return Err(texts.lossy_cut(chunk, text).into());
+            }
+        }
+        drop(chunks);
+        drop(texts);
+        let tokenized: Vec<_> = encoded
             .iter()
-            .flat_map(|(batch, _)| batch.iter())
+            .flat_map(|(batch, _, _)| batch.iter())
             .map(|pair| pair.to_pair_tokens())
             .collect();
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
-        let scored = self.dispatch.score(tokenized, ticket.pairs).await?;
+        self.admission.confirm(&mut ticket, tokens, deadline)?;
+        ticket.release_text();
+        let scored = self.dispatch.score(tokenized, ticket).await?;
         // Chunks run side by side: the slowest one is what the request waited for.
-        let slowest = chunks
+        let slowest = encoded
             .iter()
-            .map(|(_, t)| *t)
+            .map(|(_, t, _)| *t)
             .max_by_key(|t| t.queued + t.compute)
             .unwrap_or_default();
         let stages = StageTimes {
@@ -133,63 +215,81 @@ impl Pipeline {
         })
     }
 
-    async fn tokenize(
-        &self,
-        mut pairs: Vec<(String, String)>,
-    ) -> Result<Vec<(TokenBatch, JobTiming)>, PipelineError> {
-        let mut chunks = Vec::new();
-        while pairs.len() > TOKENIZE_CHUNK {
-            let rest = pairs.split_off(TOKENIZE_CHUNK);
-            chunks.push(std::mem::replace(&mut pairs, rest));
-        }
-        chunks.push(pairs);
-        try_join_all(chunks.into_iter().map(|chunk| self.encode(chunk))).await
-    }
-
-    /// Tokenizes one chunk. A tokenizer worker that dies holding it (or hangs past the
-    /// job timeout and is killed) costs the chunk one retry on another or the respawned
-    /// worker; while none is up, the chunk waits for one up to the dispatch's patience.
+    /// Tokenizes one chunk. It waits for a place in a worker's queue (dropping the
+    /// request withdraws it from there). A tokenizer worker that dies holding it (or
+    /// hangs past the job timeout and is killed) costs the chunk one retry, alone on an
+    /// idle worker: a chunk that kills that one too fails its request, and no other
+    /// request's job dies with it.
     async fn encode(
         &self,
-        chunk: Vec<(String, String)>,
-    ) -> Result<(TokenBatch, JobTiming), PipelineError> {
+        chunk: &Chunk,
+    ) -> Result<(TokenBatch, JobTiming, Vec<TextRef>), PipelineError> {
         let kind = WorkerKind::Tokenizer;
-        let expected = chunk.len();
+        let expected = chunk.texts.len();
         let _queued = GaugeShare::add(&self.metrics.tokenizer_queue_size, expected);
-        // The copy is the text of at most TOKENIZE_CHUNK pairs: small beside tokenizing it.
-        let first = submit_once(
-            &self.tokenizers,
-            kind,
-            Work::Encode(chunk.clone()),
-            (self.job_timeout, self.patience),
-        );
-        let reply = match first.await {
+        let first = {
+            let _slot = self
+                .tokenizer_slots
+                .acquire()
+                .await
+                .map_err(|_| PipelineError::Stopping)?;
+            submit_once(
+                &self.tokenizers,
+                kind,
+                Work::Encode(chunk.texts.clone()),
+                (self.job_timeout, self.patience),
+            )
+            .await
+        };
+        let reply = match first {
             Err(PipelineError::Job(
                 JobError::WorkerGone { .. } | JobError::NotDelivered { .. },
-            )) => {
-                submit_once(
-                    &self.tokenizers,
-                    kind,
-                    Work::Encode(chunk),
-                    (self.job_timeout, self.patience),
-                )
-                .await?
-            }
+            )) => self.encode_alone(chunk).await?,
             answered => answered?,
         };
         match reply {
             // A batch that does not hold one valid pair per input is refused here, where
             // it would otherwise put scores at the wrong places.
-            Reply::Encoded(batch, timing)
+            Reply::Encoded(batch, timing, lossy)
                 if batch.len() == expected && batch.validate().is_ok() =>
             {
                 self.metrics
                     .tokenizer_queue_wait_latency
                     .observe(timing.queued.as_secs_f64());
-                Ok((batch, timing))
+                Ok((batch, timing, lossy))
             }
             _ => Err(PipelineError::WrongReply { kind }),
         }
+    }
+
+    /// The retry of a chunk whose worker died: alone on an idle worker.
+    async fn encode_alone(&self, chunk: &Chunk) -> Result<Reply, PipelineError> {
+        let kind = WorkerKind::Tokenizer;
+        // A worker that had already died never saw the chunk: that is no second crash.
+        for _ in 0..3 {
+            let alone = self
+                .tokenizers
+                .isolate_within(self.patience)
+                .await
+                .ok_or(PipelineError::NoWorker(kind))?;
+            let answer = alone.0.submit(Work::Encode(chunk.texts.clone()));
+            match alone.0.answer_within(answer, self.job_timeout).await {
+                Err(JobError::NotDelivered { .. }) => continue,
+                Err(JobError::WorkerGone { .. }) => {
+                    tracing::error!(
+                        first = chunk.offset,
+                        pairs = chunk.texts.len(),
+                        "texts crashed a tokenizer worker alone; failing their request"
+                    );
+                    return Err(PipelineError::TokenizerPoison {
+                        first: chunk.offset,
+                        last: chunk.offset + chunk.texts.len().saturating_sub(1),
+                    });
+                }
+                answered => return Ok(answered?),
+            }
+        }
+        Err(PipelineError::NoWorker(kind))
     }
 }
 

@@ -6,6 +6,7 @@
 //! fails at once with [`JobError::WorkerGone`], so no caller waits forever.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,8 +15,8 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crossenc_ipc::{
-    IpcReceiver, IpcSender, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TokenBatch, Work,
-    WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind, WorkerListener,
+    IpcReceiver, IpcSender, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TextRef, TokenBatch,
+    Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind, WorkerListener,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -37,7 +38,8 @@ pub struct WorkerLauncher {
 /// A worker's answer to one job.
 #[derive(Debug)]
 pub enum Reply {
-    Encoded(TokenBatch, JobTiming),
+    /// The tokens, and the cut texts whose cut changed them.
+    Encoded(TokenBatch, JobTiming, Vec<TextRef>),
     Scored(ScoreBatch, JobTiming),
 }
 
@@ -78,11 +80,18 @@ static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 pub struct Worker {
     pub kind: WorkerKind,
     pub id: u32,
+    /// The pid the supervisor started it as (never one the worker reported).
     pub pid: u32,
     pub info: WorkerInfo,
     commands: mpsc::Sender<WorkerCommand>,
     pending: Arc<Pending>,
     child: Arc<Mutex<Child>>,
+    /// A pidfd on the process, opened before anyone could reap it: a signal through it
+    /// reaches this process or none, never another that took its pid.
+    pidfd: Option<OwnedFd>,
+    /// Taken for a job that must run alone (a retry after a crash): no other job is
+    /// given to it meanwhile.
+    isolated: AtomicBool,
     /// Set when the supervisor asked the worker to exit, so that its exit is no error.
     stopping: Arc<AtomicBool>,
     /// Turns true once the process is gone and its pending jobs have failed.
@@ -160,9 +169,19 @@ impl Worker {
 
     /// Kills a worker that stopped answering; its death fails its pending jobs.
     pub fn kill(&self) {
-        // By pid, not through the Child: its lock may be held by a thread reaping it.
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Through the pidfd, not the Child: its lock may be held by a thread reaping it.
+        match &self.pidfd {
+            Some(pidfd) => signal_pidfd(pidfd, libc::SIGKILL),
+            None => {
+                // No pidfd (an old kernel): the Child, once the reaper lets go of it.
+                let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = child.kill();
+            }
+        }
+    }
+
+    fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Acquire)
     }
 
     /// Asks the worker to exit, waits up to `grace`, then kills it.
@@ -228,14 +247,50 @@ impl WorkerSet {
         self.least_loaded_where(|_| true)
     }
 
-    /// The live worker with the fewest jobs waiting among those `eligible` accepts.
+    /// The live worker with the fewest jobs waiting among those `eligible` accepts
+    /// (never one taken for an isolated job).
     pub fn least_loaded_where(&self, eligible: impl Fn(&Worker) -> bool) -> Option<Arc<Worker>> {
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
         workers
             .iter()
-            .filter(|w| w.is_alive() && eligible(w))
+            .filter(|w| w.is_alive() && !w.is_isolated() && eligible(w))
             .min_by_key(|w| w.load())
             .cloned()
+    }
+
+    /// Live workers.
+    pub fn alive_count(&self) -> usize {
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        workers.iter().filter(|w| w.is_alive()).count()
+    }
+
+    /// Takes an idle worker for a job that must run alone, waiting up to `patience` for
+    /// one; it gets no other job until the returned guard is dropped.
+    pub async fn isolate_within(&self, patience: Duration) -> Option<IsolatedWorker> {
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(worker) = self.claim_idle() {
+                return Some(worker);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return None;
+            }
+            // Jobs finishing do not signal; a short poll is enough for a rare retry.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn claim_idle(&self) -> Option<IsolatedWorker> {
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        workers
+            .iter()
+            .filter(|w| w.is_alive() && w.load() == 0)
+            .find(|w| {
+                w.isolated
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+            .map(|w| IsolatedWorker(Arc::clone(w)))
     }
 
     /// The least-loaded live worker, waiting up to `patience` for one to join.
@@ -264,6 +319,36 @@ impl WorkerSet {
     }
 }
 
+/// A worker taken for one isolated job; free for others again when dropped.
+pub struct IsolatedWorker(pub Arc<Worker>);
+
+impl Drop for IsolatedWorker {
+    fn drop(&mut self) {
+        self.0.isolated.store(false, Ordering::Release);
+    }
+}
+
+/// Opens a pidfd on a child that no one has reaped yet (so the pid is still its own).
+fn open_pidfd(child: &Child) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a descriptor this process now owns alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn signal_pidfd(pidfd: &OwnedFd, signal: i32) {
+    // SAFETY: pidfd_send_signal reads only its arguments; a null info is allowed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+}
+
 impl WorkerLauncher {
     /// Starts one worker and waits until it is loaded (blocking: call from a blocking
     /// thread). A worker that exits, fails to load or takes longer than
@@ -279,7 +364,18 @@ impl WorkerLauncher {
         let name = listener.name().to_string();
         let mut child = spawn_from_forker(self.command(kind, id, &name))
             .map_err(|e| fail(format!("cannot execute {}: {e}", self.exe.display())))?;
-        let link = match self.await_hello(listener, &name, &mut child) {
+        let pidfd = open_pidfd(&child);
+        let hello = self
+            .await_hello(listener, &name, &mut child)
+            .and_then(|link| match link.pid == child.id() {
+                true => Ok(link),
+                false => Err(format!(
+                    "said it was pid {} but was started as pid {}",
+                    link.pid,
+                    child.id()
+                )),
+            });
+        let link = match hello {
             Ok(link) => link,
             Err(reason) => {
                 let _ = child.kill();
@@ -301,7 +397,7 @@ impl WorkerLauncher {
             }
         };
         tracing::info!(%kind, id, pid = link.pid, "worker ready");
-        Ok(Worker::start(kind, id, link, info, child, metrics))
+        Ok(Worker::start(kind, id, link, info, (child, pidfd), metrics))
     }
 
     fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
@@ -371,9 +467,10 @@ impl Worker {
         id: u32,
         link: crossenc_ipc::SupervisorLink,
         info: WorkerInfo,
-        child: Child,
+        (child, pidfd): (Child, Option<OwnedFd>),
         metrics: &Arc<Metrics>,
     ) -> Self {
+        let pid = child.id();
         let (commands, queued) = mpsc::channel();
         let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
         let child = Arc::new(Mutex::new(child));
@@ -404,11 +501,13 @@ impl Worker {
         Self {
             kind,
             id,
-            pid: link.pid,
+            pid,
             info,
             commands,
             pending,
             child,
+            pidfd,
+            isolated: AtomicBool::new(false),
             stopping,
             exited,
         }
@@ -483,10 +582,14 @@ struct StatsThread {
 impl StatsThread {
     fn run(self, reports: IpcReceiver<StatsReport>) {
         let window = self.metrics.worker_window(self.kind, self.id);
-        while let Ok(report) = reports.recv() {
-            self.metrics
-                .record_worker_report(self.kind, self.id, &window, &report);
-        }
+        // A report that panics its decoder ends the figures of this worker, not the
+        // supervisor.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while let Ok(report) = reports.recv() {
+                self.metrics
+                    .record_worker_report(self.kind, self.id, &window, &report);
+            }
+        }));
     }
 }
 
@@ -503,11 +606,28 @@ struct EventThread {
 
 impl EventThread {
     fn run(self, events: IpcReceiver<WorkerEvent>) {
+        // A message that panics its decoder (ipc-channel trusts the handle indices a
+        // message names) means a worker that cannot be trusted: it is treated as gone,
+        // so that its jobs still get their answer.
+        let answered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer_events(&events)));
+        if answered.is_err() {
+            tracing::error!(kind = %self.kind, id = self.id, "a worker's message broke its decoder; dropping the worker");
+        }
+        self.fail_pending();
+    }
+
+    fn answer_events(&self, events: &IpcReceiver<WorkerEvent>) {
         while let Ok(event) = events.recv() {
             let (job, answer) = match event {
-                WorkerEvent::Encoded { job, batch, timing } => {
+                WorkerEvent::Encoded {
+                    job,
+                    batch,
+                    timing,
+                    lossy,
+                } => {
                     self.received(timing);
-                    (job, Ok(Reply::Encoded(batch, timing)))
+                    (job, Ok(Reply::Encoded(batch, timing, lossy)))
                 }
                 WorkerEvent::Scored {
                     job,
@@ -541,7 +661,6 @@ impl EventThread {
                 let _ = reply.send(answer);
             }
         }
-        self.fail_pending();
     }
 
     fn received(&self, timing: JobTiming) {

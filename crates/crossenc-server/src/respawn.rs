@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossenc_ipc::WorkerKind;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{Metrics, PoolLabels};
-use crate::pool::{Worker, WorkerLauncher, WorkerSet};
+use crate::pool::{SpawnError, Worker, WorkerLauncher, WorkerSet};
 
 /// A worker that ran this long was healthy: its next restart starts from the first pause.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
@@ -54,6 +54,10 @@ pub struct WorkerSlot {
     pub set: Arc<WorkerSet>,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
+    /// Failed starts in a row after which the slot gives up and reports on `fatal`.
+    pub max_start_failures: u32,
+    /// Where a slot that gave up says why: the server then stops with that reason.
+    pub fatal: mpsc::Sender<SpawnError>,
 }
 
 impl WorkerSlot {
@@ -85,12 +89,14 @@ impl WorkerSlot {
         }
     }
 
-    /// Starts a new worker, pausing between attempts; `None` if the server stops first.
+    /// Starts a new worker, pausing between attempts; `None` if the server stops first
+    /// or `max_start_failures` attempts in a row failed (then the reason is on `fatal`).
     async fn restart(
         &self,
         backoff: &mut Backoff,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<Arc<Worker>> {
+        let mut failures = 0;
         loop {
             let pause = backoff.pause();
             tracing::warn!(kind = %self.kind, id = self.id, ?pause, "restarting worker");
@@ -119,7 +125,20 @@ impl WorkerSlot {
                     self.set.add(Arc::clone(&worker));
                     return Some(worker);
                 }
-                Ok(Err(error)) => tracing::error!(%error, "worker restart failed"),
+                Ok(Err(error)) => {
+                    failures += 1;
+                    tracing::error!(%error, failures, "worker restart failed");
+                    if failures >= self.max_start_failures {
+                        tracing::error!(
+                            kind = %self.kind,
+                            id = self.id,
+                            failures,
+                            "worker failed to start too many times in a row; stopping the server"
+                        );
+                        let _ = self.fatal.try_send(error);
+                        return None;
+                    }
+                }
                 Err(join) => tracing::error!(%join, "worker restart panicked"),
             }
         }

@@ -19,7 +19,8 @@ use crate::http::HttpState;
 use crate::metrics::StageTimes;
 use crate::pipeline::{PipelineError, Scored};
 use crate::pool::JobError;
-use crate::scoring::{check_count, check_query, check_top_n, query_pairs, rank, InvalidRequest};
+use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
+use crate::texts::RequestTexts;
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -177,12 +178,12 @@ enum ApiErrors {
     Validation(#[to_schema] ApiErrorBody),
     #[response(
         status = 413,
-        description = "Too many documents, or a body over the limit"
+        description = "Too many documents, a body over the limit, or a text whose cut to max_text_bytes would change its tokens"
     )]
     TooLarge(#[to_schema] ApiErrorBody),
     #[response(
         status = 429,
-        description = "Over max_concurrent_requests or max_queued_pairs"
+        description = "Over max_concurrent_requests, max_queued_pairs or max_text_bytes_in_flight, or its deadline cannot be met (the message says the expected wait)"
     )]
     Overloaded(#[to_schema] ApiErrorBody),
     #[response(status = 503, description = "No worker up, or shutting down")]
@@ -220,7 +221,7 @@ impl From<InvalidRequest> for ApiError {
     fn from(error: InvalidRequest) -> Self {
         match error {
             InvalidRequest::Field(_) => ApiError::new(StatusCode::BAD_REQUEST, "validation", error),
-            InvalidRequest::TooMany { .. } => {
+            InvalidRequest::TooMany { .. } | InvalidRequest::TextTooLong { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", error)
             }
         }
@@ -229,7 +230,8 @@ impl From<InvalidRequest> for ApiError {
 
 impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> Self {
-        match &error {
+        match error {
+            PipelineError::Invalid(invalid) => invalid.into(),
             PipelineError::Refused(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", error)
             }
@@ -241,7 +243,8 @@ impl From<PipelineError> for ApiError {
             PipelineError::Job(JobError::Failed { .. })
             | PipelineError::WrongReply { .. }
             | PipelineError::ScoreCount { .. }
-            | PipelineError::Poison { .. } => {
+            | PipelineError::Poison { .. }
+            | PipelineError::TokenizerPoison { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", error)
             }
         }
@@ -294,10 +297,11 @@ fn refuse_while_draining(state: &HttpState) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn run(state: &HttpState, pairs: Vec<(String, String)>) -> Result<Scored, ApiError> {
+async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scored, ApiError> {
     refuse_while_draining(state)?;
+    let deadline = std::time::Instant::now() + state.request_timeout;
     // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
-    let scored = tokio::time::timeout(state.request_timeout, state.pipeline.score(pairs))
+    let scored = tokio::time::timeout(state.request_timeout, state.pipeline.score(texts, deadline))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -334,18 +338,30 @@ pub async fn rerank(
             .into());
         }
     }
-    let pairs = query_pairs(&request.query, &request.texts);
-    let scored = run(&state, pairs).await?;
-    let scores = state.pipeline.activate(scored.scores, request.raw_scores);
-    let mut texts = request.texts;
+    let texts = RequestTexts::rerank(
+        &request.query,
+        request.texts.iter().map(String::as_str),
+        "texts",
+        state.pipeline.max_text_bytes(),
+    );
+    let RerankRequest {
+        texts: mut originals,
+        raw_scores,
+        return_text,
+        ..
+    } = request;
+    if !return_text {
+        originals = Vec::new();
+    }
+    let scored = run(&state, texts).await?;
+    let scores = state.pipeline.activate(scored.scores, raw_scores);
+    let mut texts = originals;
     let ranked = rank(&scores, None)
         .into_iter()
         .map(|(index, score)| RankedText {
             index,
             score,
-            text: request
-                .return_text
-                .then(|| std::mem::take(&mut texts[index])),
+            text: return_text.then(|| std::mem::take(&mut texts[index])),
         })
         .collect();
     Ok((Extension(scored.stages), Json(ranked)))
@@ -371,8 +387,17 @@ pub async fn v1_rerank(
         .into_iter()
         .map(V1Document::into_text)
         .collect();
-    let pairs = query_pairs(&request.query, &documents);
-    let scored = run(&state, pairs).await?;
+    let texts = RequestTexts::rerank(
+        &request.query,
+        documents.iter().map(String::as_str),
+        "documents",
+        state.pipeline.max_text_bytes(),
+    );
+    drop(request.query);
+    if !request.return_documents {
+        documents = Vec::new();
+    }
+    let scored = run(&state, texts).await?;
     let scores = state.pipeline.activate(scored.scores, false);
     let results = rank(&scores, request.top_n)
         .into_iter()
@@ -410,12 +435,16 @@ pub async fn score(
     for (i, pair) in request.pairs.iter().enumerate() {
         check_query(&format!("pairs[{i}].query"), &pair.query)?;
     }
-    let pairs = request
-        .pairs
-        .into_iter()
-        .map(|p| (p.query, p.document))
-        .collect();
-    let scored = run(&state, pairs).await?;
+    let texts = RequestTexts::pairs(
+        request
+            .pairs
+            .iter()
+            .map(|p| (p.query.as_str(), p.document.as_str())),
+        "pairs",
+        state.pipeline.max_text_bytes(),
+    );
+    drop(request.pairs);
+    let scored = run(&state, texts).await?;
     let response = ScoreResponse {
         scores: state.pipeline.activate(scored.scores, request.raw_scores),
         tokens: scored.tokens,

@@ -14,6 +14,15 @@ pub enum InvalidRequest {
         count: usize,
         limit: usize,
     },
+    /// A text so long that cutting it to `max_text_bytes` would change its tokens.
+    #[error(
+        "{field} is {bytes} bytes; cut to max_text_bytes ({limit}), its tokens could differ from the whole text's (a text of mostly spaces or marks, or one as long as the other text of its pair): send at most {limit} bytes"
+    )]
+    TextTooLong {
+        field: String,
+        bytes: u64,
+        limit: usize,
+    },
 }
 
 /// `field` holds between 1 and `limit` entries.
@@ -54,14 +63,6 @@ pub fn check_top_n(top_n: Option<u32>) -> Result<(), InvalidRequest> {
         ));
     }
     Ok(())
-}
-
-/// One (query, document) pair per document, as Rerank scores them.
-pub fn query_pairs(query: &str, documents: &[String]) -> Vec<(String, String)> {
-    documents
-        .iter()
-        .map(|d| (query.to_string(), d.clone()))
-        .collect()
 }
 
 /// The model's logits as the client asked for them: raw, or through a sigmoid as

@@ -80,6 +80,15 @@ pub struct ConfigArgs {
     /// server.shutdown_grace: time for requests in flight after SIGTERM or SIGINT [default: 30s].
     #[arg(long, value_name = "DURATION")]
     shutdown_grace: Option<String>,
+    /// server.default_deadline: the deadline of a gRPC request without grpc-timeout [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    default_deadline: Option<String>,
+    /// server.max_text_bytes: longest query or document; longer ones are cut, or refused if the cut loses tokens; 0 is max_length x 32 [default: 0].
+    #[arg(long, value_name = "SIZE")]
+    max_text_bytes: Option<String>,
+    /// server.max_connections: open connections per listener; more are closed at once [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// workers.batch_timeout: a model worker holding one batch longer is killed as hung [default: 120s].
     #[arg(long, value_name = "DURATION")]
     batch_timeout: Option<String>,
@@ -162,6 +171,18 @@ impl ConfigArgs {
         put(
             "server.shutdown_grace",
             self.shutdown_grace.as_ref().map(|d| text(d)),
+        );
+        put(
+            "server.default_deadline",
+            self.default_deadline.as_ref().map(|d| text(d)),
+        );
+        put(
+            "server.max_text_bytes",
+            self.max_text_bytes.as_ref().map(|s| size(s)),
+        );
+        put(
+            "server.max_connections",
+            self.max_connections.as_ref().map(count),
         );
         put(
             "workers.batch_timeout",

@@ -1,0 +1,180 @@
+//! Listeners that hold at most `max_connections` connections each.
+//!
+//! A connection past the limit is accepted and closed at once rather than left in the
+//! kernel's backlog: a client learns at once, and connections held open idly (slowloris)
+//! cost a slot each but cannot make the server stop accepting.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// After an accept error (out of file descriptors, say), the pause before the next try.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// A TCP listener that holds at most a fixed number of connections.
+pub struct LimitedListener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    limit: usize,
+    what: &'static str,
+}
+
+/// An accepted connection; its slot is free again when it is dropped.
+pub struct LimitedStream {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl LimitedListener {
+    pub fn new(listener: TcpListener, limit: usize, what: &'static str) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            what,
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The next connection within the limit; those past it are closed as they come.
+    pub async fn next(&self) -> (LimitedStream, SocketAddr) {
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(listener = self.what, %error, "accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => {
+                    // Answers are small: send them at once rather than wait to coalesce.
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        LimitedStream {
+                            stream,
+                            _slot: slot,
+                        },
+                        addr,
+                    );
+                }
+                Err(_) => {
+                    tracing::warn!(listener = self.what, limit = self.limit, %addr, "at max_connections; closing a new connection");
+                }
+            }
+        }
+    }
+
+    /// The connections as a stream, for tonic.
+    pub fn into_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = Result<LimitedStream, io::Error>> + Send {
+        futures_util::stream::unfold(self, |listener| async move {
+            let (stream, _) = listener.next().await;
+            Some((Ok(stream), listener))
+        })
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.next().await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+impl Connected for LimitedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_slots_come_back() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let limited = LimitedListener::new(listener, 1, "test");
+        let addr = limited.local_addr().unwrap();
+        let first = TcpStream::connect(addr).await.unwrap();
+        let (held, _) = limited.next().await;
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        // The second is closed at once.
+        let accepting = tokio::spawn(async move { limited.next().await });
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        // Once the first goes, its slot takes the next connection.
+        drop(held);
+        drop(first);
+        let third = TcpStream::connect(addr).await.unwrap();
+        let (_third_held, from) = tokio::time::timeout(Duration::from_secs(5), accepting)
+            .await
+            .expect("the third connection is accepted once a slot is free")
+            .unwrap();
+        assert_eq!(from, third.local_addr().unwrap());
+    }
+}

@@ -1,0 +1,213 @@
+//! A request's texts as the pipeline takes them: every text cut to `max_text_bytes`
+//! before anything is queued, and a Rerank's query held once, shared by all its pairs,
+//! so that what a request costs grows with what it sent, never with a product of its
+//! fields.
+
+use crossenc_ipc::{Text, TextPairs, TextRef};
+
+use crate::scoring::InvalidRequest;
+
+/// How a request names its texts, for the errors that point at one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fields {
+    /// One query, and documents under this field name.
+    Rerank { documents: &'static str },
+    /// Pairs under this field name, each with its own query.
+    Pairs { pairs: &'static str },
+}
+
+/// Rough bytes per token for an estimate made before tokenizing: English WordPiece runs
+/// at about 4 to 5; erring low errs towards admitting.
+const BYTES_PER_TOKEN_GUESS: usize = 4;
+
+/// A request's texts, cut, in the order their scores go back.
+#[derive(Debug)]
+pub struct RequestTexts {
+    fields: Fields,
+    queries: Vec<Text>,
+    /// Each pair's query index and document.
+    pairs: Vec<(u32, Text)>,
+    max_text_bytes: usize,
+}
+
+/// Pairs for one tokenizer job, and where they sit in their request.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub texts: TextPairs,
+    /// The request's index of the chunk's first pair.
+    pub offset: usize,
+    /// The request's index of each of the chunk's queries.
+    query_ids: Vec<u32>,
+}
+
+impl RequestTexts {
+    /// One query against many documents, as Rerank asks.
+    pub fn rerank<'a>(
+        query: &str,
+        documents: impl IntoIterator<Item = &'a str>,
+        documents_field: &'static str,
+        max_text_bytes: usize,
+    ) -> Self {
+        Self {
+            fields: Fields::Rerank {
+                documents: documents_field,
+            },
+            queries: vec![Text::cut(query, max_text_bytes)],
+            pairs: documents
+                .into_iter()
+                .map(|d| (0, Text::cut(d, max_text_bytes)))
+                .collect(),
+            max_text_bytes,
+        }
+    }
+
+    /// Pairs that each bring their own query, as Infer asks.
+    pub fn pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        pairs_field: &'static str,
+        max_text_bytes: usize,
+    ) -> Self {
+        let mut queries = Vec::new();
+        let mut cut_pairs = Vec::new();
+        for (i, (query, document)) in pairs.into_iter().enumerate() {
+            queries.push(Text::cut(query, max_text_bytes));
+            cut_pairs.push((i as u32, Text::cut(document, max_text_bytes)));
+        }
+        Self {
+            fields: Fields::Pairs { pairs: pairs_field },
+            queries,
+            pairs: cut_pairs,
+            max_text_bytes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Bytes of text this request holds, each text once.
+    pub fn text_bytes(&self) -> usize {
+        let texts = self.queries.iter().chain(self.pairs.iter().map(|p| &p.1));
+        texts.map(|t| t.text.len()).sum()
+    }
+
+    /// Tokens the pairs will likely cost, from their sizes alone.
+    pub fn estimated_tokens(&self, max_length: usize) -> u64 {
+        self.pairs
+            .iter()
+            .map(|(query, document)| {
+                let bytes = self.queries[*query as usize].text.len() + document.text.len();
+                // Three special tokens frame a pair.
+                (bytes / BYTES_PER_TOKEN_GUESS + 3).min(max_length) as u64
+            })
+            .sum()
+    }
+
+    /// The pairs in tokenizer jobs of at most `size` pairs; each job holds each of its
+    /// queries once (a Rerank's query is shared, not copied).
+    pub fn chunks(&self, size: usize) -> Vec<Chunk> {
+        self.pairs
+            .chunks(size.max(1))
+            .enumerate()
+            .map(|(n, pairs)| {
+                let mut chunk = Chunk {
+                    texts: TextPairs::default(),
+                    offset: n * size.max(1),
+                    query_ids: Vec::new(),
+                };
+                for (query, document) in pairs {
+                    if chunk.query_ids.last() != Some(query) {
+                        chunk.query_ids.push(*query);
+                        chunk
+                            .texts
+                            .queries
+                            .push(self.queries[*query as usize].clone());
+                    }
+                    let local = (chunk.query_ids.len() - 1) as u32;
+                    chunk.texts.pairs.push((local, document.clone()));
+                }
+                chunk
+            })
+            .collect()
+    }
+
+    /// The error for a text of `chunk` whose cut lost tokens, naming the request's field.
+    pub fn lossy_cut(&self, chunk: &Chunk, text: TextRef) -> InvalidRequest {
+        let (field, bytes) = match (text, self.fields) {
+            (TextRef::Query(local), fields) => {
+                let query = chunk.query_ids.get(local as usize).copied().unwrap_or(0);
+                let field = match fields {
+                    Fields::Rerank { .. } => "query".to_string(),
+                    Fields::Pairs { pairs } => format!("{pairs}[{query}].query"),
+                };
+                let bytes = self.queries.get(query as usize).map(|t| t.original_bytes);
+                (field, bytes)
+            }
+            (TextRef::Document(local), fields) => {
+                let index = chunk.offset + local as usize;
+                let field = match fields {
+                    Fields::Rerank { documents } => format!("{documents}[{index}]"),
+                    Fields::Pairs { pairs } => format!("{pairs}[{index}].document"),
+                };
+                (field, self.pairs.get(index).map(|p| p.1.original_bytes))
+            }
+        };
+        InvalidRequest::TextTooLong {
+            field,
+            bytes: bytes.unwrap_or_default(),
+            limit: self.max_text_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerank_query_is_shared_by_every_chunk_not_copied() {
+        let documents: Vec<String> = (0..130).map(|i| format!("d{i}")).collect();
+        let texts = RequestTexts::rerank(
+            &"q".repeat(100),
+            documents.iter().map(String::as_str),
+            "documents",
+            50,
+        );
+        let chunks = texts.chunks(64);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[2].offset, 128);
+        for chunk in &chunks {
+            assert_eq!(chunk.texts.queries.len(), 1);
+            assert!(std::sync::Arc::ptr_eq(
+                &chunk.texts.queries[0].text,
+                &texts.queries[0].text
+            ));
+        }
+        assert_eq!(&*chunks[0].texts.queries[0].text, "q".repeat(50));
+        assert_eq!(texts.text_bytes(), 50 + 10 * 2 + 90 * 3 + 30 * 4);
+    }
+
+    #[test]
+    fn lossy_cuts_name_the_field_its_size_and_the_limit() {
+        let texts = RequestTexts::pairs(
+            [("a", "b"), ("c", "d"), (&"x".repeat(90)[..], "e")],
+            "pairs",
+            64,
+        );
+        let chunks = texts.chunks(2);
+        let error = texts.lossy_cut(&chunks[1], TextRef::Query(0)).to_string();
+        assert!(error.starts_with("pairs[2].query is 90 bytes"), "{error}");
+        assert!(error.contains("max_text_bytes (64)"), "{error}");
+        let rerank = RequestTexts::rerank("q", ["a", "b", "c"], "texts", 64);
+        let chunks = rerank.chunks(2);
+        let error = rerank.lossy_cut(&chunks[1], TextRef::Document(0));
+        assert!(
+            error.to_string().starts_with("texts[2] is 1 bytes"),
+            "{error}"
+        );
+    }
+}
