@@ -60,6 +60,12 @@ fn the_shipped_file_checks_and_show_names_each_layer() {
             file.to_str().unwrap(),
             "--max-batch-size",
             "8",
+            "--max-text-bytes",
+            "8KiB",
+            "--max-connections",
+            "100",
+            "--default-deadline",
+            "5s",
         ],
         &[("CROSSENC_BATCHING__MAX_BATCH_DELAY", "7ms")],
     );
@@ -83,6 +89,18 @@ fn the_shipped_file_checks_and_show_names_each_layer() {
             && line("max_batch_size").ends_with("# command line")
     );
     assert!(line("max_queued_pairs").ends_with("# default"), "{text}");
+    for (key, value) in [
+        ("max_text_bytes", "8"),
+        ("max_connections", "100"),
+        ("default_deadline", "5s"),
+    ] {
+        let line = line(key);
+        assert!(
+            line.contains(value) && line.ends_with("# command line"),
+            "{line}"
+        );
+    }
+    assert!(line("max_start_failures").ends_with("# default"), "{text}");
 }
 
 /// Runs `crossenc serve` with a configuration that cannot work: it must exit 2 at once,
@@ -138,6 +156,9 @@ fn a_configuration_that_cannot_work_exits_2_naming_the_key() {
         message.contains("workers.model: 0 is not allowed: must be at least 1"),
         "{message}"
     );
+
+    let message = refused(&["--max-connections", "0"], &[]);
+    assert!(message.contains("server.max_connections"), "{message}");
 
     let same = "127.0.0.1:50999";
     let message = refused(&["--grpc-addr", same, "--http-addr", same], &[]);

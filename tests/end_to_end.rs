@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossenc_proto::v1::{InferRequest, InferResponse, Pair, RerankRequest};
@@ -524,34 +524,84 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_never_run() {
-    // Small batches, so that the two a worker holds are quick to finish.
-    let server = TestServer::start(&["--max-batch-tokens", "4096"]);
+async fn a_deadline_that_cannot_be_met_is_refused_at_once() {
+    let server = TestServer::start(&[]);
     let mut client = server.client_without_local_deadline();
-    // Minutes of model work, and seconds of patience: enough to be tokenized and queued.
+    // Minutes of model work against 3 s.
     let mut doomed = tonic::Request::new(InferRequest {
         pairs: long_pairs(1024, 400),
         raw_scores: false,
     });
     doomed.set_timeout(Duration::from_secs(3));
-    let status = client.infer(doomed).await.expect_err("the deadline passes");
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(status.message().contains("deadline"), "{status:?}");
+    let asked = Instant::now();
+    let status = client.infer(doomed).await.expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("expected wait"), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_not_held_up(&mut server.client().await).await;
 }
 
-/// Had a withdrawn request's pairs stayed queued, a small request would wait behind
-/// minutes of work; withdrawn, it waits at most for the batches a worker had taken.
-async fn assert_not_held_up(client: &mut CrossEncoderClient<Channel>) {
-    let mut next = tonic::Request::new(InferRequest {
-        pairs: long_pairs(4, 10),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_are_not_retried() {
+    // Admission cannot see a hang coming: the pair is admitted, its worker hangs on it
+    // until the batch timeout kills it, and the deadline passes first.
+    let server = TestServer::start_with_env(
+        &["--batch-timeout", "4s"],
+        &[("CROSSENC_FAULT_HANG_ON", "xylophone")],
+    );
+    let mut client = server.client_without_local_deadline();
+    let mut doomed = tonic::Request::new(InferRequest {
+        pairs: vec![Pair {
+            query: "which instrument".into(),
+            document: "a xylophone solo".into(),
+        }],
         raw_scores: false,
     });
-    next.set_timeout(Duration::from_secs(40));
-    let response = client
-        .infer(next)
-        .await
-        .expect("the withdrawn pairs do not hold up the next request");
+    doomed.set_timeout(Duration::from_secs(2));
+    let asked = Instant::now();
+    let status = client.infer(doomed).await.expect_err("the deadline passes");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("deadline"), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The hung worker is killed once; the gone request's pair is not run again.
+    assert_not_held_up(&mut server.client().await).await;
+    let restarts = server.metric_reaching("worker_restarts_total{worker_type=\"model\"}", 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+    let again = metric(
+        &server.metrics(),
+        "worker_restarts_total{worker_type=\"model\"}",
+    );
+    assert_eq!((restarts, again), (1.0, 1.0), "the withdrawn pair ran once");
+}
+
+/// Had a withdrawn request's pairs stayed queued, a small request would wait behind
+/// minutes of work, and admission would refuse it for as long; withdrawn, it waits at
+/// most for the batches a worker had taken. (The withdrawal reaches admission a moment
+/// after the client leaves: a refusal is retried for a few seconds.)
+async fn assert_not_held_up(client: &mut CrossEncoderClient<Channel>) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let response = loop {
+        let mut next = tonic::Request::new(InferRequest {
+            pairs: long_pairs(4, 10),
+            raw_scores: false,
+        });
+        next.set_timeout(Duration::from_secs(40));
+        match client.infer(next).await {
+            Err(status) if status.code() == Code::ResourceExhausted && Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            answered => break answered,
+        }
+    };
+    let response = response.expect("the withdrawn pairs do not hold up the next request");
     assert_eq!(response.get_ref().scores.len(), 4);
 }
 
@@ -609,7 +659,8 @@ fn bench_measures_a_server_and_the_model_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_has_its_pairs_withdrawn() {
-    let server = TestServer::start(&[]);
+    // A deadline far enough that admission takes the work in.
+    let server = TestServer::start(&["--default-deadline", "1h"]);
     let mut client = server.client().await;
     // Minutes of model work; the client gives up after a few seconds and resets the
     // stream, as a closed connection or a cancelled call does.

@@ -189,7 +189,10 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
     let status = poisoned.expect_err("the poison input fails its request");
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(
-        status.message().contains("pair 1") && status.message().contains("two model workers"),
+        status.message().contains("pair 1")
+            && status
+                .message()
+                .contains("crashed a model worker on its own"),
         "the message names the pair: {status:?}"
     );
     let innocent = innocent.expect("a request beside the poison is served");
@@ -204,10 +207,13 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
         .await
         .expect("served after the poison");
     assert_eq!(after.get_ref().scores.len(), 1);
+    // One model worker: it served `after`, so every restart has happened.
     let restarts = server.metric_reaching("worker_restarts_total{worker_type=\"model\"}", 2.0);
-    assert_eq!(
-        restarts, 2.0,
-        "the poison killed exactly two workers, then was not retried"
+    // The batch of at most 5 pairs died, then its halves were bisected down to the
+    // poison alone: at most 1 + ceil(log2(5)) deaths, and never a crash loop.
+    assert!(
+        (2.0..=4.0).contains(&restarts),
+        "the poison was found by bisection in {restarts} worker deaths"
     );
 }
 
@@ -292,7 +298,12 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
     let model = linked_model_copy();
     // The patience for a missing worker comes from the configuration file: 1 s, not 10 s.
     let config = model.join("crossenc.toml");
-    std::fs::write(&config, "[workers]\nno_worker_patience = \"1s\"\n").unwrap();
+    // Restarts go on failing here: the server must keep answering, not give up.
+    std::fs::write(
+        &config,
+        "[workers]\nno_worker_patience = \"1s\"\nmax_start_failures = 1000\n",
+    )
+    .unwrap();
     let server = TestServer::start_on(&model, &["--config", config.to_str().unwrap()]);
     // The weights vanish, then the model worker dies: every restart now fails.
     std::fs::remove_file(model.join("model.safetensors")).unwrap();

@@ -359,15 +359,34 @@ fn the_openapi_document_matches_the_handlers() {
 
 #[test]
 fn a_request_past_the_http_timeout_answers_504() {
-    let server = TestServer::start(&["--http-request-timeout", "1s"]);
-    // Minutes of model work against a second of patience.
-    let pairs: Vec<Value> = (0..512)
-        .map(|i| json!({"query": format!("query {i}"), "document": "lorem ipsum dolor sit amet ".repeat(80)}))
-        .collect();
+    // Admission cannot see a hang coming: the pair is admitted, its worker hangs on it,
+    // and the timeout answers.
+    let server = TestServer::start_with_env(
+        &["--http-request-timeout", "1s", "--batch-timeout", "3s"],
+        &[("CROSSENC_FAULT_HANG_ON", "xylophone")],
+    );
+    let pairs = json!([{"query": "which instrument", "document": "a xylophone solo"}]);
     expect_error(
         post_json(server.http_addr, "/score", &json!({"pairs": pairs})),
         504,
         "timeout",
         "http_request_timeout",
     );
+}
+
+#[test]
+fn a_request_that_cannot_finish_within_the_http_timeout_is_refused_at_once() {
+    let server = TestServer::start(&["--http-request-timeout", "1s"]);
+    // Minutes of model work against a second of patience.
+    let pairs: Vec<Value> = (0..512)
+        .map(|i| json!({"query": format!("query {i}"), "document": "lorem ipsum dolor sit amet ".repeat(80)}))
+        .collect();
+    let asked = std::time::Instant::now();
+    expect_error(
+        post_json(server.http_addr, "/score", &json!({"pairs": pairs})),
+        429,
+        "overloaded",
+        "expected wait",
+    );
+    assert!(asked.elapsed() < std::time::Duration::from_secs(1));
 }

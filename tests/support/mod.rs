@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
@@ -20,6 +21,8 @@ pub type RawHttp2 = hyper_util::client::legacy::Client<
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_crossenc");
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most of a server's stderr that [`TestServer::log`] keeps (its latest part).
+const LOG_CAP: usize = 4 << 20;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -65,6 +68,8 @@ pub struct TestServer {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// What the server has written on stderr so far (also forwarded to the test's).
+    pub log: Arc<Mutex<String>>,
 }
 
 impl TestServer {
@@ -98,7 +103,9 @@ impl TestServer {
         Self::spawn_on(&model_dir(), extra, env)
     }
 
-    fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    /// Starts the server on the model folder `model` with `extra` flags and environment,
+    /// without waiting for it to be ready (it may never be).
+    pub fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BINARY);
         // The test says every setting that matters: none comes from the caller's shell.
         crossenc_bench::without_caller_settings(&mut command);
@@ -115,11 +122,30 @@ impl TestServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start crossenc");
-        let (grpc_addr, http_addr) = listening_addrs(&mut child);
+        let log = Arc::new(Mutex::new(String::new()));
+        let (grpc_addr, http_addr) = listening_addrs(&mut child, Arc::clone(&log));
         Self {
             child,
             grpc_addr,
             http_addr,
+            log,
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
+    }
+
+    /// Polls the server's stderr until `found` says yes or `timeout` passes; returns it.
+    pub fn wait_for_log(&self, found: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if found(&log) || start.elapsed() > timeout {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -256,9 +282,10 @@ fn status_and_body(response: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Forwards the server's log to the test's and returns the addresses its "listening"
-/// line names; a server that exits before saying them is reported on port 0.
-fn listening_addrs(child: &mut Child) -> (SocketAddr, SocketAddr) {
+/// Forwards the server's log to the test's (and keeps it in `log`) and returns the
+/// addresses its "listening" line names; a server that exits before saying them is
+/// reported on port 0.
+fn listening_addrs(child: &mut Child, log: Arc<Mutex<String>>) -> (SocketAddr, SocketAddr) {
     use std::io::BufRead;
     let stderr = child.stderr.take().expect("stderr is piped");
     let (found, addrs) = std::sync::mpsc::channel();
@@ -268,6 +295,17 @@ fn listening_addrs(child: &mut Child) -> (SocketAddr, SocketAddr) {
             .map_while(Result::ok)
         {
             eprintln!("{line}");
+            if let Ok(mut log) = log.lock() {
+                if log.len() > LOG_CAP {
+                    let mut cut = log.len() - LOG_CAP / 2;
+                    while !log.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    log.replace_range(..cut, "");
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
             if let Some(addrs) = crossenc_bench::listening(&line) {
                 let _ = found.send(addrs);
             }
@@ -308,6 +346,48 @@ pub fn http_post(
     // The server may answer (413) and close before it has read the whole body.
     let _ = stream.read_to_string(&mut response);
     Ok(status_and_body(&response))
+}
+
+/// A bare HTTP/1.1 POST of any bytes: status code (0 when no status line came back) and
+/// body. A server may answer and close before it has read the whole body: what it
+/// answered counts, and a failed write is an error only when nothing came back.
+pub fn http_post_bytes(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let sent = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    if response.is_empty() {
+        sent?;
+        read?;
+    }
+    Ok(status_and_body(&String::from_utf8_lossy(&response)))
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`), if the process is there.
+pub fn proc_status_kib(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        line.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// POSTs JSON and parses the JSON answer.
