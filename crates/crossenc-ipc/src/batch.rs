@@ -1,8 +1,13 @@
-//! Token ids and scores in shared memory.
+//! Token ids and scores between the supervisor and its workers.
 //!
-//! A [`TokenBatch`] holds the tokens of several pairs in one shared-memory region: all
-//! ids as little-endian `u32`, then all token type ids as `u8`; the pair lengths travel
-//! beside it. Sending one moves a file descriptor, not the tokens.
+//! A [`TokenBatch`] holds the tokens of several pairs in one region: all ids as
+//! little-endian `u32`, then all token type ids as `u8`; the pair lengths travel beside
+//! it. The supervisor hands model workers batches in shared memory (sending one moves a
+//! file descriptor, not the tokens). What workers send back (tokenized batches, scores)
+//! travels inline in the message instead: the supervisor never maps memory a worker
+//! holds, so a worker that shrinks its segment cannot SIGBUS the supervisor (the
+//! segments ipc-channel makes cannot be sealed), and a batch that arrives in shared
+//! memory from a worker is refused (see [`TokenBatch::is_inline`]).
 
 use ipc_channel::ipc::IpcSharedMemory;
 use serde::{Deserialize, Serialize};
@@ -26,11 +31,31 @@ impl PairTokens {
     }
 }
 
-/// Tokenized pairs in shared memory.
+/// Tokenized pairs.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenBatch {
     lengths: Vec<u32>,
-    data: IpcSharedMemory,
+    data: Region,
+}
+
+/// Where a batch's bytes are.
+#[derive(Debug, Serialize, Deserialize)]
+enum Region {
+    /// A shared-memory segment, for what the supervisor sends.
+    Shared(IpcSharedMemory),
+    /// In the message itself, for what workers send.
+    Inline(Vec<u8>),
+}
+
+impl std::ops::Deref for Region {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Region::Shared(shared) => shared,
+            Region::Inline(bytes) => bytes,
+        }
+    }
 }
 
 /// One pair of a [`TokenBatch`], borrowed from its shared memory.
@@ -99,11 +124,21 @@ impl TokenBatchBuilder {
         self.push(pair.ids.iter().copied(), &pair.type_ids);
     }
 
+    /// The batch in shared memory, as the supervisor sends it to a model worker.
     pub fn finish(mut self) -> TokenBatch {
         self.ids.extend_from_slice(&self.type_ids);
         TokenBatch {
             lengths: self.lengths,
-            data: IpcSharedMemory::from_bytes(&self.ids),
+            data: Region::Shared(IpcSharedMemory::from_bytes(&self.ids)),
+        }
+    }
+
+    /// The batch inline, as a worker sends it to the supervisor.
+    pub fn finish_inline(mut self) -> TokenBatch {
+        self.ids.extend_from_slice(&self.type_ids);
+        TokenBatch {
+            lengths: self.lengths,
+            data: Region::Inline(self.ids),
         }
     }
 }
@@ -125,6 +160,12 @@ impl TokenBatch {
 
     pub fn total_tokens(&self) -> usize {
         self.lengths.iter().map(|&l| l as usize).sum()
+    }
+
+    /// Whether the batch travelled in its message rather than in shared memory: the
+    /// supervisor takes only such batches from workers.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.data, Region::Inline(_))
     }
 
     /// Checks that the shared memory holds exactly what the lengths promise, so that a
@@ -159,17 +200,17 @@ impl TokenBatch {
     }
 }
 
-/// One score per pair, in shared memory, in the order of the batch that was scored.
+/// One score per pair, in the order of the batch that was scored, inline in the message
+/// (never in shared memory: see the module's documentation).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScoreBatch {
-    data: IpcSharedMemory,
+    data: Vec<u8>,
 }
 
 impl ScoreBatch {
     pub fn new(scores: &[f32]) -> Self {
-        let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
         Self {
-            data: IpcSharedMemory::from_bytes(&bytes),
+            data: scores.iter().flat_map(|s| s.to_le_bytes()).collect(),
         }
     }
 
@@ -212,6 +253,25 @@ mod tests {
             prop_assert_eq!(batch.len(), pairs.len());
             let back: Vec<PairTokens> = batch.iter().map(PairView::to_pair_tokens).collect();
             prop_assert_eq!(back, pairs);
+        }
+    }
+
+    #[test]
+    fn workers_send_inline_and_the_supervisor_shares() {
+        let pair = PairTokens {
+            ids: vec![1, 2],
+            type_ids: vec![0, 1],
+        };
+        let mut inline = TokenBatchBuilder::default();
+        inline.push_pair(&pair);
+        let inline = inline.finish_inline();
+        let mut shared = TokenBatchBuilder::default();
+        shared.push_pair(&pair);
+        let shared = shared.finish();
+        assert!(inline.is_inline() && !shared.is_inline());
+        for batch in [inline, shared] {
+            assert!(batch.validate().is_ok());
+            assert_eq!(batch.iter().next().unwrap().to_pair_tokens(), pair);
         }
     }
 

@@ -167,13 +167,20 @@ fn tagged_command() -> impl Strategy<Value = Vec<u8>> {
 #[derive(Serialize, Deserialize)]
 struct ForgedBatch {
     lengths: Vec<u32>,
-    data: IpcSharedMemory,
+    data: ForgedRegion,
+}
+
+/// Where a `TokenBatch`'s bytes are, in the real type's order of variants.
+#[derive(Serialize, Deserialize)]
+enum ForgedRegion {
+    Shared(IpcSharedMemory),
+    Inline(Vec<u8>),
 }
 
 /// `ScoreBatch`'s shape on the wire.
 #[derive(Serialize, Deserialize)]
 struct ForgedScores {
-    data: IpcSharedMemory,
+    data: Vec<u8>,
 }
 
 /// Sends `forged` over a real IPC channel (its shared memory as a real region) and
@@ -238,15 +245,22 @@ proptest! {
         exact in any::<bool>(),
         other in 0usize..8192,
         fill in any::<u8>(),
+        shared in any::<bool>(),
     ) {
         let total: usize = lengths.iter().map(|&l| l as usize).sum();
         // Four bytes of id and one of type id per token.
         let promised = total * 5;
         let size = if exact && promised <= 1 << 20 { promised } else { other };
+        let data = match shared {
+            true => ForgedRegion::Shared(IpcSharedMemory::from_byte(fill, size)),
+            false => ForgedRegion::Inline(vec![fill; size]),
+        };
         let batch: TokenBatch = through_channel(ForgedBatch {
             lengths: lengths.clone(),
-            data: IpcSharedMemory::from_byte(fill, size),
+            data,
         });
+        // What the supervisor checks before it reads a worker's batch.
+        prop_assert_eq!(batch.is_inline(), !shared);
         prop_assert_eq!(batch.lengths(), &lengths[..]);
         prop_assert_eq!(batch.validate().is_ok(), size == promised);
         check_batch(&batch);
@@ -265,7 +279,7 @@ proptest! {
         fill in any::<u8>(),
     ) {
         let scores: ScoreBatch = through_channel(ForgedScores {
-            data: IpcSharedMemory::from_byte(fill, size),
+            data: vec![fill; size],
         });
         prop_assert_eq!(scores.to_vec().len(), size / 4);
     }

@@ -249,9 +249,10 @@ impl Pipeline {
         };
         match reply {
             // A batch that does not hold one valid pair per input is refused here, where
-            // it would otherwise put scores at the wrong places.
+            // it would otherwise put scores at the wrong places; one in shared memory, lest
+            // a worker shrink the segment under the supervisor's reads (SIGBUS).
             Reply::Encoded(batch, timing, lossy)
-                if batch.len() == expected && batch.validate().is_ok() =>
+                if batch.is_inline() && batch.len() == expected && batch.validate().is_ok() =>
             {
                 self.metrics
                     .tokenizer_queue_wait_latency

@@ -396,7 +396,8 @@ pub fn encode(
         TextRef::Document(i) => (1, *i),
     });
     lossy.dedup();
-    Ok((batch.finish(), lossy))
+    // Inline: the supervisor maps no memory a worker holds.
+    Ok((batch.finish_inline(), lossy))
 }
 
 /// What the check found for one text of a job.
