@@ -526,6 +526,61 @@ async fn a_text_that_crashes_the_tokenizer_fails_only_its_own_request() {
     assert_eq!(replaced, 2, "both tokenizer workers are back");
 }
 
+/// Sends a request head a byte every 200 ms, never finishing it; returns how long the
+/// server let the connection live (None: still open after `give_up`).
+fn slowloris(addr: std::net::SocketAddr, give_up: Duration) -> Option<Duration> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let opened = Instant::now();
+    let head = b"POST /score HTTP/1.1\r\nHost: crossenc\r\nX-Slow: ";
+    stream.write_all(head).unwrap();
+    let mut byte = [0u8; 256];
+    while opened.elapsed() < give_up {
+        if stream.write_all(b"a").is_err() {
+            return Some(opened.elapsed());
+        }
+        match stream.read(&mut byte) {
+            // Closed (or answered and closed): the server cut the head off.
+            Ok(_) => return Some(opened.elapsed()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(opened.elapsed()),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_a_byte_at_a_time_is_cut_off() {
+    let _serial = SERIAL.lock().await;
+    let server =
+        TestServer::start_with_env(&[], &[("CROSSENC_SERVER__HTTP_HEADER_READ_TIMEOUT", "2s")]);
+    let addr = server.http_addr;
+    let slow: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || slowloris(addr, Duration::from_secs(15))))
+        .collect();
+    // Meanwhile the server serves as usual.
+    let (status, body) = tokio::task::block_in_place(|| {
+        post_json(
+            addr,
+            "/score",
+            &json!({"pairs": [{"query": "what is this", "document": "a cat"}]}),
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    for client in slow {
+        let lived = tokio::task::block_in_place(|| client.join().unwrap())
+            .expect("a request head sent a byte at a time is cut off");
+        assert!(
+            lived >= Duration::from_millis(1500) && lived < Duration::from_secs(8),
+            "cut off after {lived:?}, with a 2 s header read timeout"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_idle_connections_do_not_stop_service() {
     let _serial = SERIAL.lock().await;

@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams (requests) on one gRPC connection.
     pub http2_max_concurrent_streams: u32,
+    /// How long an HTTP client may take to send a request's head (and may stay idle
+    /// between requests) before its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http_header_read_timeout: Duration,
 }
 
 /// What model workers compute in.
@@ -180,6 +184,7 @@ impl Default for ServerConfig {
             default_deadline: Duration::from_secs(60),
             max_connections: 4096,
             http2_max_concurrent_streams: 256,
+            http_header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -317,6 +322,10 @@ impl ServeConfig {
         );
         c.positive("server.http_request_timeout", server.http_request_timeout);
         c.positive("server.default_deadline", server.default_deadline);
+        c.positive(
+            "server.http_header_read_timeout",
+            server.http_header_read_timeout,
+        );
         c.at_least_one("server.max_connections", server.max_connections);
         c.require(
             server.http2_max_concurrent_streams >= 1,

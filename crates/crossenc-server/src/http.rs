@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::listen::LimitedListener;
 use crate::metrics::{Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
 use crate::pipeline::Pipeline;
 use crate::rest;
@@ -138,4 +139,59 @@ fn code_word(status: StatusCode) -> &'static str {
         StatusCode::INTERNAL_SERVER_ERROR => "internal",
         _ => "unknown",
     }
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then lets the requests in
+/// flight finish (connections close once idle) and returns.
+///
+/// axum's own `serve` gives hyper no timer, so a client that sends its request head a
+/// byte at a time (slowloris) would hold its connection forever; here the head must
+/// arrive within `header_read_timeout`, and a connection idle that long between
+/// requests is closed too.
+pub async fn serve(
+    listener: LimitedListener,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    header_read_timeout: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    // Each connection holds a receiver; all are gone once every connection has closed.
+    let (open_tx, open) = tokio::sync::watch::channel(());
+    loop {
+        let stream = tokio::select! {
+            (stream, _) = listener.next() => stream,
+            () = stopping(&mut stop) => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopping(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(open);
+    drop(listener);
+    open_tx.closed().await;
+}
+
+/// Resolves once `stop` turns true (the guard `wait_for` returns must not cross an await).
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
 }

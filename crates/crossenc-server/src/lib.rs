@@ -17,7 +17,7 @@ pub mod scheduler;
 pub mod scoring;
 pub mod texts;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -141,11 +141,12 @@ pub async fn serve(
         request_timeout: config.server.http_request_timeout,
         model_name: Arc::clone(&model_name),
     });
-    let http = tokio::spawn(
-        axum::serve(http_listener, router)
-            .with_graceful_shutdown(stopped(stop_rx))
-            .into_future(),
-    );
+    let http = tokio::spawn(http::serve(
+        http_listener,
+        router,
+        stop_rx,
+        config.server.http_header_read_timeout,
+    ));
     tracing::info!(grpc = %grpc_bound, http = %http_bound, "listening; starting workers");
 
     let started = start_workers(&launcher, &config, &pipeline).await;
