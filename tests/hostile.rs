@@ -526,6 +526,120 @@ async fn a_text_that_crashes_the_tokenizer_fails_only_its_own_request() {
     assert_eq!(replaced, 2, "both tokenizer workers are back");
 }
 
+/// Sends its bytes as the message, unchanged, and takes the answer's bytes as they are:
+/// a client that speaks gRPC but not protobuf.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// Protobuf-like bytes: fields 1 to 5 with any wire type and arbitrary contents, so that
+/// many inputs get past the first byte of the decoder.
+fn protobuf_like() -> BoxedStrategy<Vec<u8>> {
+    let field = (1u8..6, 0u8..6, prop::collection::vec(any::<u8>(), 0..24)).prop_map(
+        |(number, wire, mut rest)| {
+            let mut bytes = vec![(number << 3) | wire];
+            if wire == 2 {
+                // A length that may or may not match what follows.
+                bytes.push(rest.len().min(127) as u8 ^ (rest.first().copied().unwrap_or(0) & 1));
+            }
+            bytes.append(&mut rest);
+            bytes
+        },
+    );
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512),
+        prop::collection::vec(field, 0..8).prop_map(|fields| fields.concat()),
+    ]
+    .boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_messages_never_get_a_server_error_over_grpc() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start(&[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(96));
+    let mut seen = std::collections::BTreeMap::new();
+    for method in ["Rerank", "Infer"] {
+        let path: tonic::codegen::http::uri::PathAndQuery =
+            format!("/crossenc.v1.CrossEncoder/{method}")
+                .parse()
+                .unwrap();
+        let cases = (0..96)
+            .map(|_| protobuf_like().new_tree(&mut runner).unwrap().current())
+            .collect::<Vec<_>>();
+        for bytes in cases {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let mut request = tonic::Request::new(bytes.clone());
+            request.set_timeout(Duration::from_secs(30));
+            let code = match grpc.unary(request, path.clone(), RawCodec).await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            };
+            *seen.entry(format!("{code:?}")).or_insert(0) += 1;
+            assert!(
+                matches!(
+                    code,
+                    Code::Ok | Code::InvalidArgument | Code::ResourceExhausted
+                ),
+                "{method} of {bytes:?} answered {code:?}: a client's mistake is no server error"
+            );
+        }
+    }
+    println!("answers to arbitrary gRPC messages: {seen:?}");
+    assert!(seen.contains_key("InvalidArgument"), "{seen:?}");
+    assert!(is_running(server.pid()), "the supervisor is still up");
+}
+
 /// Sends a request head a byte every 200 ms, never finishing it; returns how long the
 /// server let the connection live (None: still open after `give_up`).
 fn slowloris(addr: std::net::SocketAddr, give_up: Duration) -> Option<Duration> {

@@ -113,6 +113,18 @@ async fn send_the_mix(server: &TestServer) -> Sent {
         let answer = client.rerank(request).await.unwrap().into_inner();
         sent.answered("grpc_rerank", documents.len(), answer.tokens);
     }
+    // Enough work for the CPU gauge to see: the model workers warm up at start, and the
+    // small requests above can fit between two of its 100 ms samples.
+    let long: Vec<String> = (0..32)
+        .map(|i| format!("document {i}: {}", "lorem ipsum dolor sit amet ".repeat(12)))
+        .collect();
+    let request = RerankRequest {
+        query: QUERY.into(),
+        documents: long.clone(),
+        ..Default::default()
+    };
+    let answer = client.rerank(request).await.unwrap().into_inner();
+    sent.answered("grpc_rerank", long.len(), answer.tokens);
     let addr = server.http_addr;
     let (status, scored) = post_json(
         addr,
@@ -318,9 +330,9 @@ async fn every_metric_moves_by_what_was_sent() {
     let jobs = tokenizer_jobs + batches;
     assert_eq!(count("mp_queue_send_latency_seconds"), 2.0 * jobs);
     assert_eq!(count("mp_queue_receive_latency_seconds"), jobs);
-    // Five gRPC answers were encoded; six requests (one refused) decoded.
-    assert_eq!(count("grpc_serialize_latency_seconds"), 5.0);
-    assert_eq!(count("grpc_deserialize_latency_seconds"), 6.0);
+    // Six gRPC answers were encoded; seven requests (one refused) decoded.
+    assert_eq!(count("grpc_serialize_latency_seconds"), 6.0);
+    assert_eq!(count("grpc_deserialize_latency_seconds"), 7.0);
 
     // Gauges of the idle server after the load.
     for idle in [

@@ -83,8 +83,10 @@ impl PairTokenizer {
 
     /// Tokenizes one text alone (no special tokens, no truncation), to check a cut.
     pub fn encode_text(&self, text: &str) -> Result<EncodedText, ModelError> {
+        // `encode`, not `encode_fast`: the fast one leaves every word id empty, and the
+        // cut check counts words.
         self.untruncated
-            .encode_fast(text, false)
+            .encode(text, false)
             .map(EncodedText)
             .map_err(|e| ModelError::Encode(e.to_string()))
     }

@@ -44,6 +44,19 @@ fn text_of_many_words_cut_anywhere_keeps_every_token_and_spaces_do_not() {
     assert!(!keeps_every_token(&tokenizer, &"a".repeat(16384)));
 }
 
+#[test]
+fn the_word_a_cut_falls_in_does_not_count() {
+    // Ten one-token words, then a word cut in the middle: its pieces could change, so
+    // with max_length 12 the cut is not lossless, however many pieces the cut word has.
+    let tokenizer = tokenizer(12);
+    let text = "a b c d e f g h i j unbelievably";
+    let prefix = &text[..text.len() - 4];
+    let encoded = tokenizer.encode_text(prefix).unwrap();
+    assert!(encoded.len() >= 12, "the cut word has several pieces");
+    assert_eq!(tokenizer.tokens_before_the_cut(&encoded), 10);
+    assert!(!keeps_every_token(&tokenizer, prefix));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -74,9 +74,16 @@ impl<U: prost::Message + Default> Decoder for TimedDecoder<U> {
     type Item = U;
     type Error = Status;
 
+    /// A message that is not valid protobuf of the request's type is the client's
+    /// mistake: INVALID_ARGUMENT, not the INTERNAL that prost's codec answers.
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         let started = Instant::now();
-        let decoded = self.0.decode(buf);
+        let decoded = self.0.decode(buf).map_err(|status| {
+            Status::invalid_argument(format!(
+                "the request message does not decode: {}",
+                status.message()
+            ))
+        });
         if let Some(observer) = OBSERVER.get() {
             observer.decoded(started.elapsed());
         }
