@@ -450,9 +450,20 @@ const TOKENIZER_POISON: &str = "xylophonequartz";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_that_crashes_the_tokenizer_fails_only_its_own_request() {
+    a_text_that_crashes_a_tokenizer_among(2).await;
+}
+
+/// With one tokenizer worker (the default), every other request's job dies with the
+/// poison's and is retried alone, one after another, on the respawned worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_that_crashes_the_only_tokenizer_fails_only_its_own_request() {
+    a_text_that_crashes_a_tokenizer_among(1).await;
+}
+
+async fn a_text_that_crashes_a_tokenizer_among(workers: usize) {
     let _serial = SERIAL.lock().await;
     let server = TestServer::start_with_env(
-        &["--tokenizer-workers", "2"],
+        &["--tokenizer-workers", &workers.to_string()],
         &[("CROSSENC_FAULT_TOKENIZER_ABORT_ON", TOKENIZER_POISON)],
     );
     let restarts = "worker_restarts_total{worker_type=\"tokenizer\"}";
@@ -517,13 +528,13 @@ async fn a_text_that_crashes_the_tokenizer_fails_only_its_own_request() {
         let start = Instant::now();
         loop {
             let up = server.worker_pids("tokenizer").len();
-            if up >= 2 || start.elapsed() > Duration::from_secs(20) {
+            if up >= workers || start.elapsed() > Duration::from_secs(20) {
                 return up;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    assert_eq!(replaced, 2, "both tokenizer workers are back");
+    assert_eq!(replaced, workers, "every tokenizer worker is back");
 }
 
 /// Sends its bytes as the message, unchanged, and takes the answer's bytes as they are:
@@ -693,6 +704,94 @@ async fn a_request_head_sent_a_byte_at_a_time_is_cut_off() {
             "cut off after {lived:?}, with a 2 s header read timeout"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_say_nothing_are_closed() {
+    let _serial = SERIAL.lock().await;
+    let server =
+        TestServer::start_with_env(&[], &[("CROSSENC_SERVER__HTTP_HEADER_READ_TIMEOUT", "1s")]);
+    let lived: Vec<Option<Duration>> = tokio::task::block_in_place(|| {
+        [server.http_addr, server.grpc_addr]
+            .into_iter()
+            .map(|addr| {
+                let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let opened = Instant::now();
+                let mut bytes = [0u8; 256];
+                // The gRPC server speaks first (its HTTP/2 settings); read until the end:
+                // 0 bytes (closed) or a reset, either way the server let go.
+                loop {
+                    match stream.read(&mut bytes) {
+                        Ok(0) => return Some(opened.elapsed()),
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                        Err(_) => return Some(opened.elapsed()),
+                    }
+                }
+            })
+            .collect()
+    });
+    for (port, lived) in ["http", "grpc"].iter().zip(lived) {
+        let lived = lived.unwrap_or_else(|| panic!("a silent connection to {port} stays open"));
+        assert!(
+            lived >= Duration::from_millis(800) && lived < Duration::from_secs(5),
+            "a silent {port} connection closed after {lived:?}, with a 1 s timeout"
+        );
+    }
+}
+
+#[test]
+fn a_body_that_never_finishes_gives_its_request_slot_back() {
+    use std::io::Write;
+    let server = TestServer::start(&[
+        "--max-concurrent-requests",
+        "1",
+        "--http-request-timeout",
+        "5s",
+    ]);
+    let addr = server.http_addr;
+    let small = json!({"pairs": [{"query": "what is this", "document": "a cat"}]});
+    // Promises 1000 bytes of body, sends 10, and waits. Nothing else is sent until the
+    // server has surely taken it in (no answer within half a second), so that it holds
+    // the one request slot rather than losing it to a probe.
+    let mut stalled = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stalled
+        .write_all(
+            b"POST /score HTTP/1.1\r\nHost: crossenc\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"pairs\": ",
+        )
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut early = [0u8; 64];
+    assert!(
+        stalled.read(&mut early).is_err(),
+        "the stalled request is not answered before its body arrives"
+    );
+    let start = Instant::now();
+    // Its slot is taken while the body is awaited: the one request allowed is in flight.
+    let mut refused = false;
+    while start.elapsed() < Duration::from_secs(3) && !refused {
+        refused = post_json(addr, "/score", &small).0 == 429;
+    }
+    assert!(refused, "the stalled request holds the only request slot");
+    // Then it is answered (504) and its slot comes back.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    let (status, body) = post_json(addr, "/score", &small);
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,9 @@ const WAIT_SAFETY: f64 = 1.5;
 const WAIT_OVERHEAD: Duration = Duration::from_millis(50);
 /// Weight of the newest batch in the throughput estimate.
 const RATE_WEIGHT: f64 = 0.3;
+/// The slowest the estimate may say the workers are (tokens/s), so that one absurd
+/// timing cannot make every wait infinite.
+const MIN_RATE: f64 = 1.0;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -268,7 +271,7 @@ impl Backlog {
     pub fn seed(&self, tokens_per_second: f64) {
         let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
         if rate.is_none() && tokens_per_second.is_finite() && tokens_per_second > 0.0 {
-            *rate = Some(tokens_per_second);
+            *rate = Some(tokens_per_second.max(MIN_RATE));
         }
     }
 
@@ -279,17 +282,21 @@ impl Backlog {
             return;
         }
         let sample = tokens as f64 / seconds * workers.max(1) as f64;
+        if !sample.is_finite() {
+            return;
+        }
         let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
-        *rate = Some(match *rate {
+        let next = match *rate {
             Some(rate) => rate + RATE_WEIGHT * (sample - rate),
             None => sample,
-        });
+        };
+        *rate = Some(next.max(MIN_RATE));
     }
 
     /// How long `tokens` take at the current rate, if one is known.
     pub fn wait_for(&self, tokens: u64) -> Option<Duration> {
         let rate = self.rate()?;
-        Some(Duration::from_secs_f64(tokens as f64 / rate))
+        Some(Duration::try_from_secs_f64(tokens as f64 / rate).unwrap_or(Duration::MAX))
     }
 
     /// Refuses work of `tokens` (its own and what waits before it) that cannot be done
@@ -299,7 +306,8 @@ impl Backlog {
             return Ok(());
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if expected.mul_f64(WAIT_SAFETY) + WAIT_OVERHEAD > remaining {
+        let needed = expected.as_secs_f64() * WAIT_SAFETY + WAIT_OVERHEAD.as_secs_f64();
+        if needed > remaining.as_secs_f64() {
             return Err(Refused::Deadline {
                 expected,
                 remaining,

@@ -314,8 +314,12 @@ impl DispatchTask {
             let Some(worker) = self.free_worker() else {
                 break;
             };
-            let group = self.suspects.pop_front().expect("not empty");
-            self.send_pairs(worker, group, true);
+            let mut group = self.suspects.pop_front().expect("not empty");
+            // Pairs of requests that went away or failed are not worth a worker's life.
+            group.retain(|pair| self.requests.contains_key(&pair.request));
+            if !group.is_empty() {
+                self.send_pairs(worker, group, true);
+            }
         }
         // New batches wait until every suspect group has run, or they would keep the
         // workers from ever being idle.
@@ -419,9 +423,12 @@ impl DispatchTask {
             }
             Err(error) => return self.fail_pairs(&pairs, error),
         };
-        let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
-        self.backlog
-            .observe(tokens, timing.compute, self.models.alive_count());
+        // Isolated retries (a pair or two on a worker) say nothing of full batches' speed.
+        if !isolated {
+            let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
+            self.backlog
+                .observe(tokens, timing.compute, self.models.alive_count());
+        }
         for (pair, score) in pairs.into_iter().zip(scores) {
             // In the scheduler until sent, then behind the worker's earlier batches.
             let waited = sent.saturating_duration_since(pair.arrived) + timing.queued;
@@ -449,8 +456,11 @@ impl DispatchTask {
     /// a worker is found in log2 steps. A pair that killed a worker alone is the poison,
     /// and its request fails.
     fn bisect(&mut self, pairs: Vec<QueuedPair>, isolated: bool) {
+        // Alone as sent: a group that is down to one pair only because the others' requests
+        // went away does not convict that pair; it runs alone first.
+        let alone = isolated && pairs.len() == 1;
         let mut pairs = self.requeued(pairs);
-        if pairs.len() == 1 && isolated {
+        if alone && pairs.len() == 1 {
             let pair = &pairs[0];
             tracing::error!(
                 request = pair.request,

@@ -41,7 +41,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/score", post(rest::score))
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
         .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state.pipeline),
+            state.clone(),
             admission_gate,
         ))
         .route_layer(middleware::from_fn_with_state(
@@ -85,21 +85,19 @@ async fn metrics(
 
 /// Lets an API request in before its body is read, or refuses it at once (429) while
 /// `max_concurrent_requests` are in flight: no more bodies than that are decoded at once.
-async fn admission_gate(
-    State(pipeline): State<Arc<Pipeline>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match pipeline.admission.enter() {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            response
-        }
+/// The request, body included, must be answered within `http_request_timeout`: a body
+/// that never finishes arriving gives its slot back then.
+async fn admission_gate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let permit = match state.pipeline.admission.enter() {
+        Ok(permit) => permit,
         Err(refused) => {
-            rest::ApiError::from(crate::pipeline::PipelineError::Refused(refused)).into_response()
+            return rest::ApiError::from(crate::pipeline::PipelineError::Refused(refused))
+                .into_response()
         }
-    }
+    };
+    let answered = tokio::time::timeout(state.request_timeout, next.run(request)).await;
+    drop(permit);
+    answered.unwrap_or_else(|_| rest::timed_out(state.request_timeout).into_response())
 }
 
 /// Records every API request, including those refused before their handler ran (a body

@@ -7,6 +7,7 @@ pub mod collector;
 pub mod dispatch;
 pub mod grpc;
 pub mod http;
+pub mod launch;
 pub mod listen;
 pub mod metrics;
 pub mod pipeline;
@@ -32,13 +33,17 @@ use crate::collector::{Collector, GpuMonitor};
 use crate::dispatch::DispatchLimits;
 use crate::grpc::CrossEncoderService;
 use crate::http::HttpState;
+pub use crate::launch::{SpawnError, WorkerLauncher};
 use crate::listen::LimitedListener;
 use crate::metrics::{BuildLabels, Metrics};
 use crate::pipeline::{Pipeline, PipelineLimits};
-pub use crate::pool::{SpawnError, WorkerLauncher};
 use crate::pool::{Worker, WorkerSet};
 use crate::respawn::{Backoff, WorkerSlot, STOP_GRACE};
 use crate::scheduler::SchedulerLimits;
+
+/// How long past `default_deadline` a gRPC call without a deadline of its own may take
+/// before tonic cancels it (one whose message never finished arriving).
+const STALLED_CALL_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +88,15 @@ pub async fn serve(
     raise_open_file_limit();
     let max_request_bytes = bytes(config.server.max_request_bytes.as_u64());
     let connections = config.server.max_connections;
+    let first_byte = config.server.http_header_read_timeout;
     let grpc_listener = LimitedListener::new(
         bind("grpc_addr", config.server.grpc_addr).await?,
-        connections,
+        (connections, first_byte),
         "grpc",
     );
     let http_listener = LimitedListener::new(
         bind("http_addr", config.server.http_addr).await?,
-        connections,
+        (connections, first_byte),
         "http",
     );
     // The bound addresses, not the asked ones: with port 0 these are where to connect.
@@ -125,6 +131,10 @@ pub async fn serve(
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+            // A call whose message never finishes arriving gives its request slot back:
+            // the client's deadline, or a little past the default one (which the handler
+            // answers itself once the message is in).
+            .timeout(config.server.default_deadline + STALLED_CALL_MARGIN)
             .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
             .layer(grpc::GateLayer(Arc::clone(&pipeline)))
             .add_service(health_service)

@@ -1,9 +1,11 @@
 //! Listeners that hold at most `max_connections` connections each.
 //!
 //! A connection past the limit is accepted and closed at once rather than left in the
-//! kernel's backlog: a client learns at once, and connections held open idly (slowloris)
-//! cost a slot each but cannot make the server stop accepting.
+//! kernel's backlog: a client learns at once. A connection that sends nothing within the
+//! first-byte timeout is closed, so that silent connections cannot hold the slots (the
+//! HTTP server's header timer starts only once a request begins, and HTTP/2 has none).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,6 +26,7 @@ pub struct LimitedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limit: usize,
+    first_byte: Duration,
     what: &'static str,
 }
 
@@ -31,14 +34,23 @@ pub struct LimitedListener {
 pub struct LimitedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    /// Until the first byte arrives: when the connection is given up.
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LimitedListener {
-    pub fn new(listener: TcpListener, limit: usize, what: &'static str) -> Self {
+    /// A listener holding at most `limit` connections, each closed if it sends nothing
+    /// within `first_byte`.
+    pub fn new(
+        listener: TcpListener,
+        (limit, first_byte): (usize, Duration),
+        what: &'static str,
+    ) -> Self {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
+            first_byte,
             what,
         }
     }
@@ -62,13 +74,13 @@ impl LimitedListener {
                 Ok(slot) => {
                     // Answers are small: send them at once rather than wait to coalesce.
                     let _ = stream.set_nodelay(true);
-                    return (
-                        LimitedStream {
-                            stream,
-                            _slot: slot,
-                        },
-                        addr,
-                    );
+                    let silent_until = Box::pin(tokio::time::sleep(self.first_byte));
+                    let stream = LimitedStream {
+                        stream,
+                        _slot: slot,
+                        silent_until: Some(silent_until),
+                    };
+                    return (stream, addr);
                 }
                 Err(_) => {
                     tracing::warn!(listener = self.what, limit = self.limit, %addr, "at max_connections; closing a new connection");
@@ -115,7 +127,22 @@ impl AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let Some(silent_until) = self.silent_until.as_mut() else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.silent_until = None,
+            Poll::Pending if silent_until.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection sent nothing within the first-byte timeout",
+                )));
+            }
+            _ => {}
+        }
+        read
     }
 }
 
@@ -157,7 +184,7 @@ mod tests {
     async fn connections_past_the_limit_are_closed_and_slots_come_back() {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let limited = LimitedListener::new(listener, 1, "test");
+        let limited = LimitedListener::new(listener, (1, Duration::from_secs(60)), "test");
         let addr = limited.local_addr().unwrap();
         let first = TcpStream::connect(addr).await.unwrap();
         let (held, _) = limited.next().await;
@@ -176,5 +203,25 @@ mod tests {
             .expect("the third connection is accepted once a slot is free")
             .unwrap();
         assert_eq!(from, third.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_given_up_and_one_that_speaks_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let limited = LimitedListener::new(listener, (2, Duration::from_millis(200)), "test");
+        let addr = limited.local_addr().unwrap();
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (mut silent, _) = limited.next().await;
+        let mut speaking = TcpStream::connect(addr).await.unwrap();
+        let (mut heard, _) = limited.next().await;
+        speaking.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(heard.read(&mut byte).await.unwrap(), 1);
+        let given_up = silent.read(&mut byte).await.unwrap_err();
+        assert_eq!(given_up.kind(), io::ErrorKind::TimedOut);
+        // Past the first byte, silence is the protocol's business, not the listener's.
+        let later = tokio::time::timeout(Duration::from_millis(400), heard.read(&mut byte)).await;
+        assert!(later.is_err(), "a connection that spoke is not timed out");
     }
 }

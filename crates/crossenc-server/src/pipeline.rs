@@ -273,8 +273,8 @@ impl Pipeline {
                 .isolate_within(self.patience)
                 .await
                 .ok_or(PipelineError::NoWorker(kind))?;
-            let answer = alone.0.submit(Work::Encode(chunk.texts.clone()));
-            match alone.0.answer_within(answer, self.job_timeout).await {
+            let answer = alone.worker().submit(Work::Encode(chunk.texts.clone()));
+            match alone.worker().answer_within(answer, self.job_timeout).await {
                 Err(JobError::NotDelivered { .. }) => continue,
                 Err(JobError::WorkerGone { .. }) => {
                     tracing::error!(
@@ -317,13 +317,18 @@ impl Drop for GaugeShare<'_> {
 async fn submit_once(
     workers: &WorkerSet,
     kind: WorkerKind,
-    work: Work,
+    mut work: Work,
     (timeout, patience): (Duration, Duration),
 ) -> Result<Reply, PipelineError> {
-    let worker = workers
-        .least_loaded_within(patience)
-        .await
-        .ok_or(PipelineError::NoWorker(kind))?;
-    let answer = worker.submit(work);
-    Ok(worker.answer_within(answer, timeout).await?)
+    loop {
+        let worker = workers
+            .least_loaded_within(patience)
+            .await
+            .ok_or(PipelineError::NoWorker(kind))?;
+        match worker.submit_beside_others(work) {
+            Ok(answer) => return Ok(worker.answer_within(answer, timeout).await?),
+            // Taken for an isolated job since it was picked: pick again.
+            Err(back) => work = back,
+        }
+    }
 }

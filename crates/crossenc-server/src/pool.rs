@@ -1,39 +1,24 @@
-//! Worker processes: spawning, the handshake, and the threads that carry each worker's
-//! commands and events.
+//! Running worker processes: their jobs, the sets they form, and the threads that carry
+//! each worker's commands and events (starting one is `launch`'s job).
 //!
 //! A [`Worker`] is the supervisor's handle on one process. Jobs submitted to it wait in
 //! its pending table until the worker answers; when the worker dies, every pending job
 //! fails at once with [`JobError::WorkerGone`], so no caller waits forever.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossenc_ipc::{
     IpcReceiver, IpcSender, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TextRef, TokenBatch,
-    Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind, WorkerListener,
+    Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
 };
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics::Metrics;
-
-/// How to start a worker: the binary to re-execute and what every worker is told.
-#[derive(Debug, Clone)]
-pub struct WorkerLauncher {
-    pub exe: PathBuf,
-    pub model: PathBuf,
-    pub max_length: Option<usize>,
-    pub device: String,
-    /// `f32` or `bf16`, as `model.dtype` says.
-    pub dtype: &'static str,
-    pub model_threads: usize,
-    pub startup_timeout: Duration,
-}
 
 /// A worker's answer to one job.
 #[derive(Debug)]
@@ -59,16 +44,9 @@ pub enum JobError {
     },
 }
 
-/// A worker that could not be started, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind} worker {id} failed to start: {reason}")]
-pub struct SpawnError {
-    pub kind: WorkerKind,
-    pub id: u32,
-    pub reason: String,
-}
-
 type ReplySender = oneshot::Sender<Result<Reply, JobError>>;
+/// Where a job's answer arrives.
+pub type Answer = oneshot::Receiver<Result<Reply, JobError>>;
 
 /// Jobs sent and not yet answered; `None` once the worker is gone, so that a job
 /// submitted after the death fails instead of waiting.
@@ -101,9 +79,28 @@ pub struct Worker {
 impl Worker {
     /// Sends a job; the receiver resolves with the worker's answer or its death.
     pub fn submit(&self, work: Work) -> oneshot::Receiver<Result<Reply, JobError>> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.submit_locked(pending, work)
+    }
+
+    /// Sends a job unless the worker was taken for an isolated job (then the work comes
+    /// back): checked under the same lock that isolating takes, so no job slips in
+    /// beside an isolated one.
+    pub fn submit_beside_others(&self, work: Work) -> Result<Answer, Work> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_isolated() {
+            return Err(work);
+        }
+        Ok(self.submit_locked(pending, work))
+    }
+
+    fn submit_locked(
+        &self,
+        mut pending: std::sync::MutexGuard<'_, Option<HashMap<u64, ReplySender>>>,
+        work: Work,
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
         let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match pending.as_mut() {
             Some(table) => {
                 table.insert(id, reply);
@@ -182,6 +179,12 @@ impl Worker {
 
     fn is_isolated(&self) -> bool {
         self.isolated.load(Ordering::Acquire)
+    }
+
+    /// Marks the worker as taken for an isolated job, unless it already is.
+    fn try_isolate(&self) -> bool {
+        let _pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        !self.isolated.swap(true, Ordering::AcqRel)
     }
 
     /// Asks the worker to exit, waits up to `grace`, then kills it.
@@ -264,33 +267,47 @@ impl WorkerSet {
         workers.iter().filter(|w| w.is_alive()).count()
     }
 
-    /// Takes an idle worker for a job that must run alone, waiting up to `patience` for
-    /// one; it gets no other job until the returned guard is dropped.
-    pub async fn isolate_within(&self, patience: Duration) -> Option<IsolatedWorker> {
+    /// Takes a worker for a job that must run alone, waiting up to `patience` for one:
+    /// it gets no new job from the moment it is taken, and is handed over once the jobs
+    /// it already held are done. Others may use it again when the guard is dropped.
+    pub async fn isolate_within(self: &Arc<Self>, patience: Duration) -> Option<IsolatedWorker> {
         let give_up = tokio::time::Instant::now() + patience;
         loop {
-            if let Some(worker) = self.claim_idle() {
-                return Some(worker);
+            if let Some(taken) = self.take_least_loaded() {
+                let taken = IsolatedWorker {
+                    worker: taken,
+                    set: Arc::clone(self),
+                };
+                // Jobs finishing do not signal; a short poll is enough for a rare retry.
+                while taken.worker.is_alive() && taken.worker.load() > 0 {
+                    if tokio::time::Instant::now() >= give_up {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if taken.worker.is_alive() {
+                    return Some(taken);
+                }
+                continue;
             }
             if tokio::time::Instant::now() >= give_up {
                 return None;
             }
-            // Jobs finishing do not signal; a short poll is enough for a rare retry.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    fn claim_idle(&self) -> Option<IsolatedWorker> {
+    fn take_least_loaded(&self) -> Option<Arc<Worker>> {
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        workers
+        let mut candidates: Vec<_> = workers
             .iter()
-            .filter(|w| w.is_alive() && w.load() == 0)
-            .find(|w| {
-                w.isolated
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            })
-            .map(|w| IsolatedWorker(Arc::clone(w)))
+            .filter(|w| w.is_alive() && !w.is_isolated())
+            .collect();
+        candidates.sort_by_key(|w| w.load());
+        candidates
+            .into_iter()
+            .find(|w| w.try_isolate())
+            .map(Arc::clone)
     }
 
     /// The least-loaded live worker, waiting up to `patience` for one to join.
@@ -319,24 +336,27 @@ impl WorkerSet {
     }
 }
 
-/// A worker taken for one isolated job; free for others again when dropped.
-pub struct IsolatedWorker(pub Arc<Worker>);
+/// A worker taken for one isolated job; free for others again when dropped, and those
+/// waiting for a worker learn it.
+pub struct IsolatedWorker {
+    worker: Arc<Worker>,
+    set: Arc<WorkerSet>,
+}
 
-impl Drop for IsolatedWorker {
-    fn drop(&mut self) {
-        self.0.isolated.store(false, Ordering::Release);
+impl IsolatedWorker {
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 }
 
-/// Opens a pidfd on a child that no one has reaped yet (so the pid is still its own).
-fn open_pidfd(child: &Child) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    // SAFETY: a non-negative result is a descriptor this process now owns alone.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+impl Drop for IsolatedWorker {
+    fn drop(&mut self) {
+        self.worker.isolated.store(false, Ordering::Release);
+        self.set.changes.send_modify(|n| *n += 1);
+    }
 }
 
-fn signal_pidfd(pidfd: &OwnedFd, signal: i32) {
+pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: i32) {
     // SAFETY: pidfd_send_signal reads only its arguments; a null info is allowed.
     unsafe {
         libc::syscall(
@@ -349,120 +369,8 @@ fn signal_pidfd(pidfd: &OwnedFd, signal: i32) {
     }
 }
 
-impl WorkerLauncher {
-    /// Starts one worker and waits until it is loaded (blocking: call from a blocking
-    /// thread). A worker that exits, fails to load or takes longer than
-    /// `startup_timeout` is reported with its reason.
-    pub fn spawn(
-        &self,
-        kind: WorkerKind,
-        id: u32,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Worker, SpawnError> {
-        let fail = |reason: String| SpawnError { kind, id, reason };
-        let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;
-        let name = listener.name().to_string();
-        let mut child = spawn_from_forker(self.command(kind, id, &name))
-            .map_err(|e| fail(format!("cannot execute {}: {e}", self.exe.display())))?;
-        let pidfd = open_pidfd(&child);
-        let hello = self
-            .await_hello(listener, &name, &mut child)
-            .and_then(|link| match link.pid == child.id() {
-                true => Ok(link),
-                false => Err(format!(
-                    "said it was pid {} but was started as pid {}",
-                    link.pid,
-                    child.id()
-                )),
-            });
-        let link = match hello {
-            Ok(link) => link,
-            Err(reason) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(reason));
-            }
-        };
-        let info = match link.events.try_recv_timeout(self.startup_timeout) {
-            Ok(WorkerEvent::Ready(info)) => info,
-            Ok(WorkerEvent::StartFailed { message }) => Err(fail(message))?,
-            Ok(other) => Err(fail(format!("sent {other:?} before Ready")))?,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "no Ready within {:?} ({e:?})",
-                    self.startup_timeout
-                )));
-            }
-        };
-        tracing::info!(%kind, id, pid = link.pid, "worker ready");
-        Ok(Worker::start(kind, id, link, info, (child, pidfd), metrics))
-    }
-
-    fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
-        let mut command = Command::new(&self.exe);
-        command
-            .args(["worker", kind.as_str(), "--ipc-server", server_name])
-            .arg("--worker-id")
-            .arg(id.to_string())
-            .arg("--supervisor-pid")
-            .arg(std::process::id().to_string())
-            .arg("--model")
-            .arg(&self.model)
-            .args(["--device", &self.device])
-            .args(["--dtype", self.dtype])
-            .stdin(Stdio::null())
-            // Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
-            // which then stops the workers in order.
-            .process_group(0);
-        if let Some(max_length) = self.max_length {
-            command.arg("--max-length").arg(max_length.to_string());
-        }
-        let threads = match kind {
-            WorkerKind::Model => self.model_threads,
-            WorkerKind::Tokenizer => 1,
-        };
-        // rayon runs the CPU pass; OpenMP runs oneDNN's bf16 products. OpenMP threads that
-        // spin after a product would take the cores from the rayon work between products.
-        command.env("RAYON_NUM_THREADS", threads.to_string());
-        command.env("OMP_NUM_THREADS", threads.to_string());
-        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-            command.env("OMP_WAIT_POLICY", "passive");
-        }
-        command
-    }
-
-    /// Waits for the worker's Hello; gives up if the process exits first.
-    fn await_hello(
-        &self,
-        listener: WorkerListener,
-        name: &str,
-        child: &mut Child,
-    ) -> Result<crossenc_ipc::SupervisorLink, String> {
-        let accept = std::thread::spawn(move || listener.accept());
-        let deadline = Instant::now() + self.startup_timeout;
-        while !accept.is_finished() {
-            let exited = child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() > deadline {
-                WorkerListener::abandon(name);
-                let _ = accept.join();
-                return Err(match exited {
-                    Some(status) => format!("exited ({status}) before connecting"),
-                    None => "did not connect in time".to_string(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let link = accept
-            .join()
-            .map_err(|_| "the accept thread panicked".to_string())?;
-        link.map_err(|e| e.to_string())
-    }
-}
-
 impl Worker {
-    fn start(
+    pub(crate) fn start(
         kind: WorkerKind,
         id: u32,
         link: crossenc_ipc::SupervisorLink,
@@ -514,36 +422,7 @@ impl Worker {
     }
 }
 
-type ForkRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-/// Starts `command` from one thread that lives as long as the supervisor.
-///
-/// Workers ask for SIGKILL when their parent dies (PR_SET_PDEATHSIG), and Linux sends it
-/// when the *thread* that forked them exits, not the process: a worker forked from a
-/// short-lived thread (such as tokio's blocking pool) would be killed when that thread is
-/// retired.
-fn spawn_from_forker(command: Command) -> std::io::Result<Child> {
-    static FORKER: OnceLock<Mutex<mpsc::Sender<ForkRequest>>> = OnceLock::new();
-    let forker = FORKER.get_or_init(|| {
-        let (requests, incoming) = mpsc::channel::<ForkRequest>();
-        spawn_named("worker-forker".into(), move || {
-            for (mut command, reply) in incoming {
-                let _ = reply.send(command.spawn());
-            }
-        });
-        Mutex::new(requests)
-    });
-    let (reply, answer) = mpsc::channel();
-    let sent = forker
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((command, reply));
-    let gone = || std::io::Error::other("the worker-forker thread is gone");
-    sent.map_err(|_| gone())?;
-    answer.recv().map_err(|_| gone())?
-}
-
-fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) {
+pub(crate) fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new()
         .name(name)
         .spawn(body)

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::WorkerKind;
 use tokio::sync::{mpsc, watch};
 
+use crate::launch::{SpawnError, WorkerLauncher};
 use crate::metrics::{Metrics, PoolLabels};
-use crate::pool::{SpawnError, Worker, WorkerLauncher, WorkerSet};
+use crate::pool::{Worker, WorkerSet};
 
 /// A worker that ran this long was healthy: its next restart starts from the first pause.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
@@ -139,7 +140,18 @@ impl WorkerSlot {
                         return None;
                     }
                 }
-                Err(join) => tracing::error!(%join, "worker restart panicked"),
+                Err(join) => {
+                    failures += 1;
+                    tracing::error!(%join, failures, "worker restart panicked");
+                    if failures >= self.max_start_failures {
+                        let _ = self.fatal.try_send(SpawnError {
+                            kind: self.kind,
+                            id: self.id,
+                            reason: format!("starting it panicked {failures} times in a row"),
+                        });
+                        return None;
+                    }
+                }
             }
         }
     }

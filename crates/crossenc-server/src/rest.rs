@@ -286,6 +286,15 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::new(status, "validation", rejection.body_text())
 }
 
+/// The answer to a request not answered within `http_request_timeout`.
+pub(crate) fn timed_out(timeout: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!("no scores within http_request_timeout ({timeout:?})"),
+    )
+}
+
 fn refuse_while_draining(state: &HttpState) -> Result<(), ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
@@ -303,16 +312,7 @@ async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scored, ApiError>
     // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
     let scored = tokio::time::timeout(state.request_timeout, state.pipeline.score(texts, deadline))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "no scores within http_request_timeout ({:?})",
-                    state.request_timeout
-                ),
-            )
-        })??;
+        .map_err(|_| timed_out(state.request_timeout))??;
     Ok(scored)
 }
 

@@ -1,0 +1,186 @@
+//! Starting a worker process: the command line it is re-executed with, the fork from a
+//! thread that outlives it, the pidfd taken before anyone can reap it, and the handshake
+//! up to its Ready.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossenc_ipc::{WorkerEvent, WorkerKind, WorkerListener};
+
+use crate::metrics::Metrics;
+use crate::pool::{spawn_named, Worker};
+
+/// How to start a worker: the binary to re-execute and what every worker is told.
+#[derive(Debug, Clone)]
+pub struct WorkerLauncher {
+    pub exe: PathBuf,
+    pub model: PathBuf,
+    pub max_length: Option<usize>,
+    pub device: String,
+    /// `f32` or `bf16`, as `model.dtype` says.
+    pub dtype: &'static str,
+    pub model_threads: usize,
+    pub startup_timeout: Duration,
+}
+
+/// A worker that could not be started, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} worker {id} failed to start: {reason}")]
+pub struct SpawnError {
+    pub kind: WorkerKind,
+    pub id: u32,
+    pub reason: String,
+}
+
+impl WorkerLauncher {
+    /// Starts one worker and waits until it is loaded (blocking: call from a blocking
+    /// thread). A worker that exits, fails to load or takes longer than
+    /// `startup_timeout` is reported with its reason.
+    pub fn spawn(
+        &self,
+        kind: WorkerKind,
+        id: u32,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Worker, SpawnError> {
+        let fail = |reason: String| SpawnError { kind, id, reason };
+        let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;
+        let name = listener.name().to_string();
+        let mut child = spawn_from_forker(self.command(kind, id, &name))
+            .map_err(|e| fail(format!("cannot execute {}: {e}", self.exe.display())))?;
+        let pidfd = open_pidfd(&child);
+        let hello = self
+            .await_hello(listener, &name, &mut child)
+            .and_then(|link| match link.pid == child.id() {
+                true => Ok(link),
+                false => Err(format!(
+                    "said it was pid {} but was started as pid {}",
+                    link.pid,
+                    child.id()
+                )),
+            });
+        let link = match hello {
+            Ok(link) => link,
+            Err(reason) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(reason));
+            }
+        };
+        let info = match link.events.try_recv_timeout(self.startup_timeout) {
+            Ok(WorkerEvent::Ready(info)) => info,
+            Ok(WorkerEvent::StartFailed { message }) => Err(fail(message))?,
+            Ok(other) => Err(fail(format!("sent {other:?} before Ready")))?,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "no Ready within {:?} ({e:?})",
+                    self.startup_timeout
+                )));
+            }
+        };
+        tracing::info!(%kind, id, pid = link.pid, "worker ready");
+        Ok(Worker::start(kind, id, link, info, (child, pidfd), metrics))
+    }
+
+    fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["worker", kind.as_str(), "--ipc-server", server_name])
+            .arg("--worker-id")
+            .arg(id.to_string())
+            .arg("--supervisor-pid")
+            .arg(std::process::id().to_string())
+            .arg("--model")
+            .arg(&self.model)
+            .args(["--device", &self.device])
+            .args(["--dtype", self.dtype])
+            .stdin(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
+            // which then stops the workers in order.
+            .process_group(0);
+        if let Some(max_length) = self.max_length {
+            command.arg("--max-length").arg(max_length.to_string());
+        }
+        let threads = match kind {
+            WorkerKind::Model => self.model_threads,
+            WorkerKind::Tokenizer => 1,
+        };
+        // rayon runs the CPU pass; OpenMP runs oneDNN's bf16 products. OpenMP threads that
+        // spin after a product would take the cores from the rayon work between products.
+        command.env("RAYON_NUM_THREADS", threads.to_string());
+        command.env("OMP_NUM_THREADS", threads.to_string());
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            command.env("OMP_WAIT_POLICY", "passive");
+        }
+        command
+    }
+
+    /// Waits for the worker's Hello; gives up if the process exits first.
+    fn await_hello(
+        &self,
+        listener: WorkerListener,
+        name: &str,
+        child: &mut Child,
+    ) -> Result<crossenc_ipc::SupervisorLink, String> {
+        let accept = std::thread::spawn(move || listener.accept());
+        let deadline = Instant::now() + self.startup_timeout;
+        while !accept.is_finished() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                WorkerListener::abandon(name);
+                let _ = accept.join();
+                return Err(match exited {
+                    Some(status) => format!("exited ({status}) before connecting"),
+                    None => "did not connect in time".to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let link = accept
+            .join()
+            .map_err(|_| "the accept thread panicked".to_string())?;
+        link.map_err(|e| e.to_string())
+    }
+}
+
+type ForkRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `command` from one thread that lives as long as the supervisor.
+///
+/// Workers ask for SIGKILL when their parent dies (PR_SET_PDEATHSIG), and Linux sends it
+/// when the *thread* that forked them exits, not the process: a worker forked from a
+/// short-lived thread (such as tokio's blocking pool) would be killed when that thread is
+/// retired.
+fn spawn_from_forker(command: Command) -> std::io::Result<Child> {
+    static FORKER: OnceLock<Mutex<mpsc::Sender<ForkRequest>>> = OnceLock::new();
+    let forker = FORKER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<ForkRequest>();
+        spawn_named("worker-forker".into(), move || {
+            for (mut command, reply) in incoming {
+                let _ = reply.send(command.spawn());
+            }
+        });
+        Mutex::new(requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = forker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply));
+    let gone = || std::io::Error::other("the worker-forker thread is gone");
+    sent.map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+/// Opens a pidfd on a child that no one has reaped yet (so the pid is still its own).
+fn open_pidfd(child: &Child) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a descriptor this process now owns alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
