@@ -18,7 +18,6 @@ use crate::metrics::{RequestRecorder, StageTimes};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::pool::JobError;
 use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
-use crate::texts::RequestTexts;
 
 /// Serves Infer and Rerank through the pipeline.
 pub struct CrossEncoderService {
@@ -78,14 +77,7 @@ impl CrossEncoderService {
         let deadline = deadline_of(&request, self.default_deadline);
         let request = request.into_inner();
         validate_infer(&request, self.max_client_batch_size)?;
-        let texts = RequestTexts::pairs(
-            request
-                .pairs
-                .iter()
-                .map(|p| (p.query.as_str(), p.document.as_str())),
-            "pairs",
-            self.pipeline.max_text_bytes(),
-        );
+        let texts = self.pipeline.pair_texts(&request.pairs);
         let raw_scores = request.raw_scores;
         // The texts hold what the model needs: the message itself can go.
         drop(request);
@@ -101,12 +93,9 @@ impl CrossEncoderService {
         let deadline = deadline_of(&request, self.default_deadline);
         let mut request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
-        let texts = RequestTexts::rerank(
-            &request.query,
-            request.documents.iter().map(String::as_str),
-            "documents",
-            self.pipeline.max_text_bytes(),
-        );
+        let texts = self
+            .pipeline
+            .rerank_texts(&request.query, &request.documents, "documents");
         request.query = String::new();
         if !request.return_documents {
             request.documents = Vec::new();

@@ -14,7 +14,7 @@ use crate::metrics::{Metrics, StageTimes};
 use crate::pool::{JobError, Reply, WorkerSet};
 use crate::scheduler::SchedulerLimits;
 use crate::scoring::{activate, InvalidRequest};
-use crate::texts::{Chunk, RequestTexts};
+use crate::texts::{Chunk, RequestTexts, TextPair};
 use crossenc_config::Activation;
 
 /// Pairs sent to one tokenizer job: large requests spread over the tokenizer workers.
@@ -154,6 +154,24 @@ impl Pipeline {
             0 => self.max_length() * AUTO_TEXT_BYTES_PER_TOKEN,
             configured => configured,
         }
+    }
+
+    /// A Rerank's texts, each cut to `max_text_bytes`; `documents_field` names them in
+    /// errors.
+    pub fn rerank_texts(
+        &self,
+        query: &str,
+        documents: &[String],
+        documents_field: &'static str,
+    ) -> RequestTexts {
+        let documents = documents.iter().map(String::as_str);
+        RequestTexts::rerank(query, documents, documents_field, self.max_text_bytes())
+    }
+
+    /// An Infer's (or `/score`'s) pairs, each text cut to `max_text_bytes`.
+    pub fn pair_texts<P: TextPair>(&self, pairs: &[P]) -> RequestTexts {
+        let pairs = pairs.iter().map(|p| (p.query(), p.document()));
+        RequestTexts::pairs(pairs, "pairs", self.max_text_bytes())
     }
 
     /// The scores a client gets: logits through the configured activation, or raw

@@ -154,6 +154,16 @@ pub struct ScorePair {
     pub document: String,
 }
 
+impl crate::texts::TextPair for ScorePair {
+    fn query(&self) -> &str {
+        &self.query
+    }
+
+    fn document(&self) -> &str {
+        &self.document
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScoreResponse {
     /// One score per pair, in request order.
@@ -338,12 +348,9 @@ pub async fn rerank(
             .into());
         }
     }
-    let texts = RequestTexts::rerank(
-        &request.query,
-        request.texts.iter().map(String::as_str),
-        "texts",
-        state.pipeline.max_text_bytes(),
-    );
+    let texts = state
+        .pipeline
+        .rerank_texts(&request.query, &request.texts, "texts");
     let RerankRequest {
         texts: mut originals,
         raw_scores,
@@ -387,12 +394,9 @@ pub async fn v1_rerank(
         .into_iter()
         .map(V1Document::into_text)
         .collect();
-    let texts = RequestTexts::rerank(
-        &request.query,
-        documents.iter().map(String::as_str),
-        "documents",
-        state.pipeline.max_text_bytes(),
-    );
+    let texts = state
+        .pipeline
+        .rerank_texts(&request.query, &documents, "documents");
     drop(request.query);
     if !request.return_documents {
         documents = Vec::new();
@@ -435,14 +439,7 @@ pub async fn score(
     for (i, pair) in request.pairs.iter().enumerate() {
         check_query(&format!("pairs[{i}].query"), &pair.query)?;
     }
-    let texts = RequestTexts::pairs(
-        request
-            .pairs
-            .iter()
-            .map(|p| (p.query.as_str(), p.document.as_str())),
-        "pairs",
-        state.pipeline.max_text_bytes(),
-    );
+    let texts = state.pipeline.pair_texts(&request.pairs);
     drop(request.pairs);
     let scored = run(&state, texts).await?;
     let response = ScoreResponse {

@@ -30,6 +30,22 @@ pub struct RequestTexts {
     max_text_bytes: usize,
 }
 
+/// A (query, document) pair as an API receives it (gRPC `Pair`, JSON `ScorePair`).
+pub trait TextPair {
+    fn query(&self) -> &str;
+    fn document(&self) -> &str;
+}
+
+impl TextPair for crossenc_proto::v1::Pair {
+    fn query(&self) -> &str {
+        &self.query
+    }
+
+    fn document(&self) -> &str {
+        &self.document
+    }
+}
+
 /// Pairs for one tokenizer job, and where they sit in their request.
 #[derive(Debug, Clone)]
 pub struct Chunk {
