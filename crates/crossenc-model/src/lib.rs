@@ -1,19 +1,23 @@
 //! A cross-encoder model on its own: a Hugging Face folder (`config.json`,
-//! `tokenizer.json`, `model.safetensors`) loaded, pairs tokenized exactly as
-//! `transformers` does, and scored with candle.
+//! `tokenizer.json`, `model.safetensors`) of a supported architecture (BERT,
+//! XLM-RoBERTa, RoBERTa, CamemBERT) loaded, pairs tokenized exactly as `transformers`
+//! does, and scored with candle.
 //!
 //! This crate knows nothing of processes or IPC: the worker crate drives it.
 
-mod bert;
+mod arch;
+mod cross_encoder;
 mod error;
 mod folder;
 mod gelu;
+mod layers;
 mod packed;
 mod tokenize;
 
-pub use bert::{CrossEncoder, PackedPairs, PaddedBatch, Precision, Products};
+pub use arch::PairTemplate;
+pub use cross_encoder::{CrossEncoder, PackedPairs, PaddedBatch, Precision, Products};
 pub use error::ModelError;
-pub use folder::{Activation, ModelConfig, ModelFolder};
+pub use folder::{HiddenAct, ModelConfig, ModelFolder, ScoreActivation};
 pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};
 
 /// Where a model runs: `cpu`, or `cuda:N` in a build with the `cuda` feature.

@@ -13,7 +13,7 @@
 use crossenc_onednn::{bf16, Bf16Weights};
 use rayon::prelude::*;
 
-use crate::{Activation, ModelConfig, ModelError};
+use crate::{HiddenAct, ModelConfig, ModelError};
 
 /// A dense layer, weights `[inputs, outputs]` row-major.
 pub(crate) struct Linear {
@@ -48,8 +48,9 @@ pub(crate) struct PackedEncoder {
     pub token_types: Vec<f32>,
     pub embedding_norm: Norm,
     pub layers: Vec<PackedLayer>,
-    pub pooler: Linear,
-    pub classifier: Linear,
+    /// The head on each pair's first token: dense, tanh, then the labels' layer.
+    pub head_dense: Linear,
+    pub head_out: Linear,
     pub config: ModelConfig,
 }
 
@@ -344,21 +345,21 @@ simd_kernel! {
 
 simd_kernel! {
     /// The FFN's activation, in place.
-    fn activate_slice(x: &mut [f32], activation: &Activation) {
+    fn activate_slice(x: &mut [f32], activation: &HiddenAct) {
         match activation {
-            Activation::GeluErf => {
+            HiddenAct::GeluErf => {
                 for v in x {
                     *v = 0.5 * *v * (1.0 + crate::gelu::erf(*v * std::f32::consts::FRAC_1_SQRT_2));
                 }
             }
-            Activation::GeluTanh => {
+            HiddenAct::GeluTanh => {
                 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
                 for v in x {
                     let t = *v;
                     *v = 0.5 * t * (1.0 + (C * (t + 0.044_715 * t * t * t)).tanh());
                 }
             }
-            Activation::Relu => {
+            HiddenAct::Relu => {
                 for v in x {
                     *v = v.max(0.0);
                 }
@@ -419,7 +420,7 @@ impl Norm {
     }
 }
 
-fn activate(x: &mut [f32], activation: Activation) {
+fn activate(x: &mut [f32], activation: HiddenAct) {
     x.par_chunks_mut(16 * 1024)
         .for_each(|chunk| activate_slice(chunk, &activation));
 }
@@ -436,7 +437,7 @@ struct Scratch {
 
 impl PackedEncoder {
     /// Prepares the encoder layers' products (nearly all the FLOPs) for bf16; the
-    /// pooler and classifier, one row per pair, stay f32.
+    /// head, one row per pair, stays f32.
     pub fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
         for layer in &mut self.layers {
             layer.qkv.prepare_bf16()?;
@@ -447,8 +448,8 @@ impl PackedEncoder {
         Ok(())
     }
 
-    /// Raw logits (the first label), one per pair.
-    pub fn score(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
+    /// The logits of every label, pair after pair.
+    pub fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (h, tokens) = (c.hidden_size, batch.ids.len());
         let mut s = Scratch::default();
@@ -464,7 +465,7 @@ impl PackedEncoder {
             layer
                 .intermediate
                 .forward(&s.attended, tokens, None, &mut s.inner, &mut p)?;
-            activate(&mut s.inner, c.activation);
+            activate(&mut s.inner, c.hidden_act);
             layer
                 .output
                 .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, &mut p)?;
@@ -477,28 +478,32 @@ impl PackedEncoder {
         }
         let mut one_thread = ProductScratch::new(1);
         let mut pooled = Vec::new();
-        self.pooler
+        self.head_dense
             .forward(&cls, pairs, None, &mut pooled, &mut one_thread)?;
         pooled.iter_mut().for_each(|v| *v = v.tanh());
         let mut logits = Vec::new();
-        self.classifier
+        self.head_out
             .forward(&pooled, pairs, None, &mut logits, &mut one_thread)?;
-        Ok(logits
-            .chunks(self.classifier.outputs)
-            .map(|labels| labels[0])
-            .collect())
+        Ok(logits)
     }
 
     /// Word + position + token-type embeddings, then layer norm: `[tokens, hidden]`.
+    /// Positions count from the layout's first; without token types, every token
+    /// reads the table's one row.
     fn embed(&self, batch: &PackedTokens<'_>, x: &mut Vec<f32>) {
         let h = self.config.hidden_size;
+        let layout = &self.config.layout;
         x.clear();
         x.reserve(batch.ids.len() * h);
         for pair in batch.offsets.windows(2) {
             for (position, t) in (pair[0]..pair[1]).enumerate() {
                 let word = &self.words[batch.ids[t] as usize * h..][..h];
-                let place = &self.positions[position * h..][..h];
-                let kind = &self.token_types[batch.type_ids[t] as usize * h..][..h];
+                let place = &self.positions[(layout.first_position + position) * h..][..h];
+                let kind = match layout.token_types {
+                    true => batch.type_ids[t] as usize,
+                    false => 0,
+                };
+                let kind = &self.token_types[kind * h..][..h];
                 x.extend(
                     word.iter()
                         .zip(place)

@@ -1,0 +1,120 @@
+//! One file per architecture, behind [`Architecture`]: where its checkpoint keeps the
+//! weights, what its tokenizer's pair template must be, and candle's padded model of
+//! it. The packed CPU pass (`crate::packed`) runs every architecture from the
+//! [`Layout`] it gives; nothing outside this crate learns which one runs but its name.
+
+mod bert;
+mod xlm_roberta;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::{ModelConfig, PaddedBatch};
+
+/// An architecture crossenc runs.
+pub(crate) trait Architecture: Sync {
+    /// Its name in `build_info` and logs.
+    fn name(&self) -> &'static str;
+
+    /// The `architectures` entries of `config.json` it runs.
+    fn classes(&self) -> &'static [&'static str];
+
+    /// The `model_type`s it runs, for a `config.json` without `architectures`.
+    fn model_types(&self) -> &'static [&'static str];
+
+    /// `pad_token_id` where `config.json` does not give it (transformers' default).
+    fn default_pad_token_id(&self) -> u32;
+
+    /// Where the weights live and how the embeddings read a pair, for `config.json`'s
+    /// `pad_token_id`.
+    fn layout(&self, pad_token_id: u32) -> Layout;
+
+    /// candle's forward pass over padded pairs: the path on GPUs, and the reference
+    /// the packed CPU pass is checked against.
+    fn padded(
+        &self,
+        vb: VarBuilder,
+        config: &ModelConfig,
+    ) -> candle_core::Result<Box<dyn PaddedModel>>;
+}
+
+/// A forward pass over pairs padded to one width.
+pub(crate) trait PaddedModel: Send + Sync {
+    /// Logits `[pairs, labels]`.
+    fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor>;
+}
+
+/// How a checkpoint of an architecture is laid out, as the packed pass reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The encoder's prefix in `model.safetensors` (`bert`, `roberta`).
+    pub encoder: &'static str,
+    /// The head: a dense layer and tanh on the first token, then the labels' layer.
+    pub head_dense: &'static str,
+    pub head_out: &'static str,
+    /// The position id of a pair's first token: RoBERTa's count from `pad_token_id + 1`.
+    pub first_position: usize,
+    /// Whether the tokenizer's type ids reach the model; RoBERTa's tokenizers give the
+    /// model none, and its table has one row.
+    pub token_types: bool,
+    /// The special tokens the tokenizer's pair template must produce.
+    pub pair_template: PairTemplate,
+}
+
+/// Special tokens of a pair's template: before the first text, between the two, and
+/// after the second (BERT's `[CLS] A [SEP] B [SEP]` is 1, 1, 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairTemplate {
+    pub before: usize,
+    pub between: usize,
+    pub after: usize,
+}
+
+impl std::fmt::Display for PairTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let specials = |n: usize| vec!["<special>"; n].join(" ");
+        write!(
+            f,
+            "{} A {} B {}",
+            specials(self.before),
+            specials(self.between),
+            specials(self.after)
+        )
+    }
+}
+
+static ARCHITECTURES: &[&dyn Architecture] = &[&bert::Bert, &xlm_roberta::XlmRoberta];
+
+/// The architecture that runs a checkpoint of these classes (or, without any, of this
+/// `model_type`).
+pub(crate) fn for_checkpoint(
+    classes: &[String],
+    model_type: Option<&str>,
+) -> Option<&'static dyn Architecture> {
+    let runs = |a: &&dyn Architecture| {
+        if classes.is_empty() {
+            model_type.is_some_and(|t| a.model_types().contains(&t))
+        } else {
+            classes.iter().any(|c| a.classes().contains(&c.as_str()))
+        }
+    };
+    ARCHITECTURES.iter().copied().find(runs)
+}
+
+/// The architecture of this name (as [`Architecture::name`] gives it).
+pub(crate) fn named(name: &str) -> &'static dyn Architecture {
+    ARCHITECTURES
+        .iter()
+        .copied()
+        .find(|a| a.name() == name)
+        .expect("a ModelConfig names a known architecture")
+}
+
+/// Every class crossenc runs, for the error that refuses another.
+pub(crate) fn supported_classes() -> String {
+    let classes: Vec<&str> = ARCHITECTURES
+        .iter()
+        .flat_map(|a| a.classes().iter().copied())
+        .collect();
+    classes.join(", ")
+}

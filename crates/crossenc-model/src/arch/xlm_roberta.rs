@@ -1,0 +1,98 @@
+//! `XLMRobertaForSequenceClassification`, and RoBERTa and CamemBERT, which share its
+//! layout: `<s> A </s></s> B </s>`, no token types (one row in the table), positions
+//! counted from `pad_token_id + 1`, the encoder under `roberta` and the head (dense +
+//! tanh on `<s>`, then `out_proj`) under `classifier`. The padded pass is
+//! candle-transformers' own model.
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::xlm_roberta;
+
+use super::{Architecture, Layout, PaddedModel, PairTemplate};
+use crate::{HiddenAct, ModelConfig, PaddedBatch};
+
+pub(crate) struct XlmRoberta;
+
+impl Architecture for XlmRoberta {
+    fn name(&self) -> &'static str {
+        "xlm-roberta"
+    }
+
+    fn classes(&self) -> &'static [&'static str] {
+        &[
+            "XLMRobertaForSequenceClassification",
+            "RobertaForSequenceClassification",
+            "CamembertForSequenceClassification",
+        ]
+    }
+
+    fn model_types(&self) -> &'static [&'static str] {
+        &["xlm-roberta", "roberta", "camembert"]
+    }
+
+    fn default_pad_token_id(&self) -> u32 {
+        1
+    }
+
+    fn layout(&self, pad_token_id: u32) -> Layout {
+        Layout {
+            encoder: "roberta",
+            head_dense: "classifier.dense",
+            head_out: "classifier.out_proj",
+            first_position: pad_token_id as usize + 1,
+            token_types: false,
+            pair_template: PairTemplate {
+                before: 1,
+                between: 2,
+                after: 1,
+            },
+        }
+    }
+
+    fn padded(
+        &self,
+        vb: VarBuilder,
+        config: &ModelConfig,
+    ) -> candle_core::Result<Box<dyn PaddedModel>> {
+        let c = config;
+        let hidden_act = match c.hidden_act {
+            HiddenAct::GeluErf => candle_nn::Activation::Gelu,
+            HiddenAct::GeluTanh => candle_nn::Activation::NewGelu,
+            HiddenAct::Relu => candle_nn::Activation::Relu,
+        };
+        let theirs = xlm_roberta::Config {
+            hidden_size: c.hidden_size,
+            layer_norm_eps: c.layer_norm_eps,
+            attention_probs_dropout_prob: 0.0,
+            hidden_dropout_prob: 0.0,
+            num_attention_heads: c.num_attention_heads,
+            position_embedding_type: "absolute".into(),
+            intermediate_size: c.intermediate_size,
+            hidden_act,
+            num_hidden_layers: c.num_hidden_layers,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            type_vocab_size: c.type_vocab_size,
+            pad_token_id: c.pad_token_id,
+        };
+        let model =
+            xlm_roberta::XLMRobertaForSequenceClassification::new(c.num_labels(), &theirs, vb)?;
+        Ok(Box::new(Padded(model)))
+    }
+}
+
+struct Padded(xlm_roberta::XLMRobertaForSequenceClassification);
+
+impl PaddedModel for Padded {
+    fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
+        let (ids, _) = batch.tensors(device)?;
+        let (pairs, width) = ids.dims2()?;
+        let mut mask = Vec::with_capacity(pairs * width);
+        for &len in batch.lengths() {
+            mask.extend(std::iter::repeat_n(1u32, len));
+            mask.extend(std::iter::repeat_n(0u32, width - len));
+        }
+        let mask = Tensor::from_vec(mask, (pairs, width), ids.device())?;
+        self.0.forward(&ids, &mask, &ids.zeros_like()?)
+    }
+}

@@ -1,0 +1,385 @@
+//! A loaded cross-encoder of any supported architecture: on the CPU the packed,
+//! padding-free forward pass; elsewhere (and as its reference) the architecture's
+//! padded pass on candle.
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::arch::PaddedModel;
+use crate::packed::{PackedEncoder, PackedTokens};
+use crate::{ModelConfig, ModelError, ModelFolder};
+
+/// A loaded cross-encoder, ready to score batches.
+pub struct CrossEncoder {
+    config: ModelConfig,
+    device: Device,
+    folder: ModelFolder,
+    /// The padding-free CPU forward pass; `None` on other devices.
+    packed: Option<PackedEncoder>,
+    /// candle's padded pass: built at load off the CPU; on it, only when asked (tests,
+    /// an empty batch), so that a CPU worker holds one copy of the weights.
+    padded: OnceLock<Box<dyn PaddedModel>>,
+    products: Products,
+}
+
+/// The number format an operator asks for the encoder's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 inputs, f32 accumulation, on oneDNN's AMX kernels; f32 where the CPU has no
+    /// AMX. AVX512-BF16 alone runs bf16 products at about half the rate of f32 ones on
+    /// Intel CPUs (measured: oneDNN 162-171 GFLOP/s bf16 vs 258-334 f32, 2 threads), so
+    /// `without_amx` uses it only when asked: to test the path, or on CPUs where it pays.
+    Bf16 { without_amx: bool },
+}
+
+/// What a loaded model's products actually run in: what was asked, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Products {
+    F32,
+    Bf16 {
+        implementation: String,
+        amx: bool,
+    },
+    /// bf16 was asked for; f32 runs, for this reason.
+    F32Instead {
+        reason: String,
+    },
+}
+
+impl Products {
+    /// The number format in one word, as `model.dtype` spells it.
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Products::Bf16 { .. } => "bf16",
+            Products::F32 | Products::F32Instead { .. } => "f32",
+        }
+    }
+}
+
+impl std::fmt::Display for Products {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Products::F32 => f.write_str("f32"),
+            Products::Bf16 {
+                implementation,
+                amx: true,
+            } => write!(f, "bf16 on AMX tiles (oneDNN {implementation})"),
+            Products::Bf16 { implementation, .. } => write!(
+                f,
+                "bf16 on AVX512-BF16 without AMX (oneDNN {implementation}), as \
+                 CROSSENC_BF16_WITHOUT_AMX asks"
+            ),
+            Products::F32Instead { reason } => {
+                write!(f, "f32, although bf16 was asked for: {reason}")
+            }
+        }
+    }
+}
+
+/// Pairs padded to one width, as the forward pass takes them.
+#[derive(Debug, Default)]
+pub struct PaddedBatch {
+    ids: Vec<u32>,
+    type_ids: Vec<u32>,
+    lengths: Vec<usize>,
+    width: usize,
+    pad_id: u32,
+}
+
+impl PaddedBatch {
+    /// An empty batch whose rows will be `width` tokens long.
+    pub fn new(width: usize, pairs: usize, pad_id: u32) -> Self {
+        Self {
+            ids: Vec::with_capacity(width * pairs),
+            type_ids: Vec::with_capacity(width * pairs),
+            lengths: Vec::with_capacity(pairs),
+            width,
+            pad_id,
+        }
+    }
+
+    /// Adds one pair; it must not be longer than the width.
+    pub fn push(&mut self, ids: impl ExactSizeIterator<Item = u32>, type_ids: &[u8]) {
+        let len = ids.len();
+        assert!(len <= self.width && len == type_ids.len() && len > 0);
+        self.ids.extend(ids);
+        self.ids
+            .extend(std::iter::repeat_n(self.pad_id, self.width - len));
+        self.type_ids.extend(type_ids.iter().map(|&t| u32::from(t)));
+        self.type_ids
+            .extend(std::iter::repeat_n(0, self.width - len));
+        self.lengths.push(len);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// Real tokens, without padding.
+    pub fn real_tokens(&self) -> usize {
+        self.lengths.iter().sum()
+    }
+
+    /// Tokens computed, padding included.
+    pub fn padded_tokens(&self) -> usize {
+        self.width * self.lengths.len()
+    }
+
+    /// Each pair's real tokens.
+    pub(crate) fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// Ids and type ids `[pairs, width]` on `device`.
+    pub(crate) fn tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let shape = (self.len(), self.width);
+        Ok((
+            Tensor::from_slice(&self.ids, shape, device)?,
+            Tensor::from_slice(&self.type_ids, shape, device)?,
+        ))
+    }
+}
+
+/// Pairs end to end, without padding, as the packed forward pass reads them.
+#[derive(Debug, Default)]
+pub struct PackedPairs {
+    ids: Vec<u32>,
+    type_ids: Vec<u32>,
+    /// Where each pair starts, and the total at the end.
+    offsets: Vec<usize>,
+}
+
+impl PackedPairs {
+    pub fn with_capacity(pairs: usize, tokens: usize) -> Self {
+        let mut offsets = Vec::with_capacity(pairs + 1);
+        offsets.push(0);
+        Self {
+            ids: Vec::with_capacity(tokens),
+            type_ids: Vec::with_capacity(tokens),
+            offsets,
+        }
+    }
+
+    /// Adds one pair (at least one token, as many type ids as ids).
+    pub fn push(&mut self, ids: impl ExactSizeIterator<Item = u32>, type_ids: &[u8]) {
+        assert!(ids.len() == type_ids.len() && ids.len() > 0);
+        self.ids.extend(ids);
+        self.type_ids.extend(type_ids.iter().map(|&t| u32::from(t)));
+        self.offsets.push(self.ids.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Tokens in the longest pair.
+    fn longest(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn tokens(&self) -> PackedTokens<'_> {
+        PackedTokens {
+            ids: &self.ids,
+            type_ids: &self.type_ids,
+            offsets: &self.offsets,
+        }
+    }
+
+    /// The same pairs padded to the longest, for candle's forward pass.
+    fn padded(&self, pad_id: u32) -> PaddedBatch {
+        let mut batch = PaddedBatch::new(self.longest(), self.len(), pad_id);
+        for w in self.offsets.windows(2) {
+            let types: Vec<u8> = self.type_ids[w[0]..w[1]].iter().map(|&t| t as u8).collect();
+            batch.push(self.ids[w[0]..w[1]].iter().copied(), &types);
+        }
+        batch
+    }
+}
+
+impl CrossEncoder {
+    /// Memory-maps `model.safetensors` and prepares the weights for `device` and
+    /// `precision`; [`CrossEncoder::products`] says what runs.
+    pub fn load(
+        folder: &ModelFolder,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
+        let mut model = Self {
+            config: folder.config.clone(),
+            device,
+            folder: folder.clone(),
+            packed: None,
+            padded: OnceLock::new(),
+            products: Products::F32,
+        };
+        let vb = model.weights()?;
+        if model.device.is_cpu() {
+            let packed = crate::layers::pack_encoder(vb, &model.config);
+            model.packed = Some(packed.map_err(|e| model.weights_error(e))?);
+        } else {
+            let padded = model.config.arch().padded(vb, &model.config);
+            let padded = padded.map_err(|e| model.weights_error(e))?;
+            let _ = model.padded.set(padded);
+        }
+        if let Precision::Bf16 { without_amx } = precision {
+            model.products = model.prepare_bf16(without_amx)?;
+        }
+        Ok(model)
+    }
+
+    /// The weights file, mapped for candle.
+    fn weights(&self) -> Result<VarBuilder<'static>, ModelError> {
+        let path = self.folder.weights_path();
+        // SAFETY: the file is opened read-only and its tensors are copied out while it
+        // is mapped; as with every mmap, it must not be truncated underneath us.
+        unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &self.device) }
+            .map_err(|e| self.weights_error(e))
+    }
+
+    fn weights_error(&self, e: candle_core::Error) -> ModelError {
+        ModelError::Weights {
+            path: self.folder.weights_path(),
+            message: e.to_string(),
+        }
+    }
+
+    /// candle's padded pass, built on first use on the CPU.
+    fn padded(&self) -> Result<&dyn PaddedModel, ModelError> {
+        if self.padded.get().is_none() {
+            let built = self.config.arch().padded(self.weights()?, &self.config);
+            // Two threads may race here; either model is the same.
+            let _ = self.padded.set(built.map_err(|e| self.weights_error(e))?);
+        }
+        Ok(self.padded.get().expect("set above").as_ref())
+    }
+
+    /// Moves the CPU pass's products to bf16 where this machine and build can run them.
+    fn prepare_bf16(&mut self, without_amx: bool) -> Result<Products, ModelError> {
+        let Some(packed) = &mut self.packed else {
+            return Ok(Products::F32Instead {
+                reason: format!(
+                    "bf16 is implemented for the CPU forward pass; {:?} runs f32",
+                    self.device
+                ),
+            });
+        };
+        match crossenc_onednn::support() {
+            crossenc_onednn::Support::Missing(reason) => Ok(Products::F32Instead {
+                reason: reason.clone(),
+            }),
+            crossenc_onednn::Support::Native {
+                amx: false,
+                implementation,
+            } if !without_amx => Ok(Products::F32Instead {
+                reason: format!(
+                    "this CPU has no AMX, and bf16 on AVX512-BF16 ({implementation}) is slower \
+                     than f32 on it (CROSSENC_BF16_WITHOUT_AMX=1 runs it anyway)"
+                ),
+            }),
+            crossenc_onednn::Support::Native {
+                amx,
+                implementation,
+            } => {
+                packed.prepare_bf16()?;
+                Ok(Products::Bf16 {
+                    implementation: implementation.clone(),
+                    amx: *amx,
+                })
+            }
+        }
+    }
+
+    /// What the products run in, after any fallback.
+    pub fn products(&self) -> &Products {
+        &self.products
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Raw scores, one per pair, in order (see [`ModelConfig::raw_score`]): on the CPU
+    /// by the packed forward pass, elsewhere by candle over the pairs padded to the
+    /// longest.
+    pub fn score_pairs(&self, pairs: &PackedPairs) -> Result<Vec<f32>, ModelError> {
+        self.check_tokens(pairs)?;
+        match &self.packed {
+            Some(packed) if !pairs.is_empty() => {
+                let logits = packed.logits(&pairs.tokens(), rayon::current_num_threads())?;
+                Ok(self.raw_scores(&logits))
+            }
+            _ => self.score_padded(&pairs.padded(self.config.pad_token_id)),
+        }
+    }
+
+    /// Token and type ids index the embedding tables: one past them is an error here,
+    /// not a read out of bounds in the forward pass.
+    fn check_tokens(&self, pairs: &PackedPairs) -> Result<(), ModelError> {
+        let c = &self.config;
+        let beyond = |ids: &[u32], limit: usize| ids.iter().copied().find(|&i| i as usize >= limit);
+        if let Some(value) = beyond(&pairs.ids, c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                what: "token id",
+                value,
+                limit: c.vocab_size,
+            });
+        }
+        if c.layout.token_types {
+            if let Some(value) = beyond(&pairs.type_ids, c.type_vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    what: "token type id",
+                    value,
+                    limit: c.type_vocab_size,
+                });
+            }
+        }
+        let longest = pairs.longest();
+        if longest > c.max_pair_length() {
+            return Err(ModelError::TokenOutOfRange {
+                what: "pair length",
+                value: longest as u32,
+                limit: c.max_pair_length(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Raw scores by the architecture's padded pass on candle, mask and all: the
+    /// reference the packed pass is tested against, and the path on GPUs.
+    pub fn score_padded(&self, batch: &PaddedBatch) -> Result<Vec<f32>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.padded()?.logits(batch, &self.device)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        Ok(self.raw_scores(&logits))
+    }
+
+    /// One raw score per pair from the logits of all labels, pair after pair.
+    fn raw_scores(&self, logits: &[f32]) -> Vec<f32> {
+        logits
+            .chunks_exact(self.config.num_labels())
+            .map(|labels| self.config.raw_score(labels))
+            .collect()
+    }
+}
