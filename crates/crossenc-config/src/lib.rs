@@ -93,9 +93,12 @@ impl Dtype {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
-    /// 1 / (1 + e^-logit), in [0, 1], as sentence-transformers' CrossEncoder returns.
+    /// What sentence-transformers' CrossEncoder applies for this model: sigmoid, unless
+    /// the model's config.json names Identity.
+    Model,
+    /// 1 / (1 + e^-raw), in [0, 1].
     Sigmoid,
-    /// The logit itself.
+    /// The raw score itself.
     Identity,
 }
 
@@ -196,7 +199,7 @@ impl Default for ModelConfig {
             device: "cpu".into(),
             dtype: Dtype::F32,
             max_length: 0,
-            activation: Activation::Sigmoid,
+            activation: Activation::Model,
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct WorkerInfo {
     pub max_length: usize,
     /// The model's name as its folder says it.
     pub model_name: String,
+    /// The architecture that runs it (`bert`, `xlm-roberta`).
+    pub architecture: String,
+    /// Whether the model's own default turns raw scores into probabilities (sigmoid)
+    /// rather than passing them on.
+    pub sigmoid_by_default: bool,
     /// Real tokens per second a model worker scored in a warm-up batch at start: the
     /// supervisor's first throughput estimate, before any request was scored.
     pub warmup_tokens_per_second: Option<f64>,

@@ -275,11 +275,8 @@ fn learn_model(pipeline: &Pipeline, workers: &[Arc<Worker>]) {
         .clone()
         .filter_map(|w| w.info.warmup_tokens_per_second)
         .reduce(f64::min);
-    let max_length = models
-        .map(|w| w.info.max_length)
-        .next()
-        .unwrap_or(workers[0].info.max_length);
-    pipeline.learn_model(max_length, warmup);
+    let info = &models.map(|w| &w.info).next().unwrap_or(&workers[0].info);
+    pipeline.learn_model(info.max_length, info.sigmoid_by_default, warmup);
 }
 
 /// Times the gRPC codec into `metrics` (the first server of a process only: the codec
@@ -305,6 +302,7 @@ fn record_build(metrics: &Metrics, workers: &[Arc<Worker>]) {
         .get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
             model: info.model_name.clone(),
+            architecture: info.architecture.clone(),
             device: info.device.clone(),
             dtype: info.dtype.clone(),
         })

@@ -434,6 +434,7 @@ pub struct GpuLabels {
 pub struct BuildLabels {
     pub version: &'static str,
     pub model: String,
+    pub architecture: String,
     pub device: String,
     pub dtype: String,
 }
@@ -903,6 +904,7 @@ mod tests {
             .get_or_create(&BuildLabels {
                 version: "0",
                 model: "m".into(),
+                architecture: "bert".into(),
                 device: "cpu".into(),
                 dtype: "f32".into(),
             })

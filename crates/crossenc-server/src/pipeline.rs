@@ -98,6 +98,8 @@ pub struct Pipeline {
     configured_text_bytes: usize,
     /// The longest pair in tokens, once a worker has said it.
     max_length: OnceLock<usize>,
+    /// The model's default activation, once a worker has said it.
+    sigmoid_by_default: OnceLock<bool>,
 }
 
 impl Pipeline {
@@ -130,13 +132,20 @@ impl Pipeline {
             ),
             configured_text_bytes: limits.max_text_bytes,
             max_length: OnceLock::new(),
+            sigmoid_by_default: OnceLock::new(),
         }
     }
 
     /// What the workers said at start: the model's longest pair, and the throughput of
     /// their warm-up, admission's first estimate.
-    pub fn learn_model(&self, max_length: usize, warmup_tokens_per_second: Option<f64>) {
+    pub fn learn_model(
+        &self,
+        max_length: usize,
+        sigmoid_by_default: bool,
+        warmup_tokens_per_second: Option<f64>,
+    ) {
         let _ = self.max_length.set(max_length);
+        let _ = self.sigmoid_by_default.set(sigmoid_by_default);
         if let Some(rate) = warmup_tokens_per_second {
             self.admission
                 .backlog
@@ -174,10 +183,15 @@ impl Pipeline {
         RequestTexts::pairs(pairs, "pairs", self.max_text_bytes())
     }
 
-    /// The scores a client gets: logits through the configured activation, or raw
-    /// when the request asks for them.
+    /// The scores a client gets: raw scores through the configured activation (by
+    /// default the model's own), or raw when the request asks for them.
     pub fn activate(&self, scores: Vec<f32>, raw: bool) -> Vec<f32> {
-        activate(scores, raw || self.activation == Activation::Identity)
+        let sigmoid = match self.activation {
+            Activation::Sigmoid => true,
+            Activation::Identity => false,
+            Activation::Model => self.sigmoid_by_default.get().copied().unwrap_or(true),
+        };
+        activate(scores, raw || !sigmoid)
     }
 
     /// Both kinds of worker have at least one live member.

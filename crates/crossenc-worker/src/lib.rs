@@ -15,6 +15,7 @@ use crossenc_ipc::{
 };
 use crossenc_model::{
     CrossEncoder, ModelError, ModelFolder, PackedPairs, PairTokenizer, Precision, Products,
+    ScoreActivation,
 };
 
 pub use crate::stats::StatsSender;
@@ -327,6 +328,8 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str, dtype: &st
     WorkerInfo {
         max_length,
         model_name: folder.config.name.clone(),
+        architecture: folder.config.architecture.to_string(),
+        sigmoid_by_default: folder.config.activation == ScoreActivation::Sigmoid,
         warmup_tokens_per_second: None,
         device: device.to_string(),
         dtype: dtype.to_string(),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use crossenc_config::{ConfigError, Layers, Loaded, Problem, ServeConfig, Value};
-use crossenc_model::ModelFolder;
+use crossenc_model::{ModelFolder, PairTokenizer};
 
 /// Exit code for a configuration that cannot work, as sysexits' EX_USAGE-like tools do.
 pub const EXIT_CONFIG: u8 = 2;
@@ -47,7 +47,7 @@ pub struct ConfigArgs {
     /// model.max_length: longest pair in tokens, truncated longest-first; 0 is the model's limit [default: 0].
     #[arg(long, value_name = "TOKENS")]
     max_length: Option<usize>,
-    /// model.activation: `sigmoid` or `identity` (raw logits) [default: sigmoid].
+    /// model.activation: `model` (the model's own default), `sigmoid` or `identity` (raw scores) [default: model].
     #[arg(long, value_name = "NAME")]
     activation: Option<String>,
     /// batching.max_batch_tokens: largest model batch in padded tokens (pairs x longest pair) [default: 4096].
@@ -216,7 +216,8 @@ fn size(text: &str) -> Value {
     }
 }
 
-/// The model folder exists, holds a supported model, and allows `model.max_length`.
+/// The model folder exists, holds a supported model whose tokenizer fits it, and allows
+/// `model.max_length`.
 fn check_model(config: &ServeConfig) -> Result<(), Problem> {
     let path = &config.model.path;
     let problem = |message: String| Problem {
@@ -225,13 +226,16 @@ fn check_model(config: &ServeConfig) -> Result<(), Problem> {
         message: format!("{}: {message}", path.display()),
     };
     let folder = ModelFolder::open(path).map_err(|e| problem(e.to_string()))?;
-    folder
+    let max_length = folder
         .max_length(config.model.requested_max_length())
         .map_err(|e| Problem {
             key: "model.max_length".into(),
             source: None,
             message: e.to_string(),
         })?;
+    // The tokenizer's checks (vocabulary, pair template) here too, so that a folder
+    // whose tokenizer does not fit its model is refused before any worker starts.
+    PairTokenizer::load(&folder, max_length).map_err(|e| problem(e.to_string()))?;
     Ok(())
 }
 

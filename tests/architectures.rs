@@ -1,0 +1,254 @@
+//! Every supported architecture through the real server: small checkpoints made by
+//! transformers from each architecture's own config class (scripts/make_arch_fixtures.py),
+//! scored over gRPC and compared with transformers' fp32 logits; the default activation
+//! each model's config asks for; and folders that cannot work, refused at start.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crossenc_proto::v1::{InferRequest, Pair};
+use support::{workspace, TestServer, BINARY};
+
+/// One row of a fixture's goldens.jsonl: a pair, transformers' logits for every label,
+/// and the pair's tokens after truncation.
+#[derive(Debug, serde::Deserialize)]
+struct Golden {
+    query: String,
+    document: String,
+    logits: Vec<f64>,
+    tokens: u64,
+}
+
+impl Golden {
+    /// The raw score crossenc answers: the logit, or for two labels the second's less
+    /// the first's.
+    fn raw(&self) -> f64 {
+        match self.logits[..] {
+            [logit] => logit,
+            [negative, positive] => positive - negative,
+            _ => panic!("a fixture with {} labels", self.logits.len()),
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures/models").join(name)
+}
+
+fn goldens(name: &str) -> Vec<Golden> {
+    let path = fixture(name).join("goldens.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a golden row"))
+        .collect()
+}
+
+/// What the model's own default activation makes of a raw score.
+#[derive(Debug, Clone, Copy)]
+enum Expected {
+    Sigmoid,
+    Identity,
+}
+
+/// Serves the fixture `name` and checks every golden's raw score within 1e-4, the
+/// token counts, the default activation, and the architecture `build_info` names.
+async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected) {
+    let server = TestServer::start_on(&fixture(name), &["--model-threads", "1"]);
+    let mut client = server.client().await;
+    let rows = goldens(name);
+    let pairs: Vec<Pair> = rows
+        .iter()
+        .map(|g| Pair {
+            query: g.query.clone(),
+            document: g.document.clone(),
+        })
+        .collect();
+    let ask = |raw_scores| InferRequest {
+        pairs: pairs.clone(),
+        raw_scores,
+    };
+    let raw = client.infer(ask(true)).await.unwrap().into_inner();
+    assert_eq!(raw.scores.len(), rows.len());
+    assert_eq!(raw.tokens, rows.iter().map(|g| g.tokens).sum::<u64>());
+    let mut worst = 0f64;
+    for (golden, &score) in rows.iter().zip(&raw.scores) {
+        let error = (f64::from(score) - golden.raw()).abs();
+        worst = worst.max(error);
+        assert!(
+            error < 1e-4,
+            "{name}: {:?} / {:.60?}: {score} vs transformers {}",
+            golden.query,
+            golden.document,
+            golden.raw()
+        );
+    }
+    eprintln!("{name}: largest raw score error against transformers {worst:e}");
+    // Truncation at the limit, an empty document and unicode are among the goldens.
+    assert!(
+        rows.iter().any(|g| g.tokens == 128),
+        "{name}: no pair at the limit"
+    );
+    assert!(rows.iter().any(|g| g.document.is_empty()));
+
+    let scored = client.infer(ask(false)).await.unwrap().into_inner();
+    for (golden, &score) in rows.iter().zip(&scored.scores) {
+        let expected = match activation {
+            Expected::Sigmoid => 1.0 / (1.0 + (-golden.raw()).exp()),
+            Expected::Identity => golden.raw(),
+        };
+        assert!(
+            (f64::from(score) - expected).abs() < 1e-4,
+            "{name}: default activation {activation:?}: {score} vs {expected}"
+        );
+    }
+    if let [negative, positive] = rows[0].logits[..] {
+        // The sigmoid of the difference is the softmax probability of the second label.
+        let softmax = positive.exp() / (negative.exp() + positive.exp());
+        assert!((f64::from(scored.scores[0]) - softmax).abs() < 1e-4);
+    }
+    let metrics = server.metrics();
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("build_info{"))
+        .expect("build_info in /metrics");
+    assert!(
+        build.contains(&format!("architecture=\"{architecture}\"")),
+        "{build}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xlm_roberta_with_a_unigram_tokenizer_matches_transformers() {
+    serves_its_goldens("xlm-roberta", "xlm-roberta", Expected::Sigmoid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roberta_with_byte_level_bpe_and_two_labels_matches_transformers() {
+    serves_its_goldens("roberta", "xlm-roberta", Expected::Sigmoid).await;
+}
+
+/// Its config.json names `sbert_ce_default_activation_function`: Identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camembert_matches_transformers_and_keeps_its_identity_activation() {
+    serves_its_goldens("camembert", "xlm-roberta", Expected::Identity).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bert_with_two_labels_matches_transformers() {
+    serves_its_goldens("bert-two-labels", "bert", Expected::Sigmoid).await;
+}
+
+/// A copy of the fixture `name` whose `file` is rewritten by `change`.
+fn broken_copy(name: &str, file: &str, change: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("crossenc-arch-{name}-{unique}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join(file);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    change(&mut json);
+    std::fs::write(&path, json.to_string()).unwrap();
+    dir
+}
+
+/// `crossenc serve` on `model` must exit 2 before any worker starts; its stderr.
+fn refused_at_start(model: &Path) -> String {
+    let mut command = Command::new(BINARY);
+    crossenc_bench::without_caller_settings(&mut command);
+    let output = command
+        .arg("serve")
+        .arg("--model")
+        .arg(model)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
+    let other = broken_copy("xlm-roberta", "config.json", |c| {
+        c["architectures"] = serde_json::json!(["DebertaV2ForSequenceClassification"]);
+    });
+    let message = refused_at_start(&other);
+    assert!(
+        message.contains("config.json")
+            && message.contains("architectures")
+            && message.contains("DebertaV2ForSequenceClassification")
+            && message.contains("XLMRobertaForSequenceClassification")
+            && message.contains("BertForSequenceClassification"),
+        "{message}"
+    );
+
+    let three_labels = broken_copy("roberta", "config.json", |c| {
+        c["id2label"] = serde_json::json!({"0": "a", "1": "b", "2": "c"});
+    });
+    let message = refused_at_start(&three_labels);
+    assert!(
+        message.contains("config.json") && message.contains("num_labels"),
+        "{message}"
+    );
+
+    // A tokenizer of another model: one id past the 800-row embedding table.
+    let larger_vocabulary = broken_copy("xlm-roberta", "tokenizer.json", |t| {
+        t["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "id": 800, "content": "<extra>", "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
+    });
+    let message = refused_at_start(&larger_vocabulary);
+    assert!(
+        message.contains("tokenizer.json")
+            && message.contains("800")
+            && message.contains("vocab_size"),
+        "{message}"
+    );
+
+    let no_template = broken_copy("xlm-roberta", "tokenizer.json", |t| {
+        t["post_processor"] = serde_json::Value::Null;
+    });
+    let message = refused_at_start(&no_template);
+    assert!(
+        message.contains("tokenizer.json") && message.contains("post_processor"),
+        "{message}"
+    );
+
+    // BERT's template on a RoBERTa model: one separator between the texts, not two.
+    let bert_template = broken_copy("xlm-roberta", "tokenizer.json", |t| {
+        t["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "</s>", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 0}},
+                     {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+            "special_tokens": {
+                "<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]},
+                "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}
+            }
+        });
+    });
+    let message = refused_at_start(&bert_template);
+    assert!(
+        message.contains("post_processor") && message.contains("xlm-roberta"),
+        "{message}"
+    );
+}
