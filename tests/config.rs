@@ -230,7 +230,7 @@ async fn identity_activation_answers_the_raw_logits() {
     let plain = scores(client.rerank(ask(false)).await.unwrap().into_inner());
     let raw = scores(client.rerank(ask(true)).await.unwrap().into_inner());
     assert_eq!(plain, raw);
-    // A sigmoid would have put them in (0, 1); the untrained head's logits are not all there.
+    // A sigmoid would have put them in (0, 1); the default head's logits are not all there.
     assert!(
         plain.iter().any(|(_, s)| !(0.0..=1.0).contains(s)),
         "{plain:?}"
