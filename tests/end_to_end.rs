@@ -266,7 +266,10 @@ async fn the_default_model_ranks_held_out_queries() {
     }
     let mrr = reciprocal_ranks / held_out.len() as f64;
     eprintln!("default model, held-out queries: MRR@10 {mrr:.3}");
-    assert!(mrr > 0.3, "MRR@10 {mrr:.3}: the default model does not rank");
+    assert!(
+        mrr > 0.3,
+        "MRR@10 {mrr:.3}: the default model does not rank"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,18 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
             }
             _ => tracing::info!(worker_id = args.worker_id, "products: {products}"),
         }
+        let c = model.config();
+        tracing::info!(
+            worker_id = args.worker_id,
+            "model: {} ({}), labels {:?}: the raw score is {}",
+            c.name,
+            c.architecture,
+            c.labels,
+            match c.num_labels() {
+                1 => "the logit".to_string(),
+                _ => format!("logit {:?} less logit {:?}", c.labels[1], c.labels[0]),
+            }
+        );
         let mut info = worker_info(&folder, max_length, &args.device, products.dtype());
         info.warmup_tokens_per_second = warm_up(&model, max_length);
         let poison = PoisonPill::from_env(&folder, max_length)?;
