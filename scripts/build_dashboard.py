@@ -204,8 +204,8 @@ for i, (title, desc, targets, unit, steps) in enumerate(rows):
     if i % 2 == 1:
         y += H
 
-panel("stat", "Build Info", "Version, model, device and product dtype (after any fallback) of the running crossenc (build_info).",
-      [("build_info", "{{version}} / {{model}} / {{device}} / {{dtype}}")], (0, y, 24, 3),
+panel("stat", "Build Info", "Version, model, architecture, device and product dtype (after any fallback) of the running crossenc (build_info).",
+      [("build_info", "{{version}} / {{model}} ({{architecture}}) / {{device}} / {{dtype}}")], (0, y, 24, 3),
       options={
           "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": ""},
           "orientation": "auto",

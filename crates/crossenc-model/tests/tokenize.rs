@@ -1,6 +1,7 @@
 //! The check that a cut text kept every token, on the real default model's tokenizer
-//! (scripts/fetch-model.sh builds it): where it says so, a pair with the cut text is the
-//! pair with the whole text.
+//! (scripts/fetch-model.sh builds it) and on the sentencepiece Unigram and byte-level BPE
+//! tokenizers of the test fixtures: where it says so, a pair with the cut text is the pair
+//! with the whole text.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,14 @@ use crossenc_model::{ModelFolder, PairTokenizer};
 use proptest::prelude::*;
 
 fn tokenizer(max_length: usize) -> PairTokenizer {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    tokenizer_of("models/default", max_length)
+}
+
+/// The tokenizer of the folder `dir` (relative to the workspace).
+fn tokenizer_of(dir: &str, max_length: usize) -> PairTokenizer {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir);
     let folder = ModelFolder::open(&dir).expect("models/default: run scripts/fetch-model.sh");
     PairTokenizer::load(&folder, max_length).unwrap()
 }
@@ -58,7 +66,7 @@ fn the_word_a_cut_falls_in_does_not_count() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     /// Where the checks say a cut kept every token and decides the pair's split as the
     /// whole text would, the pair made with the cut text is the pair made with the whole
@@ -68,8 +76,13 @@ proptest! {
         words in prop::collection::vec("[a-z]{1,12}|[,.!?]|é+|日本", 30..200),
         cut in 0usize..2000,
         max_length in 8usize..64,
+        dir in prop::sample::select(vec![
+            "models/default",
+            "tests/fixtures/models/xlm-roberta",
+            "tests/fixtures/models/roberta",
+        ]),
     ) {
-        let tokenizer = tokenizer(max_length);
+        let tokenizer = tokenizer_of(dir, max_length);
         let text = words.join(" ");
         let prefix = prefix_of(&text, cut);
         let Some(kept) = kept(&tokenizer, prefix) else {

@@ -348,7 +348,7 @@ pub const RESIDENT_MEMORY: MetricSpec = spec(
 pub const BUILD_INFO: MetricSpec = spec(
     "build_info",
     G,
-    &["version", "model", "device", "dtype"],
+    &["version", "model", "architecture", "device", "dtype"],
     "Always 1; the labels say what is running",
 );
 
