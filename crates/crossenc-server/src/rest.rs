@@ -53,7 +53,8 @@ pub struct ApiDoc;
 pub struct RerankRequest {
     pub query: String,
     pub texts: Vec<String>,
-    /// The model's logits instead of their sigmoid.
+    /// The raw scores (a one-label head's logit; a two-label head's second logit less
+    /// its first) instead of the activated ones.
     #[serde(default)]
     pub raw_scores: bool,
     /// Echo each text in its result.
@@ -126,7 +127,8 @@ pub struct V1RerankResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct V1Result {
     pub index: usize,
-    /// The sigmoid of the model's logit, in [0, 1].
+    /// The raw score through the configured activation: by default the model's own,
+    /// usually the sigmoid, in [0, 1].
     pub relevance_score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub document: Option<DocumentText>,
