@@ -10,6 +10,8 @@ Writes tests/fixtures/models/<name>/ for
                      normalizer, and sentence-transformers' "identity activation" config key
     bert-two-labels  BertForSequenceClassification, 2 labels, lowercasing WordPiece tokenizer,
                      token type ids 0/1
+    distilbert       DistilBertForSequenceClassification, 1 label, the same kind of tokenizer
+                     (its tokenizer passes the model no token types)
 
 each holding what a user's folder holds (config.json, model.safetensors in float32,
 tokenizer.json, tokenizer_config.json) plus goldens.jsonl and a README.md. The models are
@@ -64,6 +66,9 @@ from transformers import (  # noqa: E402
     CamembertConfig,
     CamembertForSequenceClassification,
     CamembertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertTokenizerFast,
     RobertaConfig,
     RobertaForSequenceClassification,
     RobertaTokenizerFast,
@@ -267,6 +272,16 @@ KINDS = {
                     layer_norm_eps=1e-12),
         tok_kwargs=dict(do_lower_case=True),
         tokenizer="wordpiece", num_labels=2, seed=4),
+    # DistilBertConfig's own names, as a real DistilBERT config.json has them (the BERT
+    # names would be saved beside them as extra attributes).
+    "distilbert": dict(
+        config_cls=DistilBertConfig, model_cls=DistilBertForSequenceClassification,
+        tok_cls=DistilBertTokenizerFast, specials=BERT_SPECIALS,
+        names=dict(hidden_size="dim", num_hidden_layers="n_layers", num_attention_heads="n_heads",
+                   intermediate_size="hidden_dim", hidden_act="activation"),
+        config=dict(pad_token_id=0, max_position_embeddings=MAX_LENGTH),
+        tok_kwargs=dict(do_lower_case=True),
+        tokenizer="wordpiece", num_labels=1, seed=5),
 }
 
 
@@ -288,7 +303,7 @@ def train_tokenizer(kind, text, vocab_size, charsmap):
 def wrap_tokenizer(kind, tok):
     """The transformers tokenizer a user's folder is saved from (tokenizer_config.json)."""
     s = kind["specials"]
-    if kind["tok_cls"] is BertTokenizerFast:
+    if kind["specials"] is BERT_SPECIALS:
         names = dict(pad_token=s[0], unk_token=s[1], cls_token=s[2], sep_token=s[3], mask_token=s[4])
     else:
         names = dict(bos_token=s[0], pad_token=s[1], eos_token=s[2], unk_token=s[3], mask_token=s[4],
@@ -309,10 +324,12 @@ def build_model(kind, vocab_size, sizes, max_positions=None):
     if max_positions is not None:
         config["max_position_embeddings"] = max_positions
     labels = kind.get("id2label") or {i: f"LABEL_{i}" for i in range(kind["num_labels"])}
+    names = kind.get("names", {})
+    own = {names.get(k, k): v for k, v in dict(sizes, hidden_act="gelu").items()}
     cfg = kind["config_cls"](
-        vocab_size=vocab_size, hidden_act="gelu", initializer_range=INIT_RANGE,
+        vocab_size=vocab_size, initializer_range=INIT_RANGE,
         num_labels=kind["num_labels"], id2label=labels, label2id={v: k for k, v in labels.items()},
-        architectures=[kind["model_cls"].__name__], **sizes, **config)
+        architectures=[kind["model_cls"].__name__], **own, **config)
     torch.manual_seed(kind["seed"])
     model = kind["model_cls"](cfg).float().eval()
     with torch.no_grad():
@@ -476,6 +493,8 @@ def main():
     parser.add_argument("--workload", default=WORKLOAD)
     parser.add_argument("--bench-dir", default="/tmp/archbench",
                         help="where the MiniLM-sized benchmark folders go ('' to skip them)")
+    parser.add_argument("--only", choices=sorted(KINDS), action="append",
+                        help="make only these fixtures (the others stay as they are)")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -483,7 +502,7 @@ def main():
     text = training_text(requests)
     pairs = pick_pairs(requests)
     charsmap = nmt_nfkc_charsmap(text)
-    for name in KINDS:
+    for name in args.only or KINDS:
         make_fixture(name, text, pairs, charsmap)
     if args.bench_dir:
         make_bench("xlm-roberta", os.path.join(args.bench_dir, "xlm-roberta-minilm"), text, pairs, charsmap)

@@ -141,6 +141,12 @@ async fn bert_with_two_labels_matches_transformers() {
     serves_its_goldens("bert-two-labels", "bert", Expected::Sigmoid).await;
 }
 
+/// Its own tensor names, no token types, a ReLU pre-classifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distilbert_matches_transformers() {
+    serves_its_goldens("distilbert", "distilbert", Expected::Sigmoid).await;
+}
+
 /// A copy of the fixture `name` whose `file` is rewritten by `change`.
 fn broken_copy(name: &str, file: &str, change: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let unique = std::time::SystemTime::now()

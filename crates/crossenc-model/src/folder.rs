@@ -101,10 +101,16 @@ struct RawConfig {
     #[serde(default, rename = "_name_or_path")]
     name_or_path: String,
     vocab_size: usize,
+    // DistilBERT's config.json spells these its own way.
+    #[serde(alias = "dim")]
     hidden_size: usize,
+    #[serde(alias = "n_layers")]
     num_hidden_layers: usize,
+    #[serde(alias = "n_heads")]
     num_attention_heads: usize,
+    #[serde(alias = "hidden_dim")]
     intermediate_size: usize,
+    #[serde(alias = "activation")]
     hidden_act: String,
     max_position_embeddings: usize,
     #[serde(default = "default_type_vocab_size")]

@@ -3,12 +3,12 @@
 //! fused product. The architectures build their padded passes from them, and
 //! [`pack_encoder`] turns any of their checkpoints into the packed CPU pass's weights.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use crate::arch::Layout;
+use crate::arch::{HeadActivation, PaddedModel};
 use crate::packed::{Linear, Norm, PackedEncoder, PackedLayer};
-use crate::{HiddenAct, ModelConfig};
+use crate::{HiddenAct, ModelConfig, PaddedBatch};
 
 pub(crate) struct Dense {
     weight_t: Tensor,
@@ -48,7 +48,8 @@ impl Dense {
 pub(crate) struct Embeddings {
     words: Embedding,
     positions: Embedding,
-    token_types: Embedding,
+    /// Absent where the architecture has no table (DistilBERT).
+    token_types: Option<Embedding>,
     norm: LayerNorm,
     first_position: usize,
     uses_token_types: bool,
@@ -64,24 +65,23 @@ pub(crate) struct EncoderLayer {
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<LayerNorm> {
-    candle_nn::layer_norm(size, eps, vb.pp("LayerNorm"))
+    candle_nn::layer_norm(size, eps, vb)
 }
 
 impl Embeddings {
+    /// The embeddings under the encoder's `vb`.
     pub fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
+        let names = c.layout.names;
+        let vb = vb.pp(names.embeddings);
+        let table = |rows, name| candle_nn::embedding(rows, c.hidden_size, vb.pp(name));
         Ok(Self {
-            words: candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
-            positions: candle_nn::embedding(
-                c.max_position_embeddings,
-                c.hidden_size,
-                vb.pp("position_embeddings"),
-            )?,
-            token_types: candle_nn::embedding(
-                c.type_vocab_size,
-                c.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
-            norm: layer_norm(vb, c.hidden_size, c.layer_norm_eps)?,
+            words: table(c.vocab_size, "word_embeddings")?,
+            positions: table(c.max_position_embeddings, "position_embeddings")?,
+            token_types: names
+                .token_type_embeddings
+                .map(|name| table(c.type_vocab_size, name))
+                .transpose()?,
+            norm: layer_norm(vb.pp(names.embedding_norm), c.hidden_size, c.layer_norm_eps)?,
             first_position: c.layout.first_position,
             uses_token_types: c.layout.token_types,
         })
@@ -97,38 +97,40 @@ impl Embeddings {
         } else {
             type_ids.zeros_like()?
         };
-        let x = self
-            .words
-            .forward(ids)?
-            .add(&self.token_types.forward(&type_ids)?)?
-            .broadcast_add(&self.positions.forward(&positions)?)?;
+        let mut x = self.words.forward(ids)?;
+        if let Some(table) = &self.token_types {
+            x = x.add(&table.forward(&type_ids)?)?;
+        }
+        let x = x.broadcast_add(&self.positions.forward(&positions)?)?;
         let hidden = x.dim(D::Minus1)?;
         self.norm.forward(&x.reshape((pairs * width, hidden))?)
     }
 }
 
 impl EncoderLayer {
-    pub fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
-        let h = c.hidden_size;
-        let attention = vb.pp("attention");
+    /// Layer `index` under the encoder's `vb`.
+    pub fn load(vb: VarBuilder, index: usize, c: &ModelConfig) -> candle_core::Result<Self> {
+        let (h, n) = (c.hidden_size, c.layout.names);
+        let vb = vb.pp(n.layers).pp(index);
         let projection = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
-            let vb = attention.pp("self").pp(name);
+            let vb = vb.pp(name);
             Ok((vb.get((h, h), "weight")?, vb.get(h, "bias")?))
         };
-        let (q, qb) = projection("query")?;
-        let (k, kb) = projection("key")?;
-        let (v, vbias) = projection("value")?;
+        let (q, qb) = projection(n.query)?;
+        let (k, kb) = projection(n.key)?;
+        let (v, vbias) = projection(n.value)?;
         let qkv = Dense::from_parts(
             &Tensor::cat(&[&q, &k, &v], 0)?,
             Tensor::cat(&[&qb, &kb, &vbias], 0)?,
         )?;
+        let eps = c.layer_norm_eps;
         Ok(Self {
             qkv,
-            attention_out: Dense::load(attention.pp("output").pp("dense"), h, h)?,
-            attention_norm: layer_norm(attention.pp("output"), h, c.layer_norm_eps)?,
-            intermediate: Dense::load(vb.pp("intermediate").pp("dense"), h, c.intermediate_size)?,
-            output: Dense::load(vb.pp("output").pp("dense"), c.intermediate_size, h)?,
-            output_norm: layer_norm(vb.pp("output"), h, c.layer_norm_eps)?,
+            attention_out: Dense::load(vb.pp(n.attention_out), h, h)?,
+            attention_norm: layer_norm(vb.pp(n.attention_norm), h, eps)?,
+            intermediate: Dense::load(vb.pp(n.intermediate), h, c.intermediate_size)?,
+            output: Dense::load(vb.pp(n.output), c.intermediate_size, h)?,
+            output_norm: layer_norm(vb.pp(n.output_norm), h, eps)?,
         })
     }
 
@@ -188,16 +190,6 @@ impl EncoderLayer {
     }
 }
 
-/// The encoder's layers, `layer.0` to `layer.N-1` under `vb`.
-pub(crate) fn encoder_layers(
-    vb: VarBuilder,
-    c: &ModelConfig,
-) -> candle_core::Result<Vec<EncoderLayer>> {
-    (0..c.num_hidden_layers)
-        .map(|i| EncoderLayer::load(vb.pp("layer").pp(i), c))
-        .collect()
-}
-
 /// Additive mask over keys: 0 for real tokens, the most negative float for padding,
 /// as transformers builds it; `None` when no pair is padded.
 pub(crate) fn attention_mask(
@@ -220,17 +212,22 @@ pub(crate) fn attention_mask(
 /// says where the encoder and the head live. Layer by layer, so that at most one
 /// layer's candle tensors sit beside the packed copy.
 pub(crate) fn pack_encoder(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<PackedEncoder> {
-    let layout: &Layout = &c.layout;
+    let layout = &c.layout;
     let encoder = vb.pp(layout.encoder);
-    let embeddings = Embeddings::load(encoder.pp("embeddings"), c)?;
+    let embeddings = Embeddings::load(encoder.clone(), c)?;
     let layers = (0..c.num_hidden_layers)
-        .map(|i| EncoderLayer::load(encoder.pp("encoder.layer").pp(i), c)?.pack(c))
+        .map(|i| EncoderLayer::load(encoder.clone(), i, c)?.pack(c))
         .collect::<candle_core::Result<_>>()?;
     let h = c.hidden_size;
+    let token_types = match &embeddings.token_types {
+        Some(table) => flat(table.embeddings())?,
+        // One row of zeros: the packed pass adds a type row to every token.
+        None => vec![0.0; h],
+    };
     Ok(PackedEncoder {
         words: flat(embeddings.words.embeddings())?,
         positions: flat(embeddings.positions.embeddings())?,
-        token_types: flat(embeddings.token_types.embeddings())?,
+        token_types,
         embedding_norm: pack_norm(&embeddings.norm, c)?,
         layers,
         head_dense: Dense::load(vb.pp(layout.head_dense), h, h)?.pack()?,
@@ -253,4 +250,54 @@ fn pack_norm(norm: &LayerNorm, c: &ModelConfig) -> candle_core::Result<Norm> {
         beta,
         eps: c.layer_norm_eps as f32,
     })
+}
+
+/// candle's padded pass over any checkpoint that [`pack_encoder`] reads: the embeddings,
+/// the layers, and the head on the first token. Architectures whose candle-transformers
+/// model is missing, lacks a classifier, or differs from transformers use it.
+pub(crate) struct EncoderClassifier {
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+    head_dense: Dense,
+    head_out: Dense,
+    config: ModelConfig,
+}
+
+impl EncoderClassifier {
+    pub fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
+        let encoder = vb.pp(c.layout.encoder);
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| EncoderLayer::load(encoder.clone(), i, c))
+            .collect::<candle_core::Result<_>>()?;
+        let h = c.hidden_size;
+        Ok(Self {
+            embeddings: Embeddings::load(encoder, c)?,
+            layers,
+            head_dense: Dense::load(vb.pp(c.layout.head_dense), h, h)?,
+            head_out: Dense::load(vb.pp(c.layout.head_out), h, c.num_labels())?,
+            config: c.clone(),
+        })
+    }
+}
+
+impl PaddedModel for EncoderClassifier {
+    fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
+        let (ids, type_ids) = batch.tensors(device)?;
+        let (pairs, width) = ids.dims2()?;
+        let mask = attention_mask(batch.lengths(), width, ids.device())?;
+        let mut x = self.embeddings.forward(&ids, &type_ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref(), (pairs, width), &self.config)?;
+        }
+        let first = x
+            .reshape((pairs, width, self.config.hidden_size))?
+            .narrow(1, 0, 1)?
+            .squeeze(1)?;
+        let pooled = self.head_dense.forward(&first)?;
+        let pooled = match self.config.layout.head_activation {
+            HeadActivation::Tanh => pooled.tanh()?,
+            HeadActivation::Relu => pooled.relu()?,
+        };
+        self.head_out.forward(&pooled)
+    }
 }

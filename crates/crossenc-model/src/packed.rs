@@ -13,6 +13,7 @@
 use crossenc_onednn::{bf16, Bf16Weights};
 use rayon::prelude::*;
 
+use crate::arch::HeadActivation;
 use crate::{HiddenAct, ModelConfig, ModelError};
 
 /// A dense layer, weights `[inputs, outputs]` row-major.
@@ -480,7 +481,10 @@ impl PackedEncoder {
         let mut pooled = Vec::new();
         self.head_dense
             .forward(&cls, pairs, None, &mut pooled, &mut one_thread)?;
-        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        match c.layout.head_activation {
+            HeadActivation::Tanh => pooled.iter_mut().for_each(|v| *v = v.tanh()),
+            HeadActivation::Relu => pooled.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
         let mut logits = Vec::new();
         self.head_out
             .forward(&pooled, pairs, None, &mut logits, &mut one_thread)?;

@@ -86,6 +86,11 @@ fn bert_two_label_passes_match_transformers() {
 }
 
 #[test]
+fn distilbert_passes_match_transformers() {
+    both_passes_match_transformers("distilbert", "distilbert");
+}
+
+#[test]
 fn a_folder_names_its_labels_and_activation() {
     let roberta = ModelFolder::open(fixture("roberta")).unwrap().config;
     assert_eq!(roberta.labels, ["irrelevant", "relevant"]);

@@ -4,6 +4,7 @@
 //! [`Layout`] it gives; nothing outside this crate learns which one runs but its name.
 
 mod bert;
+mod distilbert;
 mod xlm_roberta;
 
 use candle_core::{Device, Tensor};
@@ -47,10 +48,14 @@ pub(crate) trait PaddedModel: Send + Sync {
 /// How a checkpoint of an architecture is laid out, as the packed pass reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layout {
-    /// The encoder's prefix in `model.safetensors` (`bert`, `roberta`).
+    /// The encoder's prefix in `model.safetensors` (`bert`, `roberta`, `distilbert`).
     pub encoder: &'static str,
-    /// The head: a dense layer and tanh on the first token, then the labels' layer.
+    /// The encoder's tensors under that prefix.
+    pub names: &'static LayerNames,
+    /// The head: a dense layer and its activation on the first token, then the
+    /// labels' layer.
     pub head_dense: &'static str,
+    pub head_activation: HeadActivation,
     pub head_out: &'static str,
     /// The position id of a pair's first token: RoBERTa's count from `pad_token_id + 1`.
     pub first_position: usize,
@@ -59,6 +64,34 @@ pub(crate) struct Layout {
     pub token_types: bool,
     /// The special tokens the tokenizer's pair template must produce.
     pub pair_template: PairTemplate,
+}
+
+/// Where a BERT-style encoder keeps its tensors, under its prefix; each layer's under
+/// `layers.N`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct LayerNames {
+    pub embeddings: &'static str,
+    /// The token-type table, under `embeddings`, where the architecture has one.
+    pub token_type_embeddings: Option<&'static str>,
+    pub embedding_norm: &'static str,
+    pub layers: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_out: &'static str,
+    pub attention_norm: &'static str,
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub output_norm: &'static str,
+}
+
+/// The activation between the head's two layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadActivation {
+    /// BERT's pooler, RoBERTa's classification head.
+    Tanh,
+    /// DistilBERT's pre-classifier.
+    Relu,
 }
 
 /// Special tokens of a pair's template: before the first text, between the two, and
@@ -83,7 +116,11 @@ impl std::fmt::Display for PairTemplate {
     }
 }
 
-static ARCHITECTURES: &[&dyn Architecture] = &[&bert::Bert, &xlm_roberta::XlmRoberta];
+static ARCHITECTURES: &[&dyn Architecture] = &[
+    &bert::Bert,
+    &xlm_roberta::XlmRoberta,
+    &distilbert::DistilBert,
+];
 
 /// The architecture that runs a checkpoint of these classes (or, without any, of this
 /// `model_type`).

@@ -8,7 +8,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::xlm_roberta;
 
-use super::{Architecture, Layout, PaddedModel, PairTemplate};
+use super::bert::BERT_LAYERS;
+use super::{Architecture, HeadActivation, Layout, PaddedModel, PairTemplate};
 use crate::{HiddenAct, ModelConfig, PaddedBatch};
 
 pub(crate) struct XlmRoberta;
@@ -37,7 +38,9 @@ impl Architecture for XlmRoberta {
     fn layout(&self, pad_token_id: u32) -> Layout {
         Layout {
             encoder: "roberta",
+            names: &BERT_LAYERS,
             head_dense: "classifier.dense",
+            head_activation: HeadActivation::Tanh,
             head_out: "classifier.out_proj",
             first_position: pad_token_id as usize + 1,
             token_types: false,
