@@ -12,6 +12,9 @@ Writes tests/fixtures/models/<name>/ for
                      token type ids 0/1
     distilbert       DistilBertForSequenceClassification, 1 label, the same kind of tokenizer
                      (its tokenizer passes the model no token types)
+    modernbert       ModernBertForSequenceClassification, 1 label, byte-level BPE with
+                     [CLS] A [SEP] B [SEP], 4 layers alternating global and local attention
+                     (a 16-token window), mean pooling
 
 each holding what a user's folder holds (config.json, model.safetensors in float32,
 tokenizer.json, tokenizer_config.json) plus goldens.jsonl and a README.md. The models are
@@ -69,6 +72,9 @@ from transformers import (  # noqa: E402
     DistilBertConfig,
     DistilBertForSequenceClassification,
     DistilBertTokenizerFast,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
+    PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForSequenceClassification,
     RobertaTokenizerFast,
@@ -192,6 +198,20 @@ def bpe_tokenizer(text, vocab_size):
     return tok
 
 
+def bpe_cls_tokenizer(text, vocab_size):
+    """ModernBERT's kind: byte-level BPE with BERT's special tokens and [CLS] A [SEP] B [SEP]."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:0 [SEP]:0",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok
+
+
 def wordpiece_tokenizer(text, vocab_size):
     """BERT uncased: BertNormalizer (lowercase, accents stripped), BertPreTokenizer,
     WordPiece, [CLS] A [SEP] B [SEP] with type ids 0 then 1."""
@@ -282,6 +302,18 @@ KINDS = {
         config=dict(pad_token_id=0, max_position_embeddings=MAX_LENGTH),
         tok_kwargs=dict(do_lower_case=True),
         tokenizer="wordpiece", num_labels=1, seed=5),
+    # Four layers, a global one every two (global, local, global, local), a local window
+    # of 16 tokens (8 each side), shorter than most test pairs, and mean pooling.
+    "modernbert": dict(
+        config_cls=ModernBertConfig, model_cls=ModernBertForSequenceClassification,
+        tok_cls=PreTrainedTokenizerFast, specials=BERT_SPECIALS,
+        names=dict(hidden_act="hidden_activation"),
+        sizes=dict(num_hidden_layers=4),
+        config=dict(pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=None,
+                    eos_token_id=None, max_position_embeddings=MAX_LENGTH, local_attention=16,
+                    global_attn_every_n_layers=2, classifier_pooling="mean"),
+        tok_kwargs=dict(model_input_names=["input_ids", "attention_mask"]),
+        tokenizer="bpe-cls", num_labels=1, seed=6),
 }
 
 
@@ -293,6 +325,8 @@ def train_tokenizer(kind, text, vocab_size, charsmap):
         tok = unigram_tokenizer(text, vocab_size)
     elif name == "bpe":
         tok = bpe_tokenizer(text, vocab_size)
+    elif name == "bpe-cls":
+        tok = bpe_cls_tokenizer(text, vocab_size)
     else:
         tok = wordpiece_tokenizer(text, vocab_size)
     tok = canonical(tok, len(kind["specials"]))
@@ -325,7 +359,7 @@ def build_model(kind, vocab_size, sizes, max_positions=None):
         config["max_position_embeddings"] = max_positions
     labels = kind.get("id2label") or {i: f"LABEL_{i}" for i in range(kind["num_labels"])}
     names = kind.get("names", {})
-    own = {names.get(k, k): v for k, v in dict(sizes, hidden_act="gelu").items()}
+    own = {names.get(k, k): v for k, v in dict(sizes, **kind.get("sizes", {}), hidden_act="gelu").items()}
     cfg = kind["config_cls"](
         vocab_size=vocab_size, initializer_range=INIT_RANGE,
         num_labels=kind["num_labels"], id2label=labels, label2id={v: k for k, v in labels.items()},
@@ -336,7 +370,8 @@ def build_model(kind, vocab_size, sizes, max_positions=None):
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.add_(torch.randn_like(module.weight) * PERTURB)
-                module.bias.copy_(torch.randn_like(module.bias) * PERTURB)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn_like(module.bias) * PERTURB)
             elif isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.copy_(torch.randn_like(module.bias) * PERTURB)
     return model

@@ -147,6 +147,13 @@ async fn distilbert_matches_transformers() {
     serves_its_goldens("distilbert", "distilbert", Expected::Sigmoid).await;
 }
 
+/// Rotary positions, local layers with a 16-token window (pairs run to 128 tokens),
+/// GeGLU, no biases, mean pooling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modernbert_matches_transformers() {
+    serves_its_goldens("modernbert", "modernbert", Expected::Sigmoid).await;
+}
+
 /// A copy of the fixture `name` whose `file` is rewritten by `change`.
 fn broken_copy(name: &str, file: &str, change: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let unique = std::time::SystemTime::now()
@@ -204,6 +211,15 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
     let message = refused_at_start(&three_labels);
     assert!(
         message.contains("config.json") && message.contains("num_labels"),
+        "{message}"
+    );
+
+    let with_biases = broken_copy("modernbert", "config.json", |c| {
+        c["mlp_bias"] = serde_json::json!(true);
+    });
+    let message = refused_at_start(&with_biases);
+    assert!(
+        message.contains("config.json") && message.contains("mlp_bias"),
         "{message}"
     );
 

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::arch::PaddedModel;
-use crate::packed::{PackedEncoder, PackedTokens};
+use crate::packed::{PackedPass, PackedTokens};
 use crate::{ModelConfig, ModelError, ModelFolder};
 
 /// A loaded cross-encoder, ready to score batches.
@@ -17,7 +17,7 @@ pub struct CrossEncoder {
     device: Device,
     folder: ModelFolder,
     /// The padding-free CPU forward pass; `None` on other devices.
-    packed: Option<PackedEncoder>,
+    packed: Option<Box<dyn PackedPass>>,
     /// candle's padded pass: built at load off the CPU; on it, only when asked (tests,
     /// an empty batch), so that a CPU worker holds one copy of the weights.
     padded: OnceLock<Box<dyn PaddedModel>>,
@@ -230,7 +230,7 @@ impl CrossEncoder {
         };
         let vb = model.weights()?;
         if model.device.is_cpu() {
-            let packed = crate::layers::pack_encoder(vb, &model.config);
+            let packed = model.config.arch().packed(vb, &model.config);
             model.packed = Some(packed.map_err(|e| model.weights_error(e))?);
         } else {
             let padded = model.config.arch().padded(vb, &model.config);

@@ -59,6 +59,8 @@ pub struct ModelConfig {
     pub pad_token_id: u32,
     /// The default activation of the raw score, from the model's own config.
     pub activation: ScoreActivation,
+    /// The whole `config.json`, for what one architecture alone reads.
+    pub(crate) json: std::sync::Arc<serde_json::Value>,
 }
 
 impl ModelConfig {
@@ -110,12 +112,13 @@ struct RawConfig {
     num_attention_heads: usize,
     #[serde(alias = "hidden_dim")]
     intermediate_size: usize,
-    #[serde(alias = "activation")]
+    // ModernBERT's: hidden_activation.
+    #[serde(alias = "activation", alias = "hidden_activation")]
     hidden_act: String,
     max_position_embeddings: usize,
     #[serde(default = "default_type_vocab_size")]
     type_vocab_size: usize,
-    #[serde(default = "default_layer_norm_eps")]
+    #[serde(default = "default_layer_norm_eps", alias = "norm_eps")]
     layer_norm_eps: f64,
     num_labels: Option<usize>,
     id2label: Option<BTreeMap<String, String>>,
@@ -155,15 +158,17 @@ impl ModelFolder {
             path: config_path.clone(),
             source,
         })?;
-        let raw: RawConfig = serde_json::from_str(&text).map_err(|source| ModelError::Config {
+        let config_error = |source| ModelError::Config {
             path: config_path.clone(),
             source,
-        })?;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(config_error)?;
+        let raw: RawConfig = serde_json::from_value(json.clone()).map_err(config_error)?;
         let fallback_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let config = ModelConfig::from_raw(raw, &config_path, fallback_name)?;
+        let config = ModelConfig::from_raw(raw, json, &config_path, fallback_name)?;
         Ok(Self { path, config })
     }
 
@@ -199,7 +204,12 @@ impl ModelFolder {
 }
 
 impl ModelConfig {
-    fn from_raw(raw: RawConfig, path: &Path, fallback_name: String) -> Result<Self, ModelError> {
+    fn from_raw(
+        raw: RawConfig,
+        json: serde_json::Value,
+        path: &Path,
+        fallback_name: String,
+    ) -> Result<Self, ModelError> {
         let unsupported = |field, value: String, allowed: &str| ModelError::Unsupported {
             path: path.to_path_buf(),
             field,
@@ -287,7 +297,7 @@ impl ModelConfig {
         } else {
             raw.name_or_path
         };
-        Ok(Self {
+        let config = Self {
             name,
             architecture: architecture.name(),
             layout,
@@ -303,7 +313,17 @@ impl ModelConfig {
             labels,
             pad_token_id,
             activation,
-        })
+            json: std::sync::Arc::new(json),
+        };
+        architecture
+            .check(&config)
+            .map_err(|r| ModelError::Unsupported {
+                path: path.to_path_buf(),
+                field: r.field,
+                value: r.value,
+                allowed: r.allowed,
+            })?;
+        Ok(config)
     }
 }
 

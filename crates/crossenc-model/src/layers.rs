@@ -6,7 +6,7 @@
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use crate::arch::{HeadActivation, PaddedModel};
+use crate::arch::{HeadActivation, LayerNames, PaddedModel};
 use crate::packed::{Linear, Norm, PackedEncoder, PackedLayer};
 use crate::{HiddenAct, ModelConfig, PaddedBatch};
 
@@ -71,7 +71,7 @@ fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Laye
 impl Embeddings {
     /// The embeddings under the encoder's `vb`.
     pub fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
-        let names = c.layout.names;
+        let names = bert_style(c);
         let vb = vb.pp(names.embeddings);
         let table = |rows, name| candle_nn::embedding(rows, c.hidden_size, vb.pp(name));
         Ok(Self {
@@ -110,7 +110,7 @@ impl Embeddings {
 impl EncoderLayer {
     /// Layer `index` under the encoder's `vb`.
     pub fn load(vb: VarBuilder, index: usize, c: &ModelConfig) -> candle_core::Result<Self> {
-        let (h, n) = (c.hidden_size, c.layout.names);
+        let (h, n) = (c.hidden_size, bert_style(c));
         let vb = vb.pp(n.layers).pp(index);
         let projection = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
             let vb = vb.pp(name);
@@ -236,6 +236,14 @@ pub(crate) fn pack_encoder(vb: VarBuilder, c: &ModelConfig) -> candle_core::Resu
     })
 }
 
+/// The layout's tensor names: only architectures with a BERT-style encoder (names in
+/// their layout) use these layers.
+fn bert_style(c: &ModelConfig) -> &'static LayerNames {
+    c.layout
+        .names
+        .expect("the shared layers read BERT-style encoders only")
+}
+
 fn flat(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
@@ -297,6 +305,7 @@ impl PaddedModel for EncoderClassifier {
         let pooled = match self.config.layout.head_activation {
             HeadActivation::Tanh => pooled.tanh()?,
             HeadActivation::Relu => pooled.relu()?,
+            HeadActivation::Gelu => crate::gelu::gelu_erf(&pooled)?,
         };
         self.head_out.forward(&pooled)
     }

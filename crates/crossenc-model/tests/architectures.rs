@@ -90,6 +90,12 @@ fn distilbert_passes_match_transformers() {
     both_passes_match_transformers("distilbert", "distilbert");
 }
 
+/// Rotary positions, a 16-token window on the local layers, GeGLU, mean pooling.
+#[test]
+fn modernbert_passes_match_transformers() {
+    both_passes_match_transformers("modernbert", "modernbert");
+}
+
 #[test]
 fn a_folder_names_its_labels_and_activation() {
     let roberta = ModelFolder::open(fixture("roberta")).unwrap().config;

@@ -31,7 +31,7 @@ impl Architecture for Bert {
     fn layout(&self, _pad_token_id: u32) -> Layout {
         Layout {
             encoder: "bert",
-            names: &BERT_LAYERS,
+            names: Some(&BERT_LAYERS),
             head_dense: "bert.pooler.dense",
             head_activation: HeadActivation::Tanh,
             head_out: "classifier",

@@ -48,7 +48,7 @@ impl Architecture for DistilBert {
     fn layout(&self, _pad_token_id: u32) -> Layout {
         Layout {
             encoder: "distilbert",
-            names: &DISTILBERT_LAYERS,
+            names: Some(&DISTILBERT_LAYERS),
             head_dense: "pre_classifier",
             head_activation: HeadActivation::Relu,
             head_out: "classifier",

@@ -5,11 +5,14 @@
 
 mod bert;
 mod distilbert;
+mod modernbert;
 mod xlm_roberta;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::layers::pack_encoder;
+use crate::packed::PackedPass;
 use crate::{ModelConfig, PaddedBatch};
 
 /// An architecture crossenc runs.
@@ -29,6 +32,22 @@ pub(crate) trait Architecture: Sync {
     /// Where the weights live and how the embeddings read a pair, for `config.json`'s
     /// `pad_token_id`.
     fn layout(&self, pad_token_id: u32) -> Layout;
+
+    /// What this architecture cannot run in a config that parsed, beyond the common
+    /// checks.
+    fn check(&self, _config: &ModelConfig) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// The packed CPU pass's weights; by default a BERT-style encoder read through the
+    /// layout's names.
+    fn packed(
+        &self,
+        vb: VarBuilder,
+        config: &ModelConfig,
+    ) -> candle_core::Result<Box<dyn PackedPass>> {
+        Ok(Box::new(pack_encoder(vb, config)?))
+    }
 
     /// candle's forward pass over padded pairs: the path on GPUs, and the reference
     /// the packed CPU pass is checked against.
@@ -50,8 +69,8 @@ pub(crate) trait PaddedModel: Send + Sync {
 pub(crate) struct Layout {
     /// The encoder's prefix in `model.safetensors` (`bert`, `roberta`, `distilbert`).
     pub encoder: &'static str,
-    /// The encoder's tensors under that prefix.
-    pub names: &'static LayerNames,
+    /// The encoder's tensors under that prefix, for a BERT-style encoder.
+    pub names: Option<&'static LayerNames>,
     /// The head: a dense layer and its activation on the first token, then the
     /// labels' layer.
     pub head_dense: &'static str,
@@ -92,6 +111,32 @@ pub(crate) enum HeadActivation {
     Tanh,
     /// DistilBERT's pre-classifier.
     Relu,
+    /// ModernBERT's head (before its norm).
+    Gelu,
+}
+
+/// Why a config that parsed cannot run: the field, its value, what is allowed.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub field: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+impl Refusal {
+    pub fn new(field: &'static str, value: &str, allowed: &str) -> Self {
+        Self {
+            field,
+            value: value.to_string(),
+            allowed: allowed.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` is {}: {}", self.field, self.value, self.allowed)
+    }
 }
 
 /// Special tokens of a pair's template: before the first text, between the two, and
@@ -120,6 +165,7 @@ static ARCHITECTURES: &[&dyn Architecture] = &[
     &bert::Bert,
     &xlm_roberta::XlmRoberta,
     &distilbert::DistilBert,
+    &modernbert::ModernBert,
 ];
 
 /// The architecture that runs a checkpoint of these classes (or, without any, of this

@@ -38,7 +38,7 @@ impl Architecture for XlmRoberta {
     fn layout(&self, pad_token_id: u32) -> Layout {
         Layout {
             encoder: "roberta",
-            names: &BERT_LAYERS,
+            names: Some(&BERT_LAYERS),
             head_dense: "classifier.dense",
             head_activation: HeadActivation::Tanh,
             head_out: "classifier.out_proj",

@@ -10,6 +10,10 @@
 //! products run on oneDNN instead (`crossenc-onednn`), on inputs rounded to bf16 and
 //! accumulating in f32, while everything between them stays f32.
 
+mod modernbert;
+
+pub(crate) use modernbert::{ModernBertEncoder, ModernBertLayer, ModernBertShape, Pooling, Rotary};
+
 use crossenc_onednn::{bf16, Bf16Weights};
 use rayon::prelude::*;
 
@@ -53,6 +57,15 @@ pub(crate) struct PackedEncoder {
     pub head_dense: Linear,
     pub head_out: Linear,
     pub config: ModelConfig,
+}
+
+/// A packed forward pass over a batch's pairs, as an architecture prepares it at load.
+pub(crate) trait PackedPass: Send + Sync {
+    /// The logits of every label, pair after pair.
+    fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError>;
+
+    /// Moves the encoder's products to bf16.
+    fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError>;
 }
 
 /// The pairs of one batch, packed: token ids end to end and where each pair starts.
@@ -176,13 +189,13 @@ unsafe fn product_into(
 
 /// What every product of one forward pass shares: its threads and the bf16 copy of
 /// its input.
-struct ProductScratch {
+pub(crate) struct ProductScratch {
     threads: usize,
     bf16: Vec<bf16>,
 }
 
 impl ProductScratch {
-    fn new(threads: usize) -> Self {
+    pub(crate) fn new(threads: usize) -> Self {
         Self {
             threads,
             bf16: Vec::new(),
@@ -224,7 +237,7 @@ impl Linear {
     }
 
     /// `out = x * W + b (+ residual)` for `rows` rows of `x`.
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: &[f32],
         rows: usize,
@@ -415,13 +428,13 @@ simd_kernel! {
 
 impl Norm {
     /// Layer norm of each `width`-long row, in place, across the worker's threads.
-    fn apply(&self, x: &mut [f32], width: usize) {
+    pub(crate) fn apply(&self, x: &mut [f32], width: usize) {
         x.par_chunks_mut(width * 64)
             .for_each(|rows| norm_rows(rows, self));
     }
 }
 
-fn activate(x: &mut [f32], activation: HiddenAct) {
+pub(crate) fn activate(x: &mut [f32], activation: HiddenAct) {
     x.par_chunks_mut(16 * 1024)
         .for_each(|chunk| activate_slice(chunk, &activation));
 }
@@ -436,10 +449,10 @@ struct Scratch {
     inner: Vec<f32>,
 }
 
-impl PackedEncoder {
+impl PackedPass for PackedEncoder {
     /// Prepares the encoder layers' products (nearly all the FLOPs) for bf16; the
     /// head, one row per pair, stays f32.
-    pub fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
+    fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
         for layer in &mut self.layers {
             layer.qkv.prepare_bf16()?;
             layer.attention_out.prepare_bf16()?;
@@ -449,8 +462,7 @@ impl PackedEncoder {
         Ok(())
     }
 
-    /// The logits of every label, pair after pair.
-    pub fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
+    fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (h, tokens) = (c.hidden_size, batch.ids.len());
         let mut s = Scratch::default();
@@ -458,7 +470,13 @@ impl PackedEncoder {
         self.embed(batch, &mut s.x);
         for layer in &self.layers {
             layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, &mut p)?;
-            self.attention(batch, &s.qkv, &mut s.context);
+            attend(
+                batch.offsets,
+                &s.qkv,
+                c.num_attention_heads,
+                None,
+                &mut s.context,
+            );
             layer
                 .attention_out
                 .forward(&s.context, tokens, Some(&s.x), &mut s.attended, &mut p)?;
@@ -484,13 +502,16 @@ impl PackedEncoder {
         match c.layout.head_activation {
             HeadActivation::Tanh => pooled.iter_mut().for_each(|v| *v = v.tanh()),
             HeadActivation::Relu => pooled.iter_mut().for_each(|v| *v = v.max(0.0)),
+            HeadActivation::Gelu => activate_slice(&mut pooled, &HiddenAct::GeluErf),
         }
         let mut logits = Vec::new();
         self.head_out
             .forward(&pooled, pairs, None, &mut logits, &mut one_thread)?;
         Ok(logits)
     }
+}
 
+impl PackedEncoder {
     /// Word + position + token-type embeddings, then layer norm: `[tokens, hidden]`.
     /// Positions count from the layout's first; without token types, every token
     /// reads the table's one row.
@@ -518,68 +539,84 @@ impl PackedEncoder {
         }
         self.embedding_norm.apply(x, h);
     }
+}
 
-    /// Self-attention of each pair over its own tokens, every head apart: the context
-    /// `[tokens, hidden]` from the fused `[tokens, 3 * hidden]` Q|K|V.
-    fn attention(&self, batch: &PackedTokens<'_>, qkv: &[f32], context: &mut Vec<f32>) {
-        let c = &self.config;
-        let (h, heads) = (c.hidden_size, c.num_attention_heads);
-        let d = h / heads;
-        let scale = 1.0 / (d as f32).sqrt();
-        context.clear();
-        context.resize(qkv.len() / 3, 0.0);
-        // One task per (pair, head); each writes its own columns of its pair's rows.
-        let tasks: Vec<(usize, usize, usize)> = batch
-            .offsets
-            .windows(2)
-            .flat_map(|p| (0..heads).map(move |head| (p[0], p[1], head)))
-            .collect();
-        let out = SharedOut(context.as_mut_ptr(), context.len());
-        tasks.par_iter().for_each(|&(start, end, head)| {
-            let len = end - start;
-            let rows = &qkv[start * 3 * h..end * 3 * h];
-            let view = |part: usize| View {
-                data: &rows[part * h + head * d..],
-                rows: len,
-                cols: d,
-                row_stride: 3 * h,
-                col_stride: 1,
-            };
-            let (q, k, v) = (view(0), view(1), view(2));
-            let k_t = View {
-                rows: d,
-                cols: len,
-                row_stride: 1,
-                col_stride: 3 * h,
-                ..k
-            };
-            let mut scores = vec![0.0f32; len * len];
-            product(&mut scores, len, false, (q, k_t), scale, 1);
-            softmax_rows(&mut scores, &len);
-            let probs = View::rows(&scores, len, len);
-            let first = start * h + head * d;
-            // SAFETY: this task alone writes rows start..end, columns head*d..(head+1)*d
-            // of the context, borrowed mutably above until every task has ended.
-            unsafe {
-                product_into(
-                    out.at(first),
-                    out.len() - first,
-                    h,
-                    false,
-                    (probs, v),
-                    1.0,
-                    1,
-                )
-            };
-        });
+/// Self-attention of each pair over its own tokens, every head apart: the context
+/// `[tokens, hidden]` from the fused `[tokens, 3 * hidden]` Q|K|V. With a `window`, a
+/// token attends only to tokens at most that far from it (ModernBERT's local layers).
+pub(crate) fn attend(
+    offsets: &[usize],
+    qkv: &[f32],
+    heads: usize,
+    window: Option<usize>,
+    context: &mut Vec<f32>,
+) {
+    let tokens = offsets.last().copied().unwrap_or(0);
+    context.clear();
+    if tokens == 0 {
+        return;
     }
+    let h = qkv.len() / 3 / tokens;
+    let d = h / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    context.resize(tokens * h, 0.0);
+    // One task per (pair, head); each writes its own columns of its pair's rows.
+    let tasks: Vec<(usize, usize, usize)> = offsets
+        .windows(2)
+        .flat_map(|p| (0..heads).map(move |head| (p[0], p[1], head)))
+        .collect();
+    let out = SharedOut(context.as_mut_ptr(), context.len());
+    tasks.par_iter().for_each(|&(start, end, head)| {
+        let len = end - start;
+        let rows = &qkv[start * 3 * h..end * 3 * h];
+        let view = |part: usize| View {
+            data: &rows[part * h + head * d..],
+            rows: len,
+            cols: d,
+            row_stride: 3 * h,
+            col_stride: 1,
+        };
+        let (q, k, v) = (view(0), view(1), view(2));
+        let k_t = View {
+            rows: d,
+            cols: len,
+            row_stride: 1,
+            col_stride: 3 * h,
+            ..k
+        };
+        let mut scores = vec![0.0f32; len * len];
+        product(&mut scores, len, false, (q, k_t), scale, 1);
+        if let Some(window) = window.filter(|&w| w + 1 < len) {
+            for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+                let (near, far) = (i.saturating_sub(window), (i + window + 1).min(len));
+                row[..near].fill(f32::NEG_INFINITY);
+                row[far..].fill(f32::NEG_INFINITY);
+            }
+        }
+        softmax_rows(&mut scores, &len);
+        let probs = View::rows(&scores, len, len);
+        let first = start * h + head * d;
+        // SAFETY: this task alone writes rows start..end, columns head*d..(head+1)*d
+        // of the context, borrowed mutably above until every task has ended.
+        unsafe {
+            product_into(
+                out.at(first),
+                out.len() - first,
+                h,
+                false,
+                (probs, v),
+                1.0,
+                1,
+            )
+        };
+    });
 }
 
 /// The context buffer, written by attention tasks that each own disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32, usize);
 
-// SAFETY: the tasks that share it write disjoint elements (see `PackedEncoder::attention`).
+// SAFETY: the tasks that share it write disjoint elements (see `attend`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

@@ -1,0 +1,224 @@
+//! ModernBERT's forward pass on packed tokens: pre-norm layers, rotary positions (one
+//! base for global layers, one for local ones), sliding-window attention on the local
+//! layers, GeGLU feed-forward, a final norm, and the head (dense, GELU, norm) on the
+//! first token or the mean of a pair's tokens. The products and attention are the
+//! BERT pass's own (`super`).
+
+use rayon::prelude::*;
+
+use super::{activate, attend, Linear, Norm, PackedPass, PackedTokens, ProductScratch};
+use crate::{HiddenAct, ModelError};
+
+/// How a pair becomes one vector for the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pooling {
+    /// The first token.
+    Cls,
+    /// The mean of the pair's tokens.
+    Mean,
+}
+
+/// The sizes the pass needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ModernBertShape {
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    /// The GeGLU's activation.
+    pub activation: HiddenAct,
+    /// The head's, between its dense layer and its norm.
+    pub head_activation: HiddenAct,
+    pub pooling: Pooling,
+}
+
+pub(crate) struct ModernBertLayer {
+    /// Absent in the first layer, whose input is the normed embeddings.
+    pub attention_norm: Option<Norm>,
+    pub qkv: Linear,
+    pub attention_out: Linear,
+    pub mlp_norm: Norm,
+    /// `[hidden, 2 * intermediate]`: the GeGLU's input half, then its gate half.
+    pub mlp_in: Linear,
+    pub mlp_out: Linear,
+    /// Tokens at most this far apart attend to each other (local layers).
+    pub window: Option<usize>,
+    pub rotary: Rotary,
+}
+
+/// cos and sin of every position's angle for each of a head's `dim / 2` frequencies,
+/// as transformers computes them (f32 products of position and inverse frequency).
+pub(crate) struct Rotary {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl Rotary {
+    pub fn new(theta: f64, head_dim: usize, positions: usize) -> Self {
+        let half = head_dim / 2;
+        let inverse: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        let angles: Vec<f32> = (0..positions)
+            .flat_map(|p| inverse.iter().map(move |f| p as f32 * f))
+            .collect();
+        Self {
+            cos: angles.iter().map(|a| a.cos()).collect(),
+            sin: angles.iter().map(|a| a.sin()).collect(),
+            half,
+        }
+    }
+
+    /// Rotates one head's query or key at `position` in place: the two halves of the
+    /// head as the real and imaginary parts (transformers' `rotate_half`).
+    fn rotate(&self, x: &mut [f32], position: usize) {
+        let (cos, sin) = (
+            &self.cos[position * self.half..][..self.half],
+            &self.sin[position * self.half..][..self.half],
+        );
+        let (first, second) = x.split_at_mut(self.half);
+        for i in 0..self.half {
+            let (a, b) = (first[i], second[i]);
+            first[i] = a * cos[i] - b * sin[i];
+            second[i] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+pub(crate) struct ModernBertEncoder {
+    pub words: Vec<f32>,
+    pub embedding_norm: Norm,
+    pub layers: Vec<ModernBertLayer>,
+    pub final_norm: Norm,
+    pub head_dense: Linear,
+    pub head_norm: Norm,
+    pub classifier: Linear,
+    pub shape: ModernBertShape,
+}
+
+impl PackedPass for ModernBertEncoder {
+    fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
+        for layer in &mut self.layers {
+            layer.qkv.prepare_bf16()?;
+            layer.attention_out.prepare_bf16()?;
+            layer.mlp_in.prepare_bf16()?;
+            layer.mlp_out.prepare_bf16()?;
+        }
+        Ok(())
+    }
+
+    fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
+        let shape = &self.shape;
+        let (h, tokens) = (shape.hidden, batch.ids.len());
+        let mut p = ProductScratch::new(threads);
+        let mut x = Vec::with_capacity(tokens * h);
+        for &id in batch.ids {
+            x.extend_from_slice(&self.words[id as usize * h..][..h]);
+        }
+        self.embedding_norm.apply(&mut x, h);
+        let (mut normed, mut qkv, mut context) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut attended, mut inner, mut gated) = (Vec::new(), Vec::new(), Vec::new());
+        for layer in &self.layers {
+            let input = match &layer.attention_norm {
+                Some(norm) => {
+                    normed.clone_from(&x);
+                    norm.apply(&mut normed, h);
+                    &normed
+                }
+                None => &x,
+            };
+            layer.qkv.forward(input, tokens, None, &mut qkv, &mut p)?;
+            self.rotate(batch.offsets, &mut qkv, &layer.rotary);
+            attend(batch.offsets, &qkv, shape.heads, layer.window, &mut context);
+            layer
+                .attention_out
+                .forward(&context, tokens, Some(&x), &mut attended, &mut p)?;
+            normed.clone_from(&attended);
+            layer.mlp_norm.apply(&mut normed, h);
+            layer
+                .mlp_in
+                .forward(&normed, tokens, None, &mut inner, &mut p)?;
+            self.geglu(&inner, &mut gated);
+            layer
+                .mlp_out
+                .forward(&gated, tokens, Some(&attended), &mut x, &mut p)?;
+        }
+        self.final_norm.apply(&mut x, h);
+        let pooled = self.pool(batch.offsets, &x);
+        let pairs = batch.offsets.len() - 1;
+        let mut one_thread = ProductScratch::new(1);
+        let mut head = Vec::new();
+        self.head_dense
+            .forward(&pooled, pairs, None, &mut head, &mut one_thread)?;
+        activate(&mut head, shape.head_activation);
+        self.head_norm.apply(&mut head, h);
+        let mut logits = Vec::new();
+        self.classifier
+            .forward(&head, pairs, None, &mut logits, &mut one_thread)?;
+        Ok(logits)
+    }
+}
+
+impl ModernBertEncoder {
+    /// Rotary positions on every head's query and key, counted from each pair's start.
+    fn rotate(&self, offsets: &[usize], qkv: &mut [f32], rotary: &Rotary) {
+        let (h, heads) = (self.shape.hidden, self.shape.heads);
+        let d = h / heads;
+        let starts: Vec<(usize, usize)> = offsets
+            .windows(2)
+            .flat_map(|w| (w[0]..w[1]).map(move |t| (t, t - w[0])))
+            .collect();
+        qkv.par_chunks_mut(3 * h)
+            .zip(starts.par_iter())
+            .for_each(|(row, &(_, position))| {
+                // Queries, then keys: the first 2 * hidden of the row.
+                for head in row[..2 * h].chunks_exact_mut(d) {
+                    rotary.rotate(head, position);
+                }
+            });
+    }
+
+    /// GeGLU: the activation of each row's first half times its second half.
+    fn geglu(&self, inner: &[f32], gated: &mut Vec<f32>) {
+        let width = self.shape.intermediate;
+        gated.clear();
+        gated.resize(inner.len() / 2, 0.0);
+        gated
+            .par_chunks_mut(width)
+            .zip(inner.par_chunks(2 * width))
+            .for_each(|(out, row)| {
+                out.copy_from_slice(&row[..width]);
+                activate_row(out, self.shape.activation);
+                for (o, gate) in out.iter_mut().zip(&row[width..]) {
+                    *o *= gate;
+                }
+            });
+    }
+
+    /// One vector per pair: its first token, or the mean of its tokens.
+    fn pool(&self, offsets: &[usize], x: &[f32]) -> Vec<f32> {
+        let h = self.shape.hidden;
+        let mut pooled = Vec::with_capacity((offsets.len() - 1) * h);
+        for w in offsets.windows(2) {
+            match self.shape.pooling {
+                Pooling::Cls => pooled.extend_from_slice(&x[w[0] * h..][..h]),
+                Pooling::Mean => {
+                    let mut sum = vec![0f64; h];
+                    for row in x[w[0] * h..w[1] * h].chunks_exact(h) {
+                        sum.iter_mut()
+                            .zip(row)
+                            .for_each(|(s, &v)| *s += f64::from(v));
+                    }
+                    let n = (w[1] - w[0]) as f64;
+                    pooled.extend(sum.iter().map(|s| (s / n) as f32));
+                }
+            }
+        }
+        pooled
+    }
+}
+
+/// The activation of one row, on this thread (the rows are already spread over them).
+fn activate_row(x: &mut [f32], activation: HiddenAct) {
+    super::activate_slice(x, &activation);
+}
