@@ -12,6 +12,8 @@ Writes tests/fixtures/models/<name>/ for
                      token type ids 0/1
     distilbert       DistilBertForSequenceClassification, 1 label, the same kind of tokenizer
                      (its tokenizer passes the model no token types)
+    deberta-v2       DebertaV2ForSequenceClassification (DeBERTa-v3's shape), 1 label, Unigram
+                     tokenizer with [CLS] A [SEP] B [SEP], 16 relative position buckets
     modernbert       ModernBertForSequenceClassification, 1 label, byte-level BPE with
                      [CLS] A [SEP] B [SEP], 4 layers alternating global and local attention
                      (a 16-token window), mean pooling
@@ -72,6 +74,8 @@ from transformers import (  # noqa: E402
     DistilBertConfig,
     DistilBertForSequenceClassification,
     DistilBertTokenizerFast,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     ModernBertConfig,
     ModernBertForSequenceClassification,
     PreTrainedTokenizerFast,
@@ -212,6 +216,23 @@ def bpe_cls_tokenizer(text, vocab_size):
     return tok
 
 
+def unigram_cls_tokenizer(text, vocab_size):
+    """DeBERTa-v2/v3's kind: sentencepiece Unigram (WhitespaceSplit then Metaspace) with
+    [CLS] A [SEP] B [SEP], type ids 0 then 1."""
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+    ])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.train_from_iterator(text, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=BERT_SPECIALS, unk_token="[UNK]", show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok
+
+
 def wordpiece_tokenizer(text, vocab_size):
     """BERT uncased: BertNormalizer (lowercase, accents stripped), BertPreTokenizer,
     WordPiece, [CLS] A [SEP] B [SEP] with type ids 0 then 1."""
@@ -314,6 +335,20 @@ KINDS = {
                     global_attn_every_n_layers=2, classifier_pooling="mean"),
         tok_kwargs=dict(model_input_names=["input_ids", "attention_mask"]),
         tokenizer="bpe-cls", num_labels=1, seed=6),
+    # DeBERTa-v3's shape (as mxbai-rerank's): relative attention only (no position table,
+    # no token types), c2p and p2c sharing the attention's key and query projections,
+    # log position buckets (16: fewer than the test pairs' lengths), the normed relative
+    # embeddings, the context pooler.
+    "deberta-v2": dict(
+        config_cls=DebertaV2Config, model_cls=DebertaV2ForSequenceClassification,
+        tok_cls=PreTrainedTokenizerFast, specials=BERT_SPECIALS,
+        config=dict(pad_token_id=0, max_position_embeddings=MAX_LENGTH, type_vocab_size=0,
+                    relative_attention=True, position_buckets=16, max_relative_positions=-1,
+                    pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                    position_biased_input=False, pooler_hidden_size=TINY["hidden_size"],
+                    pooler_hidden_act="gelu", pooler_dropout=0.0, layer_norm_eps=1e-7),
+        tok_kwargs=dict(model_input_names=["input_ids", "attention_mask"]),
+        tokenizer="unigram-cls", num_labels=1, seed=7),
 }
 
 
@@ -327,6 +362,8 @@ def train_tokenizer(kind, text, vocab_size, charsmap):
         tok = bpe_tokenizer(text, vocab_size)
     elif name == "bpe-cls":
         tok = bpe_cls_tokenizer(text, vocab_size)
+    elif name == "unigram-cls":
+        tok = unigram_cls_tokenizer(text, vocab_size)
     else:
         tok = wordpiece_tokenizer(text, vocab_size)
     tok = canonical(tok, len(kind["specials"]))

@@ -154,6 +154,13 @@ async fn modernbert_matches_transformers() {
     serves_its_goldens("modernbert", "modernbert", Expected::Sigmoid).await;
 }
 
+/// Disentangled attention: c2p and p2c over 16 log-bucketed relative positions, pairs to
+/// 128 tokens; no absolute positions, no token types; the context pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deberta_v2_matches_transformers() {
+    serves_its_goldens("deberta-v2", "deberta-v2", Expected::Sigmoid).await;
+}
+
 /// A copy of the fixture `name` whose `file` is rewritten by `change`.
 fn broken_copy(name: &str, file: &str, change: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let unique = std::time::SystemTime::now()
@@ -220,6 +227,15 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
     let message = refused_at_start(&with_biases);
     assert!(
         message.contains("config.json") && message.contains("mlp_bias"),
+        "{message}"
+    );
+
+    let with_convolution = broken_copy("deberta-v2", "config.json", |c| {
+        c["conv_kernel_size"] = serde_json::json!(3);
+    });
+    let message = refused_at_start(&with_convolution);
+    assert!(
+        message.contains("config.json") && message.contains("conv_kernel_size"),
         "{message}"
     );
 

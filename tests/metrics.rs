@@ -397,9 +397,14 @@ async fn every_metric_moves_by_what_was_sent() {
             "worker_type" => ["tokenizer", "model", "supervisor"].contains(&value.as_str()),
             "worker_id" => ["0", "1"].contains(&value.as_str()),
             "dtype" => ["f32", "bf16"].contains(&value.as_str()),
-            "architecture" => {
-                ["bert", "xlm-roberta", "distilbert", "modernbert"].contains(&value.as_str())
-            }
+            "architecture" => [
+                "bert",
+                "xlm-roberta",
+                "distilbert",
+                "modernbert",
+                "deberta-v2",
+            ]
+            .contains(&value.as_str()),
             "le" | "version" | "model" | "device" => true,
             other => panic!("unexpected label {other} on {sample}"),
         };

@@ -285,7 +285,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if raw.type_vocab_size == 0 {
+        if raw.type_vocab_size == 0 && layout.token_types {
             return Err(unsupported(
                 "type_vocab_size",
                 "0".into(),

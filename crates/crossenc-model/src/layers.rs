@@ -47,7 +47,8 @@ impl Dense {
 
 pub(crate) struct Embeddings {
     words: Embedding,
-    positions: Embedding,
+    /// Absent where positions are relative or rotary.
+    positions: Option<Embedding>,
     /// Absent where the architecture has no table (DistilBERT).
     token_types: Option<Embedding>,
     norm: LayerNorm,
@@ -76,7 +77,11 @@ impl Embeddings {
         let table = |rows, name| candle_nn::embedding(rows, c.hidden_size, vb.pp(name));
         Ok(Self {
             words: table(c.vocab_size, "word_embeddings")?,
-            positions: table(c.max_position_embeddings, "position_embeddings")?,
+            positions: c
+                .layout
+                .position_table
+                .then(|| table(c.max_position_embeddings, "position_embeddings"))
+                .transpose()?,
             token_types: names
                 .token_type_embeddings
                 .map(|name| table(c.type_vocab_size, name))
@@ -101,7 +106,10 @@ impl Embeddings {
         if let Some(table) = &self.token_types {
             x = x.add(&table.forward(&type_ids)?)?;
         }
-        let x = x.broadcast_add(&self.positions.forward(&positions)?)?;
+        let x = match &self.positions {
+            Some(table) => x.broadcast_add(&table.forward(&positions)?)?,
+            None => x,
+        };
         let hidden = x.dim(D::Minus1)?;
         self.norm.forward(&x.reshape((pairs * width, hidden))?)
     }
@@ -226,13 +234,18 @@ pub(crate) fn pack_encoder(vb: VarBuilder, c: &ModelConfig) -> candle_core::Resu
     };
     Ok(PackedEncoder {
         words: flat(embeddings.words.embeddings())?,
-        positions: flat(embeddings.positions.embeddings())?,
+        positions: embeddings
+            .positions
+            .as_ref()
+            .map(|table| flat(table.embeddings()))
+            .transpose()?,
         token_types,
         embedding_norm: pack_norm(&embeddings.norm, c)?,
         layers,
         head_dense: Dense::load(vb.pp(layout.head_dense), h, h)?.pack()?,
         head_out: Dense::load(vb.pp(layout.head_out), h, c.num_labels())?.pack()?,
         config: c.clone(),
+        relative: None,
     })
 }
 

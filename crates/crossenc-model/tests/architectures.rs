@@ -96,6 +96,12 @@ fn modernbert_passes_match_transformers() {
     both_passes_match_transformers("modernbert", "modernbert");
 }
 
+/// Disentangled attention over 16 relative buckets (pairs run to 128 tokens).
+#[test]
+fn deberta_v2_passes_match_transformers() {
+    both_passes_match_transformers("deberta-v2", "deberta-v2");
+}
+
 #[test]
 fn a_folder_names_its_labels_and_activation() {
     let roberta = ModelFolder::open(fixture("roberta")).unwrap().config;

@@ -35,6 +35,7 @@ impl Architecture for Bert {
             head_dense: "bert.pooler.dense",
             head_activation: HeadActivation::Tanh,
             head_out: "classifier",
+            position_table: true,
             first_position: 0,
             token_types: true,
             pair_template: PairTemplate {

@@ -52,6 +52,7 @@ impl Architecture for DistilBert {
             head_dense: "pre_classifier",
             head_activation: HeadActivation::Relu,
             head_out: "classifier",
+            position_table: true,
             first_position: 0,
             token_types: false,
             pair_template: PairTemplate {

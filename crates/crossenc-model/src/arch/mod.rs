@@ -4,6 +4,7 @@
 //! [`Layout`] it gives; nothing outside this crate learns which one runs but its name.
 
 mod bert;
+mod deberta_v2;
 mod distilbert;
 mod modernbert;
 mod xlm_roberta;
@@ -76,6 +77,9 @@ pub(crate) struct Layout {
     pub head_dense: &'static str,
     pub head_activation: HeadActivation,
     pub head_out: &'static str,
+    /// Whether the encoder adds absolute position embeddings (DeBERTa-v3 has only
+    /// relative ones, ModernBERT rotary ones).
+    pub position_table: bool,
     /// The position id of a pair's first token: RoBERTa's count from `pad_token_id + 1`.
     pub first_position: usize,
     /// Whether the tokenizer's type ids reach the model; RoBERTa's tokenizers give the
@@ -166,6 +170,7 @@ static ARCHITECTURES: &[&dyn Architecture] = &[
     &xlm_roberta::XlmRoberta,
     &distilbert::DistilBert,
     &modernbert::ModernBert,
+    &deberta_v2::DebertaV2,
 ];
 
 /// The architecture that runs a checkpoint of these classes (or, without any, of this

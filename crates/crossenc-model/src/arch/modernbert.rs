@@ -58,6 +58,7 @@ impl Architecture for ModernBert {
             head_dense: "head.dense",
             head_activation: HeadActivation::Gelu,
             head_out: "classifier",
+            position_table: false,
             first_position: 0,
             token_types: false,
             pair_template: PairTemplate {

@@ -42,6 +42,7 @@ impl Architecture for XlmRoberta {
             head_dense: "classifier.dense",
             head_activation: HeadActivation::Tanh,
             head_out: "classifier.out_proj",
+            position_table: true,
             first_position: pad_token_id as usize + 1,
             token_types: false,
             pair_template: PairTemplate {

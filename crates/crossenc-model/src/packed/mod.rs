@@ -49,7 +49,8 @@ pub(crate) struct PackedLayer {
 /// Everything the packed forward pass reads, prepared at load.
 pub(crate) struct PackedEncoder {
     pub words: Vec<f32>,
-    pub positions: Vec<f32>,
+    /// Absent where positions are only relative (DeBERTa).
+    pub positions: Option<Vec<f32>>,
     pub token_types: Vec<f32>,
     pub embedding_norm: Norm,
     pub layers: Vec<PackedLayer>,
@@ -57,6 +58,53 @@ pub(crate) struct PackedEncoder {
     pub head_dense: Linear,
     pub head_out: Linear,
     pub config: ModelConfig,
+    /// DeBERTa's disentangled attention, where the architecture has it.
+    pub relative: Option<RelativeAttention>,
+}
+
+/// DeBERTa's relative attention: content-to-position and position-to-content scores
+/// added to the content scores, from relative embeddings projected by each layer's own
+/// query and key (`share_att_key`), over log-bucketed distances.
+pub(crate) struct RelativeAttention {
+    /// Each layer's Q|K|V projection of the normed relative embeddings,
+    /// `[2 * span, 3 * hidden]` (the V third unused).
+    pub projected: Vec<Vec<f32>>,
+    /// Relative embeddings on each side: `position_buckets`, or the largest distance.
+    pub span: usize,
+    /// `position_buckets` (0: distances are not bucketed).
+    pub buckets: usize,
+    /// `max_relative_positions`, for the log buckets.
+    pub max_position: usize,
+}
+
+impl RelativeAttention {
+    /// Which relative embedding a query `delta` tokens after its key reads, as
+    /// transformers' `make_log_bucket_position` and the clamp into the table make it.
+    fn index(&self, delta: i64) -> usize {
+        let bucketed = if self.buckets > 0 {
+            log_bucket(delta, self.buckets, self.max_position)
+        } else {
+            delta
+        };
+        (bucketed + self.span as i64).clamp(0, 2 * self.span as i64 - 1) as usize
+    }
+}
+
+/// Distances within half the buckets stay as they are; longer ones share buckets that
+/// grow logarithmically up to `max_position`. f32 as transformers computes it.
+fn log_bucket(delta: i64, buckets: usize, max_position: usize) -> i64 {
+    let mid = (buckets / 2) as i64;
+    let distance = if delta < mid && delta > -mid {
+        mid - 1
+    } else {
+        delta.abs()
+    };
+    if distance <= mid {
+        return delta;
+    }
+    let ratio = (((max_position - 1) as f64) / mid as f64) as f32;
+    let log = ((distance as f32 / mid as f32).ln() / ratio.ln() * (mid - 1) as f32).ceil();
+    (log + mid as f32) as i64 * delta.signum()
 }
 
 /// A packed forward pass over a batch's pairs, as an architecture prepares it at load.
@@ -94,6 +142,17 @@ impl<'a> View<'a> {
             cols,
             row_stride: cols,
             col_stride: 1,
+        }
+    }
+
+    /// The same elements read as the transposed matrix.
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            data: self.data,
         }
     }
 
@@ -468,15 +527,15 @@ impl PackedPass for PackedEncoder {
         let mut s = Scratch::default();
         let mut p = ProductScratch::new(threads);
         self.embed(batch, &mut s.x);
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
             layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, &mut p)?;
-            attend(
-                batch.offsets,
-                &s.qkv,
-                c.num_attention_heads,
-                None,
-                &mut s.context,
-            );
+            let heads = c.num_attention_heads;
+            match &self.relative {
+                Some(relative) => {
+                    attend_relative(batch.offsets, &s.qkv, heads, (relative, l), &mut s.context)
+                }
+                None => attend(batch.offsets, &s.qkv, heads, None, &mut s.context),
+            }
             layer
                 .attention_out
                 .forward(&s.context, tokens, Some(&s.x), &mut s.attended, &mut p)?;
@@ -523,18 +582,23 @@ impl PackedEncoder {
         for pair in batch.offsets.windows(2) {
             for (position, t) in (pair[0]..pair[1]).enumerate() {
                 let word = &self.words[batch.ids[t] as usize * h..][..h];
-                let place = &self.positions[(layout.first_position + position) * h..][..h];
                 let kind = match layout.token_types {
                     true => batch.type_ids[t] as usize,
                     false => 0,
                 };
                 let kind = &self.token_types[kind * h..][..h];
-                x.extend(
-                    word.iter()
-                        .zip(place)
-                        .zip(kind)
-                        .map(|((w, p), k)| w + p + k),
-                );
+                match &self.positions {
+                    Some(table) => {
+                        let place = &table[(layout.first_position + position) * h..][..h];
+                        x.extend(
+                            word.iter()
+                                .zip(place)
+                                .zip(kind)
+                                .map(|((w, p), k)| w + p + k),
+                        );
+                    }
+                    None => x.extend(word.iter().zip(kind).map(|(w, k)| w + k)),
+                }
             }
         }
         self.embedding_norm.apply(x, h);
@@ -610,6 +674,100 @@ pub(crate) fn attend(
             )
         };
     });
+}
+
+/// [`attend`] with DeBERTa's relative scores added: for query i and key j, the query
+/// against the key projection of the relative embedding of i - j, and the key against
+/// its query projection, all scaled by 1 / sqrt(3 * head size).
+pub(crate) fn attend_relative(
+    offsets: &[usize],
+    qkv: &[f32],
+    heads: usize,
+    (relative, layer): (&RelativeAttention, usize),
+    context: &mut Vec<f32>,
+) {
+    let tokens = offsets.last().copied().unwrap_or(0);
+    context.clear();
+    if tokens == 0 {
+        return;
+    }
+    let h = qkv.len() / 3 / tokens;
+    let d = h / heads;
+    let scale = 1.0 / ((3 * d) as f32).sqrt();
+    let table = &relative.projected[layer];
+    let positions = 2 * relative.span;
+    context.resize(tokens * h, 0.0);
+    let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    // The embedding each distance reads: index delta + longest - 1.
+    let index: Vec<usize> = (0..2 * longest.max(1) - 1)
+        .map(|i| relative.index(i as i64 - (longest as i64 - 1)))
+        .collect();
+    let tasks: Vec<(usize, usize, usize)> = offsets
+        .windows(2)
+        .flat_map(|p| (0..heads).map(move |head| (p[0], p[1], head)))
+        .collect();
+    let out = SharedOut(context.as_mut_ptr(), context.len());
+    tasks.par_iter().for_each(|&(start, end, head)| {
+        let len = end - start;
+        let rows = &qkv[start * 3 * h..end * 3 * h];
+        let view = |data, part: usize, rows| head_view(data, part * h + head * d, rows, d, 3 * h);
+        let (q, k, v) = (view(rows, 0, len), view(rows, 1, len), view(rows, 2, len));
+        let (relative_q, relative_k) = (view(table, 0, positions), view(table, 1, positions));
+        let mut scores = vec![0.0f32; len * len];
+        product(&mut scores, len, false, (q, k.transposed()), scale, 1);
+        let mut to_position = vec![0.0f32; len * positions];
+        product(
+            &mut to_position,
+            positions,
+            false,
+            (q, relative_k.transposed()),
+            scale,
+            1,
+        );
+        let mut from_position = vec![0.0f32; len * positions];
+        product(
+            &mut from_position,
+            positions,
+            false,
+            (k, relative_q.transposed()),
+            scale,
+            1,
+        );
+        for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+            let c2p = &to_position[i * positions..][..positions];
+            for (j, score) in row.iter_mut().enumerate() {
+                let r = index[i + longest - 1 - j];
+                *score += c2p[r] + from_position[j * positions + r];
+            }
+        }
+        softmax_rows(&mut scores, &len);
+        let probs = View::rows(&scores, len, len);
+        let first = start * h + head * d;
+        // SAFETY: as in `attend`: this task alone writes rows start..end, columns
+        // head*d..(head+1)*d of the context.
+        unsafe {
+            product_into(
+                out.at(first),
+                out.len() - first,
+                h,
+                false,
+                (probs, v),
+                1.0,
+                1,
+            )
+        };
+    });
+}
+
+/// One head's `d` columns from `offset` in `rows` rows of `stride` floats.
+fn head_view(data: &[f32], offset: usize, rows: usize, d: usize, stride: usize) -> View<'_> {
+    View {
+        data: &data[offset..],
+        rows,
+        cols: d,
+        row_stride: stride,
+        col_stride: 1,
+    }
 }
 
 /// The context buffer, written by attention tasks that each own disjoint elements.
