@@ -200,14 +200,15 @@ fn refused_at_start(model: &Path) -> String {
 #[test]
 fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
     let other = broken_copy("xlm-roberta", "config.json", |c| {
-        c["architectures"] = serde_json::json!(["DebertaV2ForSequenceClassification"]);
+        c["architectures"] = serde_json::json!(["NewForSequenceClassification"]);
     });
     let message = refused_at_start(&other);
     assert!(
         message.contains("config.json")
             && message.contains("architectures")
-            && message.contains("DebertaV2ForSequenceClassification")
+            && message.contains("NewForSequenceClassification")
             && message.contains("XLMRobertaForSequenceClassification")
+            && message.contains("DebertaV2ForSequenceClassification")
             && message.contains("BertForSequenceClassification"),
         "{message}"
     );
