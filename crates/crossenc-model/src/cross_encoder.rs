@@ -138,6 +138,21 @@ impl PaddedBatch {
         &self.lengths
     }
 
+    /// `[pairs, width]`: 1 for a real token, 0 for padding, as transformers'
+    /// `attention_mask`.
+    pub(crate) fn real_tokens_mask(
+        &self,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<Tensor> {
+        let mut mask = Vec::with_capacity(self.padded_tokens());
+        for &len in &self.lengths {
+            mask.extend(std::iter::repeat_n(1f32, len));
+            mask.extend(std::iter::repeat_n(0f32, self.width - len));
+        }
+        Tensor::from_vec(mask, (self.len(), self.width), device)?.to_dtype(dtype)
+    }
+
     /// Ids and type ids `[pairs, width]` on `device`.
     pub(crate) fn tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         let shape = (self.len(), self.width);

@@ -8,7 +8,7 @@
 //! The packed pass is the BERT pass with [`RelativeAttention`]; the padded pass is
 //! candle-transformers' `DebertaV2SeqClassificationModel`.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::debertav2;
 use serde_json::Value;
@@ -134,13 +134,7 @@ struct Padded(debertav2::DebertaV2SeqClassificationModel);
 impl PaddedModel for Padded {
     fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
         let (ids, _) = batch.tensors(device)?;
-        let (pairs, width) = ids.dims2()?;
-        let mut mask = Vec::with_capacity(pairs * width);
-        for &len in batch.lengths() {
-            mask.extend(std::iter::repeat_n(1u32, len));
-            mask.extend(std::iter::repeat_n(0u32, width - len));
-        }
-        let mask = Tensor::from_vec(mask, (pairs, width), device)?;
+        let mask = batch.real_tokens_mask(device, DType::U32)?;
         self.0.forward(&ids, None, Some(mask))
     }
 }

@@ -7,7 +7,7 @@
 //! here: its own classifier ends in a softmax, which would turn a one-label head's logit
 //! into 1.0.
 
-use candle_core::{Device, IndexOp, Module, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use candle_transformers::models::modernbert;
 use serde_json::Value;
@@ -194,13 +194,7 @@ struct Padded {
 impl PaddedModel for Padded {
     fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
         let (ids, _) = batch.tensors(device)?;
-        let (pairs, width) = ids.dims2()?;
-        let mut mask = Vec::with_capacity(pairs * width);
-        for &len in batch.lengths() {
-            mask.extend(std::iter::repeat_n(1f32, len));
-            mask.extend(std::iter::repeat_n(0f32, width - len));
-        }
-        let mask = Tensor::from_vec(mask, (pairs, width), device)?;
+        let mask = batch.real_tokens_mask(device, DType::F32)?;
         let hidden = self.backbone.forward(&ids, &mask)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.i((.., 0, ..))?.contiguous()?,

@@ -4,7 +4,7 @@
 //! tanh on `<s>`, then `out_proj`) under `classifier`. The padded pass is
 //! candle-transformers' own model.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::xlm_roberta;
 
@@ -90,13 +90,7 @@ struct Padded(xlm_roberta::XLMRobertaForSequenceClassification);
 impl PaddedModel for Padded {
     fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
         let (ids, _) = batch.tensors(device)?;
-        let (pairs, width) = ids.dims2()?;
-        let mut mask = Vec::with_capacity(pairs * width);
-        for &len in batch.lengths() {
-            mask.extend(std::iter::repeat_n(1u32, len));
-            mask.extend(std::iter::repeat_n(0u32, width - len));
-        }
-        let mask = Tensor::from_vec(mask, (pairs, width), ids.device())?;
+        let mask = batch.real_tokens_mask(device, DType::U32)?;
         self.0.forward(&ids, &mask, &ids.zeros_like()?)
     }
 }
