@@ -1,7 +1,8 @@
 //! One file per architecture, behind [`Architecture`]: where its checkpoint keeps the
 //! weights, what its tokenizer's pair template must be, and candle's padded model of
-//! it. The packed CPU pass (`crate::packed`) runs every architecture from the
-//! [`Layout`] it gives; nothing outside this crate learns which one runs but its name.
+//! it. The packed CPU pass (`crate::packed`) runs BERT-style encoders from the
+//! [`Layout`] they give; an architecture with another layer loop (ModernBERT) brings its
+//! own. Nothing outside this crate learns which one runs but its name.
 
 mod bert;
 mod deberta_v2;

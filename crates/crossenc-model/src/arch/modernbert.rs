@@ -7,6 +7,8 @@
 //! here: its own classifier ends in a softmax, which would turn a one-label head's logit
 //! into 1.0.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use candle_transformers::models::modernbert;
@@ -83,22 +85,14 @@ impl Architecture for ModernBert {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let eps = c.layer_norm_eps as f32;
         let head_dim = h / c.num_attention_heads;
-        let global = Rotary::new(extra.global_theta, head_dim, c.max_position_embeddings);
-        let local = Rotary::new(extra.local_theta, head_dim, c.max_position_embeddings);
-        let (mut global, mut local) = (Some(global), Some(local));
+        // One table per kind of layer, shared by the layers of that kind.
+        let rotary = |theta| Arc::new(Rotary::new(theta, head_dim, c.max_position_embeddings));
+        let (global, local) = (rotary(extra.global_theta), rotary(extra.local_theta));
         let model = vb.pp("model");
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for (n, &is_global) in extra.global.iter().enumerate() {
             let vb = model.pp("layers").pp(n);
-            // Each layer owns its table; the first of each kind takes the one built.
-            let rotary = match is_global {
-                true => global.take().unwrap_or_else(|| {
-                    Rotary::new(extra.global_theta, head_dim, c.max_position_embeddings)
-                }),
-                false => local.take().unwrap_or_else(|| {
-                    Rotary::new(extra.local_theta, head_dim, c.max_position_embeddings)
-                }),
-            };
+            let rotary = Arc::clone(if is_global { &global } else { &local });
             layers.push(ModernBertLayer {
                 attention_norm: (n > 0)
                     .then(|| norm(vb.pp("attn_norm"), h, eps))

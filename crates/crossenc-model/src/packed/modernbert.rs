@@ -42,7 +42,8 @@ pub(crate) struct ModernBertLayer {
     pub mlp_out: Linear,
     /// Tokens at most this far apart attend to each other (local layers).
     pub window: Option<usize>,
-    pub rotary: Rotary,
+    /// Shared by the layers of one kind (global or local).
+    pub rotary: std::sync::Arc<Rotary>,
 }
 
 /// cos and sin of every position's angle for each of a head's `dim / 2` frequencies,
