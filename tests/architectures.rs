@@ -183,6 +183,39 @@ fn broken_copy(name: &str, file: &str, change: impl Fn(&mut serde_json::Value)) 
 
 /// `crossenc serve` on `model` must exit 2 before any worker starts; its stderr.
 fn refused_at_start(model: &Path) -> String {
+    refused_by(model, Some(2))
+}
+
+/// A tokenizer that does not fit its model is refused by the tokenizer worker as it
+/// loads (the supervisor does not parse tokenizer.json: a large one costs hundreds of
+/// MB): `serve` exits 1 naming it, and `crossenc config check` exits 2 naming it too.
+/// Both say every one of `named`.
+fn refused_by_the_tokenizer(model: &Path, named: &[&str]) {
+    let served = refused_by(model, Some(1));
+    let file = model.join("serve.toml");
+    std::fs::write(
+        &file,
+        format!("[model]\npath = {:?}\n", model.display().to_string()),
+    )
+    .unwrap();
+    let mut command = Command::new(BINARY);
+    crossenc_bench::without_caller_settings(&mut command);
+    let checked = command
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let check_log = String::from_utf8_lossy(&checked.stderr).into_owned();
+    assert_eq!(checked.status.code(), Some(2), "{check_log}");
+    for log in [served, check_log] {
+        assert!(
+            named.iter().all(|n| log.contains(n)),
+            "{named:?} in:\n{log}"
+        );
+    }
+}
+
+fn refused_by(model: &Path, code: Option<i32>) -> String {
     let mut command = Command::new(BINARY);
     crossenc_bench::without_caller_settings(&mut command);
     let output = command
@@ -193,7 +226,7 @@ fn refused_at_start(model: &Path) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), code, "{stderr}");
     stderr
 }
 
@@ -250,22 +283,12 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
                 "rstrip": false, "normalized": false, "special": true
             }));
     });
-    let message = refused_at_start(&larger_vocabulary);
-    assert!(
-        message.contains("tokenizer.json")
-            && message.contains("800")
-            && message.contains("vocab_size"),
-        "{message}"
-    );
+    refused_by_the_tokenizer(&larger_vocabulary, &["tokenizer.json", "800", "vocab_size"]);
 
     let no_template = broken_copy("xlm-roberta", "tokenizer.json", |t| {
         t["post_processor"] = serde_json::Value::Null;
     });
-    let message = refused_at_start(&no_template);
-    assert!(
-        message.contains("tokenizer.json") && message.contains("post_processor"),
-        "{message}"
-    );
+    refused_by_the_tokenizer(&no_template, &["tokenizer.json", "post_processor"]);
 
     // BERT's template on a RoBERTa model: one separator between the texts, not two.
     let bert_template = broken_copy("xlm-roberta", "tokenizer.json", |t| {
@@ -285,9 +308,5 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
             }
         });
     });
-    let message = refused_at_start(&bert_template);
-    assert!(
-        message.contains("post_processor") && message.contains("xlm-roberta"),
-        "{message}"
-    );
+    refused_by_the_tokenizer(&bert_template, &["post_processor", "xlm-roberta"]);
 }
