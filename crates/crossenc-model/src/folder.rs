@@ -273,7 +273,7 @@ impl ModelConfig {
         })?;
         let pad_token_id = raw
             .pad_token_id
-            .unwrap_or(architecture.default_pad_token_id());
+            .unwrap_or(architecture.identity().default_pad_token_id);
         let layout = architecture.layout(pad_token_id);
         if raw.max_position_embeddings <= layout.first_position + 1 {
             return Err(unsupported(
@@ -299,7 +299,7 @@ impl ModelConfig {
         };
         let config = Self {
             name,
-            architecture: architecture.name(),
+            architecture: architecture.identity().name,
             layout,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,

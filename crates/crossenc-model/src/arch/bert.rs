@@ -5,27 +5,24 @@
 
 use candle_nn::VarBuilder;
 
-use super::{Architecture, HeadActivation, LayerNames, Layout, PaddedModel, PairTemplate};
+use super::{
+    Architecture, HeadActivation, Identity, LayerNames, Layout, PaddedModel, PairTemplate,
+};
 use crate::layers::EncoderClassifier;
 use crate::ModelConfig;
 
 pub(crate) struct Bert;
 
+static IDENTITY: Identity = Identity {
+    name: "bert",
+    classes: &["BertForSequenceClassification"],
+    model_types: &["bert"],
+    default_pad_token_id: 0,
+};
+
 impl Architecture for Bert {
-    fn name(&self) -> &'static str {
-        "bert"
-    }
-
-    fn classes(&self) -> &'static [&'static str] {
-        &["BertForSequenceClassification"]
-    }
-
-    fn model_types(&self) -> &'static [&'static str] {
-        &["bert"]
-    }
-
-    fn default_pad_token_id(&self) -> u32 {
-        0
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
 
     fn layout(&self, _pad_token_id: u32) -> Layout {
@@ -38,11 +35,7 @@ impl Architecture for Bert {
             position_table: true,
             first_position: 0,
             token_types: true,
-            pair_template: PairTemplate {
-                before: 1,
-                between: 1,
-                after: 1,
-            },
+            pair_template: PairTemplate::ONE_SEPARATOR,
         }
     }
 

@@ -13,7 +13,9 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::debertav2;
 use serde_json::Value;
 
-use super::{Architecture, HeadActivation, LayerNames, Layout, PaddedModel, PairTemplate, Refusal};
+use super::{
+    Architecture, HeadActivation, Identity, LayerNames, Layout, PaddedModel, PairTemplate, Refusal,
+};
 use crate::layers::pack_encoder;
 use crate::packed::{Norm, PackedPass, ProductScratch, RelativeAttention};
 use crate::{ModelConfig, PaddedBatch};
@@ -35,21 +37,16 @@ static DEBERTA_LAYERS: LayerNames = LayerNames {
     output_norm: "output.LayerNorm",
 };
 
+static IDENTITY: Identity = Identity {
+    name: "deberta-v2",
+    classes: &["DebertaV2ForSequenceClassification"],
+    model_types: &["deberta-v2"],
+    default_pad_token_id: 0,
+};
+
 impl Architecture for DebertaV2 {
-    fn name(&self) -> &'static str {
-        "deberta-v2"
-    }
-
-    fn classes(&self) -> &'static [&'static str] {
-        &["DebertaV2ForSequenceClassification"]
-    }
-
-    fn model_types(&self) -> &'static [&'static str] {
-        &["deberta-v2"]
-    }
-
-    fn default_pad_token_id(&self) -> u32 {
-        0
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
 
     fn layout(&self, _pad_token_id: u32) -> Layout {
@@ -62,11 +59,7 @@ impl Architecture for DebertaV2 {
             position_table: false,
             first_position: 0,
             token_types: false,
-            pair_template: PairTemplate {
-                before: 1,
-                between: 1,
-                after: 1,
-            },
+            pair_template: PairTemplate::ONE_SEPARATOR,
         }
     }
 

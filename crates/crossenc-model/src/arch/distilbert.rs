@@ -7,7 +7,9 @@
 
 use candle_nn::VarBuilder;
 
-use super::{Architecture, HeadActivation, LayerNames, Layout, PaddedModel, PairTemplate};
+use super::{
+    Architecture, HeadActivation, Identity, LayerNames, Layout, PaddedModel, PairTemplate,
+};
 use crate::layers::EncoderClassifier;
 use crate::ModelConfig;
 
@@ -28,21 +30,16 @@ static DISTILBERT_LAYERS: LayerNames = LayerNames {
     output_norm: "output_layer_norm",
 };
 
+static IDENTITY: Identity = Identity {
+    name: "distilbert",
+    classes: &["DistilBertForSequenceClassification"],
+    model_types: &["distilbert"],
+    default_pad_token_id: 0,
+};
+
 impl Architecture for DistilBert {
-    fn name(&self) -> &'static str {
-        "distilbert"
-    }
-
-    fn classes(&self) -> &'static [&'static str] {
-        &["DistilBertForSequenceClassification"]
-    }
-
-    fn model_types(&self) -> &'static [&'static str] {
-        &["distilbert"]
-    }
-
-    fn default_pad_token_id(&self) -> u32 {
-        0
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
 
     fn layout(&self, _pad_token_id: u32) -> Layout {
@@ -55,11 +52,7 @@ impl Architecture for DistilBert {
             position_table: true,
             first_position: 0,
             token_types: false,
-            pair_template: PairTemplate {
-                before: 1,
-                between: 1,
-                after: 1,
-            },
+            pair_template: PairTemplate::ONE_SEPARATOR,
         }
     }
 

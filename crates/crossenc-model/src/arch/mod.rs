@@ -19,17 +19,8 @@ use crate::{ModelConfig, PaddedBatch};
 
 /// An architecture crossenc runs.
 pub(crate) trait Architecture: Sync {
-    /// Its name in `build_info` and logs.
-    fn name(&self) -> &'static str;
-
-    /// The `architectures` entries of `config.json` it runs.
-    fn classes(&self) -> &'static [&'static str];
-
-    /// The `model_type`s it runs, for a `config.json` without `architectures`.
-    fn model_types(&self) -> &'static [&'static str];
-
-    /// `pad_token_id` where `config.json` does not give it (transformers' default).
-    fn default_pad_token_id(&self) -> u32;
+    /// Its name and the checkpoints it runs.
+    fn identity(&self) -> &'static Identity;
 
     /// Where the weights live and how the embeddings read a pair, for `config.json`'s
     /// `pad_token_id`.
@@ -58,6 +49,18 @@ pub(crate) trait Architecture: Sync {
         vb: VarBuilder,
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PaddedModel>>;
+}
+
+/// An architecture's name and the checkpoints it runs.
+pub(crate) struct Identity {
+    /// Its name in `build_info` and logs.
+    pub name: &'static str,
+    /// The `architectures` entries of `config.json` it runs.
+    pub classes: &'static [&'static str],
+    /// The `model_type`s it runs, for a `config.json` without `architectures`.
+    pub model_types: &'static [&'static str],
+    /// `pad_token_id` where `config.json` does not give it (transformers' default).
+    pub default_pad_token_id: u32,
 }
 
 /// A forward pass over pairs padded to one width.
@@ -153,6 +156,21 @@ pub struct PairTemplate {
     pub after: usize,
 }
 
+impl PairTemplate {
+    /// BERT's `[CLS] A [SEP] B [SEP]`.
+    pub const ONE_SEPARATOR: Self = Self {
+        before: 1,
+        between: 1,
+        after: 1,
+    };
+    /// RoBERTa's `<s> A </s></s> B </s>`.
+    pub const TWO_SEPARATORS: Self = Self {
+        before: 1,
+        between: 2,
+        after: 1,
+    };
+}
+
 impl std::fmt::Display for PairTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let specials = |n: usize| vec!["<special>"; n].join(" ");
@@ -182,9 +200,11 @@ pub(crate) fn for_checkpoint(
 ) -> Option<&'static dyn Architecture> {
     let runs = |a: &&dyn Architecture| {
         if classes.is_empty() {
-            model_type.is_some_and(|t| a.model_types().contains(&t))
+            model_type.is_some_and(|t| a.identity().model_types.contains(&t))
         } else {
-            classes.iter().any(|c| a.classes().contains(&c.as_str()))
+            classes
+                .iter()
+                .any(|c| a.identity().classes.contains(&c.as_str()))
         }
     };
     ARCHITECTURES.iter().copied().find(runs)
@@ -195,7 +215,7 @@ pub(crate) fn named(name: &str) -> &'static dyn Architecture {
     ARCHITECTURES
         .iter()
         .copied()
-        .find(|a| a.name() == name)
+        .find(|a| a.identity().name == name)
         .expect("a ModelConfig names a known architecture")
 }
 
@@ -203,7 +223,7 @@ pub(crate) fn named(name: &str) -> &'static dyn Architecture {
 pub(crate) fn supported_classes() -> String {
     let classes: Vec<&str> = ARCHITECTURES
         .iter()
-        .flat_map(|a| a.classes().iter().copied())
+        .flat_map(|a| a.identity().classes.iter().copied())
         .collect();
     classes.join(", ")
 }

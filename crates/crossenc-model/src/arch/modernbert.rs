@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::modernbert;
 use serde_json::Value;
 
-use super::{Architecture, HeadActivation, Layout, PaddedModel, PairTemplate, Refusal};
+use super::{Architecture, HeadActivation, Identity, Layout, PaddedModel, PairTemplate, Refusal};
 use crate::packed::Linear;
 use crate::packed::{
     ModernBertEncoder, ModernBertLayer, ModernBertShape, Norm, PackedPass, Pooling, Rotary,
@@ -36,21 +36,16 @@ struct Extra {
     head_activation: HiddenAct,
 }
 
+static IDENTITY: Identity = Identity {
+    name: "modernbert",
+    classes: &["ModernBertForSequenceClassification"],
+    model_types: &["modernbert"],
+    default_pad_token_id: 50283,
+};
+
 impl Architecture for ModernBert {
-    fn name(&self) -> &'static str {
-        "modernbert"
-    }
-
-    fn classes(&self) -> &'static [&'static str] {
-        &["ModernBertForSequenceClassification"]
-    }
-
-    fn model_types(&self) -> &'static [&'static str] {
-        &["modernbert"]
-    }
-
-    fn default_pad_token_id(&self) -> u32 {
-        50283
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
 
     fn layout(&self, _pad_token_id: u32) -> Layout {
@@ -63,11 +58,7 @@ impl Architecture for ModernBert {
             position_table: false,
             first_position: 0,
             token_types: false,
-            pair_template: PairTemplate {
-                before: 1,
-                between: 1,
-                after: 1,
-            },
+            pair_template: PairTemplate::ONE_SEPARATOR,
         }
     }
 

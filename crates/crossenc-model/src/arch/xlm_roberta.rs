@@ -9,30 +9,25 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::xlm_roberta;
 
 use super::bert::BERT_LAYERS;
-use super::{Architecture, HeadActivation, Layout, PaddedModel, PairTemplate};
+use super::{Architecture, HeadActivation, Identity, Layout, PaddedModel, PairTemplate};
 use crate::{HiddenAct, ModelConfig, PaddedBatch};
 
 pub(crate) struct XlmRoberta;
 
+static IDENTITY: Identity = Identity {
+    name: "xlm-roberta",
+    classes: &[
+        "XLMRobertaForSequenceClassification",
+        "RobertaForSequenceClassification",
+        "CamembertForSequenceClassification",
+    ],
+    model_types: &["xlm-roberta", "roberta", "camembert"],
+    default_pad_token_id: 1,
+};
+
 impl Architecture for XlmRoberta {
-    fn name(&self) -> &'static str {
-        "xlm-roberta"
-    }
-
-    fn classes(&self) -> &'static [&'static str] {
-        &[
-            "XLMRobertaForSequenceClassification",
-            "RobertaForSequenceClassification",
-            "CamembertForSequenceClassification",
-        ]
-    }
-
-    fn model_types(&self) -> &'static [&'static str] {
-        &["xlm-roberta", "roberta", "camembert"]
-    }
-
-    fn default_pad_token_id(&self) -> u32 {
-        1
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
 
     fn layout(&self, pad_token_id: u32) -> Layout {
@@ -45,11 +40,7 @@ impl Architecture for XlmRoberta {
             position_table: true,
             first_position: pad_token_id as usize + 1,
             token_types: false,
-            pair_template: PairTemplate {
-                before: 1,
-                between: 2,
-                after: 1,
-            },
+            pair_template: PairTemplate::TWO_SEPARATORS,
         }
     }
 
