@@ -165,10 +165,26 @@ def nmt_nfkc_charsmap(text):
     return proto.normalizer_spec.precompiled_charsmap
 
 
-def unigram_tokenizer(text, vocab_size, charsmap=None):
+def roberta_template():
+    """XLM-R's <s> A </s> / <s> A </s> </s> B </s>, all type ids 0."""
+    return processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+
+
+def bert_template(second_type=1):
+    """BERT's [CLS] A [SEP] B [SEP]; the second text's type id is `second_type`."""
+    t = second_type
+    return processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair=f"[CLS]:0 $A:0 [SEP]:0 $B:{t} [SEP]:{t}",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+
+
+def unigram_tokenizer(text, vocab_size, charsmap=None, specials=SENTENCEPIECE_SPECIALS,
+                      template=roberta_template):
     """Sentencepiece-style Unigram, laid out as XLM-R's tokenizer.json: optional Precompiled
-    normalizer (+ runs of spaces folded), WhitespaceSplit then Metaspace, and the template
-    <s> A </s> / <s> A </s> </s> B </s>."""
+    normalizer (+ runs of spaces folded), WhitespaceSplit then Metaspace; XLM-R's specials
+    and template by default (DeBERTa's kind: BERT's)."""
     tok = Tokenizer(models.Unigram())
     if charsmap is not None:
         tok.normalizer = normalizers.Sequence([
@@ -181,55 +197,23 @@ def unigram_tokenizer(text, vocab_size, charsmap=None):
     ])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     tok.train_from_iterator(text, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=SENTENCEPIECE_SPECIALS, unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)])
+        vocab_size=vocab_size, special_tokens=specials,
+        unk_token=next(t for t in specials if "unk" in t.lower()), show_progress=False))
+    tok.post_processor = template()
     return tok
 
 
-def bpe_tokenizer(text, vocab_size):
-    """RoBERTa's byte-level BPE: no normalizer, ByteLevel without a prefix space,
-    RobertaProcessing <s> A </s> / <s> A </s></s> B </s>."""
+def bpe_tokenizer(text, vocab_size, specials=SENTENCEPIECE_SPECIALS, template=None):
+    """Byte-level BPE, no normalizer, ByteLevel without a prefix space: RoBERTa's specials
+    and RobertaProcessing <s> A </s></s> B </s> by default (ModernBERT's kind: BERT's)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(text, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SENTENCEPIECE_SPECIALS,
+        vocab_size=vocab_size, special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
-                                                      add_prefix_space=False)
-    return tok
-
-
-def bpe_cls_tokenizer(text, vocab_size):
-    """ModernBERT's kind: byte-level BPE with BERT's special tokens and [CLS] A [SEP] B [SEP]."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:0 [SEP]:0",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return tok
-
-
-def unigram_cls_tokenizer(text, vocab_size):
-    """DeBERTa-v2/v3's kind: sentencepiece Unigram (WhitespaceSplit then Metaspace) with
-    [CLS] A [SEP] B [SEP], type ids 0 then 1."""
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-    ])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    tok.train_from_iterator(text, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=BERT_SPECIALS, unk_token="[UNK]", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = template() if template else processors.RobertaProcessing(
+        ("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
     return tok
 
 
@@ -243,9 +227,7 @@ def wordpiece_tokenizer(text, vocab_size):
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.train_from_iterator(text, trainers.WordPieceTrainer(
         vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = bert_template()
     return tok
 
 
@@ -361,9 +343,9 @@ def train_tokenizer(kind, text, vocab_size, charsmap):
     elif name == "bpe":
         tok = bpe_tokenizer(text, vocab_size)
     elif name == "bpe-cls":
-        tok = bpe_cls_tokenizer(text, vocab_size)
+        tok = bpe_tokenizer(text, vocab_size, BERT_SPECIALS, lambda: bert_template(second_type=0))
     elif name == "unigram-cls":
-        tok = unigram_cls_tokenizer(text, vocab_size)
+        tok = unigram_tokenizer(text, vocab_size, None, BERT_SPECIALS, bert_template)
     else:
         tok = wordpiece_tokenizer(text, vocab_size)
     tok = canonical(tok, len(kind["specials"]))
