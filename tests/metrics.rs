@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossenc_metrics::{MetricType, CATALOGUE};
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
-use crossenc_server::metrics::{MetricType, CATALOGUE};
 use serde_json::json;
 use support::{http_post, metric, post_json, TestServer};
 

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossenc_metrics::CATALOGUE;
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
-use crossenc_server::metrics::CATALOGUE;
 use serde_json::{json, Value};
 use support::{free_addr, http_get, post_json, workspace, TestServer};
 

@@ -1,12 +1,14 @@
 //! Measuring a crossenc server from the outside: a gRPC load generator over a workload
 //! file ([`run_load`], closed or open loop), the server's own figures from its
 //! /metrics ([`ServerFigures`]), and configuration sweeps ([`sweep`]) that start a
-//! server per grid point and write CSV, JSON, Markdown and SVG plots.
+//! server per grid point and write CSV, JSON, Markdown and SVG plots; and the model
+//! alone on the same workload ([`model_alone`]), for the ceiling a server should reach.
 //!
 //! Speed is measured here, never asserted: the tests check that the tools run and
 //! report what happened, not how fast it was.
 
 mod load;
+pub mod model_alone;
 mod report;
 mod scrape;
 mod server;

@@ -7,6 +7,7 @@
 //! `"5s"`), sizes too (`"64MiB"`). Unknown keys are errors that suggest the nearest valid
 //! one; [`ServeConfig::validate`] then checks what types cannot.
 
+pub mod command;
 mod load;
 mod show;
 
@@ -92,7 +93,7 @@ impl Dtype {
 /// What turns the model's logit into the score clients get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Activation {
+pub enum ScoreActivation {
     /// What sentence-transformers' CrossEncoder applies for this model: sigmoid, unless
     /// the model's config.json names Identity.
     Model,
@@ -113,7 +114,7 @@ pub struct ModelConfig {
     /// Longest pair in tokens after truncation; 0 means the model's own limit (at most 512).
     pub max_length: usize,
     /// Applied to the logits unless a request asks for raw scores.
-    pub activation: Activation,
+    pub activation: ScoreActivation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,7 +200,7 @@ impl Default for ModelConfig {
             device: "cpu".into(),
             dtype: Dtype::F32,
             max_length: 0,
-            activation: Activation::Model,
+            activation: ScoreActivation::Model,
         }
     }
 }

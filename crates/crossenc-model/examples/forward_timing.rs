@@ -12,7 +12,7 @@ fn main() {
     let model = CrossEncoder::load(
         &folder,
         candle_core::Device::Cpu,
-        crossenc_model::Precision::F32,
+        crossenc_model::Dtype::F32,
     )
     .unwrap();
     for (pairs, width) in [(1, 16), (32, 32), (32, 128), (8, 512), (32, 512)] {

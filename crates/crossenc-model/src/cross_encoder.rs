@@ -26,7 +26,7 @@ pub struct CrossEncoder {
 
 /// The number format an operator asks for the encoder's products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
+pub enum Dtype {
     #[default]
     F32,
     /// bf16 inputs, f32 accumulation, on oneDNN's AMX kernels; f32 where the CPU has no
@@ -229,12 +229,8 @@ impl PackedPairs {
 
 impl CrossEncoder {
     /// Memory-maps `model.safetensors` and prepares the weights for `device` and
-    /// `precision`; [`CrossEncoder::products`] says what runs.
-    pub fn load(
-        folder: &ModelFolder,
-        device: Device,
-        precision: Precision,
-    ) -> Result<Self, ModelError> {
+    /// `dtype`; [`CrossEncoder::products`] says what runs.
+    pub fn load(folder: &ModelFolder, device: Device, dtype: Dtype) -> Result<Self, ModelError> {
         let mut model = Self {
             config: folder.config.clone(),
             device,
@@ -252,7 +248,7 @@ impl CrossEncoder {
             let padded = padded.map_err(|e| model.weights_error(e))?;
             let _ = model.padded.set(padded);
         }
-        if let Precision::Bf16 { without_amx } = precision {
+        if let Dtype::Bf16 { without_amx } = dtype {
             model.products = model.prepare_bf16(without_amx)?;
         }
         Ok(model)

@@ -15,7 +15,7 @@ mod packed;
 mod tokenize;
 
 pub use arch::PairTemplate;
-pub use cross_encoder::{CrossEncoder, PackedPairs, PaddedBatch, Precision, Products};
+pub use cross_encoder::{CrossEncoder, Dtype, PackedPairs, PaddedBatch, Products};
 pub use error::ModelError;
 pub use folder::{HiddenAct, ModelConfig, ModelFolder, ScoreActivation};
 pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};

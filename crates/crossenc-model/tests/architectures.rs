@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crossenc_model::{
-    CrossEncoder, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Precision, Products,
+    CrossEncoder, Dtype, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
 };
 
 #[derive(serde::Deserialize)]
@@ -30,7 +30,7 @@ fn both_passes_match_transformers(name: &str, architecture: &str) {
     let max_length = folder.max_length(None).unwrap();
     assert_eq!(max_length, 128, "the fixtures hold pairs of 128 tokens");
     let tokenizer = PairTokenizer::load(&folder, max_length).unwrap();
-    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu, Precision::F32).unwrap();
+    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu, Dtype::F32).unwrap();
     let text = std::fs::read_to_string(fixture(name).join("goldens.jsonl")).unwrap();
     let goldens: Vec<Golden> = text
         .lines()
@@ -136,9 +136,8 @@ fn every_architecture_runs_its_products_in_bf16_on_avx512_bf16() {
         let folder = ModelFolder::open(fixture(name)).unwrap();
         let tokenizer = PairTokenizer::load(&folder, 128).unwrap();
         let cpu = candle_core::Device::Cpu;
-        let exact = CrossEncoder::load(&folder, cpu.clone(), Precision::F32).unwrap();
-        let rounded =
-            CrossEncoder::load(&folder, cpu, Precision::Bf16 { without_amx: true }).unwrap();
+        let exact = CrossEncoder::load(&folder, cpu.clone(), Dtype::F32).unwrap();
+        let rounded = CrossEncoder::load(&folder, cpu, Dtype::Bf16 { without_amx: true }).unwrap();
         assert!(
             matches!(rounded.products(), Products::Bf16 { .. }),
             "{name}: {}",

@@ -5,18 +5,18 @@
 use std::path::PathBuf;
 
 use crossenc_model::{
-    CrossEncoder, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Precision, Products,
+    CrossEncoder, Dtype, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
 };
 
 fn model() -> (CrossEncoder, PairTokenizer, u32) {
-    model_in(Precision::F32)
+    model_in(Dtype::F32)
 }
 
-fn model_in(precision: Precision) -> (CrossEncoder, PairTokenizer, u32) {
+fn model_in(dtype: Dtype) -> (CrossEncoder, PairTokenizer, u32) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
     let folder = ModelFolder::open(&dir).expect("models/default: run scripts/fetch-model.sh");
     let tokenizer = PairTokenizer::load(&folder, 512).unwrap();
-    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu, precision).unwrap();
+    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu, dtype).unwrap();
     let pad = model.config().pad_token_id;
     (model, tokenizer, pad)
 }
@@ -115,7 +115,7 @@ fn packed_scores_match_the_padded_reference_on_odd_shapes() {
 #[test]
 fn bf16_scores_stay_within_2e_2_of_f32_on_odd_shapes_on_avx512_bf16() {
     let (exact, tokenizer, pad) = model();
-    let (rounded, _, _) = model_in(Precision::Bf16 { without_amx: true });
+    let (rounded, _, _) = model_in(Dtype::Bf16 { without_amx: true });
     match rounded.products() {
         Products::Bf16 { .. } => {}
         other => panic!("bf16 products should run on this CPU, yet: {other}"),

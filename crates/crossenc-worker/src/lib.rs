@@ -14,7 +14,7 @@ use crossenc_ipc::{
     TextRef, TokenBatch, TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
 };
 use crossenc_model::{
-    CrossEncoder, ModelError, ModelFolder, PackedPairs, PairTokenizer, Precision, Products,
+    CrossEncoder, Dtype, ModelError, ModelFolder, PackedPairs, PairTokenizer, Products,
     ScoreActivation,
 };
 
@@ -31,7 +31,7 @@ pub struct WorkerArgs {
     /// `cpu` or `cuda:N` (model workers only).
     pub device: String,
     /// The products' number format (model workers only).
-    pub precision: Precision,
+    pub dtype: Dtype,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,7 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         let folder = ModelFolder::open(&args.model)?;
         let max_length = folder.max_length(args.max_length)?;
         let device = crossenc_model::parse_device(&args.device)?;
-        let model = CrossEncoder::load(&folder, device, args.precision)?;
+        let model = CrossEncoder::load(&folder, device, args.dtype)?;
         let products = model.products();
         match products {
             Products::F32Instead { .. } => {

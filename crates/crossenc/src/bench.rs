@@ -12,16 +12,15 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use crossenc_bench::model_alone::ModelAloneRun;
 use crossenc_bench::sweep::SweepPlan;
 use crossenc_bench::{bench_server, load_workload, BenchReport, Bound, Loop, Query};
 use crossenc_config::ServeConfig;
-use crossenc_ipc::{TokenBatch, TokenBatchBuilder};
-use crossenc_model::{CrossEncoder, ModelFolder, PairTokenizer, Precision};
-use crossenc_server::scheduler::{Scheduler, SchedulerLimits};
+use crossenc_model::Dtype;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -78,8 +77,8 @@ pub struct BenchArgs {
     no_server: bool,
     /// Products of the model-alone run: `f32`, or `bf16` (then also its max score error
     /// against f32 on the same pairs).
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crate::cli::parse_precision)]
-    dtype: Precision,
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crate::cli::parse_dtype)]
+    dtype: Dtype,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -91,7 +90,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.workload.display()
     );
     if let Some(model) = &args.model {
-        model_alone(model, &workload, &args)?;
+        let run = ModelAloneRun {
+            model: model.clone(),
+            dtype: args.dtype,
+            max_batch_tokens: args.max_batch_tokens,
+            max_batch_size: args.max_batch_size,
+        };
+        crossenc_bench::model_alone::run(&run, &workload).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     if !args.no_server {
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -180,127 +185,4 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<()> {
         plan.output.display()
     );
     Ok(())
-}
-
-/// Scores every pair in-process: the model worker's own code, the scheduler's batches.
-fn model_alone(dir: &PathBuf, workload: &[Query], args: &BenchArgs) -> anyhow::Result<()> {
-    let folder = ModelFolder::open(dir)?;
-    let max_length = folder.max_length(None)?;
-    let tokenizer = PairTokenizer::load(&folder, max_length)?;
-    let cpu = crossenc_model::parse_device("cpu")?;
-    let model = CrossEncoder::load(&folder, cpu.clone(), args.dtype)?;
-    println!("model alone: products {}", model.products());
-    let requests: Vec<TokenBatch> = workload
-        .iter()
-        .map(|q| {
-            let whole = |text: &str| crossenc_ipc::Text::cut(text, text.len());
-            let pairs = crossenc_ipc::TextPairs {
-                queries: vec![whole(&q.query)],
-                pairs: q.documents.iter().map(|d| (0, whole(d))).collect(),
-            };
-            crossenc_worker::encode(&tokenizer, &pairs).map(|(batch, _)| batch)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let naive = naive_padding(&requests, args);
-    let batches = scheduler_batches(&requests, args);
-    let real: usize = batches.iter().map(TokenBatch::total_tokens).sum();
-    let padded: usize = batches
-        .iter()
-        .map(|b| b.len() * b.lengths().iter().copied().max().unwrap_or(0) as usize)
-        .sum();
-    let pairs: usize = batches.iter().map(TokenBatch::len).sum();
-    let started = Instant::now();
-    let mut scores = Vec::with_capacity(batches.len());
-    for batch in &batches {
-        scores.push(crossenc_worker::score(&model, batch, max_length).map_err(anyhow::Error::msg)?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "naive batch-per-request padding: {:.1}% of computed tokens",
-        naive * 100.0
-    );
-    println!(
-        "model alone, scheduler batches: {:.1} pairs/s, {:.0} tokens/s, {} batches, padding {:.1}% ({:.1} s)",
-        pairs as f64 / seconds,
-        real as f64 / seconds,
-        batches.len(),
-        100.0 * (padded - real) as f64 / padded as f64,
-        seconds
-    );
-    if args.dtype != Precision::F32 {
-        let reference = CrossEncoder::load(&folder, cpu, Precision::F32)?;
-        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
-        let (mut raw, mut squashed) = (0.0f32, 0.0f32);
-        for (batch, scores) in batches.iter().zip(&scores) {
-            let exact = crossenc_worker::score(&reference, batch, max_length)
-                .map_err(anyhow::Error::msg)?;
-            for (a, b) in scores.iter().zip(&exact) {
-                raw = raw.max((a - b).abs());
-                squashed = squashed.max((sigmoid(*a) - sigmoid(*b)).abs());
-            }
-        }
-        println!(
-            "max score error against f32 over {pairs} pairs: {raw:.2e} in raw logits, \
-             {squashed:.2e} after sigmoid"
-        );
-    }
-    Ok(())
-}
-
-/// Share of computed tokens that are padding when each request is its own batch (split
-/// only where the budgets force it), as a server without a scheduler would run it.
-fn naive_padding(requests: &[TokenBatch], args: &BenchArgs) -> f64 {
-    let (mut real, mut padded) = (0usize, 0usize);
-    for request in requests {
-        let lengths = request.lengths();
-        let mut start = 0;
-        while start < lengths.len() {
-            let mut end = start;
-            let mut longest = 0;
-            while end < lengths.len() {
-                let candidate = longest.max(lengths[end] as usize);
-                let size = end - start + 1;
-                if end > start
-                    && (size > args.max_batch_size || size * candidate > args.max_batch_tokens)
-                {
-                    break;
-                }
-                longest = candidate;
-                end += 1;
-            }
-            real += lengths[start..end]
-                .iter()
-                .map(|&l| l as usize)
-                .sum::<usize>();
-            padded += (end - start) * longest;
-            start = end;
-        }
-    }
-    (padded - real) as f64 / padded as f64
-}
-
-/// The batches the scheduler cuts when every pair of the workload waits at once.
-fn scheduler_batches(requests: &[TokenBatch], args: &BenchArgs) -> Vec<TokenBatch> {
-    let limits = SchedulerLimits {
-        max_batch_tokens: args.max_batch_tokens,
-        max_batch_size: args.max_batch_size,
-        max_batch_delay: Duration::ZERO,
-    };
-    let mut scheduler = Scheduler::new(limits);
-    let now = Instant::now();
-    for (r, request) in requests.iter().enumerate() {
-        for pair in request.iter() {
-            scheduler.push(r as u64, pair.len(), pair.to_pair_tokens(), now);
-        }
-    }
-    let mut batches = Vec::new();
-    while let Some(batch) = scheduler.next_batch(now) {
-        let mut builder = TokenBatchBuilder::with_capacity(batch.pairs.len(), batch.real_tokens);
-        for (pair, _) in &batch.pairs {
-            builder.push_pair(pair);
-        }
-        batches.push(builder.finish());
-    }
-    batches
 }

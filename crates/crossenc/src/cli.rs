@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use crossenc_model::Precision;
+use crossenc_config::command::{ConfigArgs, ConfigCommand, TokenizerCheck, EXIT_CONFIG};
+use crossenc_config::{Problem, ServeConfig};
+use crossenc_model::{Dtype, ModelFolder, PairTokenizer};
 use crossenc_server::{ServeError, WorkerLauncher};
 use crossenc_worker::WorkerArgs;
-
-use crate::settings::{ConfigArgs, ConfigCommand, EXIT_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -77,17 +77,17 @@ struct WorkerFlags {
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
     /// Number format of the products: `f32` or `bf16`.
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_precision)]
-    dtype: Precision,
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_dtype)]
+    dtype: Dtype,
 }
 
 /// Runs bf16 products on AVX512-BF16 where the CPU has no AMX (normally f32 runs there).
 const BF16_WITHOUT_AMX: &str = "CROSSENC_BF16_WITHOUT_AMX";
 
-pub(crate) fn parse_precision(name: &str) -> Result<Precision, String> {
+pub(crate) fn parse_dtype(name: &str) -> Result<Dtype, String> {
     match name {
-        "f32" => Ok(Precision::F32),
-        "bf16" => Ok(Precision::Bf16 {
+        "f32" => Ok(Dtype::F32),
+        "bf16" => Ok(Dtype::Bf16 {
             without_amx: std::env::var_os(BF16_WITHOUT_AMX).is_some_and(|v| v == "1"),
         }),
         _ => Err(format!("`{name}` is not one of `f32`, `bf16`")),
@@ -95,7 +95,7 @@ pub(crate) fn parse_precision(name: &str) -> Result<Precision, String> {
 }
 
 pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
-    let config = match args.load() {
+    let config = match args.load(check_model) {
         Ok(loaded) => loaded.config,
         Err(error) => {
             eprintln!("error: {error}");
@@ -107,7 +107,7 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         model: config.model.path.clone(),
         max_length: config.model.requested_max_length(),
         device: config.model.device.clone(),
-        dtype: config.model.dtype.as_str(),
+        dtype: config.model.dtype,
         model_threads: config.workers.threads_per_model_worker(),
         startup_timeout: config.workers.startup_timeout,
     };
@@ -128,6 +128,29 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// The model folder exists, holds a supported model, and allows `model.max_length`;
+/// with [`TokenizerCheck::Here`], its tokenizer fits it too.
+pub fn check_model(config: &ServeConfig, tokenizer: TokenizerCheck) -> Result<(), Problem> {
+    let path = &config.model.path;
+    let problem = |message: String| Problem {
+        key: "model.path".into(),
+        source: None,
+        message: format!("{}: {message}", path.display()),
+    };
+    let folder = ModelFolder::open(path).map_err(|e| problem(e.to_string()))?;
+    let max_length = folder
+        .max_length(config.model.requested_max_length())
+        .map_err(|e| Problem {
+            key: "model.max_length".into(),
+            source: None,
+            message: e.to_string(),
+        })?;
+    if tokenizer == TokenizerCheck::Here {
+        PairTokenizer::load(&folder, max_length).map_err(|e| problem(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// A future that resolves on the first SIGTERM or SIGINT; a second one exits at once.
@@ -168,7 +191,7 @@ pub fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
         model: flags.model,
         max_length: flags.max_length,
         device: flags.device,
-        precision: flags.dtype,
+        dtype: flags.dtype,
     };
     run(&args)?;
     Ok(ExitCode::SUCCESS)
@@ -188,7 +211,7 @@ fn die_with_parent(supervisor: i32) -> anyhow::Result<()> {
 
 /// Prints the metric catalogue as a table (the registry itself registers exactly these).
 pub fn metrics() -> ExitCode {
-    use crossenc_server::metrics::CATALOGUE;
+    use crossenc_metrics::CATALOGUE;
     println!("{:<40} {:<10} {:<30} help", "name", "type", "labels");
     for spec in CATALOGUE {
         let mut help = spec.help.to_string();

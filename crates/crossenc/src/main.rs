@@ -3,7 +3,6 @@
 
 mod bench;
 mod cli;
-mod settings;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => bench::sweep(args).map(|()| ExitCode::SUCCESS),
         Command::Metrics => Ok(cli::metrics()),
-        Command::Config(command) => Ok(settings::config(command)),
+        Command::Config(command) => Ok(crossenc_config::command::config(command, cli::check_model)),
     };
     match result {
         Ok(code) => code,

@@ -1,13 +1,15 @@
 //! `crossenc serve`'s configuration flags, the layers under them, and `crossenc config`.
+//!
+//! Checking the model folder a configuration names takes knowing models, which this
+//! crate must not: the binary passes that check in as a [`ModelCheck`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::{ConfigError, Layers, Loaded, Problem, ServeConfig, Value};
 use clap::{Args, Subcommand};
-use crossenc_config::{ConfigError, Layers, Loaded, Problem, ServeConfig, Value};
-use crossenc_model::{ModelFolder, PairTokenizer};
 
 /// Exit code for a configuration that cannot work, as sysexits' EX_USAGE-like tools do.
 pub const EXIT_CONFIG: u8 = 2;
@@ -196,14 +198,14 @@ impl ConfigArgs {
     }
 
     /// Builds the configuration from every layer and checks the model folder against it.
-    pub fn load(&self) -> Result<Loaded, ConfigError> {
+    pub fn load(&self, check_model: ModelCheck) -> Result<Loaded, ConfigError> {
         let layers = Layers {
             file: self.config.clone(),
             env: true,
             flags: self.overrides(),
         };
-        let loaded = crossenc_config::load(&layers)?;
-        check_model(&loaded.config, Tokenizer::InWorkers)
+        let loaded = crate::load(&layers)?;
+        check_model(&loaded.config, TokenizerCheck::InWorkers)
             .map_err(|problem| ConfigError(vec![problem]))?;
         Ok(loaded)
     }
@@ -218,8 +220,8 @@ fn size(text: &str) -> Value {
 }
 
 /// Where the tokenizer's own checks (vocabulary, pair template) run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Tokenizer {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerCheck {
     /// In `config check`, a process that ends at once.
     Here,
     /// In the tokenizer workers as they load, for `serve`: parsing a large tokenizer.json
@@ -228,28 +230,9 @@ enum Tokenizer {
     InWorkers,
 }
 
-/// The model folder exists, holds a supported model, and allows `model.max_length`;
-/// with [`Tokenizer::Here`], its tokenizer fits it too.
-fn check_model(config: &ServeConfig, tokenizer: Tokenizer) -> Result<(), Problem> {
-    let path = &config.model.path;
-    let problem = |message: String| Problem {
-        key: "model.path".into(),
-        source: None,
-        message: format!("{}: {message}", path.display()),
-    };
-    let folder = ModelFolder::open(path).map_err(|e| problem(e.to_string()))?;
-    let max_length = folder
-        .max_length(config.model.requested_max_length())
-        .map_err(|e| Problem {
-            key: "model.max_length".into(),
-            source: None,
-            message: e.to_string(),
-        })?;
-    if tokenizer == Tokenizer::Here {
-        PairTokenizer::load(&folder, max_length).map_err(|e| problem(e.to_string()))?;
-    }
-    Ok(())
-}
+/// Checks that the model folder exists, holds a supported model and allows
+/// `model.max_length`; with [`TokenizerCheck::Here`], that its tokenizer fits too.
+pub type ModelCheck = fn(&ServeConfig, TokenizerCheck) -> Result<(), Problem>;
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -262,10 +245,10 @@ pub enum ConfigCommand {
     },
 }
 
-pub fn config(command: ConfigCommand) -> ExitCode {
+pub fn config(command: ConfigCommand, check_model: ModelCheck) -> ExitCode {
     match command {
-        ConfigCommand::Show(args) => report(args.load(), |loaded| {
-            print!("{}", crossenc_config::render(loaded));
+        ConfigCommand::Show(args) => report(args.load(check_model), |loaded| {
+            print!("{}", crate::render(loaded));
         }),
         ConfigCommand::Check { path } => {
             // The file alone over the defaults: the environment does not blur the verdict.
@@ -273,8 +256,8 @@ pub fn config(command: ConfigCommand) -> ExitCode {
                 file: Some(path.clone()),
                 ..Layers::default()
             };
-            let loaded = crossenc_config::load(&layers).and_then(|loaded| {
-                check_model(&loaded.config, Tokenizer::Here)
+            let loaded = crate::load(&layers).and_then(|loaded| {
+                check_model(&loaded.config, TokenizerCheck::Here)
                     .map_err(|problem| ConfigError(vec![problem]))?;
                 Ok(loaded)
             });

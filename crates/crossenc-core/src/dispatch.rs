@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::{JobTiming, PairTokens, TokenBatchBuilder, Work, WorkerKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crossenc_metrics::Metrics;
+
 use crate::admission::{Backlog, Ticket};
-use crate::metrics::Metrics;
-use crate::pipeline::PipelineError;
-use crate::pool::{JobError, Reply, Worker, WorkerSet};
+use crate::error::PipelineError;
+use crate::pipeline::Scores;
 use crate::scheduler::{Batch, RequestId, Scheduler, SchedulerLimits};
+use crate::workers::{JobError, Member, PendingReply, Reply, WorkerSet};
 
 /// A pair in the scheduler: whose it is, where its score goes, and its tokens.
 #[derive(Debug)]
@@ -37,31 +39,22 @@ struct QueuedPair {
     arrived: Instant,
 }
 
-type ScoresReply = oneshot::Sender<Result<ScoredPairs, PipelineError>>;
-
-/// A request's scores in order, and the model stage of its slowest path: the batch
-/// that completed it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ScoredPairs {
-    pub scores: Vec<f32>,
-    /// From tokenized to the forward pass, for the pair that finished last.
-    pub model_wait: Duration,
-    /// The forward pass of the batch that finished last.
-    pub inference: Duration,
-}
+/// Where a request's scores go: in order, with the model stages of the batch that
+/// completed it (the pipeline fills in the tokenizer's).
+type ScoresTo = oneshot::Sender<Result<Scores, PipelineError>>;
 
 enum Command {
     Submit {
         request: RequestId,
         pairs: Vec<PairTokens>,
         ticket: Ticket,
-        reply: ScoresReply,
+        reply: ScoresTo,
     },
     Cancel(RequestId),
 }
 
-/// A batch a worker answered (or failed).
-struct Finished {
+/// A worker's reply to a batch (or why there is none), back in the dispatch loop.
+struct BatchReply {
     batch: u64,
     result: Result<(Vec<f32>, JobTiming), PipelineError>,
 }
@@ -103,7 +96,7 @@ impl ModelDispatch {
         backlog: Arc<Backlog>,
     ) -> Self {
         let (commands, incoming) = mpsc::unbounded_channel();
-        let (finished_tx, finished) = mpsc::unbounded_channel();
+        let (replies_tx, replies) = mpsc::unbounded_channel();
         let task = DispatchTask {
             scheduler: Scheduler::new(limits),
             requests: HashMap::new(),
@@ -115,11 +108,11 @@ impl ModelDispatch {
             models,
             limits: dispatch,
             no_worker_since: None,
-            finished_tx,
+            replies_tx,
             metrics,
             backlog,
         };
-        tokio::spawn(task.run(incoming, finished));
+        tokio::spawn(task.run(incoming, replies));
         Self { commands }
     }
 
@@ -129,7 +122,7 @@ impl ModelDispatch {
         &self,
         pairs: Vec<PairTokens>,
         ticket: Ticket,
-    ) -> Result<ScoredPairs, PipelineError> {
+    ) -> Result<Scores, PipelineError> {
         let request = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -166,9 +159,9 @@ impl Drop for WithdrawOnDrop<'_> {
 
 /// A request whose scores are being gathered.
 struct Gathering {
-    scored: ScoredPairs,
+    scores: Scores,
     remaining: usize,
-    reply: ScoresReply,
+    reply: ScoresTo,
     /// Its queued pairs and tokens, given back as they leave the queue and the model.
     ticket: Ticket,
 }
@@ -180,9 +173,9 @@ struct DispatchTask {
     /// Parts of batches whose worker died, each to run alone on an idle worker, before
     /// any new batch: the bisection that finds a poison pair.
     suspects: VecDeque<Vec<QueuedPair>>,
-    /// Workers (by pid) running a suspect group alone: they get nothing else meanwhile,
-    /// so that their death is the group's doing and no other pair's.
-    isolating: HashMap<u64, u32>,
+    /// Workers (by their set's serial) running a suspect group alone: they get nothing
+    /// else meanwhile, so that their death is the group's doing and no other pair's.
+    isolating: HashMap<u64, u64>,
     next_batch: u64,
     models: Arc<WorkerSet>,
     /// Changes when a model worker joins or leaves: pairs waiting for one can go.
@@ -190,7 +183,7 @@ struct DispatchTask {
     limits: DispatchLimits,
     /// Since when pairs have waited with no model worker up.
     no_worker_since: Option<Instant>,
-    finished_tx: mpsc::UnboundedSender<Finished>,
+    replies_tx: mpsc::UnboundedSender<BatchReply>,
     metrics: Arc<Metrics>,
     /// Learns the workers' throughput from every batch, for admission.
     backlog: Arc<Backlog>,
@@ -200,7 +193,7 @@ impl DispatchTask {
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        mut finished: mpsc::UnboundedReceiver<Finished>,
+        mut replies: mpsc::UnboundedReceiver<BatchReply>,
     ) {
         loop {
             self.dispatch();
@@ -210,7 +203,7 @@ impl DispatchTask {
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                Some(done) = finished.recv() => self.finish(done),
+                Some(reply) = replies.recv() => self.finish(reply),
                 Ok(()) = self.joined.changed() => {}
                 () = sleep_until(wake), if wake.is_some() => {}
             }
@@ -229,16 +222,16 @@ impl DispatchTask {
 
     /// A worker that can take the next batch: one with room, or an idle one while a
     /// suspect group waits.
-    fn free_worker(&self) -> Option<Arc<Worker>> {
+    fn free_worker(&self) -> Option<Arc<Member>> {
         let room = if self.suspects.is_empty() {
             self.limits.batches_per_worker
         } else {
             1
         };
-        let isolating = |w: &Worker| self.isolating.values().any(|&pid| pid == w.pid);
+        let isolating = |m: &Member| self.isolating.values().any(|&s| s == m.serial());
         self.models
-            .least_loaded_where(|w| !isolating(w))
-            .filter(|w| w.load() < room)
+            .least_loaded_where(|m| !isolating(m))
+            .filter(|m| m.load() < room)
     }
 
     fn handle(&mut self, command: Command) {
@@ -263,13 +256,13 @@ impl DispatchTask {
         request: RequestId,
         pairs: Vec<PairTokens>,
         ticket: Ticket,
-        reply: ScoresReply,
+        reply: ScoresTo,
     ) {
         if pairs.is_empty() {
-            let _ = reply.send(Ok(ScoredPairs::default()));
+            let _ = reply.send(Ok(Scores::default()));
             return;
         }
-        let now = Instant::now();
+        let now = now();
         let count = pairs.len();
         for (index, tokens) in pairs.into_iter().enumerate() {
             let len = tokens.len();
@@ -284,9 +277,9 @@ impl DispatchTask {
         self.requests.insert(
             request,
             Gathering {
-                scored: ScoredPairs {
+                scores: Scores {
                     scores: vec![0.0; count],
-                    ..ScoredPairs::default()
+                    ..Scores::default()
                 },
                 remaining: count,
                 reply,
@@ -302,8 +295,8 @@ impl DispatchTask {
             return;
         }
         if !self.models.any_alive() {
-            let since = *self.no_worker_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= self.limits.no_worker_patience {
+            let since = *self.no_worker_since.get_or_insert_with(now);
+            if now().saturating_duration_since(since) >= self.limits.no_worker_patience {
                 self.no_worker_since = None;
                 self.fail_waiting(PipelineError::NoWorker(WorkerKind::Model));
             }
@@ -324,7 +317,7 @@ impl DispatchTask {
         // New batches wait until every suspect group has run, or they would keep the
         // workers from ever being idle.
         while let Some(worker) = self.free_worker().filter(|_| self.suspects.is_empty()) {
-            let deciding = Instant::now();
+            let deciding = now();
             let Some(batch) = self.scheduler.next_batch(deciding) else {
                 break;
             };
@@ -336,14 +329,14 @@ impl DispatchTask {
         self.publish_waiting();
     }
 
-    fn send(&mut self, worker: Arc<Worker>, batch: Batch<QueuedPair>) {
+    fn send(&mut self, worker: Arc<Member>, batch: Batch<QueuedPair>) {
         self.record(&batch);
         let pairs = batch.pairs.into_iter().map(|(pair, _)| pair).collect();
         self.send_pairs(worker, pairs, false);
     }
 
     /// Sends `pairs` as one batch; an `isolated` one keeps its worker to itself.
-    fn send_pairs(&mut self, worker: Arc<Worker>, pairs: Vec<QueuedPair>, isolated: bool) {
+    fn send_pairs(&mut self, worker: Arc<Member>, pairs: Vec<QueuedPair>, isolated: bool) {
         let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
         let mut builder = TokenBatchBuilder::with_capacity(pairs.len(), tokens);
         for pair in &pairs {
@@ -355,10 +348,10 @@ impl DispatchTask {
         let id = self.next_batch;
         self.next_batch += 1;
         if isolated {
-            self.isolating.insert(id, worker.pid);
+            self.isolating.insert(id, worker.serial());
         }
         self.metrics.model_queue_size.inc_by(pairs.len() as i64);
-        let sent = Instant::now();
+        let sent = now();
         self.in_flight.insert(
             id,
             InFlight {
@@ -367,12 +360,12 @@ impl DispatchTask {
                 isolated,
             },
         );
-        let answer = worker.submit(Work::Score(builder.finish()));
-        let finished = self.finished_tx.clone();
+        let pending = worker.submit(Work::Score(builder.finish()));
+        let replies = self.replies_tx.clone();
         let timeout = self.limits.batch_timeout;
         tokio::spawn(async move {
-            let result = await_scores(&worker, answer, timeout).await;
-            let _ = finished.send(Finished { batch: id, result });
+            let result = await_scores(&worker, pending, timeout).await;
+            let _ = replies.send(BatchReply { batch: id, result });
         });
     }
 
@@ -395,18 +388,18 @@ impl DispatchTask {
 
     /// Puts a batch's scores in place and answers the requests it completed; a batch
     /// whose worker died goes back to the scheduler.
-    fn finish(&mut self, done: Finished) {
+    fn finish(&mut self, reply: BatchReply) {
         let Some(InFlight {
             pairs,
             sent,
             isolated,
-        }) = self.in_flight.remove(&done.batch)
+        }) = self.in_flight.remove(&reply.batch)
         else {
             return;
         };
         self.metrics.model_queue_size.dec_by(pairs.len() as i64);
-        self.isolating.remove(&done.batch);
-        let (scores, timing) = match done.result {
+        self.isolating.remove(&reply.batch);
+        let (scores, timing) = match reply.result {
             Ok((scores, timing)) if scores.len() == pairs.len() => (scores, timing),
             Ok((scores, _)) => {
                 let error = PipelineError::ScoreCount {
@@ -440,13 +433,13 @@ impl DispatchTask {
                 continue;
             };
             gathering.ticket.tokens.scored(pair.tokens.len() as u64);
-            gathering.scored.scores[pair.index as usize] = score;
+            gathering.scores.scores[pair.index as usize] = score;
             gathering.remaining -= 1;
             if gathering.remaining == 0 {
                 let mut gathering = self.requests.remove(&pair.request).expect("present above");
-                gathering.scored.model_wait = waited;
-                gathering.scored.inference = timing.compute;
-                let _ = gathering.reply.send(Ok(gathering.scored));
+                gathering.scores.stages.model_wait = waited;
+                gathering.scores.stages.inference = timing.compute;
+                let _ = gathering.reply.send(Ok(gathering.scores));
             }
         }
     }
@@ -542,14 +535,21 @@ impl DispatchTask {
 
 /// A batch's scores, or why there are none (a hung worker is killed at `timeout`).
 async fn await_scores(
-    worker: &Worker,
-    answer: oneshot::Receiver<Result<Reply, JobError>>,
+    worker: &Member,
+    pending: PendingReply,
     timeout: Duration,
 ) -> Result<(Vec<f32>, JobTiming), PipelineError> {
-    match worker.answer_within(answer, timeout).await? {
+    match worker.reply_within(pending, timeout).await? {
         Reply::Scored(scores, timing) => Ok((scores.to_vec(), timing)),
-        Reply::Encoded(..) => Err(PipelineError::WrongReply { kind: worker.kind }),
+        Reply::Encoded(..) => Err(PipelineError::WrongReply {
+            kind: worker.worker().kind(),
+        }),
     }
+}
+
+/// Now, on tokio's clock: the real one in a server, a paused one in the core's tests.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep_until(wake: Option<Instant>) {

@@ -12,12 +12,13 @@ use crossenc_proto::v1::{
 };
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::metrics::{RequestRecorder, StageTimes};
-use crate::pipeline::{Pipeline, PipelineError};
-use crate::pool::JobError;
-use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
+use crossenc_core::{Pipeline, PipelineError};
+use crossenc_metrics::{RequestRecorder, StageTimes};
+
+use crate::failure::{grpc_code_word, Failure};
+use crate::validate::{check_count, check_query, check_top_n, rank};
 
 /// Serves Infer and Rerank through the pipeline.
 pub struct CrossEncoderService {
@@ -41,8 +42,8 @@ impl CrossEncoderService {
     }
 }
 
-/// A handler's answer with the stage times of its request.
-type Answer<T> = Result<(Response<T>, StageTimes), Status>;
+/// A handler's response with the stage times of its request, or its failure.
+type Handled<T> = Result<(Response<T>, StageTimes), Failure>;
 
 #[tonic::async_trait]
 impl CrossEncoder for CrossEncoderService {
@@ -73,11 +74,13 @@ impl CrossEncoderService {
         RequestRecorder::start(Arc::clone(&self.pipeline.metrics), method, arrived)
     }
 
-    async fn answer_infer(&self, request: Request<InferRequest>) -> Answer<InferResponse> {
+    async fn answer_infer(&self, request: Request<InferRequest>) -> Handled<InferResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
         let request = request.into_inner();
         validate_infer(&request, self.max_client_batch_size)?;
-        let texts = self.pipeline.pair_texts(&request.pairs);
+        let pairs = request.pairs.iter();
+        let texts =
+            (self.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
         let raw_scores = request.raw_scores;
         // The texts hold what the model needs: the message itself can go.
         drop(request);
@@ -89,7 +92,7 @@ impl CrossEncoderService {
         Ok((response, scored.stages))
     }
 
-    async fn answer_rerank(&self, request: Request<RerankRequest>) -> Answer<RerankResponse> {
+    async fn answer_rerank(&self, request: Request<RerankRequest>) -> Handled<RerankResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
         let mut request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
@@ -121,46 +124,16 @@ impl CrossEncoderService {
     }
 }
 
-/// Records how the request ended and hands its answer to tonic.
-fn finish<T>(recorder: RequestRecorder, answer: Answer<T>) -> Result<Response<T>, Status> {
-    match answer {
+/// Records how the request ended and hands its response (or status) to tonic.
+fn finish<T>(recorder: RequestRecorder, handled: Handled<T>) -> Result<Response<T>, Status> {
+    match handled {
         Ok((response, stages)) => {
             recorder.finish(Ok(Some(stages)));
             Ok(response)
         }
-        Err(status) => {
-            recorder.finish(Err(code_word(status.code())));
-            Err(status)
-        }
-    }
-}
-
-/// The `code` label of a failed gRPC request.
-pub fn code_word(code: Code) -> &'static str {
-    match code {
-        Code::InvalidArgument => "invalid_argument",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::Unavailable => "unavailable",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::Internal => "internal",
-        Code::Cancelled => "cancelled",
-        _ => "unknown",
-    }
-}
-
-impl From<PipelineError> for Status {
-    fn from(error: PipelineError) -> Self {
-        match &error {
-            PipelineError::Refused(_) => Status::resource_exhausted(error.to_string()),
-            PipelineError::Invalid(_) => Status::invalid_argument(error.to_string()),
-            PipelineError::NoWorker(_)
-            | PipelineError::Job(JobError::WorkerGone { .. } | JobError::NotDelivered { .. })
-            | PipelineError::Stopping => Status::unavailable(error.to_string()),
-            PipelineError::Job(JobError::Failed { .. })
-            | PipelineError::WrongReply { .. }
-            | PipelineError::ScoreCount { .. }
-            | PipelineError::Poison { .. }
-            | PipelineError::TokenizerPoison { .. } => Status::internal(error.to_string()),
+        Err(failure) => {
+            recorder.finish(Err(grpc_code_word(failure.class.grpc_code())));
+            Err(failure.into_status())
         }
     }
 }
@@ -213,7 +186,7 @@ fn deadline_of<T>(request: &Request<T>, default: Duration) -> Deadline {
 
 /// Runs `work` until the deadline. Dropping `work` withdraws its pairs that no worker
 /// has taken.
-async fn within<T>(deadline: Deadline, work: impl Future<Output = T>) -> Result<T, Status> {
+async fn within<T>(deadline: Deadline, work: impl Future<Output = T>) -> Result<T, Failure> {
     let Deadline {
         at,
         timeout,
@@ -224,9 +197,7 @@ async fn within<T>(deadline: Deadline, work: impl Future<Output = T>) -> Result<
             true => "the client's deadline",
             false => "the server's default_deadline",
         };
-        Status::deadline_exceeded(format!(
-            "{whose} ({timeout:?}) passed before the scores were ready"
-        ))
+        Failure::deadline(whose, timeout)
     })
 }
 
@@ -283,10 +254,11 @@ where
                 })
             }
             Err(refused) => {
+                let failure = Failure::from(PipelineError::Refused(refused));
                 let metrics = Arc::clone(&self.pipeline.metrics);
                 RequestRecorder::start(metrics, method, Instant::now())
-                    .finish(Err(code_word(Code::ResourceExhausted)));
-                let status = Status::resource_exhausted(refused.to_string());
+                    .finish(Err(grpc_code_word(failure.class.grpc_code())));
+                let status = failure.into_status();
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
@@ -312,13 +284,7 @@ fn client_deadline(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
-impl From<InvalidRequest> for Status {
-    fn from(error: InvalidRequest) -> Self {
-        Status::invalid_argument(error.to_string())
-    }
-}
-
-fn validate_infer(request: &InferRequest, limit: usize) -> Result<(), Status> {
+fn validate_infer(request: &InferRequest, limit: usize) -> Result<(), Failure> {
     check_count("pairs", request.pairs.len(), limit, "pair")?;
     for (i, pair) in request.pairs.iter().enumerate() {
         check_query(&format!("pairs[{i}].query"), &pair.query)?;
@@ -326,7 +292,7 @@ fn validate_infer(request: &InferRequest, limit: usize) -> Result<(), Status> {
     Ok(())
 }
 
-fn validate_rerank(request: &RerankRequest, limit: usize) -> Result<(), Status> {
+fn validate_rerank(request: &RerankRequest, limit: usize) -> Result<(), Failure> {
     check_query("query", &request.query)?;
     check_count("documents", request.documents.len(), limit, "document")?;
     check_top_n(request.top_n)?;
@@ -386,7 +352,7 @@ mod tests {
             ),
         ];
         for (request, message) in cases {
-            let status = validate_rerank(&request, 10).unwrap_err();
+            let status = validate_rerank(&request, 10).unwrap_err().into_status();
             assert_eq!(status.code(), Code::InvalidArgument);
             assert!(
                 status.message().starts_with(message),
@@ -406,14 +372,14 @@ mod tests {
         let empty = InferRequest::default();
         assert!(validate_infer(&empty, 4)
             .unwrap_err()
-            .message()
+            .message
             .starts_with("pairs is empty"));
         let blank_query = InferRequest {
             pairs: vec![pair("q"), pair("")],
             raw_scores: false,
         };
         assert_eq!(
-            validate_infer(&blank_query, 4).unwrap_err().message(),
+            validate_infer(&blank_query, 4).unwrap_err().message,
             "pairs[1].query is empty"
         );
         let ok = InferRequest {

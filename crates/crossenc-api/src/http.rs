@@ -12,9 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crossenc_core::{Pipeline, PipelineError};
+use crossenc_metrics::{Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
+
+use crate::failure::{ErrorClass, Failure};
 use crate::listen::LimitedListener;
-use crate::metrics::{Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
-use crate::pipeline::Pipeline;
 use crate::rest;
 
 #[derive(Clone)]
@@ -90,10 +92,7 @@ async fn metrics(
 async fn admission_gate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let permit = match state.pipeline.admission.enter() {
         Ok(permit) => permit,
-        Err(refused) => {
-            return rest::ApiError::from(crate::pipeline::PipelineError::Refused(refused))
-                .into_response()
-        }
+        Err(refused) => return Failure::from(PipelineError::Refused(refused)).into_response(),
     };
     let answered = tokio::time::timeout(state.request_timeout, next.run(request)).await;
     drop(permit);
@@ -119,24 +118,11 @@ async fn record_request(
     let outcome = if status.is_success() {
         Ok(response.extensions().get::<StageTimes>().copied())
     } else {
-        Err(code_word(status))
+        let class = response.extensions().get::<ErrorClass>();
+        Err(class.map_or("unknown", |c| c.code_word()))
     };
     recorder.finish(outcome);
     response
-}
-
-/// The `code` label of a failed HTTP request, in the words gRPC's codes use.
-fn code_word(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "invalid_argument",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::TOO_MANY_REQUESTS => "resource_exhausted",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        StatusCode::GATEWAY_TIMEOUT => "deadline_exceeded",
-        StatusCode::INTERNAL_SERVER_ERROR => "internal",
-        _ => "unknown",
-    }
 }
 
 /// Serves `router` on `listener` until `stop` turns true, then lets the requests in

@@ -5,7 +5,7 @@
 
 use crossenc_ipc::{Text, TextPairs, TextRef};
 
-use crate::scoring::InvalidRequest;
+use crate::error::InvalidRequest;
 
 /// How a request names its texts, for the errors that point at one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +28,6 @@ pub struct RequestTexts {
     /// Each pair's query index and document.
     pairs: Vec<(u32, Text)>,
     max_text_bytes: usize,
-}
-
-/// A (query, document) pair as an API receives it (gRPC `Pair`, JSON `ScorePair`).
-pub trait TextPair {
-    fn query(&self) -> &str;
-    fn document(&self) -> &str;
-}
-
-impl TextPair for crossenc_proto::v1::Pair {
-    fn query(&self) -> &str {
-        &self.query
-    }
-
-    fn document(&self) -> &str {
-        &self.document
-    }
 }
 
 /// Pairs for one tokenizer job, and where they sit in their request.

@@ -15,12 +15,13 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crossenc_core::texts::RequestTexts;
+use crossenc_core::{InvalidRequest, Scores};
+use crossenc_metrics::StageTimes;
+
+use crate::failure::{ErrorClass, Failure};
 use crate::http::HttpState;
-use crate::metrics::StageTimes;
-use crate::pipeline::{PipelineError, Scored};
-use crate::pool::JobError;
-use crate::scoring::{check_count, check_query, check_top_n, rank, InvalidRequest};
-use crate::texts::RequestTexts;
+use crate::validate::{check_count, check_query, check_top_n, rank};
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -156,16 +157,6 @@ pub struct ScorePair {
     pub document: String,
 }
 
-impl crate::texts::TextPair for ScorePair {
-    fn query(&self) -> &str {
-        &self.query
-    }
-
-    fn document(&self) -> &str {
-        &self.document
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScoreResponse {
     /// One score per pair, in request order.
@@ -184,7 +175,7 @@ pub struct ApiErrorBody {
 
 /// The error answers every route may give, for the OpenAPI document.
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // only described, never built: handlers answer with ApiError
+#[allow(dead_code)] // only described, never built: handlers answer with a Failure
 enum ApiErrors {
     #[response(status = 400, description = "Bad input: the message names the field")]
     Validation(#[to_schema] ApiErrorBody),
@@ -204,66 +195,21 @@ enum ApiErrors {
     Timeout(#[to_schema] ApiErrorBody),
 }
 
-/// An error with its HTTP status.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    body: ApiErrorBody,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, error_type: &'static str, error: impl ToString) -> Self {
-        Self {
-            status,
-            body: ApiErrorBody {
-                error: error.to_string(),
-                error_type,
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
+/// Every failure answers with its class's status and a JSON body; the class rides in
+/// the response's extensions for the request recorder.
+impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let body = ApiErrorBody {
+            error: self.message,
+            error_type: self.class.error_type(),
+        };
+        let mut response = (self.class.http_status(), Json(body)).into_response();
+        response.extensions_mut().insert(self.class);
+        response
     }
 }
 
-impl From<InvalidRequest> for ApiError {
-    fn from(error: InvalidRequest) -> Self {
-        match error {
-            InvalidRequest::Field(_) => ApiError::new(StatusCode::BAD_REQUEST, "validation", error),
-            InvalidRequest::TooMany { .. } | InvalidRequest::TextTooLong { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", error)
-            }
-        }
-    }
-}
-
-impl From<PipelineError> for ApiError {
-    fn from(error: PipelineError) -> Self {
-        match error {
-            PipelineError::Invalid(invalid) => invalid.into(),
-            PipelineError::Refused(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", error)
-            }
-            PipelineError::NoWorker(_)
-            | PipelineError::Stopping
-            | PipelineError::Job(JobError::WorkerGone { .. } | JobError::NotDelivered { .. }) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
-            }
-            PipelineError::Job(JobError::Failed { .. })
-            | PipelineError::WrongReply { .. }
-            | PipelineError::ScoreCount { .. }
-            | PipelineError::Poison { .. }
-            | PipelineError::TokenizerPoison { .. } => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", error)
-            }
-        }
-    }
-}
-
-/// `Json<T>` whose rejections are [`ApiError`]s: 400 naming the field for bad JSON,
+/// `Json<T>` whose rejections are [`Failure`]s: 400 naming the field for bad JSON,
 /// 413 for a body over the limit.
 pub struct ApiJson<T>(pub T);
 
@@ -272,7 +218,7 @@ where
     Json<T>: FromRequest<S, Rejection = JsonRejection>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Failure;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(request, state).await {
@@ -282,43 +228,36 @@ where
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            status,
-            "payload_too_large",
+fn json_rejection(rejection: JsonRejection) -> Failure {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return Failure::new(
+            ErrorClass::PayloadTooLarge,
             "the request body is over the server's limit (max_request_bytes)",
         );
     }
-    let status = match rejection {
-        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        _ => StatusCode::BAD_REQUEST,
+    let class = match rejection {
+        JsonRejection::MissingJsonContentType(_) => ErrorClass::UnsupportedMediaType,
+        _ => ErrorClass::InvalidArgument,
     };
-    ApiError::new(status, "validation", rejection.body_text())
+    Failure::new(class, rejection.body_text())
 }
 
 /// The answer to a request not answered within `http_request_timeout`.
-pub(crate) fn timed_out(timeout: std::time::Duration) -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "timeout",
+pub(crate) fn timed_out(timeout: std::time::Duration) -> Failure {
+    Failure::new(
+        ErrorClass::DeadlineExceeded,
         format!("no scores within http_request_timeout ({timeout:?})"),
     )
 }
 
-fn refuse_while_draining(state: &HttpState) -> Result<(), ApiError> {
+fn refuse_while_draining(state: &HttpState) -> Result<(), Failure> {
     if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is shutting down",
-        ));
+        return Err(Failure::stopping());
     }
     Ok(())
 }
 
-async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scored, ApiError> {
+async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scores, Failure> {
     refuse_while_draining(state)?;
     let deadline = std::time::Instant::now() + state.request_timeout;
     // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
@@ -334,7 +273,7 @@ async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scored, ApiError>
 pub async fn rerank(
     State(state): State<HttpState>,
     ApiJson(request): ApiJson<RerankRequest>,
-) -> Result<(Extension<StageTimes>, Json<Vec<RankedText>>), ApiError> {
+) -> Result<(Extension<StageTimes>, Json<Vec<RankedText>>), Failure> {
     check_query("query", &request.query)?;
     check_count(
         "texts",
@@ -382,7 +321,7 @@ pub async fn rerank(
 pub async fn v1_rerank(
     State(state): State<HttpState>,
     ApiJson(request): ApiJson<V1RerankRequest>,
-) -> Result<(Extension<StageTimes>, Json<V1RerankResponse>), ApiError> {
+) -> Result<(Extension<StageTimes>, Json<V1RerankResponse>), Failure> {
     check_query("query", &request.query)?;
     check_count(
         "documents",
@@ -431,7 +370,7 @@ pub async fn v1_rerank(
 pub async fn score(
     State(state): State<HttpState>,
     ApiJson(request): ApiJson<ScoreRequest>,
-) -> Result<(Extension<StageTimes>, Json<ScoreResponse>), ApiError> {
+) -> Result<(Extension<StageTimes>, Json<ScoreResponse>), Failure> {
     check_count(
         "pairs",
         request.pairs.len(),
@@ -441,7 +380,8 @@ pub async fn score(
     for (i, pair) in request.pairs.iter().enumerate() {
         check_query(&format!("pairs[{i}].query"), &pair.query)?;
     }
-    let texts = state.pipeline.pair_texts(&request.pairs);
+    let pairs = request.pairs.iter();
+    let texts = (state.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
     drop(request.pairs);
     let scored = run(&state, texts).await?;
     let response = ScoreResponse {

@@ -1,7 +1,7 @@
 //! What recording metrics costs the request path: each kind of record alone, and all
 //! the records one request and its batch make together.
 //!
-//! `cargo bench -p crossenc-server --bench recording`
+//! `cargo bench -p crossenc-metrics --bench recording`
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use crossenc_ipc::{StatsReport, WorkerKind};
-use crossenc_server::metrics::{Metrics, RequestRecorder, StageTimes};
+use crossenc_metrics::{Metrics, RequestRecorder, StageTimes};
 
 fn single_records(c: &mut Criterion) {
     let metrics = Metrics::new(false);

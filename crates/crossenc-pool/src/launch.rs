@@ -9,10 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossenc_config::Dtype;
 use crossenc_ipc::{WorkerEvent, WorkerKind, WorkerListener};
+use crossenc_metrics::Metrics;
 
-use crate::metrics::Metrics;
-use crate::pool::{spawn_named, Worker};
+use crate::process::{spawn_named, WorkerProcess};
 
 /// How to start a worker: the binary to re-execute and what every worker is told.
 #[derive(Debug, Clone)]
@@ -21,8 +22,7 @@ pub struct WorkerLauncher {
     pub model: PathBuf,
     pub max_length: Option<usize>,
     pub device: String,
-    /// `f32` or `bf16`, as `model.dtype` says.
-    pub dtype: &'static str,
+    pub dtype: Dtype,
     pub model_threads: usize,
     pub startup_timeout: Duration,
 }
@@ -45,7 +45,7 @@ impl WorkerLauncher {
         kind: WorkerKind,
         id: u32,
         metrics: &Arc<Metrics>,
-    ) -> Result<Worker, SpawnError> {
+    ) -> Result<WorkerProcess, SpawnError> {
         let fail = |reason: String| SpawnError { kind, id, reason };
         let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;
         let name = listener.name().to_string();
@@ -84,7 +84,14 @@ impl WorkerLauncher {
             }
         };
         tracing::info!(%kind, id, pid = link.pid, "worker ready");
-        Ok(Worker::start(kind, id, link, info, (child, pidfd), metrics))
+        Ok(WorkerProcess::start(
+            kind,
+            id,
+            link,
+            info,
+            (child, pidfd),
+            metrics,
+        ))
     }
 
     fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
@@ -98,7 +105,7 @@ impl WorkerLauncher {
             .arg("--model")
             .arg(&self.model)
             .args(["--device", &self.device])
-            .args(["--dtype", self.dtype])
+            .args(["--dtype", self.dtype.as_str()])
             .stdin(Stdio::null())
             // Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
             // which then stops the workers in order.

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::WorkerKind;
 use tokio::sync::{mpsc, watch};
 
+use crossenc_core::workers::{Worker, WorkerSet};
+use crossenc_metrics::{Metrics, PoolLabels};
+
 use crate::launch::{SpawnError, WorkerLauncher};
-use crate::metrics::{Metrics, PoolLabels};
-use crate::pool::{Worker, WorkerSet};
+use crate::process::WorkerProcess;
+use crate::ProcessTable;
 
 /// A worker that ran this long was healthy: its next restart starts from the first pause.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
@@ -59,27 +62,26 @@ pub struct WorkerSlot {
     pub max_start_failures: u32,
     /// Where a slot that gave up says why: the server then stops with that reason.
     pub fatal: mpsc::Sender<SpawnError>,
+    pub processes: ProcessTable,
 }
 
 impl WorkerSlot {
     /// Watches `worker`, restarts it whenever it exits, and stops it when `stop` turns
     /// true. Returns once the slot's last worker has stopped.
-    pub async fn run(self, mut worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, mut worker: Arc<WorkerProcess>, mut stop: watch::Receiver<bool>) {
         let mut backoff = self.backoff.clone();
         loop {
-            self.up(true);
+            self.up(&worker);
             let started = Instant::now();
             tokio::select! {
                 () = worker.exited() => {}
                 () = stopped(&mut stop) => {
-                    self.set.remove(&worker);
+                    self.down(&worker);
                     let _ = tokio::task::spawn_blocking(move || worker.stop(STOP_GRACE)).await;
-                    self.up(false);
                     return;
                 }
             }
-            self.set.remove(&worker);
-            self.up(false);
+            self.down(&worker);
             if started.elapsed() >= HEALTHY_RUN {
                 backoff.reset();
             }
@@ -96,7 +98,7 @@ impl WorkerSlot {
         &self,
         backoff: &mut Backoff,
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<Arc<Worker>> {
+    ) -> Option<Arc<WorkerProcess>> {
         let mut failures = 0;
         loop {
             let pause = backoff.pause();
@@ -123,7 +125,7 @@ impl WorkerSlot {
                         let _ = tokio::task::spawn_blocking(move || worker.stop(STOP_GRACE)).await;
                         return None;
                     }
-                    self.set.add(Arc::clone(&worker));
+                    self.set.add(Arc::clone(&worker) as Arc<dyn Worker>);
                     return Some(worker);
                 }
                 Ok(Err(error)) => {
@@ -156,8 +158,18 @@ impl WorkerSlot {
         }
     }
 
-    fn up(&self, up: bool) {
-        self.metrics.set_worker_up(self.kind, self.id, up);
+    /// The worker is up: in its set (the caller added it), counted, and known to the
+    /// collection loop.
+    fn up(&self, worker: &WorkerProcess) {
+        self.metrics.set_worker_up(self.kind, self.id, true);
+        self.processes.set(self.kind, self.id, Some(worker.pid));
+    }
+
+    /// The worker is gone or going: out of its set, so that no job goes to it.
+    fn down(&self, worker: &Arc<WorkerProcess>) {
+        self.set.remove(&(Arc::clone(worker) as Arc<dyn Worker>));
+        self.metrics.set_worker_up(self.kind, self.id, false);
+        self.processes.set(self.kind, self.id, None);
     }
 }
 

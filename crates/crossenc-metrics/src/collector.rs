@@ -11,8 +11,31 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::WorkerKind;
 use tokio::sync::watch;
 
-use crate::metrics::{GpuLabels, Metrics, WorkerLabels};
-use crate::pipeline::Pipeline;
+use crate::registry::{GpuLabels, Metrics, WorkerLabels};
+
+/// What the collection loop reads from outside the registry: the worker processes and
+/// the admission levels, from whoever owns them.
+pub trait CollectorSources: Send + 'static {
+    /// The live worker processes.
+    fn processes(&self) -> Vec<Process>;
+    /// Pairs queued and requests in flight now.
+    fn admission(&self) -> AdmissionLevels;
+}
+
+/// A worker process, as the collection loop reads it from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub id: u32,
+    pub kind: WorkerKind,
+}
+
+/// How full admission is now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionLevels {
+    pub queued_pairs: usize,
+    pub requests_in_flight: usize,
+}
 
 /// NVIDIA's management library, where the machine has it.
 pub struct GpuMonitor {
@@ -74,7 +97,7 @@ struct Member {
 /// Refreshes the interval gauges.
 pub struct Collector {
     metrics: Arc<Metrics>,
-    pipeline: Arc<Pipeline>,
+    sources: Box<dyn CollectorSources>,
     gpus: Option<GpuMonitor>,
     /// CPU ticks of each process at the last look.
     ticks: HashMap<u32, u64>,
@@ -85,18 +108,14 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(pipeline: Arc<Pipeline>, gpus: Option<GpuMonitor>) -> Self {
-        let metrics = Arc::clone(&pipeline.metrics);
-        let admission = &pipeline.admission;
-        metrics
-            .queued_pairs_limit
-            .set(admission.max_queued_pairs() as i64);
-        metrics
-            .requests_in_flight_limit
-            .set(admission.max_requests() as i64);
+    pub fn new(
+        metrics: Arc<Metrics>,
+        sources: Box<dyn CollectorSources>,
+        gpus: Option<GpuMonitor>,
+    ) -> Self {
         Self {
             metrics,
-            pipeline,
+            sources,
             gpus,
             ticks: HashMap::new(),
             reported: Vec::new(),
@@ -192,13 +211,11 @@ impl Collector {
         let rate = finished.saturating_sub(self.requests) as f64 / seconds;
         self.requests = finished;
         self.metrics.overall_throughput_qps.set(rate);
-        let admission = &self.pipeline.admission;
-        self.metrics
-            .queued_pairs
-            .set(admission.queued_pairs() as i64);
+        let admission = self.sources.admission();
+        self.metrics.queued_pairs.set(admission.queued_pairs as i64);
         self.metrics
             .requests_in_flight
-            .set(admission.requests_in_flight() as i64);
+            .set(admission.requests_in_flight as i64);
     }
 
     /// Resident memory of every process, and the CPU they used together.
@@ -208,13 +225,11 @@ impl Collector {
             id: 0,
             kind: "supervisor",
         }];
-        for set in [&self.pipeline.tokenizers, &self.pipeline.models] {
-            members.extend(set.members().iter().map(|w| Member {
-                pid: w.pid,
-                id: w.id,
-                kind: w.kind.as_str(),
-            }));
-        }
+        members.extend(self.sources.processes().iter().map(|p| Member {
+            pid: p.pid,
+            id: p.id,
+            kind: p.kind.as_str(),
+        }));
         let page = procfs::page_size();
         let mut ticks = HashMap::with_capacity(members.len());
         let mut reported = Vec::with_capacity(members.len());

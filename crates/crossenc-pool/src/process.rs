@@ -1,52 +1,28 @@
-//! Running worker processes: their jobs, the sets they form, and the threads that carry
-//! each worker's commands and events (starting one is `launch`'s job).
+//! A running worker process: the supervisor's handle on it, and the threads that carry
+//! its commands, its events and its stats (starting one is `launch`'s job).
 //!
-//! A [`Worker`] is the supervisor's handle on one process. Jobs submitted to it wait in
-//! its pending table until the worker answers; when the worker dies, every pending job
-//! fails at once with [`JobError::WorkerGone`], so no caller waits forever.
+//! A [`WorkerProcess`] is the core's [`Worker`]: jobs submitted to it wait in its
+//! pending table until the process answers. When the process dies (or its channel
+//! breaks), every job it held gets [`JobError::WorkerGone`] at once, so that no caller
+//! waits forever; what happens to that work then (a model batch re-queued and bisected,
+//! a tokenizer chunk retried alone) is the core's decision.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossenc_core::workers::{JobError, PendingReply, Reply, Worker};
 use crossenc_ipc::{
-    IpcReceiver, IpcSender, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TextRef, TokenBatch,
-    Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
+    IpcReceiver, IpcSender, Job, JobTiming, Stamp, StatsReport, Work, WorkerCommand, WorkerEvent,
+    WorkerInfo, WorkerKind,
 };
+use crossenc_metrics::Metrics;
 use tokio::sync::{oneshot, watch};
 
-use crate::metrics::Metrics;
-
-/// A worker's answer to one job.
-#[derive(Debug)]
-pub enum Reply {
-    /// The tokens, and the cut texts whose cut changed them.
-    Encoded(TokenBatch, JobTiming, Vec<TextRef>),
-    Scored(ScoreBatch, JobTiming),
-}
-
-/// Why a job got no answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum JobError {
-    #[error("{kind} worker {id} exited before it answered")]
-    WorkerGone { kind: WorkerKind, id: u32 },
-    /// The worker was already gone: the job never reached it.
-    #[error("{kind} worker {id} had exited; the job was not sent")]
-    NotDelivered { kind: WorkerKind, id: u32 },
-    #[error("{kind} worker {id} could not do the job: {message}")]
-    Failed {
-        kind: WorkerKind,
-        id: u32,
-        message: String,
-    },
-}
-
 type ReplySender = oneshot::Sender<Result<Reply, JobError>>;
-/// Where a job's answer arrives.
-pub type Answer = oneshot::Receiver<Result<Reply, JobError>>;
 
 /// Jobs sent and not yet answered; `None` once the worker is gone, so that a job
 /// submitted after the death fails instead of waiting.
@@ -55,7 +31,7 @@ type Pending = Mutex<Option<HashMap<u64, ReplySender>>>;
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
 /// The supervisor's handle on one running worker process.
-pub struct Worker {
+pub struct WorkerProcess {
     pub kind: WorkerKind,
     pub id: u32,
     /// The pid the supervisor started it as (never one the worker reported).
@@ -67,39 +43,24 @@ pub struct Worker {
     /// A pidfd on the process, opened before anyone could reap it: a signal through it
     /// reaches this process or none, never another that took its pid.
     pidfd: Option<OwnedFd>,
-    /// Taken for a job that must run alone (a retry after a crash): no other job is
-    /// given to it meanwhile.
-    isolated: AtomicBool,
     /// Set when the supervisor asked the worker to exit, so that its exit is no error.
     stopping: Arc<AtomicBool>,
     /// Turns true once the process is gone and its pending jobs have failed.
     exited: watch::Receiver<bool>,
 }
 
-impl Worker {
-    /// Sends a job; the receiver resolves with the worker's answer or its death.
-    pub fn submit(&self, work: Work) -> oneshot::Receiver<Result<Reply, JobError>> {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        self.submit_locked(pending, work)
+impl Worker for WorkerProcess {
+    fn kind(&self) -> WorkerKind {
+        self.kind
     }
 
-    /// Sends a job unless the worker was taken for an isolated job (then the work comes
-    /// back): checked under the same lock that isolating takes, so no job slips in
-    /// beside an isolated one.
-    pub fn submit_beside_others(&self, work: Work) -> Result<Answer, Work> {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_isolated() {
-            return Err(work);
-        }
-        Ok(self.submit_locked(pending, work))
+    fn id(&self) -> u32 {
+        self.id
     }
 
-    fn submit_locked(
-        &self,
-        mut pending: std::sync::MutexGuard<'_, Option<HashMap<u64, ReplySender>>>,
-        work: Work,
-    ) -> Answer {
-        let (reply, answer) = oneshot::channel();
+    fn submit(&self, work: Work) -> PendingReply {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (reply, pending_reply) = oneshot::channel();
         let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
         match pending.as_mut() {
             Some(table) => {
@@ -120,52 +81,22 @@ impl Worker {
                 }));
             }
         }
-        answer
+        pending_reply
     }
 
-    /// Waits for a job's answer. A worker that holds the job past `timeout` is taken
-    /// for hung and killed; its death then answers the job.
-    pub async fn answer_within(
-        &self,
-        mut answer: oneshot::Receiver<Result<Reply, JobError>>,
-        timeout: Duration,
-    ) -> Result<Reply, JobError> {
-        let answered = match tokio::time::timeout(timeout, &mut answer).await {
-            Ok(answered) => answered,
-            Err(_) => {
-                tracing::error!(kind = %self.kind, id = self.id, ?timeout, "worker holds a job past its timeout; killing it");
-                self.kill();
-                answer.await
-            }
-        };
-        // The sender is dropped only with the pending table, which answers first.
-        answered.unwrap_or(Err(JobError::WorkerGone {
-            kind: self.kind,
-            id: self.id,
-        }))
-    }
-
-    /// Jobs sent and not yet answered.
-    pub fn load(&self) -> usize {
+    fn load(&self) -> usize {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.as_ref().map_or(usize::MAX, HashMap::len)
     }
 
-    pub fn is_alive(&self) -> bool {
+    fn is_alive(&self) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
     }
 
-    /// Resolves once the process is gone and every job it held has failed.
-    pub async fn exited(&self) {
-        let mut exited = self.exited.clone();
-        let _ = exited.wait_for(|&gone| gone).await;
-    }
-
-    /// Kills a worker that stopped answering; its death fails its pending jobs.
-    pub fn kill(&self) {
+    fn kill(&self) {
         // Through the pidfd, not the Child: its lock may be held by a thread reaping it.
         match &self.pidfd {
             Some(pidfd) => signal_pidfd(pidfd, libc::SIGKILL),
@@ -176,15 +107,13 @@ impl Worker {
             }
         }
     }
+}
 
-    fn is_isolated(&self) -> bool {
-        self.isolated.load(Ordering::Acquire)
-    }
-
-    /// Marks the worker as taken for an isolated job, unless it already is.
-    fn try_isolate(&self) -> bool {
-        let _pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        !self.isolated.swap(true, Ordering::AcqRel)
+impl WorkerProcess {
+    /// Resolves once the process is gone and every job it held has failed.
+    pub async fn exited(&self) {
+        let mut exited = self.exited.clone();
+        let _ = exited.wait_for(|&gone| gone).await;
     }
 
     /// Asks the worker to exit, waits up to `grace`, then kills it.
@@ -206,156 +135,6 @@ impl Worker {
     }
 }
 
-/// The live workers of one kind.
-pub struct WorkerSet {
-    workers: RwLock<Vec<Arc<Worker>>>,
-    /// Bumped whenever a worker joins or leaves, so that waiters learn of it.
-    changes: watch::Sender<u64>,
-}
-
-impl Default for WorkerSet {
-    fn default() -> Self {
-        Self {
-            workers: RwLock::default(),
-            changes: watch::Sender::new(0),
-        }
-    }
-}
-
-impl WorkerSet {
-    pub fn add(&self, worker: Arc<Worker>) {
-        self.workers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(worker);
-        self.changes.send_modify(|n| *n += 1);
-    }
-
-    pub fn remove(&self, worker: &Arc<Worker>) {
-        self.workers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| !Arc::ptr_eq(w, worker));
-        self.changes.send_modify(|n| *n += 1);
-    }
-
-    /// The live workers, for the collection loop.
-    pub fn members(&self) -> Vec<Arc<Worker>> {
-        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        workers.iter().filter(|w| w.is_alive()).cloned().collect()
-    }
-
-    /// The live worker with the fewest jobs waiting.
-    pub fn least_loaded(&self) -> Option<Arc<Worker>> {
-        self.least_loaded_where(|_| true)
-    }
-
-    /// The live worker with the fewest jobs waiting among those `eligible` accepts
-    /// (never one taken for an isolated job).
-    pub fn least_loaded_where(&self, eligible: impl Fn(&Worker) -> bool) -> Option<Arc<Worker>> {
-        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        workers
-            .iter()
-            .filter(|w| w.is_alive() && !w.is_isolated() && eligible(w))
-            .min_by_key(|w| w.load())
-            .cloned()
-    }
-
-    /// Live workers.
-    pub fn alive_count(&self) -> usize {
-        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        workers.iter().filter(|w| w.is_alive()).count()
-    }
-
-    /// Takes a worker for a job that must run alone, waiting up to `patience` for one:
-    /// it gets no new job from the moment it is taken, and is handed over once the jobs
-    /// it already held are done. Others may use it again when the guard is dropped.
-    pub async fn isolate_within(self: &Arc<Self>, patience: Duration) -> Option<IsolatedWorker> {
-        let give_up = tokio::time::Instant::now() + patience;
-        loop {
-            if let Some(taken) = self.take_least_loaded() {
-                let taken = IsolatedWorker {
-                    worker: taken,
-                    set: Arc::clone(self),
-                };
-                // Jobs finishing do not signal; a short poll is enough for a rare retry.
-                while taken.worker.is_alive() && taken.worker.load() > 0 {
-                    if tokio::time::Instant::now() >= give_up {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if taken.worker.is_alive() {
-                    return Some(taken);
-                }
-                continue;
-            }
-            if tokio::time::Instant::now() >= give_up {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn take_least_loaded(&self) -> Option<Arc<Worker>> {
-        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        let mut candidates: Vec<_> = workers
-            .iter()
-            .filter(|w| w.is_alive() && !w.is_isolated())
-            .collect();
-        candidates.sort_by_key(|w| w.load());
-        candidates
-            .into_iter()
-            .find(|w| w.try_isolate())
-            .map(Arc::clone)
-    }
-
-    /// The least-loaded live worker, waiting up to `patience` for one to join.
-    pub async fn least_loaded_within(&self, patience: Duration) -> Option<Arc<Worker>> {
-        let mut changes = self.changes.subscribe();
-        let give_up = tokio::time::Instant::now() + patience;
-        loop {
-            if let Some(worker) = self.least_loaded() {
-                return Some(worker);
-            }
-            match tokio::time::timeout_at(give_up, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return None,
-            }
-        }
-    }
-
-    /// A receiver that changes whenever a worker joins or leaves.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    pub fn any_alive(&self) -> bool {
-        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        workers.iter().any(|w| w.is_alive())
-    }
-}
-
-/// A worker taken for one isolated job; free for others again when dropped, and those
-/// waiting for a worker learn it.
-pub struct IsolatedWorker {
-    worker: Arc<Worker>,
-    set: Arc<WorkerSet>,
-}
-
-impl IsolatedWorker {
-    pub fn worker(&self) -> &Worker {
-        &self.worker
-    }
-}
-
-impl Drop for IsolatedWorker {
-    fn drop(&mut self) {
-        self.worker.isolated.store(false, Ordering::Release);
-        self.set.changes.send_modify(|n| *n += 1);
-    }
-}
-
 pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: i32) {
     // SAFETY: pidfd_send_signal reads only its arguments; a null info is allowed.
     unsafe {
@@ -369,7 +148,7 @@ pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: i32) {
     }
 }
 
-impl Worker {
+impl WorkerProcess {
     pub(crate) fn start(
         kind: WorkerKind,
         id: u32,
@@ -415,7 +194,6 @@ impl Worker {
             pending,
             child,
             pidfd,
-            isolated: AtomicBool::new(false),
             stopping,
             exited,
         }

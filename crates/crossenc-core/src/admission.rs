@@ -305,7 +305,7 @@ impl Backlog {
         let (Some(expected), Some(rate)) = (self.wait_for(tokens), self.rate()) else {
             return Ok(());
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now().into_std());
         let needed = expected.as_secs_f64() * WAIT_SAFETY + WAIT_OVERHEAD.as_secs_f64();
         if needed > remaining.as_secs_f64() {
             return Err(Refused::Deadline {

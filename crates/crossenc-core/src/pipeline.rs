@@ -8,14 +8,15 @@ use crossenc_ipc::{JobTiming, TextRef, TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 use tokio::sync::Semaphore;
 
-use crate::admission::{Admission, Refused};
+use crossenc_config::ScoreActivation;
+use crossenc_metrics::{Metrics, StageTimes};
+
+use crate::admission::Admission;
 use crate::dispatch::{DispatchLimits, ModelDispatch};
-use crate::metrics::{Metrics, StageTimes};
-use crate::pool::{JobError, Reply, WorkerSet};
+use crate::error::PipelineError;
 use crate::scheduler::SchedulerLimits;
-use crate::scoring::{activate, InvalidRequest};
-use crate::texts::{Chunk, RequestTexts, TextPair};
-use crossenc_config::Activation;
+use crate::texts::{Chunk, RequestTexts};
+use crate::workers::{JobError, Member, Reply, WorkerSet};
 
 /// Pairs sent to one tokenizer job: large requests spread over the tokenizer workers.
 const TOKENIZE_CHUNK: usize = 64;
@@ -31,34 +32,10 @@ const WARMUP_DISCOUNT: f64 = 0.5;
 /// The longest pair assumed until a worker says the model's own (BERT's 512).
 const ASSUMED_MAX_LENGTH: usize = 512;
 
-/// Why a request's pairs were not scored.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Refused(#[from] Refused),
-    #[error(transparent)]
-    Invalid(#[from] InvalidRequest),
-    #[error("no {0} worker is ready; retry shortly")]
-    NoWorker(WorkerKind),
-    #[error(transparent)]
-    Job(#[from] JobError),
-    #[error("{kind} worker answered a job with the wrong reply")]
-    WrongReply { kind: WorkerKind },
-    #[error("a model worker returned {got} scores for {expected} pairs")]
-    ScoreCount { expected: usize, got: usize },
-    #[error("the server is stopping")]
-    Stopping,
-    #[error("pair {index} of this request crashed a model worker on its own; it is not retried")]
-    Poison { index: u32 },
-    #[error(
-        "the texts of pairs {first} to {last} of this request crashed or hung a tokenizer worker twice, the second time alone; they are not retried"
-    )]
-    TokenizerPoison { first: usize, last: usize },
-}
-
-/// Raw logits in request order, the real tokens they cost, and where the time went.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scored {
+/// A request's raw scores in request order, the real tokens they cost, and where the
+/// time went on its slowest path.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scores {
     pub scores: Vec<f32>,
     pub tokens: u64,
     pub stages: StageTimes,
@@ -77,7 +54,7 @@ pub struct PipelineLimits {
     /// Tokenizer worker processes configured.
     pub tokenizer_workers: usize,
     /// What turns logits into scores unless a request asks for raw ones.
-    pub activation: Activation,
+    pub activation: ScoreActivation,
 }
 
 /// The workers a request passes through, and the scheduler between them.
@@ -91,7 +68,7 @@ pub struct Pipeline {
     job_timeout: Duration,
     /// How long a chunk waits for a tokenizer worker while none is up.
     patience: Duration,
-    activation: Activation,
+    activation: ScoreActivation,
     /// Tokenizer jobs that may be in the workers' queues at once.
     tokenizer_slots: Semaphore,
     /// `max_text_bytes` as configured (0: from the model's max_length).
@@ -177,9 +154,12 @@ impl Pipeline {
         RequestTexts::rerank(query, documents, documents_field, self.max_text_bytes())
     }
 
-    /// An Infer's (or `/score`'s) pairs, each text cut to `max_text_bytes`.
-    pub fn pair_texts<P: TextPair>(&self, pairs: &[P]) -> RequestTexts {
-        let pairs = pairs.iter().map(|p| (p.query(), p.document()));
+    /// An Infer's (or `/score`'s) (query, document) pairs, each text cut to
+    /// `max_text_bytes`.
+    pub fn pair_texts<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> RequestTexts {
         RequestTexts::pairs(pairs, "pairs", self.max_text_bytes())
     }
 
@@ -187,11 +167,14 @@ impl Pipeline {
     /// default the model's own), or raw when the request asks for them.
     pub fn activate(&self, scores: Vec<f32>, raw: bool) -> Vec<f32> {
         let sigmoid = match self.activation {
-            Activation::Sigmoid => true,
-            Activation::Identity => false,
-            Activation::Model => self.sigmoid_by_default.get().copied().unwrap_or(true),
+            ScoreActivation::Sigmoid => true,
+            ScoreActivation::Identity => false,
+            ScoreActivation::Model => self.sigmoid_by_default.get().copied().unwrap_or(true),
         };
-        activate(scores, raw || !sigmoid)
+        if raw || !sigmoid {
+            return scores;
+        }
+        scores.into_iter().map(sigmoid_of).collect()
     }
 
     /// Both kinds of worker have at least one live member.
@@ -205,7 +188,7 @@ impl Pipeline {
         &self,
         texts: RequestTexts,
         deadline: Instant,
-    ) -> Result<Scored, PipelineError> {
+    ) -> Result<Scores, PipelineError> {
         let estimate = texts.estimated_tokens(self.max_length());
         let mut ticket =
             self.admission
@@ -227,24 +210,17 @@ impl Pipeline {
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
         self.admission.confirm(&mut ticket, tokens, deadline)?;
         ticket.release_text();
-        let scored = self.dispatch.score(tokenized, ticket).await?;
+        let mut scores = self.dispatch.score(tokenized, ticket).await?;
         // Chunks run side by side: the slowest one is what the request waited for.
         let slowest = encoded
             .iter()
             .map(|(_, t, _)| *t)
             .max_by_key(|t| t.queued + t.compute)
             .unwrap_or_default();
-        let stages = StageTimes {
-            tokenization: slowest.compute,
-            tokenizer_wait: slowest.queued,
-            model_wait: scored.model_wait,
-            inference: scored.inference,
-        };
-        Ok(Scored {
-            scores: scored.scores,
-            tokens,
-            stages,
-        })
+        scores.stages.tokenization = slowest.compute;
+        scores.stages.tokenizer_wait = slowest.queued;
+        scores.tokens = tokens;
+        Ok(scores)
     }
 
     /// Tokenizes one chunk. It waits for a place in a worker's queue (dropping the
@@ -305,8 +281,9 @@ impl Pipeline {
                 .isolate_within(self.patience)
                 .await
                 .ok_or(PipelineError::NoWorker(kind))?;
-            let answer = alone.worker().submit(Work::Encode(chunk.texts.clone()));
-            match alone.worker().answer_within(answer, self.job_timeout).await {
+            let alone = alone.member();
+            let pending = alone.submit(Work::Encode(chunk.texts.clone()));
+            match alone.reply_within(pending, self.job_timeout).await {
                 Err(JobError::NotDelivered { .. }) => continue,
                 Err(JobError::WorkerGone { .. }) => {
                     tracing::error!(
@@ -324,6 +301,11 @@ impl Pipeline {
         }
         Err(PipelineError::NoWorker(kind))
     }
+}
+
+/// The score sentence-transformers' CrossEncoder gives a single-label model's logit.
+fn sigmoid_of(raw: f32) -> f32 {
+    1.0 / (1.0 + (-raw).exp())
 }
 
 /// Adds to a gauge for as long as it lives.
@@ -353,12 +335,12 @@ async fn submit_once(
     (timeout, patience): (Duration, Duration),
 ) -> Result<Reply, PipelineError> {
     loop {
-        let worker = workers
+        let member: Arc<Member> = workers
             .least_loaded_within(patience)
             .await
             .ok_or(PipelineError::NoWorker(kind))?;
-        match worker.submit_beside_others(work) {
-            Ok(answer) => return Ok(worker.answer_within(answer, timeout).await?),
+        match member.submit_beside_others(work) {
+            Ok(pending) => return Ok(member.reply_within(pending, timeout).await?),
             // Taken for an isolated job since it was picked: pick again.
             Err(back) => work = back,
         }

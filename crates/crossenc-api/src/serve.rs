@@ -1,0 +1,217 @@
+//! Both faces on their listeners: binding, the gRPC server with its health and
+//! reflection services, the HTTP router, and the health status kept in step with the
+//! workers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossenc_config::ServeConfig;
+use crossenc_core::Pipeline;
+use crossenc_proto::v1::cross_encoder_server::CrossEncoderServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::grpc::{self, CrossEncoderService};
+use crate::http::{self, HttpState};
+use crate::listen::LimitedListener;
+
+/// How long past `default_deadline` a gRPC call without a deadline of its own may take
+/// before tonic cancels it (one whose message never finished arriving).
+const STALLED_CALL_MARGIN: Duration = Duration::from_secs(1);
+
+/// Why the faces could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC reflection service cannot be built: {0}")]
+    Reflection(String),
+}
+
+/// The two listeners, bound before any worker starts so that a taken port fails fast.
+pub struct Listeners {
+    grpc: LimitedListener,
+    http: LimitedListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &ServeConfig) -> Result<Self, ApiError> {
+        let server = &config.server;
+        let limits = (server.max_connections, server.http_header_read_timeout);
+        let grpc = bind("grpc_addr", server.grpc_addr).await?;
+        let http = bind("http_addr", server.http_addr).await?;
+        Ok(Self {
+            grpc: LimitedListener::new(grpc, limits, "grpc"),
+            http: LimitedListener::new(http, limits, "http"),
+        })
+    }
+
+    /// The bound addresses (gRPC, HTTP), not the asked ones: with port 0 these are
+    /// where to connect.
+    pub fn addresses(&self) -> (String, String) {
+        let bound = |l: &LimitedListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        (bound(&self.grpc), bound(&self.http))
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { what, addr, source })
+}
+
+/// The faces, serving until `stop` turns true.
+pub struct Faces {
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<()>,
+    health: tonic_health::server::HealthReporter,
+    health_watch: Option<JoinHandle<()>>,
+    draining: Arc<AtomicBool>,
+}
+
+/// What the faces need besides the pipeline.
+pub struct FacesState {
+    /// The served model's name, known once the first model worker is ready.
+    pub model_name: Arc<OnceLock<String>>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Faces {
+    /// Serves gRPC and HTTP on `listeners`; the gRPC health status says NOT_SERVING
+    /// until [`Faces::follow_workers`].
+    pub async fn start(
+        config: &ServeConfig,
+        listeners: Listeners,
+        pipeline: Arc<Pipeline>,
+        state: FacesState,
+    ) -> Result<Self, ApiError> {
+        let server = &config.server;
+        let max_request_bytes = bytes(server.max_request_bytes.as_u64());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crossenc_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ApiError::Reflection(e.to_string()))?;
+        let service = CrossEncoderServer::new(CrossEncoderService::new(
+            Arc::clone(&pipeline),
+            config.batching.max_client_batch_size,
+            server.default_deadline,
+        ))
+        .max_decoding_message_size(max_request_bytes)
+        .max_encoding_message_size(max_request_bytes);
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .max_concurrent_streams(server.http2_max_concurrent_streams)
+                // A call whose message never finishes arriving gives its request slot
+                // back: the client's deadline, or a little past the default one (which
+                // the handler answers itself once the message is in).
+                .timeout(server.default_deadline + STALLED_CALL_MARGIN)
+                .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
+                .layer(grpc::GateLayer(Arc::clone(&pipeline)))
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    listeners.grpc.into_stream(),
+                    stopped(state.stop.clone()),
+                ),
+        );
+        let draining = Arc::new(AtomicBool::new(false));
+        let router = http::router(HttpState {
+            pipeline,
+            draining: Arc::clone(&draining),
+            max_client_batch_size: config.batching.max_client_batch_size,
+            max_request_bytes,
+            request_timeout: server.http_request_timeout,
+            model_name: state.model_name,
+        });
+        let http = tokio::spawn(http::serve(
+            listeners.http,
+            router,
+            state.stop,
+            server.http_header_read_timeout,
+        ));
+        Ok(Self {
+            grpc,
+            http,
+            health,
+            health_watch: None,
+            draining,
+        })
+    }
+
+    /// Keeps the gRPC health status in step with the workers from now on.
+    pub fn follow_workers(&mut self, pipeline: Arc<Pipeline>) {
+        let watch = report_health(self.health.clone(), pipeline, Arc::clone(&self.draining));
+        self.health_watch = Some(tokio::spawn(watch));
+    }
+
+    /// Refuses new requests (readiness and health say so) while those in flight finish.
+    pub async fn drain(&mut self) {
+        self.draining.store(true, Ordering::Relaxed);
+        if let Some(watch) = self.health_watch.take() {
+            watch.abort();
+            // An update already under way must land before NOT_SERVING, not after.
+            let _ = watch.await;
+        }
+        self.health
+            .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+            .await;
+    }
+
+    /// Waits for both servers to finish once `stop` turned true.
+    pub async fn stopped(self) {
+        let _ = self.grpc.await;
+        let _ = self.http.await;
+    }
+}
+
+pub(crate) fn bytes(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(usize::MAX)
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+/// Keeps the gRPC health status in step with the workers: SERVING while at least one
+/// worker of each kind is up, NOT_SERVING while one kind has none (during a restart).
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    pipeline: Arc<Pipeline>,
+    draining: Arc<AtomicBool>,
+) {
+    let mut tokenizers = pipeline.tokenizers.changes();
+    let mut models = pipeline.models.changes();
+    loop {
+        if draining.load(Ordering::Relaxed) {
+            return;
+        }
+        if pipeline.is_ready() {
+            health
+                .set_serving::<CrossEncoderServer<CrossEncoderService>>()
+                .await;
+        } else {
+            health
+                .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+                .await;
+        }
+        tokio::select! {
+            Ok(()) = tokenizers.changed() => {}
+            Ok(()) = models.changed() => {}
+            else => return,
+        }
+    }
+}
