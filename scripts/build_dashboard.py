@@ -170,14 +170,16 @@ rows = [
       ("histogram_quantile(0.50, sum by (le) (rate(batch_size_bucket[5m])))", "p50"),
       ("histogram_quantile(0.95, sum by (le) (rate(batch_size_bucket[5m])))", "p95")],
      "short", None),
-    ("Padding Ratio", "Share of computed tokens that were padding: over 5m from the token "
-     "counters (padded / (padded + real)), and the padding_ratio gauge (last interval).",
+    ("Padding Ratio", "Share of the batches' padded shape (pairs x longest pair) that is "
+     "padding: computed for nothing by a padded GPU pass, skipped by the packed CPU pass in "
+     "its dense layers. Over 5m from the token counters (padded / (padded + real)), and the "
+     "padding_ratio gauge (last interval).",
      [("crossenc:padding_ratio:ratio_5m", "5m, from counters"),
       ("avg(padding_ratio)", "last interval (gauge)")], "percentunit", None),
     ("Sequence Length", "Longest and mean pair length in tokens over the last interval.",
      [("max(max_seq_length)", "max"), ("avg(avg_seq_length)", "mean")], "short", None),
-    ("Tokens per Second", "Real tokens sent to the model and padding tokens computed, per "
-     "second.",
+    ("Tokens per Second", "Real tokens sent to the model, and the padding of the batches' "
+     "padded shape, per second.",
      [("sum(rate(total_tokens_total[1m]))", "real"),
       ("sum(rate(padded_tokens_total[1m]))", "padding")], "short", None),
     ("CPU & GPU", "CPU of crossenc's whole process tree (100% = one core busy) and GPU "

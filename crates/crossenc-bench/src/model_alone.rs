@@ -56,7 +56,7 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "naive batch-per-request padding: {:.1}% of computed tokens",
+        "naive batch-per-request padding: {:.1}% of the padded shape",
         naive * 100.0
     );
     println!(
@@ -87,7 +87,7 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
     Ok(())
 }
 
-/// Share of computed tokens that are padding when each request is its own batch (split
+/// Share of the padded shape that is padding when each request is its own batch (split
 /// only where the budgets force it), as a server without a scheduler would run it.
 fn naive_padding(requests: &[TokenBatch], args: &ModelAloneRun) -> f64 {
     let (mut real, mut padded) = (0usize, 0usize);

@@ -63,7 +63,7 @@ impl Scrape {
 /// What the server did during a run: the difference of two scrapes.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServerFigures {
-    /// Padding over all computed tokens.
+    /// Padding over the batches' padded shape.
     pub padding_ratio: f64,
     /// Pairs per batch, mean.
     pub mean_batch_size: f64,

@@ -346,3 +346,15 @@ async fn submit_once(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sigmoid_is_sentence_transformers_one() {
+        assert_eq!(sigmoid_of(0.0), 0.5);
+        assert!((sigmoid_of(2.0) - 0.880_797).abs() < 1e-6);
+        assert!((sigmoid_of(-2.0) - 0.119_203).abs() < 1e-6);
+    }
+}

@@ -91,7 +91,7 @@ pub const PADDED_TOKENS: MetricSpec = spec(
     "padded_tokens",
     C,
     &[],
-    "Padding tokens computed: pairs x longest pair of each batch, less its real tokens",
+    "Padding in the batches' padded shape: pairs x longest pair, less the real tokens (a padded GPU pass computes it; the packed CPU pass does not, in its dense layers)",
 );
 pub const TOTAL_TOKENS: MetricSpec = spec(
     "total_tokens",
@@ -259,7 +259,7 @@ pub const PADDING_RATIO: MetricSpec = spec(
     "padding_ratio",
     G,
     &[],
-    "Padding tokens over all computed tokens, last interval (0-1)",
+    "Padding over the batches' padded shape (pairs x longest pair), last interval (0-1): waste on a padded GPU pass, batch shape on the packed CPU pass",
 );
 pub const MAX_SEQ_LENGTH: MetricSpec = spec(
     "max_seq_length",
