@@ -1,0 +1,42 @@
+//! The real binary, real worker processes, real IPC and the real model, over gRPC.
+
+mod limits;
+mod processes;
+mod requests;
+mod scores;
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
+use crossenc_proto::v1::{InferRequest, InferResponse, Pair, RerankRequest};
+use support::{
+    children_of, goldens, http_get, is_running, metric, model_dir, Golden, TestServer, BINARY,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// The largest difference from the transformers reference that counts as the same score.
+const TOLERANCE: f64 = 1e-4;
+
+fn pairs(rows: &[Golden]) -> Vec<Pair> {
+    rows.iter()
+        .map(|g| Pair {
+            query: g.query.clone(),
+            document: g.document.clone(),
+        })
+        .collect()
+}
+
+/// Infer on `rows`, raw logits back.
+async fn infer_raw(mut client: CrossEncoderClient<Channel>, rows: &[Golden]) -> InferResponse {
+    client
+        .infer(InferRequest {
+            pairs: pairs(rows),
+            raw_scores: true,
+        })
+        .await
+        .expect("Infer failed")
+        .into_inner()
+}
