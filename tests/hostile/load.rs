@@ -1,4 +1,5 @@
-//! Large texts and bursts: the supervisor stays small and refuses what it cannot finish in time.
+//! Large texts and bursts: the supervisor stays small, refuses what it cannot finish in
+//! time, and refuses a text whose cut would change its tokens, naming the field.
 
 use super::*;
 
@@ -240,4 +241,57 @@ async fn a_burst_past_the_deadlines_is_refused_at_once_and_admitted_requests_fin
     .expect("answered within 60 s")
     .expect("a request after the burst is served");
     assert_eq!(after.get_ref().results.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_limits_refuse_a_lossy_cut_naming_the_field() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start(&[]);
+    let limit = TEXT_LIMIT.to_string();
+
+    // Spaces and then a word: cut at the limit, the word is lost, so it is refused.
+    let spaces_then_word = format!("{}hello", " ".repeat(20_000));
+    assert_eq!(spaces_then_word.len(), 20_005);
+    let request = json!({"query": "what is this", "documents": ["fine", spaces_then_word]});
+    let (status, body) =
+        tokio::task::block_in_place(|| post_json(server.http_addr, "/v1/rerank", &request));
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error_type"], "payload_too_large", "{body}");
+    let message = body["error"].as_str().expect("an error message");
+    for needle in ["documents[1]", "20005", limit.as_str()] {
+        assert!(
+            message.contains(needle),
+            "{message:?} should name {needle:?}"
+        );
+    }
+
+    // Words well past the limit: the cut keeps far more than the model reads.
+    let mut client = server.client().await;
+    let long_query = "word ".repeat(5000);
+    assert_eq!(long_query.len(), 25_000);
+    let response = client
+        .rerank(rerank_request(&long_query, &["a", "b"]))
+        .await
+        .expect("a query cut without loss is scored");
+    assert_eq!(response.get_ref().results.len(), 2);
+
+    // The same refusal over gRPC, naming the pair's query.
+    let status = client
+        .infer(InferRequest {
+            pairs: vec![Pair {
+                query: format!("{}q", " ".repeat(20_000)),
+                document: "d".into(),
+            }],
+            raw_scores: false,
+        })
+        .await
+        .expect_err("a query whose cut loses its only word is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    for needle in ["pairs[0].query", "20001", limit.as_str()] {
+        assert!(
+            status.message().contains(needle),
+            "{:?} should name {needle:?}",
+            status.message()
+        );
+    }
 }

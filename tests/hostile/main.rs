@@ -7,6 +7,7 @@
 mod bodies;
 mod connections;
 mod load;
+mod startup;
 #[path = "../support/mod.rs"]
 mod support;
 mod tokenizer_crash;

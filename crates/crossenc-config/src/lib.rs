@@ -6,6 +6,9 @@
 //! `conf/crossenc.toml` documents every key. Durations take human units (`"250ms"`,
 //! `"5s"`), sizes too (`"64MiB"`). Unknown keys are errors that suggest the nearest valid
 //! one; [`ServeConfig::validate`] then checks what types cannot.
+//!
+//! [`command`] holds `crossenc serve`'s flags and `crossenc config show|check`. This crate
+//! must never know models or processes: the model-folder check is passed in.
 
 pub mod command;
 mod load;
