@@ -15,6 +15,9 @@ scripts/fetch-model.sh
 scripts/install-prometheus.sh
 # The bf16 path builds against oneDNN (its tests fail on a bf16-capable CPU without it).
 scripts/install-onednn.sh
+# The TLS and API-key tests speak through curl and Python's grpcio, as clients would.
+CROSSENC_TEST_PYTHON="$(scripts/install-test-clients.sh)"
+export CROSSENC_TEST_PYTHON
 cargo build --workspace --all-targets --locked
 
 # Tests that need oneDNN's bf16 kernels end in `_on_avx512_bf16`: on a CPU without

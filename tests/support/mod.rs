@@ -68,6 +68,9 @@ pub struct TestServer {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Where /metrics and the probes are served in plain HTTP: `http_addr` unless the
+    /// server was given `--admin-addr`.
+    pub admin_addr: SocketAddr,
     /// What the server has written on stderr so far (also forwarded to the test's).
     pub log: Arc<Mutex<String>>,
 }
@@ -123,11 +126,12 @@ impl TestServer {
             .spawn()
             .expect("cannot start crossenc");
         let log = Arc::new(Mutex::new(String::new()));
-        let (grpc_addr, http_addr) = listening_addrs(&mut child, Arc::clone(&log));
+        let (grpc_addr, http_addr, admin_addr) = listening_addrs(&mut child, Arc::clone(&log));
         Self {
             child,
             grpc_addr,
             http_addr,
+            admin_addr,
             log,
         }
     }
@@ -156,7 +160,7 @@ impl TestServer {
     pub fn wait_ready(&self) {
         let start = Instant::now();
         while start.elapsed() < READY_TIMEOUT {
-            if let Ok((200, _)) = http_get(self.http_addr, "/ready") {
+            if let Ok((200, _)) = http_get(self.admin_addr, "/ready") {
                 return;
             }
             assert!(
@@ -200,7 +204,7 @@ impl TestServer {
 
     /// The text of GET /metrics.
     pub fn metrics(&self) -> String {
-        let (status, text) = http_get(self.http_addr, "/metrics").expect("GET /metrics");
+        let (status, text) = http_get(self.admin_addr, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200, "{text}");
         text
     }
@@ -285,7 +289,10 @@ fn status_and_body(response: &str) -> (u16, String) {
 /// Forwards the server's log to the test's (and keeps it in `log`) and returns the
 /// addresses its "listening" line names; a server that exits before saying them is
 /// reported on port 0.
-fn listening_addrs(child: &mut Child, log: Arc<Mutex<String>>) -> (SocketAddr, SocketAddr) {
+fn listening_addrs(
+    child: &mut Child,
+    log: Arc<Mutex<String>>,
+) -> (SocketAddr, SocketAddr, SocketAddr) {
     use std::io::BufRead;
     let stderr = child.stderr.take().expect("stderr is piped");
     let (found, addrs) = std::sync::mpsc::channel();
@@ -306,15 +313,19 @@ fn listening_addrs(child: &mut Child, log: Arc<Mutex<String>>) -> (SocketAddr, S
                 log.push_str(&line);
                 log.push('\n');
             }
-            if let Some(addrs) = crossenc_bench::listening(&line) {
-                let _ = found.send(addrs);
+            if let Some((grpc, http)) = crossenc_bench::listening(&line) {
+                let admin = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("admin=")?.parse().ok())
+                    .unwrap_or(http);
+                let _ = found.send((grpc, http, admin));
             }
         }
     });
     let nowhere = SocketAddr::from(([127, 0, 0, 1], 0));
     addrs
         .recv_timeout(READY_TIMEOUT)
-        .unwrap_or((nowhere, nowhere))
+        .unwrap_or((nowhere, nowhere, nowhere))
 }
 
 /// A sample's value in the Prometheus text format; `series` is the name with its labels

@@ -2,6 +2,7 @@
 //! class, and the class decides the gRPC code, the HTTP status, the JSON `error_type`
 //! and the `code` label of `request_errors_total`, for both faces alike.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -25,10 +26,12 @@ pub enum ErrorClass {
     DeadlineExceeded,
     /// A worker failed the work: retrying the same input will not help.
     Internal,
+    /// No valid API key.
+    Unauthenticated,
 }
 
 /// Every class, for the tests that check the mapping is one-to-one where it must be.
-pub const CLASSES: [ErrorClass; 7] = [
+pub const CLASSES: [ErrorClass; 8] = [
     ErrorClass::InvalidArgument,
     ErrorClass::PayloadTooLarge,
     ErrorClass::UnsupportedMediaType,
@@ -36,6 +39,7 @@ pub const CLASSES: [ErrorClass; 7] = [
     ErrorClass::Unavailable,
     ErrorClass::DeadlineExceeded,
     ErrorClass::Internal,
+    ErrorClass::Unauthenticated,
 ];
 
 impl ErrorClass {
@@ -49,6 +53,7 @@ impl ErrorClass {
             ErrorClass::Unavailable => Code::Unavailable,
             ErrorClass::DeadlineExceeded => Code::DeadlineExceeded,
             ErrorClass::Internal => Code::Internal,
+            ErrorClass::Unauthenticated => Code::Unauthenticated,
         }
     }
 
@@ -61,6 +66,7 @@ impl ErrorClass {
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorClass::Unauthenticated => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -73,6 +79,7 @@ impl ErrorClass {
             ErrorClass::Unavailable => "unavailable",
             ErrorClass::DeadlineExceeded => "timeout",
             ErrorClass::Internal => "backend",
+            ErrorClass::Unauthenticated => "unauthorized",
         }
     }
 
@@ -86,6 +93,7 @@ impl ErrorClass {
             ErrorClass::Unavailable => "unavailable",
             ErrorClass::DeadlineExceeded => "deadline_exceeded",
             ErrorClass::Internal => "internal",
+            ErrorClass::Unauthenticated => "unauthenticated",
         }
     }
 
@@ -162,8 +170,46 @@ impl Failure {
 }
 
 impl From<PipelineError> for Failure {
+    /// What the client did, or can act on, is said as it is; internal detail (worker
+    /// ids, a worker's own message) goes to the log under a request id the answer gives.
     fn from(error: PipelineError) -> Self {
-        Self::new(ErrorClass::of(&error), error)
+        let class = ErrorClass::of(&error);
+        match error {
+            PipelineError::Refused(_)
+            | PipelineError::Invalid(_)
+            | PipelineError::NoWorker(_)
+            | PipelineError::Stopping
+            | PipelineError::Poison { .. }
+            | PipelineError::TokenizerPoison { .. } => Self::new(class, error),
+            PipelineError::Job(_)
+            | PipelineError::WrongReply { .. }
+            | PipelineError::ScoreCount { .. } => {
+                let request = FAILED_REQUEST.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(request, %error, "request failed");
+                let message = match class {
+                    ErrorClass::Unavailable => format!(
+                        "a worker stopped while handling this request; retry it (request id {request} in the server's log)"
+                    ),
+                    _ => format!(
+                        "the server could not score this request (request id {request} in the server's log)"
+                    ),
+                };
+                Self::new(class, message)
+            }
+        }
+    }
+}
+
+/// Numbers the failures whose detail stays in the log.
+static FAILED_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+impl Failure {
+    /// No valid API key: nothing more is said.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            ErrorClass::Unauthenticated,
+            "a valid API key is required: send it as a Bearer token in the authorization header",
+        )
     }
 }
 
@@ -212,6 +258,12 @@ mod tests {
             id: 0,
         });
         assert_eq!(ErrorClass::of(&gone), ErrorClass::Unavailable);
+        let told = Failure::from(gone).message;
+        assert!(
+            !told.contains("worker 0"),
+            "no worker id for the client: {told}"
+        );
+        assert!(told.contains("request id"), "{told}");
         let poison = PipelineError::Poison { index: 3 };
         assert_eq!(ErrorClass::of(&poison), ErrorClass::Internal);
         let too_many = InvalidRequest::TooMany {

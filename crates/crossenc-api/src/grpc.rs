@@ -15,8 +15,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crossenc_core::{Pipeline, PipelineError};
-use crossenc_metrics::{RequestRecorder, StageTimes};
+use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, StageTimes};
 
+use crate::auth::ApiKeys;
 use crate::failure::{grpc_code_word, Failure};
 use crate::validate::{check_count, check_query, check_top_n, rank};
 
@@ -262,6 +263,71 @@ where
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
+    }
+}
+
+/// Refuses every call but the health service's without a valid API key (UNAUTHENTICATED,
+/// nothing else said), before its message is read; counted by method.
+#[derive(Clone)]
+pub struct KeyLayer {
+    pub keys: Arc<ApiKeys>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Layer<S> for KeyLayer {
+    type Service = KeyCheck<S>;
+
+    fn layer(&self, inner: S) -> KeyCheck<S> {
+        KeyCheck {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`KeyLayer`] makes.
+#[derive(Clone)]
+pub struct KeyCheck<S> {
+    inner: S,
+    layer: KeyLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for KeyCheck<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let presented = request.headers().get(http::header::AUTHORIZATION);
+        if path.starts_with("/grpc.health.v1.Health/")
+            || self.layer.keys.admit(presented.map(|v| v.as_bytes()))
+        {
+            return Box::pin(self.inner.call(request));
+        }
+        let method = match path {
+            "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
+            "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
+            p if p.starts_with("/grpc.reflection.") => "grpc_reflection",
+            _ => "grpc_other",
+        };
+        let labels = MethodLabels { method };
+        self.layer
+            .metrics
+            .auth_failures
+            .get_or_create(&labels)
+            .inc();
+        let status = Failure::unauthenticated().into_status();
+        Box::pin(std::future::ready(Ok(status.into_http())))
     }
 }
 

@@ -2,7 +2,7 @@
 //! API (see [`crate::rest`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -11,12 +11,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tokio_rustls::TlsAcceptor;
 
 use crossenc_core::{Pipeline, PipelineError};
-use crossenc_metrics::{Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
+use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
 
+use crate::auth::ApiKeys;
 use crate::failure::{ErrorClass, Failure};
-use crate::listen::LimitedListener;
+use crate::listen::{Connection, LimitedListener};
 use crate::rest;
 
 #[derive(Clone)]
@@ -26,18 +28,21 @@ pub struct HttpState {
     pub max_client_batch_size: usize,
     pub max_request_bytes: usize,
     pub request_timeout: std::time::Duration,
-    /// The served model's name, known once the first model worker is ready.
-    pub model_name: Arc<OnceLock<String>>,
+    /// The served model's name, as `model.name` says.
+    pub model_name: Arc<str>,
+    pub keys: Arc<ApiKeys>,
 }
 
 impl HttpState {
     pub fn model_name(&self) -> String {
-        self.model_name.get().cloned().unwrap_or_default()
+        self.model_name.to_string()
     }
 }
 
-pub fn router(state: HttpState) -> Router {
-    let api = Router::new()
+/// The API's routes, and the probes; with `admin`, `/metrics` and `/openapi.json` too.
+/// Every route but the probes needs a key when keys are configured.
+pub fn router(state: HttpState, admin: bool) -> Router {
+    let mut api = Router::new()
         .route("/rerank", post(rest::rerank))
         .route("/v1/rerank", post(rest::v1_rerank))
         .route("/score", post(rest::score))
@@ -50,13 +55,62 @@ pub fn router(state: HttpState) -> Router {
             Arc::clone(&state.pipeline.metrics),
             record_request,
         ));
+    if admin {
+        api = api
+            .route("/metrics", get(metrics))
+            .route("/openapi.json", get(rest::openapi));
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    probes().merge(api).with_state(state)
+}
+
+/// The admin routes alone, for `server.admin_addr`: no key (a network policy guards the
+/// port), no API.
+pub fn admin_router(state: HttpState) -> Router {
+    probes()
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(rest::openapi))
+        .with_state(state)
+}
+
+fn probes() -> Router<HttpState> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(rest::openapi))
-        .merge(api)
-        .with_state(state)
+}
+
+/// Refuses a request without a valid API key: 401, nothing said but that a key is
+/// needed, and counted by route.
+async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let presented = request.headers().get(header::AUTHORIZATION);
+    if state.keys.admit(presented.map(|v| v.as_bytes())) {
+        return next.run(request).await;
+    }
+    let method = route_word(request.uri().path());
+    state
+        .pipeline
+        .metrics
+        .auth_failures
+        .get_or_create(&MethodLabels { method })
+        .inc();
+    let mut response = Failure::unauthenticated().into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// The `method` label of an HTTP route.
+fn route_word(path: &str) -> &'static str {
+    match path {
+        "/rerank" => "http_rerank",
+        "/v1/rerank" => "http_v1_rerank",
+        "/score" => "http_score",
+        "/metrics" => "http_metrics",
+        "/openapi.json" => "http_openapi",
+        _ => "http_other",
+    }
 }
 
 /// The process is up and answering.
@@ -106,12 +160,7 @@ async fn record_request(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = match request.uri().path() {
-        "/rerank" => "http_rerank",
-        "/v1/rerank" => "http_v1_rerank",
-        "/score" => "http_score",
-        _ => "http_other",
-    };
+    let method = route_word(request.uri().path());
     let recorder = RequestRecorder::start(metrics, method, Instant::now());
     let response = next.run(request).await;
     let status = response.status();
@@ -134,7 +183,7 @@ async fn record_request(
 /// requests is closed too.
 pub async fn serve(
     listener: LimitedListener,
-    router: Router,
+    (router, tls): (Router, Option<TlsAcceptor>),
     mut stop: tokio::sync::watch::Receiver<bool>,
     header_read_timeout: std::time::Duration,
 ) {
@@ -152,7 +201,17 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let mut stop = stop.clone();
         let open = open.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            // The handshake runs here, off the accept loop: a slow client holds only
+            // its own connection.
+            let stream = match Connection::accept(stream, tls.as_ref(), header_read_timeout).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+            };
             let mut builder = Builder::new(TokioExecutor::new());
             builder
                 .http1()

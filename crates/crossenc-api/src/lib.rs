@@ -9,12 +9,14 @@
 //! This crate must never know how workers run (processes, IPC, respawn) or how pairs
 //! are batched: it sees only the core's `Pipeline` and its errors.
 
+pub mod auth;
 pub mod failure;
 pub mod grpc;
 pub mod http;
 pub mod listen;
 pub mod rest;
 pub mod serve;
+pub mod tls;
 pub mod validate;
 
 pub use serve::{ApiError, Faces, FacesState, Listeners};

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// After an accept error (out of file descriptors, say), the pause before the next try.
@@ -89,14 +90,109 @@ impl LimitedListener {
         }
     }
 
-    /// The connections as a stream, for tonic.
-    pub fn into_stream(
+    /// The connections as a stream, for tonic: with `tls`, each handshake runs in a task
+    /// of its own (a slow client does not hold up the others) and must finish within
+    /// the first-byte timeout; a failed one is logged and dropped.
+    pub fn into_connections(
         self,
-    ) -> impl futures_util::Stream<Item = Result<LimitedStream, io::Error>> + Send {
-        futures_util::stream::unfold(self, |listener| async move {
-            let (stream, _) = listener.next().await;
-            Some((Ok(stream), listener))
-        })
+        tls: Option<TlsAcceptor>,
+    ) -> impl futures_util::Stream<Item = Result<Connection, io::Error>> + Send {
+        let (ready, incoming) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = tokio::select! {
+                    accepted = self.next() => accepted,
+                    () = ready.closed() => return,
+                };
+                let (tls, ready, timeout) = (tls.clone(), ready.clone(), self.first_byte);
+                tokio::spawn(async move {
+                    match Connection::accept(stream, tls.as_ref(), timeout).await {
+                        Ok(connection) => {
+                            let _ = ready.send(Ok(connection)).await;
+                        }
+                        Err(error) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(incoming)
+    }
+}
+
+/// A connection as the servers read it: plain, or TLS over the limited stream.
+pub enum Connection {
+    Plain(LimitedStream),
+    Tls(Box<tokio_rustls::server::TlsStream<LimitedStream>>),
+}
+
+impl Connection {
+    /// The connection, after the TLS handshake when `tls` is set (within `timeout`).
+    pub async fn accept(
+        stream: LimitedStream,
+        tls: Option<&TlsAcceptor>,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let Some(tls) = tls else {
+            return Ok(Connection::Plain(stream));
+        };
+        match tokio::time::timeout(timeout, tls.accept(stream)).await {
+            Ok(done) => Ok(Connection::Tls(Box::new(done?))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no TLS handshake within the first-byte timeout",
+            )),
+        }
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            Connection::Plain(stream) => stream.connect_info(),
+            Connection::Tls(stream) => stream.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossenc_config::ServeConfig;
@@ -14,9 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{ApiKeys, KeyFileError};
 use crate::grpc::{self, CrossEncoderService};
 use crate::http::{self, HttpState};
 use crate::listen::LimitedListener;
+use crate::tls::{Tls, TlsError};
 
 /// How long past `default_deadline` a gRPC call without a deadline of its own may take
 /// before tonic cancels it (one whose message never finished arriving).
@@ -34,12 +36,18 @@ pub enum ApiError {
     },
     #[error("the gRPC reflection service cannot be built: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Keys(#[from] KeyFileError),
 }
 
-/// The two listeners, bound before any worker starts so that a taken port fails fast.
+/// The listeners, bound before any worker starts so that a taken port fails fast.
 pub struct Listeners {
     grpc: LimitedListener,
     http: LimitedListener,
+    /// `server.admin_addr`'s, when the admin routes have a port of their own.
+    admin: Option<LimitedListener>,
 }
 
 impl Listeners {
@@ -48,17 +56,24 @@ impl Listeners {
         let limits = (server.max_connections, server.http_header_read_timeout);
         let grpc = bind("grpc_addr", server.grpc_addr).await?;
         let http = bind("http_addr", server.http_addr).await?;
+        let admin = match server.admin_addr {
+            Some(addr) => Some(bind("admin_addr", addr).await?),
+            None => None,
+        };
         Ok(Self {
             grpc: LimitedListener::new(grpc, limits, "grpc"),
             http: LimitedListener::new(http, limits, "http"),
+            admin: admin.map(|a| LimitedListener::new(a, limits, "admin")),
         })
     }
 
-    /// The bound addresses (gRPC, HTTP), not the asked ones: with port 0 these are
-    /// where to connect.
-    pub fn addresses(&self) -> (String, String) {
+    /// The bound addresses (gRPC, HTTP, admin), not the asked ones: with port 0 these
+    /// are where to connect. The admin routes are on the HTTP address unless split.
+    pub fn addresses(&self) -> (String, String, String) {
         let bound = |l: &LimitedListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        (bound(&self.grpc), bound(&self.http))
+        let http = bound(&self.http);
+        let admin = self.admin.as_ref().map_or_else(|| http.clone(), bound);
+        (bound(&self.grpc), http, admin)
     }
 }
 
@@ -72,15 +87,14 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ApiEr
 pub struct Faces {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
     health: tonic_health::server::HealthReporter,
     health_watch: Option<JoinHandle<()>>,
     draining: Arc<AtomicBool>,
 }
 
-/// What the faces need besides the pipeline.
+/// What the faces need besides the pipeline and the configuration.
 pub struct FacesState {
-    /// The served model's name, known once the first model worker is ready.
-    pub model_name: Arc<OnceLock<String>>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -95,6 +109,12 @@ impl Faces {
     ) -> Result<Self, ApiError> {
         let server = &config.server;
         let max_request_bytes = bytes(server.max_request_bytes.as_u64());
+        let tls = Tls::load(server)?;
+        let keys = Arc::new(ApiKeys::load(server)?);
+        warn_if_exposed(config, &listeners, tls.is_some(), !keys.is_empty());
+        if let Some(tls) = &tls {
+            tokio::spawn(tls.clone().watch(state.stop.clone()));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
@@ -119,33 +139,53 @@ impl Faces {
                 // the handler answers itself once the message is in).
                 .timeout(server.default_deadline + STALLED_CALL_MARGIN)
                 .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
+                .layer(grpc::KeyLayer {
+                    keys: Arc::clone(&keys),
+                    metrics: Arc::clone(&pipeline.metrics),
+                })
                 .layer(grpc::GateLayer(Arc::clone(&pipeline)))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    listeners.grpc.into_stream(),
+                    listeners
+                        .grpc
+                        .into_connections(tls.as_ref().map(|t| t.grpc.clone())),
                     stopped(state.stop.clone()),
                 ),
         );
         let draining = Arc::new(AtomicBool::new(false));
-        let router = http::router(HttpState {
+        let http_state = HttpState {
             pipeline,
             draining: Arc::clone(&draining),
             max_client_batch_size: config.batching.max_client_batch_size,
             max_request_bytes,
             request_timeout: server.http_request_timeout,
-            model_name: state.model_name,
-        });
+            model_name: config.model.served_name().into(),
+            keys,
+        };
+        let split = listeners.admin.is_some();
+        let router = http::router(http_state.clone(), !split);
+        let header_timeout = server.http_header_read_timeout;
         let http = tokio::spawn(http::serve(
             listeners.http,
-            router,
-            state.stop,
-            server.http_header_read_timeout,
+            (router, tls.map(|t| t.http)),
+            state.stop.clone(),
+            header_timeout,
         ));
+        let admin = listeners.admin.map(|listener| {
+            let router = http::admin_router(http_state);
+            tokio::spawn(http::serve(
+                listener,
+                (router, None),
+                state.stop,
+                header_timeout,
+            ))
+        });
         Ok(Self {
             grpc,
             http,
+            admin,
             health,
             health_watch: None,
             draining,
@@ -171,10 +211,36 @@ impl Faces {
             .await;
     }
 
-    /// Waits for both servers to finish once `stop` turned true.
+    /// Waits for the servers to finish once `stop` turned true.
     pub async fn stopped(self) {
         let _ = self.grpc.await;
         let _ = self.http.await;
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
+    }
+}
+
+/// Warns of a listener open beyond loopback without TLS, or an API without keys there.
+fn warn_if_exposed(config: &ServeConfig, listeners: &Listeners, tls: bool, keys: bool) {
+    let server = &config.server;
+    let exposed = |addr: SocketAddr| !addr.ip().is_loopback();
+    for (what, addr) in [
+        ("grpc_addr", server.grpc_addr),
+        ("http_addr", server.http_addr),
+    ] {
+        if !exposed(addr) {
+            continue;
+        }
+        if !tls {
+            tracing::warn!(%addr, "server.{what} is reachable beyond this machine without TLS: set server.tls_cert_file and server.tls_key_file");
+        }
+        if !keys {
+            tracing::warn!(%addr, "server.{what} is reachable beyond this machine without API keys: set server.api_key_file");
+        }
+    }
+    if listeners.admin.is_none() && exposed(server.http_addr) {
+        tracing::info!("/metrics and /openapi.json share server.http_addr with the API; server.admin_addr gives them a port of their own");
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::load::{run_load, Bound, LoadFigures, Loop};
 use crate::scrape::{Scrape, ServerFigures};
@@ -23,20 +24,56 @@ pub struct BenchReport {
 }
 
 /// Drives `workload` at the server and reads its /metrics before and after.
+/// Where the server listens, and how to reach its gRPC port.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub grpc_addr: SocketAddr,
+    /// Where its /metrics is served (plain HTTP: `server.admin_addr` when TLS is on).
+    pub http_addr: SocketAddr,
+    /// PEM CA certificate of a server with TLS on; it must name `localhost`.
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// A plaintext server.
+    pub fn plain(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
+        Self {
+            grpc_addr,
+            http_addr,
+            tls_ca: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, BenchError> {
+        let fail = |e: tonic::transport::Error| BenchError::Connect {
+            addr: self.grpc_addr,
+            message: format!("{e:?}"),
+        };
+        let endpoint = match &self.tls_ca {
+            None => Endpoint::from_shared(format!("http://{}", self.grpc_addr)).map_err(fail)?,
+            Some(ca) => {
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("localhost");
+                Endpoint::from_shared(format!("https://{}", self.grpc_addr))
+                    .map_err(fail)?
+                    .tls_config(tls)
+                    .map_err(fail)?
+            }
+        };
+        endpoint.connect().await.map_err(fail)
+    }
+}
+
 pub async fn bench_server(
-    grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
+    target: &Target,
     workload: Arc<[Query]>,
     mode: Loop,
     bound: Bound,
     progress: bool,
 ) -> Result<BenchReport, BenchError> {
-    let client = CrossEncoderClient::connect(format!("http://{grpc_addr}"))
-        .await
-        .map_err(|e| BenchError::Connect {
-            addr: grpc_addr,
-            message: e.to_string(),
-        })?
+    let http_addr = target.http_addr;
+    let client = CrossEncoderClient::new(target.connect().await?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let before = Scrape::fetch(http_addr)?;

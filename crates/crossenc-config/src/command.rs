@@ -31,6 +31,24 @@ pub struct ConfigArgs {
     /// server.http_addr: /health, /ready, /metrics, the JSON API and /openapi.json [default: 127.0.0.1:8000].
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
+    /// server.admin_addr: /metrics, /health, /ready and /openapi.json apart from the API, plain HTTP [default: on --http-addr].
+    #[arg(long, value_name = "ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// server.tls_cert_file: PEM certificate chain; with --tls-key-file, serves gRPC and HTTP over TLS.
+    #[arg(long, value_name = "PATH")]
+    tls_cert_file: Option<PathBuf>,
+    /// server.tls_key_file: PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "PATH")]
+    tls_key_file: Option<PathBuf>,
+    /// server.tls_client_ca_file: PEM CA certificates; clients must present a certificate signed by one (mTLS).
+    #[arg(long, value_name = "PATH")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// server.api_key_file: keys clients must send, one per line (a key on the command line would show in `ps`).
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
+    /// model.name: the model's name in answers and build_info [default: the folder's name].
+    #[arg(long, value_name = "NAME")]
+    model_name: Option<String>,
     /// workers.tokenizer: tokenizer worker processes [default: 1].
     #[arg(long, value_name = "N")]
     tokenizer_workers: Option<usize>,
@@ -118,6 +136,22 @@ impl ConfigArgs {
         );
         put("server.grpc_addr", self.grpc_addr.as_ref().map(|a| text(a)));
         put("server.http_addr", self.http_addr.as_ref().map(|a| text(a)));
+        put(
+            "server.admin_addr",
+            self.admin_addr.as_ref().map(|a| text(a)),
+        );
+        let path = |p: &PathBuf| Value::from(p.display().to_string());
+        put(
+            "server.tls_cert_file",
+            self.tls_cert_file.as_ref().map(path),
+        );
+        put("server.tls_key_file", self.tls_key_file.as_ref().map(path));
+        put(
+            "server.tls_client_ca_file",
+            self.tls_client_ca_file.as_ref().map(path),
+        );
+        put("server.api_key_file", self.api_key_file.as_ref().map(path));
+        put("model.name", self.model_name.as_ref().map(|n| text(n)));
         put(
             "workers.tokenizer",
             self.tokenizer_workers.as_ref().map(count),

@@ -72,6 +72,76 @@ pub struct ServerConfig {
     /// between requests) before its connection is closed.
     #[serde(with = "humantime_serde")]
     pub http_header_read_timeout: Duration,
+    /// Where /metrics, /health, /ready and /openapi.json listen, apart from the API, in
+    /// plain HTTP; `None` (`""`): on `http_addr`, beside the API.
+    #[serde(with = "optional_addr")]
+    pub admin_addr: Option<SocketAddr>,
+    /// PEM certificate chain served on the gRPC and HTTP listeners; with `tls_key_file`,
+    /// turns TLS on. Empty: plaintext.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one
+    /// (mutual TLS).
+    pub tls_client_ca_file: PathBuf,
+    /// Keys a client must send (`Authorization: Bearer KEY`, gRPC `authorization`
+    /// metadata). Empty, with no `api_key_file`: no key needed.
+    pub api_keys: Vec<ApiKey>,
+    /// A file of keys, one per line (blank lines and `#` comments skipped), read at start.
+    pub api_key_file: PathBuf,
+}
+
+/// A key clients authenticate with: never printed, logged or serialized.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The shortest key accepted: shorter ones are guessable.
+    pub const MIN_LEN: usize = 16;
+
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for the one comparison that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl Serialize for ApiKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// `Option<SocketAddr>` as a string, `""` for none (TOML has no null).
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// What model workers compute in.
@@ -118,6 +188,8 @@ pub struct ModelConfig {
     pub max_length: usize,
     /// Applied to the logits unless a request asks for raw scores.
     pub activation: ScoreActivation,
+    /// The name answers and `build_info` give the model; empty: the folder's name.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +264,12 @@ impl Default for ServerConfig {
             max_connections: 4096,
             http2_max_concurrent_streams: 256,
             http_header_read_timeout: Duration::from_secs(30),
+            admin_addr: None,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_client_ca_file: PathBuf::new(),
+            api_keys: Vec::new(),
+            api_key_file: PathBuf::new(),
         }
     }
 }
@@ -204,11 +282,21 @@ impl Default for ModelConfig {
             dtype: Dtype::F32,
             max_length: 0,
             activation: ScoreActivation::Model,
+            name: String::new(),
         }
     }
 }
 
 impl ModelConfig {
+    /// The served model's name: as configured, or the folder's.
+    pub fn served_name(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let folder = self.path.file_name().unwrap_or(self.path.as_os_str());
+        folder.to_string_lossy().into_owned()
+    }
+
     /// The operator's truncation length, if they chose one.
     pub fn requested_max_length(&self) -> Option<usize> {
         (self.max_length > 0).then_some(self.max_length)
@@ -262,6 +350,46 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             collection_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Serving TLS: both files given.
+    pub fn tls(&self) -> bool {
+        !self.tls_cert_file.as_os_str().is_empty()
+    }
+
+    fn check_security(&self, c: &mut Checks) {
+        let given = |p: &PathBuf| !p.as_os_str().is_empty();
+        c.require(
+            given(&self.tls_cert_file) == given(&self.tls_key_file),
+            "server.tls_key_file",
+            self.tls_key_file.display(),
+            "server.tls_cert_file and server.tls_key_file go together: set both or neither",
+        );
+        c.require(
+            !given(&self.tls_client_ca_file) || given(&self.tls_cert_file),
+            "server.tls_client_ca_file",
+            self.tls_client_ca_file.display(),
+            "client certificates need TLS: set server.tls_cert_file and server.tls_key_file",
+        );
+        for key in &self.api_keys {
+            c.require(
+                key.expose().chars().count() >= ApiKey::MIN_LEN,
+                "server.api_keys",
+                "<redacted>",
+                "each key must be at least 16 characters",
+            );
+        }
+        if let Some(admin) = self.admin_addr {
+            let clashes = admin == self.grpc_addr || admin == self.http_addr;
+            c.require(
+                !clashes || admin.port() == 0,
+                "server.admin_addr",
+                admin,
+                "must differ from server.grpc_addr and server.http_addr (leave it empty to serve the admin routes on http_addr)",
+            );
         }
     }
 }
@@ -334,6 +462,7 @@ impl ServeConfig {
             server.http_header_read_timeout,
         );
         c.at_least_one("server.max_connections", server.max_connections);
+        server.check_security(&mut c);
         c.require(
             server.http2_max_concurrent_streams >= 1,
             "server.http2_max_concurrent_streams",

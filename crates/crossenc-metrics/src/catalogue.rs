@@ -99,6 +99,12 @@ pub const TOTAL_TOKENS: MetricSpec = spec(
     &[],
     "Real tokens of the pairs sent to model workers",
 );
+pub const AUTH_FAILURES: MetricSpec = spec(
+    "auth_failures",
+    C,
+    &["method"],
+    "Requests refused for a missing or wrong API key, by method (never by key)",
+);
 pub const WORKER_REQUEST_COUNT: MetricSpec = spec(
     "worker_request_count",
     C,
@@ -326,6 +332,7 @@ pub const BUILD_INFO: MetricSpec = spec(
 pub const CATALOGUE: &[MetricSpec] = &[
     REQUEST_COUNT,
     REQUEST_ERRORS,
+    AUTH_FAILURES,
     PADDED_TOKENS,
     TOTAL_TOKENS,
     WORKER_REQUEST_COUNT,

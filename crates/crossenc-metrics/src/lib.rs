@@ -25,5 +25,6 @@ pub use catalogue::{MetricSpec, MetricType, CATALOGUE};
 pub use collector::{AdmissionLevels, Collector, CollectorSources, GpuMonitor, Process};
 pub use recorder::{RequestRecorder, StageTimes};
 pub use registry::{
-    BuildLabels, FloatGauge, GpuLabels, Metrics, PoolLabels, WorkerLabels, CONTENT_TYPE,
+    BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, PoolLabels, WorkerLabels,
+    CONTENT_TYPE,
 };

@@ -171,6 +171,7 @@ pub struct Metrics {
     registry: Registry,
     pub request_count: Family<MethodLabels, Counter>,
     pub request_errors: Family<ErrorLabels, Counter>,
+    pub auth_failures: Family<MethodLabels, Counter>,
     pub padded_tokens: Counter,
     pub total_tokens: Counter,
     pub worker_request_count: Family<WorkerLabels, Counter>,
@@ -260,6 +261,7 @@ impl Metrics {
         let metrics = Self {
             request_count: r.add(REQUEST_COUNT, Family::default()),
             request_errors: r.add(REQUEST_ERRORS, Family::default()),
+            auth_failures: r.add(AUTH_FAILURES, Family::default()),
             padded_tokens: r.add(PADDED_TOKENS, Counter::default()),
             total_tokens: r.add(TOTAL_TOKENS, Counter::default()),
             worker_request_count: r.add(WORKER_REQUEST_COUNT, Family::default()),
@@ -453,6 +455,12 @@ mod tests {
         let window = metrics.worker_window(WorkerKind::Model, 0);
         metrics.record_worker_report(WorkerKind::Model, 0, &window, &StatsReport::default());
         metrics.record_request("grpc_infer", Duration::from_millis(3), Err("internal"));
+        metrics
+            .auth_failures
+            .get_or_create(&MethodLabels {
+                method: "grpc_infer",
+            })
+            .inc();
         metrics
             .worker_restarts
             .get_or_create(&PoolLabels {

@@ -5,7 +5,7 @@
 //! its own, this crate through the binary's end-to-end tests.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crossenc_api::{ApiError, Faces, FacesState, Listeners};
 use crossenc_config::{InvalidSetting, ServeConfig};
@@ -50,7 +50,7 @@ pub async fn serve(
     config.validate().map_err(ServeError::Config)?;
     raise_open_file_limit();
     let listeners = Listeners::bind(&config).await?;
-    let (grpc_bound, http_bound) = listeners.addresses();
+    let (grpc_bound, http_bound, admin_bound) = listeners.addresses();
     let gpus = GpuMonitor::open();
     let metrics = Arc::new(Metrics::new(gpus.is_some()));
     observe_codec(&metrics);
@@ -59,13 +59,12 @@ pub async fn serve(
         Arc::clone(&metrics),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let model_name = Arc::new(OnceLock::new());
-    let state = FacesState {
-        model_name: Arc::clone(&model_name),
-        stop: stop_rx,
-    };
-    let mut faces = Faces::start(&config, listeners, Arc::clone(&pipeline), state).await?;
-    tracing::info!(grpc = %grpc_bound, http = %http_bound, "listening; starting workers");
+    let state = FacesState { stop: stop_rx };
+    let faces = Faces::start(&config, listeners, Arc::clone(&pipeline), state).await;
+    let mut faces = faces.inspect_err(|_| {
+        let _ = stop_tx.send(true);
+    })?;
+    tracing::info!(grpc = %grpc_bound, http = %http_bound, admin = %admin_bound, tls = config.server.tls(), "listening; starting workers");
 
     let sets = PoolSets {
         tokenizers: Arc::clone(&pipeline.tokenizers),
@@ -80,10 +79,10 @@ pub async fn serve(
         }
     };
     let model = model_info(&workers);
-    tracing::info!(model = %model.model_name, "ready");
-    let _ = model_name.set(model.model_name.clone());
+    let name = config.model.served_name();
+    tracing::info!(model = %name, "ready");
     learn_model(&pipeline, &workers);
-    record_build(&metrics, model);
+    record_build(&metrics, &name, model);
     set_admission_limits(&metrics, &pipeline.admission);
     let sources = Sources {
         processes: pool.processes(),
@@ -190,12 +189,12 @@ fn observe_codec(metrics: &Arc<Metrics>) {
     crossenc_proto::codec::observe_codec(CodecTimes(Arc::clone(metrics)));
 }
 
-fn record_build(metrics: &Metrics, info: &WorkerInfo) {
+fn record_build(metrics: &Metrics, name: &str, info: &WorkerInfo) {
     metrics
         .build_info
         .get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
-            model: info.model_name.clone(),
+            model: name.to_string(),
             architecture: info.architecture.clone(),
             device: info.device.clone(),
             dtype: info.dtype.clone(),

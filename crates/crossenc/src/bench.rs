@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::Args;
 use crossenc_bench::model_alone::ModelAloneRun;
 use crossenc_bench::sweep::SweepPlan;
-use crossenc_bench::{bench_server, load_workload, BenchReport, Bound, Loop, Query};
+use crossenc_bench::{bench_server, load_workload, BenchReport, Bound, Loop, Query, Target};
 use crossenc_config::ServeConfig;
 use crossenc_model::Dtype;
 
@@ -34,9 +34,13 @@ pub struct BenchArgs {
     /// The server's gRPC address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
-    /// The server's HTTP address, for its own figures on /metrics.
+    /// Where the server serves /metrics, for its own figures: its HTTP address, or its
+    /// admin address (plain HTTP) when TLS is on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     http_addr: SocketAddr,
+    /// PEM CA certificate of a server with TLS on (its certificate must name localhost).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Closed loop: concurrent clients, each sending when its last answer came; one run per value.
     #[arg(
         long,
@@ -138,18 +142,21 @@ async fn server_runs(args: &BenchArgs, workload: Vec<Query>) -> anyhow::Result<V
     };
     let workload: Arc<[Query]> = workload.into();
     let progress = std::io::stderr().is_terminal();
+    let tls_ca = match &args.tls_ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    let target = Target {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        tls_ca,
+    };
     println!("{}", BenchReport::table_header());
     let mut reports = Vec::new();
     for mode in modes {
-        let report = bench_server(
-            args.grpc_addr,
-            args.http_addr,
-            workload.clone(),
-            mode,
-            bound,
-            progress,
-        )
-        .await?;
+        let report = bench_server(&target, workload.clone(), mode, bound, progress).await?;
         println!("{}", report.table_row());
         reports.push(report);
     }

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Bound, LoadFigures, Loop};
-use crate::report::bench_server;
+use crate::report::{bench_server, Target};
 use crate::scrape::ServerFigures;
 use crate::server::SpawnedServer;
 use crate::workload::{load_workload, Query};
@@ -288,11 +288,11 @@ pub async fn run_sweep(
                 point: point.label(),
                 message,
             })?;
+        let target = Target::plain(server.grpc_addr, server.http_addr);
         if plan.run.warmup_requests > 0 {
             let warmup = Bound::Requests(plan.run.warmup_requests);
             bench_server(
-                server.grpc_addr,
-                server.http_addr,
+                &target,
                 workload.clone(),
                 Loop::Closed { clients: 1 },
                 warmup,
@@ -302,8 +302,7 @@ pub async fn run_sweep(
         }
         for &clients in &plan.concurrency {
             let report = bench_server(
-                server.grpc_addr,
-                server.http_addr,
+                &target,
                 workload.clone(),
                 Loop::Closed { clients },
                 Bound::Requests(plan.run.requests),
