@@ -120,9 +120,11 @@ rows = [
       ("crossenc:pipeline_overhead_latency_seconds:p95_5m", "pipeline overhead")], "s", None),
     ("Requests by Method", "Finished requests per second by API method.",
      [("sum by (method) (rate(request_count_total[1m]))", "{{method}}")], "reqps", None),
-    ("Errors by Code", "Requests that ended in an error, per second, by code. No series "
-     "before the first error.",
-     [("sum by (code) (rate(request_errors_total[1m]))", "{{code}}")], "reqps", None),
+    ("Errors by Code", "Requests that ended in an error, per second, by code (no series "
+     "before the first error), and requests refused for a missing or wrong API key, by "
+     "method (auth_failures_total; never by key).",
+     [("sum by (code) (rate(request_errors_total[1m]))", "{{code}}"),
+      ("sum by (method) (rate(auth_failures_total[1m]))", "no key: {{method}}")], "reqps", None),
     ("Stage Share of Request Time", "Mean latency of a stage divided by the mean end-to-end "
      "request latency over 5m: roughly the share of a request's time spent there. Stages are "
      "observed per request, pair or batch and overlap, so shares need not add up to 100%.",

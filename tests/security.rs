@@ -77,6 +77,17 @@ impl Files {
         path.display().to_string()
     }
 
+    /// Writes `text` to `name` by rename, its modification time set to `stamp` before it
+    /// lands (so that a watcher of stamps never sees it change).
+    fn write_stamped(&self, name: &str, text: &str, stamp: std::time::SystemTime) {
+        let staged = self.0.join(format!(".{name}.new"));
+        std::fs::write(&staged, text).unwrap();
+        let file = std::fs::File::options().write(true).open(&staged).unwrap();
+        file.set_modified(stamp).unwrap();
+        drop(file);
+        std::fs::rename(&staged, self.0.join(name)).unwrap();
+    }
+
     fn path(&self, name: &str) -> String {
         self.0.join(name).display().to_string()
     }
@@ -272,49 +283,92 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_rotated_on_disk_is_served_to_the_next_connection() {
-    let files = Files::new("rotate");
-    let old = Authority::new("crossenc old CA");
-    let server = start(&tls_flags(&files, &old));
-    let old_ca = files.path("ca.pem");
-    let (url, resolve) = https(server.http_addr.port(), "/health");
-    let (code, status, _) = curl(&url, &["--cacert", &old_ca, "--resolve", &resolve]);
-    assert_eq!((code, status), (0, 200));
-    // A connection opened before the rotation...
-    let mut before = tls_client(server.grpc_addr, &old.pem, None).await.unwrap();
-    before.rerank(rerank()).await.unwrap();
-
-    let new = Authority::new("crossenc new CA");
-    let (cert, key) = new.leaf(false);
-    let new_ca = files.write("new-ca.pem", &new.pem);
-    files.write("server.key", &key);
-    files.write("server.pem", &cert);
-    server.signal(Signal::SIGHUP);
-    let rotated = Instant::now();
+/// Waits (15 s at most) until a new connection verifies with `ca_file`.
+async fn served_by(server: &TestServer, port: u16, ca_file: &str) {
+    let (url, resolve) = https(port, "/health");
+    let asked = Instant::now();
     loop {
-        let (code, status, _) = curl(&url, &["--cacert", &new_ca, "--resolve", &resolve]);
+        let (code, status, _) = curl(&url, &["--cacert", ca_file, "--resolve", &resolve]);
         if (code, status) == (0, 200) {
-            break;
+            return;
         }
         assert!(
-            rotated.elapsed() < Duration::from_secs(15),
-            "the new certificate is not served: curl {code}, status {status}\n{}",
+            asked.elapsed() < Duration::from_secs(15),
+            "not served a certificate of {ca_file}: curl {code}, status {status}\n{}",
             server.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (code, _, _) = curl(&url, &["--cacert", &old_ca, "--resolve", &resolve]);
+}
+
+/// Writes a new certificate and key signed by `ca` over the served ones.
+fn rotate(files: &Files, ca: &Authority) {
+    let (cert, key) = ca.leaf(false);
+    files.write("server.key", &key);
+    files.write("server.pem", &cert);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_on_disk_is_served_to_the_next_connection() {
+    let files = Files::new("rotate");
+    let first = Authority::new("crossenc first CA");
+    let server = start(&tls_flags(&files, &first));
+    let port = server.http_addr.port();
+    let first_ca = files.path("ca.pem");
+    served_by(&server, port, &first_ca).await;
+    // A connection opened before the rotations...
+    let mut before = tls_client(server.grpc_addr, &first.pem, None)
+        .await
+        .unwrap();
+    before.rerank(rerank()).await.unwrap();
+
+    // A file that does not load keeps the served certificate.
+    files.write("server.pem", "not a certificate\n");
+    let log = server.wait_for_log(
+        |log| log.contains("TLS certificate not reloaded"),
+        Duration::from_secs(15),
+    );
+    assert!(log.contains("TLS certificate not reloaded"), "{log}");
+    served_by(&server, port, &first_ca).await;
+
+    // Changed files are noticed without a signal.
+    let second = Authority::new("crossenc second CA");
+    rotate(&files, &second);
+    let second_ca = files.write("second-ca.pem", &second.pem);
+    served_by(&server, port, &second_ca).await;
+    let (url, resolve) = https(port, "/health");
+    let (code, _, _) = curl(&url, &["--cacert", &first_ca, "--resolve", &resolve]);
     assert_eq!(
         code, 60,
         "new connections no longer get the old certificate"
     );
+
+    // SIGHUP re-reads files whose change the check cannot see (same modification time).
+    let stamps: Vec<_> = ["server.pem", "server.key"]
+        .iter()
+        .map(|name| {
+            std::fs::metadata(files.path(name))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    let third = Authority::new("crossenc third CA");
+    let (cert, key) = third.leaf(false);
+    files.write_stamped("server.key", &key, stamps[1]);
+    files.write_stamped("server.pem", &cert, stamps[0]);
+    let third_ca = files.write("third-ca.pem", &third.pem);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, _, _) = curl(&url, &["--cacert", &third_ca, "--resolve", &resolve]);
+    assert_eq!(code, 60, "unchanged stamps: not reloaded before the signal");
+    server.signal(Signal::SIGHUP);
+    served_by(&server, port, &third_ca).await;
+
     // ...carries on.
     before
         .rerank(rerank())
         .await
-        .expect("an open connection survives the rotation");
-    assert!(server.log().contains("TLS certificate reloaded"));
+        .expect("an open connection survives the rotations");
 }
 
 /// The key's flags: a key file, and the admin routes on the API port (so that they need

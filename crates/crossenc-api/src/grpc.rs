@@ -266,6 +266,9 @@ where
     }
 }
 
+/// The `method` labels of gRPC calls refused for their key.
+pub const KEYED_METHODS: [&str; 4] = ["grpc_rerank", "grpc_infer", "grpc_reflection", "grpc_other"];
+
 /// Refuses every call but the health service's without a valid API key (UNAUTHENTICATED,
 /// nothing else said), before its message is read; counted by method.
 #[derive(Clone)]
@@ -315,10 +318,10 @@ where
             return Box::pin(self.inner.call(request));
         }
         let method = match path {
-            "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
-            "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
-            p if p.starts_with("/grpc.reflection.") => "grpc_reflection",
-            _ => "grpc_other",
+            "/crossenc.v1.CrossEncoder/Rerank" => KEYED_METHODS[0],
+            "/crossenc.v1.CrossEncoder/Infer" => KEYED_METHODS[1],
+            p if p.starts_with("/grpc.reflection.") => KEYED_METHODS[2],
+            _ => KEYED_METHODS[3],
         };
         let labels = MethodLabels { method };
         self.layer

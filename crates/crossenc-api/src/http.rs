@@ -101,6 +101,16 @@ async fn require_key(State(state): State<HttpState>, request: Request, next: Nex
     response
 }
 
+/// The `method` labels of the HTTP routes that take a key.
+pub const KEYED_ROUTES: &[&str] = &[
+    "http_rerank",
+    "http_v1_rerank",
+    "http_score",
+    "http_metrics",
+    "http_openapi",
+    "http_other",
+];
+
 /// The `method` label of an HTTP route.
 fn route_word(path: &str) -> &'static str {
     match path {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crossenc_config::ServeConfig;
 use crossenc_core::Pipeline;
+use crossenc_metrics::MethodLabels;
 use crossenc_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -111,6 +112,11 @@ impl Faces {
         let max_request_bytes = bytes(server.max_request_bytes.as_u64());
         let tls = Tls::load(server)?;
         let keys = Arc::new(ApiKeys::load(server)?);
+        // Present at 0 from the start, so that increase() sees the first refusal.
+        for method in grpc::KEYED_METHODS.iter().chain(http::KEYED_ROUTES) {
+            let labels = MethodLabels { method };
+            let _ = pipeline.metrics.auth_failures.get_or_create(&labels);
+        }
         warn_if_exposed(config, &listeners, tls.is_some(), !keys.is_empty());
         if let Some(tls) = &tls {
             tokio::spawn(tls.clone().watch(state.stop.clone()));
