@@ -15,7 +15,8 @@ scripts/fetch-model.sh
 scripts/install-prometheus.sh
 # The bf16 path builds against oneDNN (its tests fail on a bf16-capable CPU without it).
 scripts/install-onednn.sh
-# The TLS and API-key tests speak through curl and Python's grpcio, as clients would.
+# The TLS, API-key and deployment tests use curl, kubectl, Python's grpcio and
+# kubernetes-validate.
 CROSSENC_TEST_PYTHON="$(scripts/install-test-clients.sh)"
 export CROSSENC_TEST_PYTHON
 cargo build --workspace --all-targets --locked

@@ -185,6 +185,29 @@ fn dashboard_queries(path: &Path) -> Vec<(String, String)> {
 
 /// The example queries of the README's ```promql blocks; a line that starts with
 /// whitespace continues the query on the line before.
+/// The prometheus-adapter rule's metricsQuery (deploy/kubernetes), with the label
+/// matchers and grouping the adapter would fill in, for a single server scraped here.
+fn adapter_queries() -> Vec<(String, String)> {
+    let path = workspace().join("deploy/kubernetes/prometheus-adapter-rules.yaml");
+    let rules = std::fs::read_to_string(path).unwrap();
+    let queries: Vec<(String, String)> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("metricsQuery: "))
+        .map(|quoted| {
+            let query = quoted
+                .trim_matches('\'')
+                .replace("<<.LabelMatchers>>", "job=\"cross_encoder_server\"")
+                .replace("<<.GroupBy>>", "instance");
+            ("prometheus-adapter".to_string(), query)
+        })
+        .collect();
+    assert!(
+        !queries.is_empty(),
+        "no metricsQuery in the adapter's rules"
+    );
+    queries
+}
+
 fn readme_queries() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     let mut queries: Vec<(String, String)> = Vec::new();
@@ -284,8 +307,9 @@ async fn every_dashboard_query_and_recording_rule_returns_data_from_a_real_prome
             "the dashboard lacks the seed's panel {seed_panel:?}"
         );
     }
-    let examples = readme_queries();
+    let mut examples = readme_queries();
     assert!(examples.len() >= 10, "{examples:?}");
+    examples.extend(adapter_queries());
     let gpu_names: Vec<&str> = CATALOGUE
         .iter()
         .filter(|s| s.gpu_only)

@@ -27,8 +27,11 @@ pub struct BenchReport {
 /// Where the server listens, and how to reach its gRPC port.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub grpc_addr: SocketAddr,
-    /// Where its /metrics is served (plain HTTP: `server.admin_addr` when TLS is on).
+    /// The gRPC address; several replicas are balanced over by the client, as over a
+    /// headless Service.
+    pub grpc_addrs: Vec<SocketAddr>,
+    /// Where its /metrics is served (plain HTTP: `server.admin_addr` when TLS is on); of
+    /// one replica only when there are several.
     pub http_addr: SocketAddr,
     /// PEM CA certificate of a server with TLS on; it must name `localhost`.
     pub tls_ca: Option<Vec<u8>>,
@@ -38,30 +41,42 @@ impl Target {
     /// A plaintext server.
     pub fn plain(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
         Self {
-            grpc_addr,
+            grpc_addrs: vec![grpc_addr],
             http_addr,
             tls_ca: None,
         }
     }
 
     async fn connect(&self) -> Result<Channel, BenchError> {
-        let fail = |e: tonic::transport::Error| BenchError::Connect {
-            addr: self.grpc_addr,
-            message: format!("{e:?}"),
-        };
-        let endpoint = match &self.tls_ca {
-            None => Endpoint::from_shared(format!("http://{}", self.grpc_addr)).map_err(fail)?,
-            Some(ca) => {
-                let tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(ca))
-                    .domain_name("localhost");
-                Endpoint::from_shared(format!("https://{}", self.grpc_addr))
-                    .map_err(fail)?
-                    .tls_config(tls)
-                    .map_err(fail)?
+        let first = self.grpc_addrs.first().copied();
+        let fail = |addr: Option<SocketAddr>| {
+            move |e: tonic::transport::Error| BenchError::Connect {
+                addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                message: format!("{e:?}"),
             }
         };
-        endpoint.connect().await.map_err(fail)
+        let mut endpoints = Vec::new();
+        for &addr in &self.grpc_addrs {
+            let endpoint = match &self.tls_ca {
+                None => {
+                    Endpoint::from_shared(format!("http://{addr}")).map_err(fail(Some(addr)))?
+                }
+                Some(ca) => {
+                    let tls = ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name("localhost");
+                    Endpoint::from_shared(format!("https://{addr}"))
+                        .map_err(fail(Some(addr)))?
+                        .tls_config(tls)
+                        .map_err(fail(Some(addr)))?
+                }
+            };
+            endpoints.push(endpoint);
+        }
+        match endpoints.len() {
+            1 => endpoints.remove(0).connect().await.map_err(fail(first)),
+            _ => Ok(Channel::balance_list(endpoints.into_iter())),
+        }
     }
 }
 

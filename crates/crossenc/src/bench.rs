@@ -31,9 +31,15 @@ pub struct BenchArgs {
         default_value = "bench/workload-public.jsonl"
     )]
     workload: PathBuf,
-    /// The server's gRPC address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
-    grpc_addr: SocketAddr,
+    /// The server's gRPC address; several (comma-separated) are replicas the clients
+    /// balance over, as over a headless Service.
+    #[arg(
+        long,
+        value_name = "ADDR,...",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:50051"
+    )]
+    grpc_addr: Vec<SocketAddr>,
     /// Where the server serves /metrics, for its own figures: its HTTP address, or its
     /// admin address (plain HTTP) when TLS is on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
@@ -149,7 +155,7 @@ async fn server_runs(args: &BenchArgs, workload: Vec<Query>) -> anyhow::Result<V
         None => None,
     };
     let target = Target {
-        grpc_addr: args.grpc_addr,
+        grpc_addrs: args.grpc_addr.clone(),
         http_addr: args.http_addr,
         tls_ca,
     };
