@@ -202,34 +202,42 @@ async fn within<T>(deadline: Deadline, work: impl Future<Output = T>) -> Result<
     })
 }
 
-/// Refuses a CrossEncoder call at once, before its message is read, while
-/// `max_concurrent_requests` calls are in flight; health and reflection pass freely.
+/// A rule a gRPC call must pass before its message is read: it refuses with a ready
+/// response, or lets the call through holding a `Pass` until the call is answered.
+pub trait CallRule: Clone + Send + 'static {
+    type Pass: Send + 'static;
+
+    fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Self::Pass, Status>;
+}
+
+/// Applies a [`CallRule`] under the gRPC server.
 #[derive(Clone)]
-pub struct GateLayer(pub Arc<Pipeline>);
+pub struct RuleLayer<R>(pub R);
 
-impl<S> tower::Layer<S> for GateLayer {
-    type Service = Gate<S>;
+impl<S, R: CallRule> tower::Layer<S> for RuleLayer<R> {
+    type Service = Ruled<S, R>;
 
-    fn layer(&self, inner: S) -> Gate<S> {
-        Gate {
+    fn layer(&self, inner: S) -> Ruled<S, R> {
+        Ruled {
             inner,
-            pipeline: Arc::clone(&self.0),
+            rule: self.0.clone(),
         }
     }
 }
 
-/// The service [`GateLayer`] makes.
+/// The service [`RuleLayer`] makes.
 #[derive(Clone)]
-pub struct Gate<S> {
+pub struct Ruled<S, R> {
     inner: S,
-    pipeline: Arc<Pipeline>,
+    rule: R,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Gate<S>
+impl<S, B, R> tower::Service<http::Request<B>> for Ruled<S, R>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    R: CallRule,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -240,29 +248,41 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = match request.uri().path() {
-            "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
-            "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
-            _ => return Box::pin(self.inner.call(request)),
-        };
-        match self.pipeline.admission.enter() {
-            Ok(permit) => {
+        match self.rule.check(request.uri().path(), request.headers()) {
+            Ok(pass) => {
                 let answer = self.inner.call(request);
                 Box::pin(async move {
                     let answer = answer.await;
-                    drop(permit);
+                    drop(pass);
                     answer
                 })
             }
-            Err(refused) => {
-                let failure = Failure::from(PipelineError::Refused(refused));
-                let metrics = Arc::clone(&self.pipeline.metrics);
-                RequestRecorder::start(metrics, method, Instant::now())
-                    .finish(Err(grpc_code_word(failure.class.grpc_code())));
-                let status = failure.into_status();
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
+    }
+}
+
+/// Refuses a CrossEncoder call at once while `max_concurrent_requests` calls are in
+/// flight; health and reflection pass freely.
+#[derive(Clone)]
+pub struct Gate(pub Arc<Pipeline>);
+
+impl CallRule for Gate {
+    type Pass = Option<crossenc_core::admission::RequestPermit>;
+
+    fn check(&self, path: &str, _: &http::HeaderMap) -> Result<Self::Pass, Status> {
+        let method = match path {
+            "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
+            "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
+            _ => return Ok(None),
+        };
+        self.0.admission.enter().map(Some).map_err(|refused| {
+            let failure = Failure::from(PipelineError::Refused(refused));
+            let metrics = Arc::clone(&self.0.metrics);
+            RequestRecorder::start(metrics, method, Instant::now())
+                .finish(Err(grpc_code_word(failure.class.grpc_code())));
+            failure.into_status()
+        })
     }
 }
 
@@ -270,52 +290,22 @@ where
 pub const KEYED_METHODS: [&str; 4] = ["grpc_rerank", "grpc_infer", "grpc_reflection", "grpc_other"];
 
 /// Refuses every call but the health service's without a valid API key (UNAUTHENTICATED,
-/// nothing else said), before its message is read; counted by method.
+/// nothing else said); counted by method.
 #[derive(Clone)]
-pub struct KeyLayer {
+pub struct KeyCheck {
     pub keys: Arc<ApiKeys>,
     pub metrics: Arc<Metrics>,
 }
 
-impl<S> tower::Layer<S> for KeyLayer {
-    type Service = KeyCheck<S>;
+impl CallRule for KeyCheck {
+    type Pass = ();
 
-    fn layer(&self, inner: S) -> KeyCheck<S> {
-        KeyCheck {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service [`KeyLayer`] makes.
-#[derive(Clone)]
-pub struct KeyCheck<S> {
-    inner: S,
-    layer: KeyLayer,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for KeyCheck<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let presented = request.headers().get(http::header::AUTHORIZATION);
+    fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
+        let presented = headers.get(http::header::AUTHORIZATION);
         if path.starts_with("/grpc.health.v1.Health/")
-            || self.layer.keys.admit(presented.map(|v| v.as_bytes()))
+            || self.keys.admit(presented.map(|v| v.as_bytes()))
         {
-            return Box::pin(self.inner.call(request));
+            return Ok(());
         }
         let method = match path {
             "/crossenc.v1.CrossEncoder/Rerank" => KEYED_METHODS[0],
@@ -324,13 +314,8 @@ where
             _ => KEYED_METHODS[3],
         };
         let labels = MethodLabels { method };
-        self.layer
-            .metrics
-            .auth_failures
-            .get_or_create(&labels)
-            .inc();
-        let status = Failure::unauthenticated().into_status();
-        Box::pin(std::future::ready(Ok(status.into_http())))
+        self.metrics.auth_failures.get_or_create(&labels).inc();
+        Err(Failure::unauthenticated().into_status())
     }
 }
 

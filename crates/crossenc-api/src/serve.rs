@@ -145,11 +145,11 @@ impl Faces {
                 // the handler answers itself once the message is in).
                 .timeout(server.default_deadline + STALLED_CALL_MARGIN)
                 .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
-                .layer(grpc::KeyLayer {
+                .layer(grpc::RuleLayer(grpc::KeyCheck {
                     keys: Arc::clone(&keys),
                     metrics: Arc::clone(&pipeline.metrics),
-                })
-                .layer(grpc::GateLayer(Arc::clone(&pipeline)))
+                }))
+                .layer(grpc::RuleLayer(grpc::Gate(Arc::clone(&pipeline))))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(service)
