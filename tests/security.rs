@@ -569,30 +569,6 @@ fn answers_name_the_model_as_configured() {
     assert_eq!(body["model"], folder.as_str());
 }
 
-/// Runs `crossenc serve` with `args` until it exits or `patience` passes: exit code and
-/// log.
-fn serve_until_exit(args: &[&str], patience: Duration) -> (Option<i32>, String) {
-    let mut command = Command::new(BINARY);
-    crossenc_bench::without_caller_settings(&mut command);
-    let mut child = command
-        .args(["serve", "--model"])
-        .arg(model_dir())
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let exited = support::wait_exit(&mut child, patience);
-    if exited.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let mut log = String::new();
-    use std::io::Read;
-    let _ = child.stderr.take().unwrap().read_to_string(&mut log);
-    (exited.and_then(|s| s.code()), log)
-}
-
 #[test]
 fn bad_certificate_files_stop_the_start_naming_the_file() {
     let files = Files::new("badcert");
@@ -625,7 +601,11 @@ fn bad_certificate_files_stop_the_start_naming_the_file() {
         (&["--tls-cert-file", &cert_file], "server.tls_key_file"),
     ];
     for (args, expected) in cases {
-        let (code, log) = serve_until_exit(&[&local[..], args].concat(), Duration::from_secs(30));
+        let (code, log) = support::serve_until_exit(
+            &model_dir(),
+            &[&local[..], args].concat(),
+            Duration::from_secs(30),
+        );
         assert!(
             matches!(code, Some(c) if c != 0),
             "{args:?}: exit {code:?}\n{log}"
@@ -639,7 +619,8 @@ fn bad_certificate_files_stop_the_start_naming_the_file() {
 
 #[test]
 fn start_up_warns_of_a_listener_beyond_loopback_without_tls_or_keys() {
-    let (_, log) = serve_until_exit(
+    let (_, log) = support::serve_until_exit(
+        &model_dir(),
         &["--grpc-addr", "0.0.0.0:0", "--http-addr", "127.0.0.1:0"],
         Duration::from_secs(3),
     );

@@ -60,22 +60,6 @@ fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value))
     std::fs::write(&path, config.to_string()).unwrap();
 }
 
-/// Runs `crossenc serve` on `model` and returns its exit code and stderr.
-fn serve_and_fail(model: &std::path::Path) -> (Option<i32>, String) {
-    let output = std::process::Command::new(BINARY)
-        .arg("serve")
-        .arg("--model")
-        .arg(model)
-        .args(["--grpc-addr", &support::free_addr().to_string()])
-        .args(["--http-addr", &support::free_addr().to_string()])
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_broken_model_folder_is_named_in_the_error() {
     let missing = broken_model(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap());
@@ -92,7 +76,8 @@ fn a_broken_model_folder_is_named_in_the_error() {
         (&shape, "bert.encoder.layer.0.intermediate.dense.weight"),
     ];
     for (dir, expected) in cases {
-        let (code, stderr) = serve_and_fail(dir);
+        let loopback = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+        let (code, stderr) = support::serve_until_exit(dir, &loopback, Duration::from_secs(60));
         assert!(
             matches!(code, Some(c) if c != 0),
             "exit {code:?} for {expected}"

@@ -467,3 +467,32 @@ pub fn goldens() -> Vec<Golden> {
         .map(|l| serde_json::from_str(l).expect("a golden row"))
         .collect()
 }
+
+/// Runs `crossenc serve` on `model` with `args` until it exits or `patience` passes: its
+/// exit code (`None`: still running, then killed) and its log.
+pub fn serve_until_exit(model: &Path, args: &[&str], patience: Duration) -> (Option<i32>, String) {
+    let mut command = Command::new(BINARY);
+    crossenc_bench::without_caller_settings(&mut command);
+    let mut child = command
+        .args(["serve", "--model"])
+        .arg(model)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read as it comes: a full pipe would stop the server.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let exited = wait_exit(&mut child, patience);
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = reader.join().unwrap_or_default();
+    (exited.and_then(|s| s.code()), log)
+}
