@@ -314,9 +314,12 @@ fn listening_addrs(
                 log.push('\n');
             }
             if let Some((grpc, http)) = crossenc_bench::listening(&line) {
+                let json = serde_json::from_str::<serde_json::Value>(&line).ok();
+                let from_json = json.and_then(|j| j["fields"]["admin"].as_str()?.parse().ok());
                 let admin = line
                     .split_whitespace()
                     .find_map(|word| word.strip_prefix("admin=")?.parse().ok())
+                    .or(from_json)
                     .unwrap_or(http);
                 let _ = found.send((grpc, http, admin));
             }

@@ -2,11 +2,10 @@
 //! class, and the class decides the gRPC code, the HTTP status, the JSON `error_type`
 //! and the `code` label of `request_errors_total`, for both faces alike.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use crossenc_core::{InvalidRequest, JobError, PipelineError};
+use crossenc_core::{InvalidRequest, JobError, PipelineError, RequestId};
 use tonic::Code;
 
 /// What kind of failure a client is told of.
@@ -170,9 +169,16 @@ impl Failure {
 }
 
 impl From<PipelineError> for Failure {
-    /// What the client did, or can act on, is said as it is; internal detail (worker
-    /// ids, a worker's own message) goes to the log under a request id the answer gives.
     fn from(error: PipelineError) -> Self {
+        Self::of_request(error, &RequestId::generate())
+    }
+}
+
+impl Failure {
+    /// What the client did, or can act on, is said as it is; internal detail (worker
+    /// ids, a worker's own message) goes to the log under the request's id, which the
+    /// answer gives.
+    pub fn of_request(error: PipelineError, request: &RequestId) -> Self {
         let class = ErrorClass::of(&error);
         match error {
             PipelineError::Refused(_)
@@ -184,8 +190,7 @@ impl From<PipelineError> for Failure {
             PipelineError::Job(_)
             | PipelineError::WrongReply { .. }
             | PipelineError::ScoreCount { .. } => {
-                let request = FAILED_REQUEST.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(request, %error, "request failed");
+                tracing::error!(%request, %error, "request failed");
                 let message = match class {
                     ErrorClass::Unavailable => format!(
                         "a worker stopped while handling this request; retry it (request id {request} in the server's log)"
@@ -199,9 +204,6 @@ impl From<PipelineError> for Failure {
         }
     }
 }
-
-/// Numbers the failures whose detail stays in the log.
-static FAILED_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 impl Failure {
     /// No valid API key: nothing more is said.

@@ -14,9 +14,10 @@ use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crossenc_core::{Pipeline, PipelineError};
-use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, StageTimes};
+use crossenc_core::{Pipeline, PipelineError, RequestId};
+use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder};
 
+use crate::access::{self, Served};
 use crate::auth::ApiKeys;
 use crate::failure::{grpc_code_word, Failure};
 use crate::validate::{check_count, check_query, check_top_n, rank};
@@ -43,8 +44,17 @@ impl CrossEncoderService {
     }
 }
 
-/// A handler's response with the stage times of its request, or its failure.
-type Handled<T> = Result<(Response<T>, StageTimes), Failure>;
+/// A handler's response with what its request cost, or its failure.
+type Handled<T> = Result<(Response<T>, Served), Failure>;
+
+/// What a request answered with `scores` cost.
+pub(crate) fn served(scores: &crossenc_core::Scores) -> Served {
+    Served {
+        stages: scores.stages,
+        pairs: scores.scores.len(),
+        tokens: scores.tokens,
+    }
+}
 
 #[tonic::async_trait]
 impl CrossEncoder for CrossEncoderService {
@@ -52,30 +62,38 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<InferRequest>,
     ) -> Result<Response<InferResponse>, Status> {
-        let recorder = self.recorder("grpc_infer", &request);
-        finish(recorder, self.answer_infer(request).await)
+        let (recorder, id) = self.start("grpc_infer", &request);
+        let handled = self.answer_infer(request, &id).await;
+        finish((recorder, "grpc_infer", &id), handled)
     }
 
     async fn rerank(
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
-        let recorder = self.recorder("grpc_rerank", &request);
-        finish(recorder, self.answer_rerank(request).await)
+        let (recorder, id) = self.start("grpc_rerank", &request);
+        let handled = self.answer_rerank(request, &id).await;
+        finish((recorder, "grpc_rerank", &id), handled)
     }
 }
 
 impl CrossEncoderService {
-    /// Starts timing a request from its arrival, before its body was read.
-    fn recorder<T>(&self, method: &'static str, request: &Request<T>) -> RequestRecorder {
+    /// Starts timing a request from its arrival, before its body was read; its id.
+    fn start<T>(&self, method: &'static str, request: &Request<T>) -> (RequestRecorder, RequestId) {
         let arrived = request
             .extensions()
             .get::<ArrivedAt>()
             .map_or_else(Instant::now, |a| a.0);
-        RequestRecorder::start(Arc::clone(&self.pipeline.metrics), method, arrived)
+        let id = request.extensions().get::<RequestId>().cloned();
+        let recorder = RequestRecorder::start(Arc::clone(&self.pipeline.metrics), method, arrived);
+        (recorder, id.unwrap_or_else(RequestId::generate))
     }
 
-    async fn answer_infer(&self, request: Request<InferRequest>) -> Handled<InferResponse> {
+    async fn answer_infer(
+        &self,
+        request: Request<InferRequest>,
+        id: &RequestId,
+    ) -> Handled<InferResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
         let request = request.into_inner();
         validate_infer(&request, self.max_client_batch_size)?;
@@ -85,15 +103,22 @@ impl CrossEncoderService {
         let raw_scores = request.raw_scores;
         // The texts hold what the model needs: the message itself can go.
         drop(request);
-        let scored = within(deadline, self.pipeline.score(texts, deadline.at)).await??;
+        let scored = within(deadline, self.pipeline.score(texts, deadline.at, id))
+            .await?
+            .map_err(|e| Failure::of_request(e, id))?;
+        let served = served(&scored);
         let response = Response::new(InferResponse {
             scores: self.pipeline.activate(scored.scores, raw_scores),
             tokens: scored.tokens,
         });
-        Ok((response, scored.stages))
+        Ok((response, served))
     }
 
-    async fn answer_rerank(&self, request: Request<RerankRequest>) -> Handled<RerankResponse> {
+    async fn answer_rerank(
+        &self,
+        request: Request<RerankRequest>,
+        id: &RequestId,
+    ) -> Handled<RerankResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
         let mut request = request.into_inner();
         validate_rerank(&request, self.max_client_batch_size)?;
@@ -104,7 +129,10 @@ impl CrossEncoderService {
         if !request.return_documents {
             request.documents = Vec::new();
         }
-        let scored = within(deadline, self.pipeline.score(texts, deadline.at)).await??;
+        let scored = within(deadline, self.pipeline.score(texts, deadline.at, id))
+            .await?
+            .map_err(|e| Failure::of_request(e, id))?;
+        let served = served(&scored);
         let scores = self.pipeline.activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
@@ -121,19 +149,26 @@ impl CrossEncoderService {
             results,
             tokens: scored.tokens,
         });
-        Ok((response, scored.stages))
+        Ok((response, served))
     }
 }
 
-/// Records how the request ended and hands its response (or status) to tonic.
-fn finish<T>(recorder: RequestRecorder, handled: Handled<T>) -> Result<Response<T>, Status> {
+/// Records how the request ended, writes its access line, and hands its response (or
+/// status) to tonic.
+fn finish<T>(
+    (recorder, method, id): (RequestRecorder, &str, &RequestId),
+    handled: Handled<T>,
+) -> Result<Response<T>, Status> {
     match handled {
-        Ok((response, stages)) => {
-            recorder.finish(Ok(Some(stages)));
+        Ok((response, served)) => {
+            let latency = recorder.finish(Ok(Some(served.stages)));
+            access::log(Some(id), method, &"OK", Some(&served), latency);
             Ok(response)
         }
         Err(failure) => {
-            recorder.finish(Err(grpc_code_word(failure.class.grpc_code())));
+            let word = grpc_code_word(failure.class.grpc_code());
+            let latency = recorder.finish(Err(word));
+            access::log(Some(id), method, &word, None, latency);
             Err(failure.into_status())
         }
     }

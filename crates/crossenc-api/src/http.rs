@@ -13,12 +13,14 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio_rustls::TlsAcceptor;
 
-use crossenc_core::{Pipeline, PipelineError};
-use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, StageTimes, CONTENT_TYPE};
+use crossenc_core::{Pipeline, PipelineError, RequestId};
+use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, CONTENT_TYPE};
 
+use crate::access::{self, Served};
 use crate::auth::ApiKeys;
 use crate::failure::{ErrorClass, Failure};
 use crate::listen::{Connection, LimitedListener};
+use crate::request_id::RequestIdLayer;
 use crate::rest;
 
 #[derive(Clone)]
@@ -61,7 +63,7 @@ pub fn router(state: HttpState, admin: bool) -> Router {
             .route("/openapi.json", get(rest::openapi));
     }
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    probes().merge(api).with_state(state)
+    probes().merge(api).with_state(state).layer(RequestIdLayer)
 }
 
 /// The admin routes alone, for `server.admin_addr`: no key (a network policy guards the
@@ -164,23 +166,26 @@ async fn admission_gate(State(state): State<HttpState>, request: Request, next: 
 }
 
 /// Records every API request, including those refused before their handler ran (a body
-/// that is not JSON, too large, of the wrong content type).
+/// that is not JSON, too large, of the wrong content type), and writes its access line.
 async fn record_request(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
     next: Next,
 ) -> Response {
     let method = route_word(request.uri().path());
+    let id = request.extensions().get::<RequestId>().cloned();
     let recorder = RequestRecorder::start(metrics, method, Instant::now());
     let response = next.run(request).await;
     let status = response.status();
+    let served = response.extensions().get::<Served>();
     let outcome = if status.is_success() {
-        Ok(response.extensions().get::<StageTimes>().copied())
+        Ok(served.map(|s| s.stages))
     } else {
         let class = response.extensions().get::<ErrorClass>();
         Err(class.map_or("unknown", |c| c.code_word()))
     };
-    recorder.finish(outcome);
+    let latency = recorder.finish(outcome);
+    access::log(id.as_ref(), method, &status.as_u16(), served, latency);
     response
 }
 

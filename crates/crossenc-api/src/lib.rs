@@ -9,11 +9,13 @@
 //! This crate must never know how workers run (processes, IPC, respawn) or how pairs
 //! are batched: it sees only the core's `Pipeline` and its errors.
 
+pub mod access;
 pub mod auth;
 pub mod failure;
 pub mod grpc;
 pub mod http;
 pub mod listen;
+pub mod request_id;
 pub mod rest;
 pub mod serve;
 pub mod tls;

@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crossenc_core::texts::RequestTexts;
-use crossenc_core::{InvalidRequest, Scores};
-use crossenc_metrics::StageTimes;
+use crossenc_core::{InvalidRequest, RequestId, Scores};
 
+use crate::access::Served;
 use crate::failure::{ErrorClass, Failure};
+use crate::grpc::served;
 use crate::http::HttpState;
 use crate::validate::{check_count, check_query, check_top_n, rank};
 
@@ -257,14 +258,15 @@ fn refuse_while_draining(state: &HttpState) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scores, Failure> {
+async fn run(state: &HttpState, texts: RequestTexts, id: &RequestId) -> Result<Scores, Failure> {
     refuse_while_draining(state)?;
     let deadline = std::time::Instant::now() + state.request_timeout;
+    let scoring = state.pipeline.score(texts, deadline, id);
     // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
-    let scored = tokio::time::timeout(state.request_timeout, state.pipeline.score(texts, deadline))
+    tokio::time::timeout(state.request_timeout, scoring)
         .await
-        .map_err(|_| timed_out(state.request_timeout))??;
-    Ok(scored)
+        .map_err(|_| timed_out(state.request_timeout))?
+        .map_err(|e| Failure::of_request(e, id))
 }
 
 /// Rerank texts against a query (text-embeddings-inference's shape).
@@ -272,8 +274,9 @@ async fn run(state: &HttpState, texts: RequestTexts) -> Result<Scores, Failure> 
     responses((status = 200, body = Vec<RankedText>, description = "Texts by score, highest first"), ApiErrors))]
 pub async fn rerank(
     State(state): State<HttpState>,
+    Extension(id): Extension<RequestId>,
     ApiJson(request): ApiJson<RerankRequest>,
-) -> Result<(Extension<StageTimes>, Json<Vec<RankedText>>), Failure> {
+) -> Result<(Extension<Served>, Json<Vec<RankedText>>), Failure> {
     check_query("query", &request.query)?;
     check_count(
         "texts",
@@ -301,7 +304,8 @@ pub async fn rerank(
     if !return_text {
         originals = Vec::new();
     }
-    let scored = run(&state, texts).await?;
+    let scored = run(&state, texts, &id).await?;
+    let served = served(&scored);
     let scores = state.pipeline.activate(scored.scores, raw_scores);
     let mut texts = originals;
     let ranked = rank(&scores, None)
@@ -312,7 +316,7 @@ pub async fn rerank(
             text: return_text.then(|| std::mem::take(&mut texts[index])),
         })
         .collect();
-    Ok((Extension(scored.stages), Json(ranked)))
+    Ok((Extension(served), Json(ranked)))
 }
 
 /// Rerank documents against a query (the Cohere / Jina shape).
@@ -320,8 +324,9 @@ pub async fn rerank(
     responses((status = 200, body = V1RerankResponse), ApiErrors))]
 pub async fn v1_rerank(
     State(state): State<HttpState>,
+    Extension(id): Extension<RequestId>,
     ApiJson(request): ApiJson<V1RerankRequest>,
-) -> Result<(Extension<StageTimes>, Json<V1RerankResponse>), Failure> {
+) -> Result<(Extension<Served>, Json<V1RerankResponse>), Failure> {
     check_query("query", &request.query)?;
     check_count(
         "documents",
@@ -342,7 +347,8 @@ pub async fn v1_rerank(
     if !request.return_documents {
         documents = Vec::new();
     }
-    let scored = run(&state, texts).await?;
+    let scored = run(&state, texts, &id).await?;
+    let served = served(&scored);
     let scores = state.pipeline.activate(scored.scores, false);
     let results = rank(&scores, request.top_n)
         .into_iter()
@@ -361,7 +367,7 @@ pub async fn v1_rerank(
             total_tokens: scored.tokens,
         },
     };
-    Ok((Extension(scored.stages), Json(response)))
+    Ok((Extension(served), Json(response)))
 }
 
 /// Score (query, document) pairs, one score per pair in order (gRPC `Infer`).
@@ -369,8 +375,9 @@ pub async fn v1_rerank(
     responses((status = 200, body = ScoreResponse), ApiErrors))]
 pub async fn score(
     State(state): State<HttpState>,
+    Extension(id): Extension<RequestId>,
     ApiJson(request): ApiJson<ScoreRequest>,
-) -> Result<(Extension<StageTimes>, Json<ScoreResponse>), Failure> {
+) -> Result<(Extension<Served>, Json<ScoreResponse>), Failure> {
     check_count(
         "pairs",
         request.pairs.len(),
@@ -383,12 +390,13 @@ pub async fn score(
     let pairs = request.pairs.iter();
     let texts = (state.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
     drop(request.pairs);
-    let scored = run(&state, texts).await?;
+    let scored = run(&state, texts, &id).await?;
+    let served = served(&scored);
     let response = ScoreResponse {
         scores: state.pipeline.activate(scored.scores, request.raw_scores),
         tokens: scored.tokens,
     };
-    Ok((Extension(scored.stages), Json(response)))
+    Ok((Extension(served), Json(response)))
 }
 
 /// The OpenAPI document.

@@ -19,6 +19,7 @@ use crate::auth::{ApiKeys, KeyFileError};
 use crate::grpc::{self, CrossEncoderService};
 use crate::http::{self, HttpState};
 use crate::listen::LimitedListener;
+use crate::request_id::RequestIdLayer;
 use crate::tls::{Tls, TlsError};
 
 /// How long past `default_deadline` a gRPC call without a deadline of its own may take
@@ -145,6 +146,7 @@ impl Faces {
                 // the handler answers itself once the message is in).
                 .timeout(server.default_deadline + STALLED_CALL_MARGIN)
                 .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
+                .layer(RequestIdLayer)
                 .layer(grpc::RuleLayer(grpc::KeyCheck {
                     keys: Arc::clone(&keys),
                     metrics: Arc::clone(&pipeline.metrics),

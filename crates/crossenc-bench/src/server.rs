@@ -164,6 +164,11 @@ pub fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     if !line.contains("listening") {
         return None;
     }
+    // `--log-format json`: the addresses are fields of the line.
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        let addr = |key: &str| json["fields"][key].as_str()?.parse().ok();
+        return Some((addr("grpc")?, addr("http")?));
+    }
     let addr = |key: &str| -> Option<SocketAddr> {
         line.split_whitespace()
             .find_map(|word| word.strip_prefix(key))?

@@ -46,6 +46,15 @@ pub struct ConfigArgs {
     /// server.api_key_file: keys clients must send, one per line (a key on the command line would show in `ps`).
     #[arg(long, value_name = "PATH")]
     api_key_file: Option<PathBuf>,
+    /// log.format: `text` or `json` (one object per line, workers' lines included) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// log.filter: what is logged, as RUST_LOG says it (e.g. `info,crossenc_worker=debug`) [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_filter: Option<String>,
+    /// log.access: one line per finished request at info [default: true].
+    #[arg(long, value_name = "BOOL")]
+    access_log: Option<bool>,
     /// model.name: the model's name in answers and build_info [default: the folder's name].
     #[arg(long, value_name = "NAME")]
     model_name: Option<String>,
@@ -152,6 +161,9 @@ impl ConfigArgs {
         );
         put("server.api_key_file", self.api_key_file.as_ref().map(path));
         put("model.name", self.model_name.as_ref().map(|n| text(n)));
+        put("log.format", self.log_format.as_ref().map(|f| text(f)));
+        put("log.filter", self.log_filter.as_ref().map(|f| text(f)));
+        put("log.access", self.access_log.map(Value::from));
         put(
             "workers.tokenizer",
             self.tokenizer_workers.as_ref().map(count),

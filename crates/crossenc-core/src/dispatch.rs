@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossenc_ipc::{JobTiming, PairTokens, TokenBatchBuilder, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, PairTokens, RequestId, TokenBatchBuilder, Work, WorkerKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crossenc_metrics::Metrics;
@@ -27,13 +27,13 @@ use crossenc_metrics::Metrics;
 use crate::admission::{Backlog, Ticket};
 use crate::error::PipelineError;
 use crate::pipeline::Scores;
-use crate::scheduler::{Batch, RequestId, Scheduler, SchedulerLimits};
+use crate::scheduler::{Batch, RequestKey, Scheduler, SchedulerLimits};
 use crate::workers::{JobError, Member, PendingReply, Reply, WorkerSet};
 
 /// A pair in the scheduler: whose it is, where its score goes, and its tokens.
 #[derive(Debug)]
 struct QueuedPair {
-    request: RequestId,
+    request: RequestKey,
     index: u32,
     tokens: PairTokens,
     arrived: Instant,
@@ -45,12 +45,13 @@ type ScoresTo = oneshot::Sender<Result<Scores, PipelineError>>;
 
 enum Command {
     Submit {
-        request: RequestId,
+        request: RequestKey,
+        id: RequestId,
         pairs: Vec<PairTokens>,
         ticket: Ticket,
         reply: ScoresTo,
     },
-    Cancel(RequestId),
+    Cancel(RequestKey),
 }
 
 /// A worker's reply to a batch (or why there is none), back in the dispatch loop.
@@ -122,12 +123,14 @@ impl ModelDispatch {
         &self,
         pairs: Vec<PairTokens>,
         ticket: Ticket,
+        id: &RequestId,
     ) -> Result<Scores, PipelineError> {
         let request = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Submit {
                 request,
+                id: id.clone(),
                 pairs,
                 ticket,
                 reply,
@@ -145,7 +148,7 @@ impl ModelDispatch {
 
 /// Tells the dispatch task that a request's caller went away before its answer.
 struct WithdrawOnDrop<'a> {
-    request: RequestId,
+    request: RequestKey,
     commands: Option<&'a mpsc::UnboundedSender<Command>>,
 }
 
@@ -159,6 +162,8 @@ impl Drop for WithdrawOnDrop<'_> {
 
 /// A request whose scores are being gathered.
 struct Gathering {
+    /// Its id, for the workers' log lines and this task's.
+    id: RequestId,
     scores: Scores,
     remaining: usize,
     reply: ScoresTo,
@@ -168,7 +173,7 @@ struct Gathering {
 
 struct DispatchTask {
     scheduler: Scheduler<QueuedPair>,
-    requests: HashMap<RequestId, Gathering>,
+    requests: HashMap<RequestKey, Gathering>,
     in_flight: HashMap<u64, InFlight>,
     /// Parts of batches whose worker died, each to run alone on an idle worker, before
     /// any new batch: the bisection that finds a poison pair.
@@ -238,10 +243,11 @@ impl DispatchTask {
         match command {
             Command::Submit {
                 request,
+                id,
                 pairs,
                 ticket,
                 reply,
-            } => self.submit(request, pairs, ticket, reply),
+            } => self.submit((request, id), pairs, ticket, reply),
             Command::Cancel(request) => {
                 self.scheduler.cancel(request);
                 // Dropping the entry releases the pairs it still held in the queue.
@@ -253,7 +259,7 @@ impl DispatchTask {
 
     fn submit(
         &mut self,
-        request: RequestId,
+        (request, id): (RequestKey, RequestId),
         pairs: Vec<PairTokens>,
         ticket: Ticket,
         reply: ScoresTo,
@@ -277,6 +283,7 @@ impl DispatchTask {
         self.requests.insert(
             request,
             Gathering {
+                id,
                 scores: Scores {
                     scores: vec![0.0; count],
                     ..Scores::default()
@@ -339,10 +346,14 @@ impl DispatchTask {
     fn send_pairs(&mut self, worker: Arc<Member>, pairs: Vec<QueuedPair>, isolated: bool) {
         let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
         let mut builder = TokenBatchBuilder::with_capacity(pairs.len(), tokens);
+        let mut requests: Vec<RequestId> = Vec::new();
         for pair in &pairs {
             builder.push_pair(&pair.tokens);
             if let Some(gathering) = self.requests.get_mut(&pair.request) {
                 gathering.ticket.pairs.release(1);
+                if !requests.contains(&gathering.id) {
+                    requests.push(gathering.id.clone());
+                }
             }
         }
         let id = self.next_batch;
@@ -360,7 +371,7 @@ impl DispatchTask {
                 isolated,
             },
         );
-        let pending = worker.submit(Work::Score(builder.finish()));
+        let pending = worker.submit(Work::Score(builder.finish()), requests);
         let replies = self.replies_tx.clone();
         let timeout = self.limits.batch_timeout;
         tokio::spawn(async move {
@@ -455,8 +466,9 @@ impl DispatchTask {
         let mut pairs = self.requeued(pairs);
         if alone && pairs.len() == 1 {
             let pair = &pairs[0];
+            let request = self.requests.get(&pair.request).map(|g| g.id.clone());
             tracing::error!(
-                request = pair.request,
+                request = request.as_ref().map_or("", RequestId::as_str),
                 pair = pair.index,
                 "a pair killed a model worker alone; failing its request"
             );
@@ -517,7 +529,7 @@ impl DispatchTask {
 
     /// No worker can take the waiting pairs: their requests fail now rather than hang.
     fn fail_waiting(&mut self, error: PipelineError) {
-        let mut waiting: Vec<RequestId> = self
+        let mut waiting: Vec<RequestKey> = self
             .requests
             .keys()
             .copied()

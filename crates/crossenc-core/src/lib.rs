@@ -24,7 +24,7 @@ pub mod scheduler;
 pub mod texts;
 pub mod workers;
 
-pub use crossenc_ipc::WorkerKind;
+pub use crossenc_ipc::{RequestId, WorkerKind};
 pub use error::{InvalidRequest, PipelineError};
 pub use pipeline::{Pipeline, PipelineLimits, Scores};
 pub use workers::{JobError, PendingReply, Reply, Worker, WorkerSet};

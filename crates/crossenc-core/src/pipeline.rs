@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossenc_ipc::{JobTiming, TextRef, TokenBatch, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, RequestId, TextRef, TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 use tokio::sync::Semaphore;
 
@@ -188,13 +188,15 @@ impl Pipeline {
         &self,
         texts: RequestTexts,
         deadline: Instant,
+        request: &RequestId,
     ) -> Result<Scores, PipelineError> {
         let estimate = texts.estimated_tokens(self.max_length());
         let mut ticket =
             self.admission
                 .admit(texts.len(), texts.text_bytes(), estimate, deadline)?;
         let chunks = texts.chunks(TOKENIZE_CHUNK);
-        let encoded = try_join_all(chunks.iter().map(|chunk| self.encode(chunk))).await?;
+        let encode = |chunk| self.encode(chunk, request);
+        let encoded = try_join_all(chunks.iter().map(encode)).await?;
         for (chunk, (_, _, lossy)) in chunks.iter().zip(&encoded) {
             if let Some(&text) = lossy.first() {
                 return Err(texts.lossy_cut(chunk, text).into());
@@ -210,7 +212,7 @@ impl Pipeline {
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
         self.admission.confirm(&mut ticket, tokens, deadline)?;
         ticket.release_text();
-        let mut scores = self.dispatch.score(tokenized, ticket).await?;
+        let mut scores = self.dispatch.score(tokenized, ticket, request).await?;
         // Chunks run side by side: the slowest one is what the request waited for.
         let slowest = encoded
             .iter()
@@ -231,6 +233,7 @@ impl Pipeline {
     async fn encode(
         &self,
         chunk: &Chunk,
+        request: &RequestId,
     ) -> Result<(TokenBatch, JobTiming, Vec<TextRef>), PipelineError> {
         let kind = WorkerKind::Tokenizer;
         let expected = chunk.texts.len();
@@ -244,7 +247,7 @@ impl Pipeline {
             submit_once(
                 &self.tokenizers,
                 kind,
-                Work::Encode(chunk.texts.clone()),
+                (Work::Encode(chunk.texts.clone()), request),
                 (self.job_timeout, self.patience),
             )
             .await
@@ -252,7 +255,7 @@ impl Pipeline {
         let reply = match first {
             Err(PipelineError::Job(
                 JobError::WorkerGone { .. } | JobError::NotDelivered { .. },
-            )) => self.encode_alone(chunk).await?,
+            )) => self.encode_alone(chunk, request).await?,
             answered => answered?,
         };
         match reply {
@@ -272,7 +275,11 @@ impl Pipeline {
     }
 
     /// The retry of a chunk whose worker died: alone on an idle worker.
-    async fn encode_alone(&self, chunk: &Chunk) -> Result<Reply, PipelineError> {
+    async fn encode_alone(
+        &self,
+        chunk: &Chunk,
+        request: &RequestId,
+    ) -> Result<Reply, PipelineError> {
         let kind = WorkerKind::Tokenizer;
         // A worker that had already died never saw the chunk: that is no second crash.
         for _ in 0..3 {
@@ -282,11 +289,12 @@ impl Pipeline {
                 .await
                 .ok_or(PipelineError::NoWorker(kind))?;
             let alone = alone.member();
-            let pending = alone.submit(Work::Encode(chunk.texts.clone()));
+            let pending = alone.submit(Work::Encode(chunk.texts.clone()), vec![request.clone()]);
             match alone.reply_within(pending, self.job_timeout).await {
                 Err(JobError::NotDelivered { .. }) => continue,
                 Err(JobError::WorkerGone { .. }) => {
                     tracing::error!(
+                        %request,
                         first = chunk.offset,
                         pairs = chunk.texts.len(),
                         "texts crashed a tokenizer worker alone; failing their request"
@@ -331,7 +339,7 @@ impl Drop for GaugeShare<'_> {
 async fn submit_once(
     workers: &WorkerSet,
     kind: WorkerKind,
-    mut work: Work,
+    (mut work, request): (Work, &RequestId),
     (timeout, patience): (Duration, Duration),
 ) -> Result<Reply, PipelineError> {
     loop {
@@ -339,7 +347,7 @@ async fn submit_once(
             .least_loaded_within(patience)
             .await
             .ok_or(PipelineError::NoWorker(kind))?;
-        match member.submit_beside_others(work) {
+        match member.submit_beside_others(work, std::slice::from_ref(request)) {
             Ok(pending) => return Ok(member.reply_within(pending, timeout).await?),
             // Taken for an isolated job since it was picked: pick again.
             Err(back) => work = back,

@@ -31,13 +31,13 @@ pub struct SchedulerLimits {
     pub max_batch_delay: Duration,
 }
 
-/// Which request a pair belongs to.
-pub type RequestId = u64;
+/// Which request a pair belongs to (the dispatch task's own number for it).
+pub type RequestKey = u64;
 
 /// A pair waiting to be scored, with what the caller needs to route its score back.
 #[derive(Debug)]
 struct Waiting<T> {
-    request: RequestId,
+    request: RequestKey,
     arrived: Instant,
     /// Rides in a batch of its own (a pair under suspicion after a worker crash).
     solo: bool,
@@ -64,7 +64,7 @@ pub struct Scheduler<T> {
     /// The same pairs by arrival sequence: the first is the oldest.
     by_age: BTreeMap<u64, usize>,
     /// Each request's waiting pairs, as (length, sequence) keys.
-    by_request: HashMap<RequestId, HashSet<(usize, u64)>>,
+    by_request: HashMap<RequestKey, HashSet<(usize, u64)>>,
     next_seq: u64,
 }
 
@@ -93,17 +93,17 @@ impl<T> Scheduler<T> {
     }
 
     /// Adds a pair of `len` tokens that arrived at `now`.
-    pub fn push(&mut self, request: RequestId, len: usize, item: T, now: Instant) {
+    pub fn push(&mut self, request: RequestKey, len: usize, item: T, now: Instant) {
         self.insert(request, len, item, now, false);
     }
 
     /// Adds a pair that must ride alone: it was in a batch whose worker died, and a
     /// batch of its own shows whether it is what kills workers.
-    pub fn push_solo(&mut self, request: RequestId, len: usize, item: T, arrived: Instant) {
+    pub fn push_solo(&mut self, request: RequestKey, len: usize, item: T, arrived: Instant) {
         self.insert(request, len, item, arrived, true);
     }
 
-    fn insert(&mut self, request: RequestId, len: usize, item: T, arrived: Instant, solo: bool) {
+    fn insert(&mut self, request: RequestKey, len: usize, item: T, arrived: Instant, solo: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let key = (len, seq);
@@ -122,7 +122,7 @@ impl<T> Scheduler<T> {
 
     /// Drops every waiting pair of `request` (its client went away or its deadline
     /// passed); returns how many were dropped.
-    pub fn cancel(&mut self, request: RequestId) -> usize {
+    pub fn cancel(&mut self, request: RequestKey) -> usize {
         let Some(keys) = self.by_request.remove(&request) else {
             return 0;
         };
@@ -250,7 +250,7 @@ impl<T> Scheduler<T> {
         }
     }
 
-    fn forget(&mut self, request: RequestId, key: (usize, u64)) {
+    fn forget(&mut self, request: RequestKey, key: (usize, u64)) {
         if let Some(keys) = self.by_request.get_mut(&request) {
             keys.remove(&key);
             if keys.is_empty() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crossenc_ipc::{JobTiming, ScoreBatch, TextRef, TokenBatch, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, RequestId, ScoreBatch, TextRef, TokenBatch, Work, WorkerKind};
 use tokio::sync::{oneshot, watch};
 
 /// A worker's reply to one job.
@@ -47,7 +47,8 @@ pub trait Worker: Send + Sync + 'static {
     fn kind(&self) -> WorkerKind;
     /// Its slot among the workers of its kind (a restarted worker keeps its slot's id).
     fn id(&self) -> u32;
-    fn submit(&self, work: Work) -> PendingReply;
+    /// Sends `work`, serving `requests` (named in the worker's log lines about it).
+    fn submit(&self, work: Work, requests: Vec<RequestId>) -> PendingReply;
     /// Jobs submitted and not yet answered.
     fn load(&self) -> usize;
     fn is_alive(&self) -> bool;
@@ -82,18 +83,22 @@ impl Member {
 
     /// Sends a job whatever the worker's isolation (the isolated job itself, or a batch
     /// the dispatch task placed knowing which workers are isolated).
-    pub fn submit(&self, work: Work) -> PendingReply {
-        self.worker.submit(work)
+    pub fn submit(&self, work: Work, requests: Vec<RequestId>) -> PendingReply {
+        self.worker.submit(work, requests)
     }
 
     /// Sends a job unless the worker was lent out for an isolated job (then the work
     /// comes back).
-    pub fn submit_beside_others(&self, work: Work) -> Result<PendingReply, Work> {
+    pub fn submit_beside_others(
+        &self,
+        work: Work,
+        requests: &[RequestId],
+    ) -> Result<PendingReply, Work> {
         let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_isolated() {
             return Err(work);
         }
-        Ok(self.worker.submit(work))
+        Ok(self.worker.submit(work, requests.to_vec()))
     }
 
     /// Waits for a job's reply. A worker that holds the job past `timeout` is taken for

@@ -11,7 +11,7 @@ use crossenc_config::ScoreActivation;
 use crossenc_core::admission::Refused;
 use crossenc_core::dispatch::DispatchLimits;
 use crossenc_core::scheduler::SchedulerLimits;
-use crossenc_core::{Pipeline, PipelineError, PipelineLimits, Scores, WorkerKind};
+use crossenc_core::{Pipeline, PipelineError, PipelineLimits, RequestId, Scores, WorkerKind};
 use crossenc_metrics::Metrics;
 use fake::{add_tokenizer, expected_score, keep_models, Log, COMPUTE};
 
@@ -58,7 +58,9 @@ fn later() -> Instant {
 async fn score(pipeline: &Pipeline, documents: &[&str]) -> Result<Scores, PipelineError> {
     let documents: Vec<String> = documents.iter().map(|d| d.to_string()).collect();
     let texts = pipeline.rerank_texts(QUERY, &documents, "documents");
-    let answered = tokio::time::timeout(Duration::from_secs(3600), pipeline.score(texts, later()));
+    let id = RequestId::generate();
+    let scoring = pipeline.score(texts, later(), &id);
+    let answered = tokio::time::timeout(Duration::from_secs(3600), scoring);
     answered.await.expect("the core never answered the request")
 }
 

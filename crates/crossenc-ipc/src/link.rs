@@ -175,6 +175,7 @@ mod tests {
             .send(WorkerCommand::Run(Job {
                 id: 7,
                 work: Work::Encode(one_pair()),
+                requests: vec![crate::RequestId::generate()],
                 sent_at: crate::Stamp::now(),
             }))
             .unwrap();

@@ -62,6 +62,9 @@ pub enum WorkerCommand {
 pub struct Job {
     pub id: u64,
     pub work: Work,
+    /// The requests this job serves (one for a tokenizer job, those whose pairs ride in a
+    /// model batch), for the worker's log lines.
+    pub requests: Vec<crate::RequestId>,
     /// Set by the supervisor just before the job goes on the wire.
     pub sent_at: Stamp,
 }

@@ -79,7 +79,7 @@ impl TextPairs {
 
 /// `Arc<str>` on the wire as a plain string (serde's own support needs its `rc`
 /// feature, which would rebuild every crate that uses serde).
-mod shared_str {
+pub(crate) mod shared_str {
     use std::sync::Arc;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -35,11 +35,13 @@ impl RequestRecorder {
         }
     }
 
-    /// Records the outcome: stage times for an answer, or the error's code word.
-    pub fn finish(mut self, outcome: Result<Option<StageTimes>, &'static str>) {
+    /// Records the outcome: stage times for an answer, or the error's code word. Returns
+    /// the request's latency.
+    pub fn finish(mut self, outcome: Result<Option<StageTimes>, &'static str>) -> Duration {
         self.finished = true;
-        self.metrics
-            .record_request(self.method, self.started.elapsed(), outcome);
+        let latency = self.started.elapsed();
+        self.metrics.record_request(self.method, latency, outcome);
+        latency
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossenc_config::Dtype;
+use crossenc_config::{Dtype, LogFormat};
 use crossenc_ipc::{WorkerEvent, WorkerKind, WorkerListener};
 use crossenc_metrics::Metrics;
 
@@ -25,6 +25,10 @@ pub struct WorkerLauncher {
     pub dtype: Dtype,
     pub model_threads: usize,
     pub startup_timeout: Duration,
+    /// How workers log: their lines reach the supervisor's stderr through it.
+    pub log_format: LogFormat,
+    /// The filter workers log with (RUST_LOG syntax).
+    pub log_filter: String,
 }
 
 /// A worker that could not be started, and why.
@@ -52,6 +56,12 @@ impl WorkerLauncher {
         let mut child = spawn_from_forker(self.command(kind, id, &name))
             .map_err(|e| fail(format!("cannot execute {}: {e}", self.exe.display())))?;
         let pidfd = open_pidfd(&child);
+        if let Some(stderr) = child.stderr.take() {
+            let json = self.log_format == LogFormat::Json;
+            spawn_named(format!("{kind}-{id}-log"), move || {
+                forward_log(stderr, (kind, id), json)
+            });
+        }
         let hello = self
             .await_hello(listener, &name, &mut child)
             .and_then(|link| match link.pid == child.id() {
@@ -107,6 +117,10 @@ impl WorkerLauncher {
             .args(["--device", &self.device])
             .args(["--dtype", self.dtype.as_str()])
             .stdin(Stdio::null())
+            // Its lines come through the supervisor, whole (see `forward_log`).
+            .stderr(Stdio::piped())
+            .env("CROSSENC_LOG", &self.log_filter)
+            .env("CROSSENC_LOG_FORMAT", self.log_format.as_str())
             // Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
             // which then stops the workers in order.
             .process_group(0);
@@ -190,4 +204,22 @@ fn open_pidfd(child: &Child) -> Option<OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
     // SAFETY: a non-negative result is a descriptor this process now owns alone.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Copies a worker's log lines to the supervisor's stderr, each in one write, so that no
+/// two processes' lines mix mid-line. In JSON, a line that is not JSON (a panic message,
+/// a library writing to stderr) is logged as an error of this worker instead, so that
+/// every line stays one JSON object.
+fn forward_log(stderr: std::process::ChildStderr, (kind, id): (WorkerKind, u32), json: bool) {
+    use std::io::{BufRead, Write};
+    for line in std::io::BufReader::new(stderr).split(b'\n') {
+        let Ok(mut line) = line else { return };
+        if json && line.first() != Some(&b'{') {
+            let text = String::from_utf8_lossy(&line);
+            tracing::error!(target: "crossenc::worker", worker_kind = %kind, worker_id = id, "{text}");
+            continue;
+        }
+        line.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&line);
+    }
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossenc_core::workers::{JobError, PendingReply, Reply, Worker};
 use crossenc_ipc::{
-    IpcReceiver, IpcSender, Job, JobTiming, Stamp, StatsReport, Work, WorkerCommand, WorkerEvent,
-    WorkerInfo, WorkerKind,
+    IpcReceiver, IpcSender, Job, JobTiming, RequestId, Stamp, StatsReport, Work, WorkerCommand,
+    WorkerEvent, WorkerInfo, WorkerKind,
 };
 use crossenc_metrics::Metrics;
 use tokio::sync::{oneshot, watch};
@@ -58,7 +58,7 @@ impl Worker for WorkerProcess {
         self.id
     }
 
-    fn submit(&self, work: Work) -> PendingReply {
+    fn submit(&self, work: Work, requests: Vec<RequestId>) -> PendingReply {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (reply, pending_reply) = oneshot::channel();
         let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
@@ -70,6 +70,7 @@ impl Worker for WorkerProcess {
                 let _ = self.commands.send(WorkerCommand::Run(Job {
                     id,
                     work,
+                    requests,
                     // Stamped again when it goes on the wire.
                     sent_at: Stamp::now(),
                 }));

@@ -306,7 +306,17 @@ where
     tracing::info!(worker_id = args.worker_id, model = %info.model_name, "worker ready");
     send(&events, WorkerEvent::Ready(info))?;
     // Shutdown, or a receive error (the supervisor is gone): nothing is left to do.
-    while let Ok(WorkerCommand::Run(Job { id, work, sent_at })) = link.commands.recv() {
+    while let Ok(WorkerCommand::Run(job)) = link.commands.recv() {
+        let Job {
+            id,
+            work,
+            requests,
+            sent_at,
+        } = job;
+        // Every line about this job names the requests it serves.
+        let span =
+            tracing::info_span!("job", job = id, requests = %crossenc_ipc::joined(&requests));
+        let _in_job = span.enter();
         let queued = sent_at.elapsed();
         let started = Instant::now();
         let answer = handle(work);
@@ -315,6 +325,11 @@ where
             compute: started.elapsed(),
             sent_at: Stamp::now(),
         };
+        tracing::debug!(
+            queued_ms = timing.queued.as_secs_f64() * 1e3,
+            compute_ms = timing.compute.as_secs_f64() * 1e3,
+            "job done"
+        );
         let (event, report) = answer.into_event(id, timing);
         let sending = Instant::now();
         send(&events, event)?;

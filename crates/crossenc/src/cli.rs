@@ -110,7 +110,10 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         dtype: config.model.dtype,
         model_threads: config.workers.threads_per_model_worker(),
         startup_timeout: config.workers.startup_timeout,
+        log_format: config.log.format,
+        log_filter: config.log.effective_filter(),
     };
+    crate::logging::init(config.log.format, &config.log.effective_filter());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crossenc-supervisor")
@@ -180,11 +183,14 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 pub fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
     type WorkerMain = fn(&WorkerArgs) -> Result<(), crossenc_worker::WorkerError>;
-    let (flags, run): (_, WorkerMain) = match command.kind {
-        WorkerKindArg::Tokenizer(flags) => (flags, crossenc_worker::run_tokenizer),
-        WorkerKindArg::Model(flags) => (flags, crossenc_worker::run_model),
+    let (flags, run, kind): (_, WorkerMain, _) = match command.kind {
+        WorkerKindArg::Tokenizer(flags) => (flags, crossenc_worker::run_tokenizer, "tokenizer"),
+        WorkerKindArg::Model(flags) => (flags, crossenc_worker::run_model, "model"),
     };
     die_with_parent(flags.supervisor_pid)?;
+    // Every line of this worker names it.
+    let span = tracing::info_span!("worker", kind, id = flags.worker_id);
+    let _in_worker = span.enter();
     let args = WorkerArgs {
         server_name: flags.ipc_server,
         worker_id: flags.worker_id,

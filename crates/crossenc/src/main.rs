@@ -3,8 +3,8 @@
 
 mod bench;
 mod cli;
+mod logging;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,7 +13,12 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `serve` logs as its configuration says, once loaded; a worker as its supervisor says.
+    match &cli.command {
+        Command::Serve(_) => {}
+        Command::Worker(_) => logging::init_worker(),
+        _ => logging::init_default(),
+    }
     let result = match cli.command {
         Command::Serve(args) => cli::serve(args),
         Command::Worker(worker) => cli::worker(worker),
@@ -30,14 +35,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CROSSENC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

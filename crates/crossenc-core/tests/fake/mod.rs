@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crossenc_core::workers::{JobError, PendingReply, Reply, Worker, WorkerSet};
 use crossenc_core::WorkerKind;
-use crossenc_ipc::{JobTiming, ScoreBatch, TokenBatch, TokenBatchBuilder, Work};
+use crossenc_ipc::{JobTiming, RequestId, ScoreBatch, TokenBatch, TokenBatchBuilder, Work};
 use tokio::sync::{oneshot, Notify};
 
 /// How long every fake job takes.
@@ -179,7 +179,7 @@ impl Worker for FakeWorker {
         self.id
     }
 
-    fn submit(&self, work: Work) -> PendingReply {
+    fn submit(&self, work: Work, _requests: Vec<RequestId>) -> PendingReply {
         let (reply, pending) = oneshot::channel();
         let refuse = self
             .refuse_next
