@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossenc_ipc::{JobTiming, PairTokens, RequestId, TokenBatchBuilder, Work, WorkerKind};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crossenc_metrics::Metrics;
 
@@ -47,6 +48,9 @@ enum Command {
     Submit {
         request: RequestKey,
         id: RequestId,
+        /// The request's span where it waits for its scores: each batch it rides in
+        /// follows from it.
+        span: tracing::Span,
         pairs: Vec<PairTokens>,
         ticket: Ticket,
         reply: ScoresTo,
@@ -131,6 +135,7 @@ impl ModelDispatch {
             .send(Command::Submit {
                 request,
                 id: id.clone(),
+                span: tracing::Span::current(),
                 pairs,
                 ticket,
                 reply,
@@ -164,6 +169,7 @@ impl Drop for WithdrawOnDrop<'_> {
 struct Gathering {
     /// Its id, for the workers' log lines and this task's.
     id: RequestId,
+    span: tracing::Span,
     scores: Scores,
     remaining: usize,
     reply: ScoresTo,
@@ -244,10 +250,11 @@ impl DispatchTask {
             Command::Submit {
                 request,
                 id,
+                span,
                 pairs,
                 ticket,
                 reply,
-            } => self.submit((request, id), pairs, ticket, reply),
+            } => self.submit((request, id, span), pairs, ticket, reply),
             Command::Cancel(request) => {
                 self.scheduler.cancel(request);
                 // Dropping the entry releases the pairs it still held in the queue.
@@ -259,7 +266,7 @@ impl DispatchTask {
 
     fn submit(
         &mut self,
-        (request, id): (RequestKey, RequestId),
+        (request, id, span): (RequestKey, RequestId, tracing::Span),
         pairs: Vec<PairTokens>,
         ticket: Ticket,
         reply: ScoresTo,
@@ -284,6 +291,7 @@ impl DispatchTask {
             request,
             Gathering {
                 id,
+                span,
                 scores: Scores {
                     scores: vec![0.0; count],
                     ..Scores::default()
@@ -347,15 +355,27 @@ impl DispatchTask {
         let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
         let mut builder = TokenBatchBuilder::with_capacity(pairs.len(), tokens);
         let mut requests: Vec<RequestId> = Vec::new();
+        let span = tracing::info_span!(
+            parent: None,
+            "model_batch",
+            pairs = pairs.len(),
+            tokens,
+            isolated,
+            requests = tracing::field::Empty,
+            queued_ms = tracing::field::Empty,
+            compute_ms = tracing::field::Empty,
+        );
         for pair in &pairs {
             builder.push_pair(&pair.tokens);
             if let Some(gathering) = self.requests.get_mut(&pair.request) {
                 gathering.ticket.pairs.release(1);
                 if !requests.contains(&gathering.id) {
                     requests.push(gathering.id.clone());
+                    span.follows_from(&gathering.span);
                 }
             }
         }
+        span.record("requests", crossenc_ipc::joined(&requests));
         let id = self.next_batch;
         self.next_batch += 1;
         if isolated {
@@ -374,10 +394,18 @@ impl DispatchTask {
         let pending = worker.submit(Work::Score(builder.finish()), requests);
         let replies = self.replies_tx.clone();
         let timeout = self.limits.batch_timeout;
-        tokio::spawn(async move {
-            let result = await_scores(&worker, pending, timeout).await;
-            let _ = replies.send(BatchReply { batch: id, result });
-        });
+        tokio::spawn(
+            async move {
+                let result = await_scores(&worker, pending, timeout).await;
+                if let Ok((_, timing)) = &result {
+                    let span = tracing::Span::current();
+                    span.record("queued_ms", timing.queued.as_secs_f64() * 1e3);
+                    span.record("compute_ms", timing.compute.as_secs_f64() * 1e3);
+                }
+                let _ = replies.send(BatchReply { batch: id, result });
+            }
+            .instrument(span),
+        );
     }
 
     fn record(&self, batch: &Batch<QueuedPair>) {

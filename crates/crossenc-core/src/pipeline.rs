@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::{JobTiming, RequestId, TextRef, TokenBatch, Work, WorkerKind};
 use futures_util::future::try_join_all;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crossenc_config::ScoreActivation;
 use crossenc_metrics::{Metrics, StageTimes};
@@ -191,12 +192,17 @@ impl Pipeline {
         request: &RequestId,
     ) -> Result<Scores, PipelineError> {
         let estimate = texts.estimated_tokens(self.max_length());
-        let mut ticket =
+        let mut ticket = {
+            let _admission = tracing::info_span!("admission", pairs = texts.len()).entered();
             self.admission
-                .admit(texts.len(), texts.text_bytes(), estimate, deadline)?;
+                .admit(texts.len(), texts.text_bytes(), estimate, deadline)?
+        };
         let chunks = texts.chunks(TOKENIZE_CHUNK);
         let encode = |chunk| self.encode(chunk, request);
-        let encoded = try_join_all(chunks.iter().map(encode)).await?;
+        let tokenization = tracing::info_span!("tokenization", chunks = chunks.len());
+        let encoded = try_join_all(chunks.iter().map(encode))
+            .instrument(tokenization)
+            .await?;
         for (chunk, (_, _, lossy)) in chunks.iter().zip(&encoded) {
             if let Some(&text) = lossy.first() {
                 return Err(texts.lossy_cut(chunk, text).into());
@@ -212,7 +218,10 @@ impl Pipeline {
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
         self.admission.confirm(&mut ticket, tokens, deadline)?;
         ticket.release_text();
-        let mut scores = self.dispatch.score(tokenized, ticket, request).await?;
+        let scoring = tracing::info_span!("scoring", pairs = tokenized.len(), tokens);
+        let mut scores = (self.dispatch.score(tokenized, ticket, request))
+            .instrument(scoring)
+            .await?;
         // Chunks run side by side: the slowest one is what the request waited for.
         let slowest = encoded
             .iter()
