@@ -201,12 +201,28 @@ async fn json_logs_stay_json_under_concurrency_and_a_worker_crash() {
     server.wait_ready();
     let lines = json_lines(&server);
     assert!(lines.len() > 10, "{log}");
-    // The crash itself (the worker's abort message on its stderr) came through as JSON.
+    // The crash's plain line on the worker's stderr came through as a JSON line naming
+    // the worker.
+    let wrapped = lines.iter().find(|l| {
+        l["target"] == "crossenc::worker"
+            && l["fields"]["message"] == "fault injection: aborting on a marked job"
+    });
+    let wrapped = wrapped.unwrap_or_else(|| panic!("no wrapped crash line in\n{log}"));
+    assert_eq!(wrapped["fields"]["worker_kind"], "tokenizer");
+}
+
+#[test]
+fn the_access_log_can_be_turned_off() {
+    let server = TestServer::start(&["--log-format", "json", "--access-log", "false"]);
+    let id = "quiet-request-1";
+    assert_eq!(post_with_id(server.http_addr, "/rerank", Some(id)).0, 200);
+    // The line would be written as the answer leaves; give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = json_lines(&server);
     assert!(
-        lines.iter().any(|l| l["target"] == "crossenc::worker"
-            || l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("exited"))),
-        "{log}"
+        !lines.iter().any(|l| l["target"] == "crossenc::access"),
+        "{}",
+        server.log()
     );
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "ready"));
 }

@@ -164,7 +164,11 @@ impl PoisonPill {
             }
             eprintln!("fault injection: {fault:?} on a marked pair");
             match fault {
-                Fault::Abort => std::process::abort(),
+                Fault::Abort => {
+                    // As a native crash would: a plain line on stderr, then gone.
+                    eprintln!("fault injection: aborting on a marked batch");
+                    std::process::abort()
+                }
                 Fault::Hang => loop {
                     std::thread::park();
                 },
@@ -210,6 +214,7 @@ impl TextPoison {
                 .chain(_pairs.pairs.iter().map(|p| &p.1));
             if texts.into_iter().any(|t| t.text.contains(word.as_str())) {
                 eprintln!("fault injection: abort on a marked text");
+                eprintln!("fault injection: aborting on a marked job");
                 std::process::abort();
             }
         }
