@@ -12,6 +12,8 @@
 
 pub mod command;
 mod load;
+mod log;
+mod secret;
 mod show;
 
 use std::net::SocketAddr;
@@ -22,6 +24,9 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 pub use crate::load::{env_var, load, ConfigError, Layers, Loaded, Problem, Source};
+pub use crate::log::{LogConfig, LogFormat};
+use crate::secret::optional_addr;
+pub use crate::secret::ApiKey;
 pub use crate::show::render;
 /// A flag's value for [`Layers::flags`].
 pub use figment::value::Value;
@@ -36,57 +41,6 @@ pub struct ServeConfig {
     pub batching: BatchingConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
-}
-
-/// How the supervisor and its workers write their logs (to the supervisor's stderr).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `text` (for people) or `json` (one object per line, for log pipelines).
-    pub format: LogFormat,
-    /// What is written, as `RUST_LOG` says it (`info`, `info,crossenc_worker=debug`, ...);
-    /// the CROSSENC_LOG variable overrides it.
-    pub filter: String,
-    /// One line per finished request at info (target `crossenc::access`).
-    pub access: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            filter: "info".into(),
-            access: true,
-        }
-    }
-}
-
-impl LogConfig {
-    /// The filter in effect: CROSSENC_LOG if set, else `filter`; the access log off
-    /// when `access` is false.
-    pub fn effective_filter(&self) -> String {
-        let base = std::env::var("CROSSENC_LOG").unwrap_or_else(|_| self.filter.clone());
-        match self.access {
-            true => base,
-            false => format!("{base},crossenc::access=off"),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,59 +95,6 @@ pub struct ServerConfig {
     pub api_keys: Vec<ApiKey>,
     /// A file of keys, one per line (blank lines and `#` comments skipped), read at start.
     pub api_key_file: PathBuf,
-}
-
-/// A key clients authenticate with: never printed, logged or serialized.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// The shortest key accepted: shorter ones are guessable.
-    pub const MIN_LEN: usize = 16;
-
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-
-    /// The key itself, for the one comparison that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
-
-impl Serialize for ApiKey {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
-    }
-}
-
-/// `Option<SocketAddr>` as a string, `""` for none (TOML has no null).
-mod optional_addr {
-    use std::net::SocketAddr;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-        match addr {
-            Some(addr) => s.collect_str(addr),
-            None => s.serialize_str(""),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.is_empty() {
-            return Ok(None);
-        }
-        text.parse().map(Some).map_err(serde::de::Error::custom)
-    }
 }
 
 /// What model workers compute in.
