@@ -226,3 +226,111 @@ fn the_access_log_can_be_turned_off() {
     );
     assert!(lines.iter().any(|l| l["fields"]["message"] == "ready"));
 }
+
+/// An OTLP/gRPC collector of our own: every span it is sent.
+mod collector {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use tokio::sync::mpsc;
+
+    pub struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let _ = self.0.send(request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Starts a collector on a free port: its address and what it receives.
+    pub async fn start() -> (
+        std::net::SocketAddr,
+        mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent, received) = mpsc::unbounded_channel();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Collector(sent)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (addr, received)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector_under_the_clients_trace() {
+    let (collector, mut received) = collector::start().await;
+    let endpoint = format!("http://{collector}");
+    let server = TestServer::start_with_env(
+        &["--otlp-endpoint", &endpoint],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut client = server.client().await;
+    let mut request = tonic::Request::new(RerankRequest {
+        query: "what is a cat".into(),
+        documents: vec!["a small feline".into(), "stock prices fell".into()],
+        ..Default::default()
+    });
+    let traceparent = format!("00-{trace_id}-{parent_id}-01");
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    client.rerank(request).await.unwrap();
+
+    let mut names = std::collections::BTreeSet::new();
+    let mut service = None;
+    let mut request_parent = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let Ok(Some(export)) = tokio::time::timeout(Duration::from_secs(1), received.recv()).await
+        else {
+            if names.contains("model_batch") {
+                break;
+            }
+            continue;
+        };
+        for resource in export.resource_spans {
+            for attribute in resource.resource.iter().flat_map(|r| &r.attributes) {
+                if attribute.key == "service.name" {
+                    service = Some(format!("{:?}", attribute.value));
+                }
+            }
+            for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                let hex =
+                    |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                // Probes make request spans of their own, in traces of their own.
+                if span.name == "request" && hex(&span.trace_id) == trace_id {
+                    request_parent = Some(hex(&span.parent_span_id));
+                }
+                names.insert(span.name.clone());
+            }
+        }
+    }
+    assert_eq!(
+        request_parent.as_deref(),
+        Some(parent_id),
+        "the request's span, in the client's trace under its span: {names:?}"
+    );
+    for stage in [
+        "request",
+        "admission",
+        "tokenization",
+        "scoring",
+        "model_batch",
+    ] {
+        assert!(names.contains(stage), "no {stage} span in {names:?}");
+    }
+    assert!(service.is_some_and(|s| s.contains("crossenc")));
+}

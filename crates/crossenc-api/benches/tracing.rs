@@ -1,7 +1,8 @@
 //! What following a request costs it: the spans and the access line one request makes
 //! (its request span, admission, tokenization, scoring, the model batch it rode in with
 //! its link, the access log), under the subscribers a server runs with: none, the
-//! default text log at info, JSON at info, and a filter that turns them all off (warn).
+//! default text log at info, JSON at info, the text log with spans exported over
+//! OpenTelemetry, and a filter that turns them all off (warn).
 //!
 //! `cargo bench -p crossenc-api --bench tracing`
 
@@ -11,7 +12,22 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use crossenc_api::access::{self, Served};
 use crossenc_core::RequestId;
+use opentelemetry::trace::TracerProvider as _;
 use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// An exporter that drops what it is given.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        _: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
 
 /// The tracing one request does, as the server does it.
 fn one_request(id: &RequestId) {
@@ -80,6 +96,21 @@ fn subscribers(c: &mut Criterion) {
             b.iter(|| one_request(black_box(&id)))
         });
     });
+    // The OpenTelemetry layer on top of the text log, its spans built and handed to a
+    // batch exporter that drops them (what an OTLP export costs the request's thread).
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        .build();
+    let traced = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+    tracing::subscriber::with_default(traced, || {
+        c.bench_function("request tracing, text log and span export", |b| {
+            b.iter(|| one_request(black_box(&id)))
+        });
+    });
+    let _ = provider.shutdown();
     let off = tracing_subscriber::fmt()
         .with_env_filter("warn")
         .with_writer(std::io::sink)

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use crossenc_core::RequestId;
 use tonic::codegen::http;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header (and gRPC metadata key) a request id travels in.
 pub const HEADER: &str = "x-request-id";
@@ -56,6 +57,11 @@ where
         let id = of_request(&request);
         request.extensions_mut().insert(id.clone());
         let span = tracing::info_span!("request", request_id = %id, path = %request.uri().path());
+        // A client's W3C traceparent is the request's parent in an exported trace.
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
         let answer = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let mut response = answer.await?;
@@ -65,5 +71,18 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// Reads W3C trace context from a request's headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
     }
 }

@@ -52,6 +52,9 @@ pub struct ConfigArgs {
     /// log.filter: what is logged, as RUST_LOG says it (e.g. `info,crossenc_worker=debug`) [default: info].
     #[arg(long, value_name = "FILTER")]
     log_filter: Option<String>,
+    /// log.otlp_endpoint: an OpenTelemetry collector (OTLP/gRPC, e.g. http://127.0.0.1:4317) to export spans to [default: none].
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// log.access: one line per finished request at info [default: true].
     #[arg(long, value_name = "BOOL")]
     access_log: Option<bool>,
@@ -164,6 +167,10 @@ impl ConfigArgs {
         put("log.format", self.log_format.as_ref().map(|f| text(f)));
         put("log.filter", self.log_filter.as_ref().map(|f| text(f)));
         put("log.access", self.access_log.map(Value::from));
+        put(
+            "log.otlp_endpoint",
+            self.otlp_endpoint.as_ref().map(|e| text(e)),
+        );
         put(
             "workers.tokenizer",
             self.tokenizer_workers.as_ref().map(count),

@@ -13,6 +13,9 @@ pub struct LogConfig {
     pub filter: String,
     /// One line per finished request at info (target `crossenc::access`).
     pub access: bool,
+    /// An OpenTelemetry collector's OTLP/gRPC endpoint (`http://host:4317`) to export
+    /// spans to; empty: none.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +40,7 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             filter: "info".into(),
             access: true,
+            otlp_endpoint: String::new(),
         }
     }
 }

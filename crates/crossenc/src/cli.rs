@@ -113,12 +113,22 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         log_format: config.log.format,
         log_filter: config.log.effective_filter(),
     };
-    crate::logging::init(config.log.format, &config.log.effective_filter());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crossenc-supervisor")
         .build()
         .context("cannot start the async runtime")?;
+    // The span exporter's channel lives on the runtime.
+    let model = config.model.served_name();
+    let endpoint = &config.log.otlp_endpoint;
+    let otlp = (!endpoint.is_empty()).then_some(crate::logging::Otlp {
+        endpoint,
+        model: &model,
+    });
+    let _tracing = {
+        let _in_runtime = runtime.enter();
+        crate::logging::init(config.log.format, &config.log.effective_filter(), otlp)?
+    };
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot watch SIGTERM and SIGINT")?;
         anyhow::Ok(crossenc_server::serve(config, launcher, shutdown).await)
