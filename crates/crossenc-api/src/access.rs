@@ -15,6 +15,17 @@ pub struct Served {
     pub tokens: u64,
 }
 
+impl Served {
+    /// What a request answered with `scores` cost.
+    pub fn of(scores: &crossenc_core::Scores) -> Self {
+        Self {
+            stages: scores.stages,
+            pairs: scores.scores.len(),
+            tokens: scores.tokens,
+        }
+    }
+}
+
 /// Writes the access line of a finished request: `status` is gRPC's code word or the HTTP
 /// status; `served` is absent for a request that got no scores.
 pub fn log(

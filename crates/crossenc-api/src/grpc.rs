@@ -47,15 +47,6 @@ impl CrossEncoderService {
 /// A handler's response with what its request cost, or its failure.
 type Handled<T> = Result<(Response<T>, Served), Failure>;
 
-/// What a request answered with `scores` cost.
-pub(crate) fn served(scores: &crossenc_core::Scores) -> Served {
-    Served {
-        stages: scores.stages,
-        pairs: scores.scores.len(),
-        tokens: scores.tokens,
-    }
-}
-
 #[tonic::async_trait]
 impl CrossEncoder for CrossEncoderService {
     async fn infer(
@@ -106,7 +97,7 @@ impl CrossEncoderService {
         let scored = within(deadline, self.pipeline.score(texts, deadline.at, id))
             .await?
             .map_err(|e| Failure::of_request(e, id))?;
-        let served = served(&scored);
+        let served = Served::of(&scored);
         let response = Response::new(InferResponse {
             scores: self.pipeline.activate(scored.scores, raw_scores),
             tokens: scored.tokens,
@@ -132,7 +123,7 @@ impl CrossEncoderService {
         let scored = within(deadline, self.pipeline.score(texts, deadline.at, id))
             .await?
             .map_err(|e| Failure::of_request(e, id))?;
-        let served = served(&scored);
+        let served = Served::of(&scored);
         let scores = self.pipeline.activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)

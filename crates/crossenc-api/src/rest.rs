@@ -20,7 +20,6 @@ use crossenc_core::{InvalidRequest, RequestId, Scores};
 
 use crate::access::Served;
 use crate::failure::{ErrorClass, Failure};
-use crate::grpc::served;
 use crate::http::HttpState;
 use crate::validate::{check_count, check_query, check_top_n, rank};
 
@@ -305,7 +304,7 @@ pub async fn rerank(
         originals = Vec::new();
     }
     let scored = run(&state, texts, &id).await?;
-    let served = served(&scored);
+    let served = Served::of(&scored);
     let scores = state.pipeline.activate(scored.scores, raw_scores);
     let mut texts = originals;
     let ranked = rank(&scores, None)
@@ -348,7 +347,7 @@ pub async fn v1_rerank(
         documents = Vec::new();
     }
     let scored = run(&state, texts, &id).await?;
-    let served = served(&scored);
+    let served = Served::of(&scored);
     let scores = state.pipeline.activate(scored.scores, false);
     let results = rank(&scores, request.top_n)
         .into_iter()
@@ -391,7 +390,7 @@ pub async fn score(
     let texts = (state.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
     drop(request.pairs);
     let scored = run(&state, texts, &id).await?;
-    let served = served(&scored);
+    let served = Served::of(&scored);
     let response = ScoreResponse {
         scores: state.pipeline.activate(scored.scores, request.raw_scores),
         tokens: scored.tokens,
