@@ -20,15 +20,34 @@ scripts/install-onednn.sh
 CROSSENC_TEST_PYTHON="$(scripts/install-test-clients.sh)"
 export CROSSENC_TEST_PYTHON
 cargo build --workspace --all-targets --locked
+# The GPU model worker (crossenc-cuda-worker), compiled on every run so that the GPU path
+# cannot rot unseen; tests/gpu.rs runs it as far as a machine without a GPU allows.
+CROSSENC_TEST_CUDA_WORKER="$(scripts/build-cuda.sh)"
+CROSSENC_TEST_CUDA_ROOT="$(scripts/install-cuda-build.sh)"
+export CROSSENC_TEST_CUDA_WORKER CROSSENC_TEST_CUDA_ROOT
 
-# Tests that need oneDNN's bf16 kernels end in `_on_avx512_bf16`: on a CPU without
-# AVX512-BF16 they are filtered out, so that they show as skipped rather than pass.
-nextest_filter=()
-test_skip=()
+# Tests that cannot run here are filtered out by the suffix of their names, so that they
+# show as skipped rather than pass: `_on_avx512_bf16` (oneDNN's bf16 kernels) on a CPU
+# without AVX512-BF16, `_without_a_gpu` (they assume no NVIDIA driver) where there is one.
+skipped=()
 if ! grep -qw avx512_bf16 /proc/cpuinfo; then
   echo "test.sh: this CPU has no AVX512-BF16: skipping the *_on_avx512_bf16 tests" >&2
-  nextest_filter=(-E 'not test(/_on_avx512_bf16$/)')
-  test_skip=(-- --skip _on_avx512_bf16)
+  skipped+=(_on_avx512_bf16)
+fi
+if [ -e /proc/driver/nvidia/version ]; then
+  echo "test.sh: this machine has an NVIDIA driver: skipping the *_without_a_gpu tests" >&2
+  skipped+=(_without_a_gpu)
+fi
+nextest_filter=()
+test_skip=()
+if [ "${#skipped[@]}" -gt 0 ]; then
+  expression="all()"
+  test_skip=(--)
+  for suffix in "${skipped[@]}"; do
+    expression+=" and not test(/${suffix}\$/)"
+    test_skip+=(--skip "$suffix")
+  done
+  nextest_filter=(-E "$expression")
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -70,7 +70,7 @@ pub struct ConfigArgs {
     /// workers.model_threads: compute threads per model worker; 0 shares the cores among them [default: 0].
     #[arg(long, value_name = "T")]
     model_threads: Option<usize>,
-    /// model.device: `cpu`, or `cuda:N` in a build with the `cuda` feature [default: cpu].
+    /// model.device: `cpu`, `cuda:N`, or GPUs `cuda:0,cuda:1` (workers placed in turn) [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
     /// model.dtype: `f32`, or `bf16` products (AMX / AVX512-BF16; f32 where neither) [default: f32].

@@ -134,7 +134,8 @@ pub enum ScoreActivation {
 pub struct ModelConfig {
     /// A Hugging Face model folder: config.json, tokenizer.json, model.safetensors.
     pub path: PathBuf,
-    /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
+    /// `cpu`, or NVIDIA GPUs: `cuda:N`, or several as `cuda:0,cuda:1` (model workers
+    /// are placed on them in turn).
     pub device: String,
     pub dtype: Dtype,
     /// Longest pair in tokens after truncation; 0 means the model's own limit (at most 512).
@@ -253,6 +254,18 @@ impl ModelConfig {
     /// The operator's truncation length, if they chose one.
     pub fn requested_max_length(&self) -> Option<usize> {
         (self.max_length > 0).then_some(self.max_length)
+    }
+
+    /// The devices model workers run on, in placement order: worker `i` runs on
+    /// `devices()[i % len]`.
+    pub fn devices(&self) -> Vec<&str> {
+        self.device.split(',').map(str::trim).collect()
+    }
+
+    /// The CUDA ordinals in `device`; empty when the model runs on the CPU.
+    pub fn gpus(&self) -> Vec<u32> {
+        let ordinal = |d: &str| d.strip_prefix("cuda:").and_then(|n| n.parse().ok());
+        self.devices().into_iter().filter_map(ordinal).collect()
     }
 }
 
@@ -434,12 +447,7 @@ impl ServeConfig {
             server.max_text_bytes_in_flight.as_u64(),
             "must hold at least one request of server.max_request_bytes",
         );
-        c.require(
-            is_device(&self.model.device),
-            "model.device",
-            &self.model.device,
-            "must be `cpu` or `cuda:N`",
-        );
+        self.check_devices(&mut c);
         c.at_least_one("workers.tokenizer", workers.tokenizer);
         c.at_least_one("workers.model", workers.model);
         c.positive("workers.startup_timeout", workers.startup_timeout);
@@ -485,6 +493,33 @@ impl ServeConfig {
         } else {
             Err(c.0)
         }
+    }
+
+    fn check_devices(&self, c: &mut Checks) {
+        let model = &self.model;
+        let devices = model.devices();
+        if !devices.iter().all(|d| is_device(d)) {
+            let allowed = "must be `cpu`, `cuda:N` or a list of GPUs (`cuda:0,cuda:1`)";
+            return c.require(false, "model.device", &model.device, allowed);
+        }
+        if devices.len() == 1 {
+            return;
+        }
+        let gpus = model.gpus();
+        let distinct = gpus.iter().collect::<std::collections::HashSet<_>>().len();
+        c.require(
+            gpus.len() == devices.len() && distinct == gpus.len(),
+            "model.device",
+            &model.device,
+            "a list of devices must name distinct GPUs only (`cpu` stands alone)",
+        );
+        // One worker per GPU at least, or a GPU would sit idle.
+        c.require(
+            self.workers.model >= devices.len(),
+            "workers.model",
+            self.workers.model,
+            "must be at least the number of GPUs in model.device (one worker per GPU)",
+        );
     }
 
     fn check_lengths(&self, c: &mut Checks) {
@@ -549,8 +584,31 @@ mod tests {
         );
         assert_eq!(
             errors[1].to_string(),
-            "model.device = gpu0: must be `cpu` or `cuda:N`"
+            "model.device = gpu0: must be `cpu`, `cuda:N` or a list of GPUs (`cuda:0,cuda:1`)"
         );
+    }
+
+    #[test]
+    fn a_device_list_places_workers_on_distinct_gpus() {
+        let mut config = ServeConfig::default();
+        config.model.device = "cuda:0, cuda:1".into();
+        config.workers.model = 4;
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.model.devices(), ["cuda:0", "cuda:1"]);
+        assert_eq!(config.model.gpus(), [0, 1]);
+
+        config.workers.model = 1;
+        let errors = config.validate().unwrap_err();
+        assert_eq!(errors[0].key, "workers.model", "{errors:?}");
+
+        for device in ["cuda:0,cuda:0", "cpu,cuda:0", "cuda:0,", "cuda:0,gpu1"] {
+            config.model.device = device.into();
+            config.workers.model = 2;
+            let errors = config.validate().unwrap_err();
+            assert_eq!(errors[0].key, "model.device", "{device}: {errors:?}");
+        }
+        config.model.device = "cpu".into();
+        assert!(config.model.gpus().is_empty());
     }
 
     #[test]

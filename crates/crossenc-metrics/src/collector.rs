@@ -37,34 +37,66 @@ pub struct AdmissionLevels {
     pub requests_in_flight: usize,
 }
 
-/// NVIDIA's management library, where the machine has it.
+/// NVIDIA's management library, where the machine has it, and the GPUs it watches.
 pub struct GpuMonitor {
     nvml: nvml_wrapper::Nvml,
-    count: u32,
+    watched: Vec<u32>,
+}
+
+/// GPUs the model was asked to run on that this machine does not have.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuMissing {
+    #[error(
+        "model.device asks for {asked}, but this machine has no NVIDIA driver: NVIDIA's \
+         management library (libnvidia-ml.so.1) could not be opened ({reason}); serve on \
+         `cpu`, or on a machine with NVIDIA's driver"
+    )]
+    NoDriver { asked: String, reason: String },
+    #[error(
+        "model.device asks for cuda:{asked}, but this machine has {count} NVIDIA GPU(s) \
+         (cuda:0 to cuda:{last})", last = .count.saturating_sub(1)
+    )]
+    NoSuchGpu { asked: u32, count: u32 },
 }
 
 impl GpuMonitor {
-    /// Opens NVML; on a machine without it, logs why once and returns `None`.
-    pub fn open() -> Option<Self> {
+    /// Opens NVML to watch the GPUs the model runs on (`in_use`, CUDA ordinals in PCI
+    /// bus order), failing with why when one of them is not there. With `in_use` empty
+    /// (a model on the CPU) it watches every GPU of the machine, and a machine without
+    /// NVML gets `None`, logged once.
+    pub fn open(in_use: &[u32]) -> Result<Option<Self>, GpuMissing> {
         let opened = nvml_wrapper::Nvml::init().and_then(|nvml| {
             let count = nvml.device_count()?;
-            Ok(Self { nvml, count })
+            Ok((nvml, count))
         });
-        match opened {
-            Ok(monitor) => {
-                tracing::info!(gpus = monitor.count, "GPU metrics from NVML");
-                Some(monitor)
+        let (nvml, count) = match opened {
+            Ok(opened) => opened,
+            Err(error) if in_use.is_empty() => {
+                tracing::info!(%error, "no GPU metrics: NVIDIA's management library (NVML) is not available");
+                return Ok(None);
             }
             Err(error) => {
-                tracing::info!(%error, "no GPU metrics: NVIDIA's management library (NVML) is not available");
-                None
+                let asked = in_use.iter().map(|n| format!("cuda:{n}"));
+                return Err(GpuMissing::NoDriver {
+                    asked: asked.collect::<Vec<_>>().join(","),
+                    reason: error.to_string(),
+                });
             }
+        };
+        if let Some(&asked) = in_use.iter().find(|&&n| n >= count) {
+            return Err(GpuMissing::NoSuchGpu { asked, count });
         }
+        let watched = match in_use.is_empty() {
+            true => (0..count).collect(),
+            false => in_use.to_vec(),
+        };
+        tracing::info!(gpus = ?watched, "GPU metrics from NVML");
+        Ok(Some(Self { nvml, watched }))
     }
 
     fn sample(&self, metrics: &Metrics) {
         const MIB: f64 = 1024.0 * 1024.0;
-        for index in 0..self.count {
+        for &index in &self.watched {
             let Ok(device) = self.nvml.device_by_index(index) else {
                 continue;
             };

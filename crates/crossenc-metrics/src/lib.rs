@@ -22,7 +22,9 @@ pub mod recorder;
 pub mod registry;
 
 pub use catalogue::{MetricSpec, MetricType, CATALOGUE};
-pub use collector::{AdmissionLevels, Collector, CollectorSources, GpuMonitor, Process};
+pub use collector::{
+    AdmissionLevels, Collector, CollectorSources, GpuMissing, GpuMonitor, Process,
+};
 pub use recorder::{RequestRecorder, StageTimes};
 pub use registry::{
     BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, PoolLabels, WorkerLabels,

@@ -44,6 +44,9 @@ pub enum Products {
         implementation: String,
         amx: bool,
     },
+    /// bf16 weights and activations in candle's padded pass (the GPU path), f32 at
+    /// the logits.
+    Bf16Candle,
     /// bf16 was asked for; f32 runs, for this reason.
     F32Instead {
         reason: String,
@@ -54,7 +57,7 @@ impl Products {
     /// The number format in one word, as `model.dtype` spells it.
     pub fn dtype(&self) -> &'static str {
         match self {
-            Products::Bf16 { .. } => "bf16",
+            Products::Bf16 { .. } | Products::Bf16Candle => "bf16",
             Products::F32 | Products::F32Instead { .. } => "f32",
         }
     }
@@ -73,6 +76,7 @@ impl std::fmt::Display for Products {
                 "bf16 on AVX512-BF16 without AMX (oneDNN {implementation}), as \
                  CROSSENC_BF16_WITHOUT_AMX asks"
             ),
+            Products::Bf16Candle => f.write_str("bf16 weights and activations (candle)"),
             Products::F32Instead { reason } => {
                 write!(f, "f32, although bf16 was asked for: {reason}")
             }
@@ -229,37 +233,72 @@ impl PackedPairs {
 
 impl CrossEncoder {
     /// Memory-maps `model.safetensors` and prepares the weights for `device` and
-    /// `dtype`; [`CrossEncoder::products`] says what runs.
+    /// `dtype`; [`CrossEncoder::products`] says what runs. On the CPU the packed pass
+    /// runs (bf16 through oneDNN); elsewhere candle's padded pass, in bf16 when asked.
     pub fn load(folder: &ModelFolder, device: Device, dtype: Dtype) -> Result<Self, ModelError> {
-        let mut model = Self {
-            config: folder.config.clone(),
-            device,
-            folder: folder.clone(),
-            packed: None,
-            padded: OnceLock::new(),
-            products: Products::F32,
-        };
-        let vb = model.weights()?;
-        if model.device.is_cpu() {
-            let packed = model.config.arch().packed(vb, &model.config);
-            model.packed = Some(packed.map_err(|e| model.weights_error(e))?);
-        } else {
-            let padded = model.config.arch().padded(vb, &model.config);
-            let padded = padded.map_err(|e| model.weights_error(e))?;
-            let _ = model.padded.set(padded);
+        if !device.is_cpu() {
+            return Self::load_padded(folder, device, dtype);
         }
+        let mut model = Self::empty(folder, device);
+        let packed = model
+            .config
+            .arch()
+            .packed(model.weights(DType::F32)?, &model.config);
+        model.packed = Some(packed.map_err(|e| model.weights_error(e))?);
         if let Dtype::Bf16 { without_amx } = dtype {
             model.products = model.prepare_bf16(without_amx)?;
         }
         Ok(model)
     }
 
-    /// The weights file, mapped for candle.
-    fn weights(&self) -> Result<VarBuilder<'static>, ModelError> {
+    /// candle's padded pass alone, as GPUs run it, on any device: bf16 weights and
+    /// activations where `dtype` asks for bf16. On the CPU, the reference the GPU's
+    /// numbers are checked against where no GPU is.
+    pub fn load_padded(
+        folder: &ModelFolder,
+        device: Device,
+        dtype: Dtype,
+    ) -> Result<Self, ModelError> {
+        let mut model = Self::empty(folder, device);
+        let weights = match (dtype, model.config.arch().no_candle_bf16()) {
+            (Dtype::F32, _) => DType::F32,
+            (Dtype::Bf16 { .. }, Some(reason)) => {
+                let reason = reason.to_string();
+                model.products = Products::F32Instead { reason };
+                DType::F32
+            }
+            (Dtype::Bf16 { .. }, None) => {
+                model.products = Products::Bf16Candle;
+                DType::BF16
+            }
+        };
+        let padded = model
+            .config
+            .arch()
+            .padded(model.weights(weights)?, &model.config);
+        let _ = model
+            .padded
+            .set(padded.map_err(|e| model.weights_error(e))?);
+        Ok(model)
+    }
+
+    fn empty(folder: &ModelFolder, device: Device) -> Self {
+        Self {
+            config: folder.config.clone(),
+            device,
+            folder: folder.clone(),
+            packed: None,
+            padded: OnceLock::new(),
+            products: Products::F32,
+        }
+    }
+
+    /// The weights file, mapped for candle, its tensors in `dtype`.
+    fn weights(&self, dtype: DType) -> Result<VarBuilder<'static>, ModelError> {
         let path = self.folder.weights_path();
         // SAFETY: the file is opened read-only and its tensors are copied out while it
         // is mapped; as with every mmap, it must not be truncated underneath us.
-        unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &self.device) }
+        unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, &self.device) }
             .map_err(|e| self.weights_error(e))
     }
 
@@ -273,7 +312,10 @@ impl CrossEncoder {
     /// candle's padded pass, built on first use on the CPU.
     fn padded(&self) -> Result<&dyn PaddedModel, ModelError> {
         if self.padded.get().is_none() {
-            let built = self.config.arch().padded(self.weights()?, &self.config);
+            let built = self
+                .config
+                .arch()
+                .padded(self.weights(DType::F32)?, &self.config);
             // Two threads may race here; either model is the same.
             let _ = self.padded.set(built.map_err(|e| self.weights_error(e))?);
         }
@@ -382,7 +424,10 @@ impl CrossEncoder {
             return Ok(Vec::new());
         }
         let logits = self.padded()?.logits(batch, &self.device)?;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let logits = logits
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         Ok(self.raw_scores(&logits))
     }
 

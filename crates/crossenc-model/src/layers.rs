@@ -305,8 +305,9 @@ impl PaddedModel for EncoderClassifier {
     fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
         let (ids, type_ids) = batch.tensors(device)?;
         let (pairs, width) = ids.dims2()?;
-        let mask = attention_mask(batch.lengths(), width, ids.device())?;
         let mut x = self.embeddings.forward(&ids, &type_ids)?;
+        let mask = attention_mask(batch.lengths(), width, ids.device())?;
+        let mask = mask.map(|m| m.to_dtype(x.dtype())).transpose()?;
         for layer in &self.layers {
             x = layer.forward(&x, mask.as_ref(), (pairs, width), &self.config)?;
         }

@@ -18,10 +18,14 @@ use crate::process::{spawn_named, WorkerProcess};
 /// How to start a worker: the binary to re-execute and what every worker is told.
 #[derive(Debug, Clone)]
 pub struct WorkerLauncher {
+    /// The binary of tokenizer workers and of model workers on the CPU.
     pub exe: PathBuf,
+    /// The binary of model workers on GPUs, built with CUDA (`crossenc-cuda-worker`).
+    pub gpu_exe: PathBuf,
     pub model: PathBuf,
     pub max_length: Option<usize>,
-    pub device: String,
+    /// Where model workers run, in turn: model worker `i` on `devices[i % len]`.
+    pub devices: Vec<String>,
     pub dtype: Dtype,
     pub model_threads: usize,
     pub startup_timeout: Duration,
@@ -53,8 +57,9 @@ impl WorkerLauncher {
         let fail = |reason: String| SpawnError { kind, id, reason };
         let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;
         let name = listener.name().to_string();
-        let mut child = spawn_from_forker(self.command(kind, id, &name))
-            .map_err(|e| fail(format!("cannot execute {}: {e}", self.exe.display())))?;
+        let (exe, device) = self.placement(kind, id);
+        let mut child = spawn_from_forker(self.command((kind, id), exe, device, &name))
+            .map_err(|e| fail(format!("cannot execute {}: {e}", exe.display())))?;
         let pidfd = open_pidfd(&child);
         if let Some(stderr) = child.stderr.take() {
             let json = self.log_format == LogFormat::Json;
@@ -104,8 +109,28 @@ impl WorkerLauncher {
         ))
     }
 
-    fn command(&self, kind: WorkerKind, id: u32, server_name: &str) -> Command {
-        let mut command = Command::new(&self.exe);
+    /// The binary a worker runs and its device: tokenizers on the CPU, model worker `id`
+    /// on the devices in turn, from the CUDA build where that device is a GPU. A
+    /// respawned worker keeps its id, so it comes back on the same device.
+    pub fn placement(&self, kind: WorkerKind, id: u32) -> (&PathBuf, &str) {
+        if kind == WorkerKind::Tokenizer || self.devices.is_empty() {
+            return (&self.exe, "cpu");
+        }
+        let device = &self.devices[id as usize % self.devices.len()];
+        match device.starts_with("cuda:") {
+            true => (&self.gpu_exe, device),
+            false => (&self.exe, device),
+        }
+    }
+
+    fn command(
+        &self,
+        (kind, id): (WorkerKind, u32),
+        exe: &PathBuf,
+        device: &str,
+        server_name: &str,
+    ) -> Command {
+        let mut command = Command::new(exe);
         command
             .args(["worker", kind.as_str(), "--ipc-server", server_name])
             .arg("--worker-id")
@@ -114,7 +139,7 @@ impl WorkerLauncher {
             .arg(std::process::id().to_string())
             .arg("--model")
             .arg(&self.model)
-            .args(["--device", &self.device])
+            .args(["--device", device])
             .args(["--dtype", self.dtype.as_str()])
             .stdin(Stdio::null())
             // Its lines come through the supervisor, whole (see `forward_log`).
@@ -135,6 +160,11 @@ impl WorkerLauncher {
         // spin after a product would take the cores from the rayon work between products.
         command.env("RAYON_NUM_THREADS", threads.to_string());
         command.env("OMP_NUM_THREADS", threads.to_string());
+        // CUDA numbers GPUs fastest first unless told otherwise; NVML, whose indices label
+        // the GPU metrics, by PCI bus. Bus order makes `cuda:N` and `gpu="N"` one GPU.
+        if std::env::var_os("CUDA_DEVICE_ORDER").is_none() {
+            command.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+        }
         if std::env::var_os("OMP_WAIT_POLICY").is_none() {
             command.env("OMP_WAIT_POLICY", "passive");
         }
@@ -221,5 +251,48 @@ fn forward_log(stderr: std::process::ChildStderr, (kind, id): (WorkerKind, u32),
         }
         line.push(b'\n');
         let _ = std::io::stderr().lock().write_all(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launcher(devices: &[&str]) -> WorkerLauncher {
+        WorkerLauncher {
+            exe: "crossenc".into(),
+            gpu_exe: "crossenc-cuda-worker".into(),
+            model: "model".into(),
+            max_length: None,
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+            dtype: Dtype::F32,
+            model_threads: 1,
+            startup_timeout: Duration::from_secs(1),
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+        }
+    }
+
+    fn placed(launcher: &WorkerLauncher, kind: WorkerKind, id: u32) -> (String, String) {
+        let (exe, device) = launcher.placement(kind, id);
+        (exe.display().to_string(), device.to_string())
+    }
+
+    #[test]
+    fn model_workers_take_the_gpus_in_turn_from_the_cuda_binary() {
+        let gpus = launcher(&["cuda:0", "cuda:1"]);
+        let on = |id| placed(&gpus, WorkerKind::Model, id);
+        assert_eq!(on(0), ("crossenc-cuda-worker".into(), "cuda:0".into()));
+        assert_eq!(on(1), ("crossenc-cuda-worker".into(), "cuda:1".into()));
+        assert_eq!(on(2), ("crossenc-cuda-worker".into(), "cuda:0".into()));
+        let tokenizer = placed(&gpus, WorkerKind::Tokenizer, 1);
+        assert_eq!(tokenizer, ("crossenc".into(), "cpu".into()));
+    }
+
+    #[test]
+    fn cpu_model_workers_run_from_the_cpu_binary() {
+        let cpu = launcher(&["cpu"]);
+        let model = placed(&cpu, WorkerKind::Model, 3);
+        assert_eq!(model, ("crossenc".into(), "cpu".into()));
     }
 }

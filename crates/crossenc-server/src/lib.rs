@@ -15,7 +15,8 @@ use crossenc_core::scheduler::SchedulerLimits;
 use crossenc_core::{Pipeline, PipelineLimits};
 use crossenc_ipc::{WorkerInfo, WorkerKind};
 use crossenc_metrics::{
-    AdmissionLevels, BuildLabels, Collector, CollectorSources, GpuMonitor, Metrics, Process,
+    AdmissionLevels, BuildLabels, Collector, CollectorSources, GpuMissing, GpuMonitor, Metrics,
+    Process,
 };
 use crossenc_pool::{Pool, PoolPlan, PoolSets, ProcessTable, Started};
 pub use crossenc_pool::{SpawnError, WorkerLauncher};
@@ -30,6 +31,8 @@ pub enum ServeError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Gpu(#[from] GpuMissing),
 }
 
 fn list(errors: &[InvalidSetting]) -> String {
@@ -48,10 +51,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
+    // Before anything listens: a server asked for GPUs it cannot have says so and exits.
+    let gpus = GpuMonitor::open(&config.model.gpus())?;
     raise_open_file_limit();
     let listeners = Listeners::bind(&config).await?;
     let (grpc_bound, http_bound, admin_bound) = listeners.addresses();
-    let gpus = GpuMonitor::open();
     let metrics = Arc::new(Metrics::new(gpus.is_some()));
     observe_codec(&metrics);
     let pipeline = Arc::new(Pipeline::start(

@@ -4,6 +4,7 @@
 //! not start), then answers commands one at a time until told to stop or until the
 //! supervisor goes away. No async runtime: a worker does one thing at a time.
 
+pub mod command;
 mod stats;
 
 use std::path::PathBuf;

@@ -87,7 +87,7 @@ pub struct BenchArgs {
     no_server: bool,
     /// Products of the model-alone run: `f32`, or `bf16` (then also its max score error
     /// against f32 on the same pairs).
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crate::cli::parse_dtype)]
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crossenc_worker::command::parse_dtype)]
     dtype: Dtype,
 }
 

@@ -4,12 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use crossenc_config::command::{ConfigArgs, ConfigCommand, TokenizerCheck, EXIT_CONFIG};
 use crossenc_config::{Problem, ServeConfig};
-use crossenc_model::{Dtype, ModelFolder, PairTokenizer};
+use crossenc_model::{ModelFolder, PairTokenizer};
 use crossenc_server::{ServeError, WorkerLauncher};
-use crossenc_worker::WorkerArgs;
 
 #[derive(Parser)]
 #[command(
@@ -33,65 +32,13 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run one worker process. The supervisor starts these itself; not for use by hand.
-    Worker(WorkerCommand),
+    Worker(crossenc_worker::command::WorkerCommand),
     /// Measure a running server (pairs/s, latency, padding) and the model alone on a workload.
     Bench(crate::bench::BenchArgs),
     /// Run the server over a grid of configurations under load; write CSV, JSON, Markdown and plots.
     Sweep(crate::bench::SweepArgs),
     /// List every metric served at /metrics: name, type, labels and meaning.
     Metrics,
-}
-
-#[derive(Args)]
-pub struct WorkerCommand {
-    #[command(subcommand)]
-    kind: WorkerKindArg,
-}
-
-#[derive(Subcommand)]
-enum WorkerKindArg {
-    /// Tokenize pairs with the model's tokenizer.json.
-    Tokenizer(WorkerFlags),
-    /// Score token batches with the model.
-    Model(WorkerFlags),
-}
-
-#[derive(Args)]
-struct WorkerFlags {
-    /// Name of the supervisor's IPC server to connect to.
-    #[arg(long, value_name = "NAME")]
-    ipc_server: String,
-    /// This worker's number within its kind.
-    #[arg(long, value_name = "N")]
-    worker_id: u32,
-    /// The supervisor's pid: the worker exits if its parent is not (or no longer) this.
-    #[arg(long, value_name = "PID")]
-    supervisor_pid: i32,
-    /// Model folder.
-    #[arg(long, value_name = "DIR")]
-    model: PathBuf,
-    /// Longest pair in tokens.
-    #[arg(long, value_name = "TOKENS")]
-    max_length: Option<usize>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
-    device: String,
-    /// Number format of the products: `f32` or `bf16`.
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_dtype)]
-    dtype: Dtype,
-}
-
-/// Runs bf16 products on AVX512-BF16 where the CPU has no AMX (normally f32 runs there).
-const BF16_WITHOUT_AMX: &str = "CROSSENC_BF16_WITHOUT_AMX";
-
-pub(crate) fn parse_dtype(name: &str) -> Result<Dtype, String> {
-    match name {
-        "f32" => Ok(Dtype::F32),
-        "bf16" => Ok(Dtype::Bf16 {
-            without_amx: std::env::var_os(BF16_WITHOUT_AMX).is_some_and(|v| v == "1"),
-        }),
-        _ => Err(format!("`{name}` is not one of `f32`, `bf16`")),
-    }
 }
 
 pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
@@ -102,11 +49,23 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let exe =
+        std::env::current_exe().context("cannot find the crossenc binary to start workers")?;
+    let gpu_exe = match config.model.gpus().is_empty() {
+        true => exe.clone(),
+        false => gpu_worker_binary(&exe)?,
+    };
     let launcher = WorkerLauncher {
-        exe: std::env::current_exe().context("cannot find the crossenc binary to start workers")?,
+        exe,
+        gpu_exe,
         model: config.model.path.clone(),
         max_length: config.model.requested_max_length(),
-        device: config.model.device.clone(),
+        devices: config
+            .model
+            .devices()
+            .into_iter()
+            .map(String::from)
+            .collect(),
         dtype: config.model.dtype,
         model_threads: config.workers.threads_per_model_worker(),
         startup_timeout: config.workers.startup_timeout,
@@ -191,39 +150,23 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-pub fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
-    type WorkerMain = fn(&WorkerArgs) -> Result<(), crossenc_worker::WorkerError>;
-    let (flags, run, kind): (_, WorkerMain, _) = match command.kind {
-        WorkerKindArg::Tokenizer(flags) => (flags, crossenc_worker::run_tokenizer, "tokenizer"),
-        WorkerKindArg::Model(flags) => (flags, crossenc_worker::run_model, "model"),
-    };
-    die_with_parent(flags.supervisor_pid)?;
-    // Every line of this worker names it.
-    let span = tracing::info_span!("worker", kind, id = flags.worker_id);
-    let _in_worker = span.enter();
-    let args = WorkerArgs {
-        server_name: flags.ipc_server,
-        worker_id: flags.worker_id,
-        model: flags.model,
-        max_length: flags.max_length,
-        device: flags.device,
-        dtype: flags.dtype,
-    };
-    run(&args)?;
-    Ok(ExitCode::SUCCESS)
+/// The binary GPU model workers run: `crossenc-cuda-worker` beside this one (or where
+/// `CROSSENC_CUDA_WORKER` says). Only it links CUDA's libraries, so that `crossenc`
+/// starts on any machine.
+fn gpu_worker_binary(exe: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let beside = exe.with_file_name("crossenc-cuda-worker");
+    let binary = std::env::var_os(CUDA_WORKER).map_or(beside, PathBuf::from);
+    if !binary.is_file() {
+        bail!(
+            "model.device asks for GPUs, but the GPU model worker {} does not exist: build \
+             it with `scripts/build-cuda.sh` and put it beside crossenc (or set {CUDA_WORKER})",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }
 
-/// Asks the kernel to kill this worker when its supervisor dies, so that no worker
-/// outlives the server; then checks that the supervisor did not die first.
-fn die_with_parent(supervisor: i32) -> anyhow::Result<()> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .context("cannot set the parent-death signal")?;
-    let parent = nix::unistd::getppid().as_raw();
-    if parent != supervisor {
-        bail!("the supervisor (pid {supervisor}) is gone; parent is now {parent}");
-    }
-    Ok(())
-}
+const CUDA_WORKER: &str = "CROSSENC_CUDA_WORKER";
 
 /// Prints the metric catalogue as a table (the registry itself registers exactly these).
 pub fn metrics() -> ExitCode {

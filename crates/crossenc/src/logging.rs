@@ -1,8 +1,8 @@
 //! Where log lines and spans go: log lines to stderr, as text for people or one JSON
 //! object per line (with the spans each was written in, so a request's id is on every
 //! line about it); spans, when an OTLP endpoint is given, to an OpenTelemetry collector,
-//! a client's W3C `traceparent` as their parent. Workers log in the supervisor's format,
-//! tagged with a span naming the worker.
+//! a client's W3C `traceparent` as their parent. (Workers log through
+//! `crossenc_worker::command::init_logging`, in the format their supervisor gave them.)
 
 use std::io::IsTerminal;
 
@@ -91,14 +91,4 @@ fn span_exporter(otlp: Otlp<'_>) -> anyhow::Result<SdkTracerProvider> {
 pub fn init_default() {
     let filter = std::env::var("CROSSENC_LOG").unwrap_or_else(|_| "info".into());
     let _ = init(LogFormat::Text, &filter, None);
-}
-
-/// For a worker: the format and filter its supervisor gave it.
-pub fn init_worker() {
-    let format = match std::env::var("CROSSENC_LOG_FORMAT").as_deref() {
-        Ok("json") => LogFormat::Json,
-        _ => LogFormat::Text,
-    };
-    let filter = std::env::var("CROSSENC_LOG").unwrap_or_else(|_| "info".into());
-    let _ = init(format, &filter, None);
 }

@@ -1,5 +1,6 @@
 //! `crossenc`: the supervisor (`crossenc serve`) and, re-executed by it, the worker
-//! processes (`crossenc worker tokenizer|model`).
+//! processes (`crossenc worker tokenizer|model`); GPU model workers run from
+//! `crossenc-cuda-worker` (crates/crossenc-cuda-worker) instead.
 
 mod bench;
 mod cli;
@@ -16,12 +17,14 @@ fn main() -> ExitCode {
     // `serve` logs as its configuration says, once loaded; a worker as its supervisor says.
     match &cli.command {
         Command::Serve(_) => {}
-        Command::Worker(_) => logging::init_worker(),
+        Command::Worker(_) => crossenc_worker::command::init_logging(),
         _ => logging::init_default(),
     }
     let result = match cli.command {
         Command::Serve(args) => cli::serve(args),
-        Command::Worker(worker) => cli::worker(worker),
+        Command::Worker(worker) => crossenc_worker::command::run(worker)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => bench::sweep(args).map(|()| ExitCode::SUCCESS),
         Command::Metrics => Ok(cli::metrics()),

@@ -45,6 +45,10 @@ static IDENTITY: Identity = Identity {
 };
 
 impl Architecture for DebertaV2 {
+    fn no_candle_bf16(&self) -> Option<&'static str> {
+        Some("candle's DeBERTa-v2 mixes f32 into its relative attention, so it runs f32 only")
+    }
+
     fn identity(&self) -> &'static Identity {
         &IDENTITY
     }

@@ -42,6 +42,11 @@ pub(crate) trait Architecture: Sync {
         Ok(Box::new(pack_encoder(vb, config)?))
     }
 
+    /// Why candle's padded pass of this architecture cannot run in bf16, if it cannot.
+    fn no_candle_bf16(&self) -> Option<&'static str> {
+        None
+    }
+
     /// candle's forward pass over padded pairs: the path on GPUs, and the reference
     /// the packed CPU pass is checked against.
     fn padded(

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{Device, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use candle_transformers::models::modernbert;
 use serde_json::Value;
@@ -44,6 +44,10 @@ static IDENTITY: Identity = Identity {
 };
 
 impl Architecture for ModernBert {
+    fn no_candle_bf16(&self) -> Option<&'static str> {
+        Some("candle's ModernBERT builds its attention masks in f32, so it runs f32 only")
+    }
+
     fn identity(&self) -> &'static Identity {
         &IDENTITY
     }
@@ -179,7 +183,7 @@ struct Padded {
 impl PaddedModel for Padded {
     fn logits(&self, batch: &PaddedBatch, device: &Device) -> candle_core::Result<Tensor> {
         let (ids, _) = batch.tensors(device)?;
-        let mask = batch.real_tokens_mask(device, DType::F32)?;
+        let mask = batch.real_tokens_mask(device, self.dense.weight().dtype())?;
         let hidden = self.backbone.forward(&ids, &mask)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.i((.., 0, ..))?.contiguous()?,
