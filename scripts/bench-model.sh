@@ -6,6 +6,9 @@
 # prints each run, the medians and their ratios. DTYPES (default "f32 bf16") are the
 # crossenc runs: bf16 runs on AMX where the CPU has it and f32 elsewhere (its
 # "products" line says which); CROSSENC_BF16_WITHOUT_AMX=1 runs it on AVX512-BF16.
+# Each run also measures this machine's fp32 limit on the workload with the peers'
+# roofline.py (torch's best fp32 matmul rate over the workload's FLOPs, no padding) and
+# prints every figure's share of it; ROOFLINE=0 skips that (about a minute a run).
 #
 # ONNX Runtime needs the peers' Python venv (several GB; see ../shared/peers/README.md):
 #   python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch transformers onnxruntime onnx onnxscript
@@ -18,6 +21,7 @@ PEERS_PYTHON="${PEERS_PYTHON:-/tmp/refenv/bin/python}"
 PEERS="${PEERS:-../shared/peers}"
 WORKLOAD="${WORKLOAD:-bench/workload-public.jsonl}"
 RUNS="${RUNS:-3}"
+ROOFLINE="${ROOFLINE:-1}"
 THREADS="${THREADS:-2}"
 DTYPES="${DTYPES:-f32 bf16}"
 # oneDNN's OpenMP threads must not spin between products (read when the binary loads).
@@ -32,27 +36,40 @@ cargo build --release --locked -p crossenc
 crossenc="$CARGO_TARGET_DIR/release/crossenc"
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A ours; theirs=()
+declare -A ours; theirs=(); limits=()
+share() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.0f%%", 100 * a / b}'; }
 for run in $(seq "$RUNS"); do
+  limit=""
+  if [ "$ROOFLINE" = 1 ]; then
+    limit=$("$PEERS_PYTHON" "$PEERS/roofline.py" models/default "$WORKLOAD" 2>/dev/null |
+      "$PEERS_PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["limit_pairs_s"]["fp32"])')
+    limits+=("$limit")
+    echo "run $run fp32 limit (roofline.py, torch's best fp32 matmul rate): $limit pairs/s"
+  fi
   for dtype in $DTYPES; do
     out=$(RAYON_NUM_THREADS="$THREADS" "$crossenc" bench --no-server --model models/default \
       --workload "$WORKLOAD" --dtype "$dtype")
     line=$(grep '^model alone, scheduler' <<<"$out")
     ours[$dtype]+="$(sed -E 's/.*: ([0-9.]+) pairs\/s.*/\1/' <<<"$line") "
-    echo "run $run crossenc $dtype: $line"
+    echo "run $run crossenc $dtype: $line${limit:+ ($(share "$(sed -E 's/.*: ([0-9.]+) pairs\/s.*/\1/' <<<"$line")" "$limit") of the fp32 limit)}"
     grep -E '^model alone: products|^max score error' <<<"$out" | sed "s/^/run $run crossenc $dtype: /"
   done
   json=$("$PEERS_PYTHON" "$PEERS/bench_python.py" "$WORKLOAD" models/default ort 2>/dev/null | tail -n1)
   pairs=$("$PEERS_PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])["pairs_s"])' "$json")
   theirs+=("$pairs")
-  echo "run $run onnxruntime: $json"
+  echo "run $run onnxruntime: $json${limit:+ ($(share "$pairs" "$limit") of the fp32 limit)}"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 m_theirs=$(median "${theirs[@]}")
-echo "median pairs/s: onnxruntime fp32 $m_theirs"
+m_limit=""
+if [ "${#limits[@]}" -gt 0 ]; then
+  m_limit=$(median "${limits[@]}")
+  echo "median fp32 limit: $m_limit pairs/s ($(grep -oE 'avx512[a-z_0-9]*|avx2|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '))"
+fi
+echo "median pairs/s: onnxruntime fp32 $m_theirs${m_limit:+, $(share "$m_theirs" "$m_limit") of the fp32 limit}"
 for dtype in $DTYPES; do
   # shellcheck disable=SC2086 # the runs are a space-separated list
   m_ours=$(median ${ours[$dtype]})
-  echo "median pairs/s: crossenc $dtype $m_ours, ratio to onnxruntime fp32 $(awk -v a="$m_ours" -v b="$m_theirs" 'BEGIN {printf "%.2f", a / b}')"
+  echo "median pairs/s: crossenc $dtype $m_ours, ratio to onnxruntime fp32 $(awk -v a="$m_ours" -v b="$m_theirs" 'BEGIN {printf "%.2f", a / b}')${m_limit:+, $(share "$m_ours" "$m_limit") of the fp32 limit}"
 done

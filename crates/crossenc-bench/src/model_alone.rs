@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossenc_core::scheduler::{Scheduler, SchedulerLimits};
+use crossenc_core::scheduler::{BatchCost, Scheduler, SchedulerLimits};
 use crossenc_ipc::{TokenBatch, TokenBatchBuilder};
 use crossenc_model::{CrossEncoder, Dtype, ModelFolder, PairTokenizer};
 
@@ -19,6 +19,8 @@ pub struct ModelAloneRun {
     pub dtype: Dtype,
     pub max_batch_tokens: usize,
     pub max_batch_size: usize,
+    /// Batches budgeted as for a padded pass instead of the packed pass's cost.
+    pub padded_budget: bool,
 }
 
 /// Scores every pair in-process: the model worker's own code, the scheduler's batches.
@@ -42,7 +44,11 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let naive = naive_padding(&requests, args);
-    let batches = scheduler_batches(&requests, args);
+    let cost = match args.padded_budget {
+        true => BatchCost::Padded,
+        false => BatchCost::packed(folder.config.hidden_size),
+    };
+    let batches = scheduler_batches(&requests, args, cost);
     let real: usize = batches.iter().map(TokenBatch::total_tokens).sum();
     let padded: usize = batches
         .iter()
@@ -60,10 +66,11 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
         naive * 100.0
     );
     println!(
-        "model alone, scheduler batches: {:.1} pairs/s, {:.0} tokens/s, {} batches, padding {:.1}% ({:.1} s)",
+        "model alone, scheduler batches: {:.1} pairs/s, {:.0} tokens/s, {} batches of {:.1} pairs ({cost:?}), padding {:.1}% ({:.1} s)",
         pairs as f64 / seconds,
         real as f64 / seconds,
         batches.len(),
+        pairs as f64 / batches.len().max(1) as f64,
         100.0 * (padded - real) as f64 / padded as f64,
         seconds
     );
@@ -120,9 +127,14 @@ fn naive_padding(requests: &[TokenBatch], args: &ModelAloneRun) -> f64 {
 }
 
 /// The batches the scheduler cuts when every pair of the workload waits at once.
-fn scheduler_batches(requests: &[TokenBatch], args: &ModelAloneRun) -> Vec<TokenBatch> {
+fn scheduler_batches(
+    requests: &[TokenBatch],
+    args: &ModelAloneRun,
+    cost: BatchCost,
+) -> Vec<TokenBatch> {
     let limits = SchedulerLimits {
         max_batch_tokens: args.max_batch_tokens,
+        cost,
         max_batch_size: args.max_batch_size,
         max_batch_delay: Duration::ZERO,
     };

@@ -82,7 +82,7 @@ pub struct ConfigArgs {
     /// model.activation: `model` (the model's own default), `sigmoid` or `identity` (raw scores) [default: model].
     #[arg(long, value_name = "NAME")]
     activation: Option<String>,
-    /// batching.max_batch_tokens: largest model batch in padded tokens (pairs x longest pair) [default: 4096].
+    /// batching.max_batch_tokens: largest model batch in tokens (CPU: real tokens + attention's share; GPU: pairs x longest) [default: 4096].
     #[arg(long, value_name = "TOKENS")]
     max_batch_tokens: Option<usize>,
     /// batching.max_batch_size: largest model batch in pairs [default: 64].

@@ -4,10 +4,11 @@
 //! around the oldest waiting pair, so no pair starves: a pair is in a batch after at most
 //! as many batches as there were pairs older than it. Around that pair the batch takes
 //! its neighbours in length order, as long as the batch stays under both budgets
-//! (`max_batch_tokens` padded tokens, `max_batch_size` pairs) and its padding stays
-//! under [`MAX_PADDING`] of its real tokens. A batch is full when `max_batch_size` or
-//! `max_batch_tokens` stops it; one that is not full is cut only once its oldest pair
-//! has waited `max_batch_delay`, in case more pairs arrive to fill it.
+//! (`max_batch_tokens` of [`BatchCost`], `max_batch_size` pairs). For a padded pass its
+//! padding also stays under [`MAX_PADDING`] of its real tokens; the packed CPU pass
+//! computes no padding, so there only the cost counts. A batch is full when
+//! `max_batch_size` or `max_batch_tokens` stops it; one that is not full is cut only once
+//! its oldest pair has waited `max_batch_delay`, in case more pairs arrive to fill it.
 //!
 //! This is a plain data structure: no IPC, no async, no clock of its own (callers pass
 //! `now`), so that it can be tested exhaustively.
@@ -16,15 +17,48 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-/// Padding a batch may carry, as a fraction of its real tokens. Padded tokens cost as
-/// much as real ones; 10% keeps the waste small while letting batches grow.
+/// Padding a padded batch may carry, as a fraction of its real tokens. Padded tokens
+/// cost as much as real ones; 10% keeps the waste small while letting batches grow.
 pub const MAX_PADDING: f64 = 0.10;
+
+/// What a batch costs the pass that runs it: the measure `max_batch_tokens` bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCost {
+    /// A pass over the pairs padded to the longest (candle's, on GPUs): pairs x longest,
+    /// and padding at most [`MAX_PADDING`] of the real tokens.
+    Padded,
+    /// The packed CPU pass: each pair's own tokens through the dense layers, plus its
+    /// attention, which grows with its length squared. A pair of `len` tokens costs
+    /// `len + len² / attention_span` tokens, `attention_span` being the length at which
+    /// a token's attention costs what its dense layers do (6 x the hidden size in a
+    /// BERT-style layer: 24h² products against 4h·len).
+    Packed { attention_span: usize },
+}
+
+impl BatchCost {
+    /// The packed pass's cost of a model of `hidden_size`.
+    pub fn packed(hidden_size: usize) -> Self {
+        BatchCost::Packed {
+            attention_span: (6 * hidden_size).max(1),
+        }
+    }
+
+    /// What one pair of `len` tokens adds (the padded pass: its real tokens).
+    fn of_pair(self, len: usize) -> usize {
+        match self {
+            BatchCost::Padded => len,
+            BatchCost::Packed { attention_span } => len + len * len / attention_span,
+        }
+    }
+}
 
 /// The limits every batch respects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerLimits {
-    /// Pairs x longest pair, at most (a single longer pair still gets a batch of one).
+    /// The batch's [`BatchCost`] in tokens, at most (a single pair over it still gets a
+    /// batch of its own).
     pub max_batch_tokens: usize,
+    pub cost: BatchCost,
     /// Pairs in a batch, at most.
     pub max_batch_size: usize,
     /// How long a batch that is not full waits for more pairs.
@@ -176,7 +210,7 @@ impl<T> Scheduler<T> {
             .filter_map(joinable);
         let mut next_shorter = shorter.next();
         let mut next_longer = longer.next();
-        let mut window = Window::new(anchor);
+        let mut window = Window::new(anchor, self.limits.cost);
         let mut budget_bound = false;
         while window.keys.len() < self.limits.max_batch_size {
             // Take the neighbour that adds less padding; stop when neither fits.
@@ -215,16 +249,23 @@ impl<T> Scheduler<T> {
     }
 
     fn fits(&self, window: &Window, key: (usize, u64)) -> Fit {
-        let pairs = window.keys.len() + 1;
-        let longest = window.longest.max(key.0);
-        let padded = pairs * longest;
+        let budget = self.limits.max_batch_tokens;
         let real = window.real + key.0;
-        if padded > self.limits.max_batch_tokens {
-            Fit::OverBudget
-        } else if (padded - real) as f64 > MAX_PADDING * real as f64 {
-            Fit::TooMuchPadding
-        } else {
-            Fit::Yes
+        match self.limits.cost {
+            BatchCost::Packed { .. } if window.cost + self.limits.cost.of_pair(key.0) > budget => {
+                Fit::OverBudget
+            }
+            BatchCost::Packed { .. } => Fit::Yes,
+            BatchCost::Padded => {
+                let padded = (window.keys.len() + 1) * window.longest.max(key.0);
+                if padded > budget {
+                    Fit::OverBudget
+                } else if (padded - real) as f64 > MAX_PADDING * real as f64 {
+                    Fit::TooMuchPadding
+                } else {
+                    Fit::Yes
+                }
+            }
         }
     }
 
@@ -268,19 +309,23 @@ enum Fit {
     TooMuchPadding,
 }
 
-/// A batch being planned: its keys, longest pair and real tokens.
+/// A batch being planned: its keys, longest pair, real tokens and cost.
 struct Window {
     keys: Vec<(usize, u64)>,
     longest: usize,
     real: usize,
+    cost: usize,
+    measure: BatchCost,
 }
 
 impl Window {
-    fn new(anchor: (usize, u64)) -> Self {
+    fn new(anchor: (usize, u64), measure: BatchCost) -> Self {
         Self {
             keys: vec![anchor],
             longest: anchor.0,
             real: anchor.0,
+            cost: measure.of_pair(anchor.0),
+            measure,
         }
     }
 
@@ -294,6 +339,7 @@ impl Window {
         self.keys.push(key);
         self.longest = self.longest.max(key.0);
         self.real += key.0;
+        self.cost += self.measure.of_pair(key.0);
     }
 }
 
@@ -307,6 +353,7 @@ mod tests {
 
     const LIMITS: SchedulerLimits = SchedulerLimits {
         max_batch_tokens: 1000,
+        cost: BatchCost::Padded,
         max_batch_size: 8,
         max_batch_delay: Duration::from_millis(2),
     };
@@ -400,6 +447,41 @@ mod tests {
         assert_eq!(batch.padded_tokens, 1500);
     }
 
+    #[test]
+    fn a_packed_batch_joins_lengths_a_padded_one_keeps_apart() {
+        let t0 = Instant::now();
+        let padded_or_packed = [BatchCost::Padded, BatchCost::packed(10_000)];
+        let sizes = padded_or_packed.map(|cost| {
+            let mut scheduler = Scheduler::new(SchedulerLimits { cost, ..LIMITS });
+            for (i, len) in [20, 200, 60, 100].into_iter().enumerate() {
+                scheduler.push(i as u64, len, len, t0);
+            }
+            scheduler.next_batch(t0 + ms(2)).unwrap().pairs.len()
+        });
+        // Padded: 20 rides alone (any neighbour would pad it past 10%); packed: all four.
+        assert_eq!(sizes, [1, 4]);
+    }
+
+    #[test]
+    fn a_packed_batch_pays_for_attention_by_length_squared() {
+        let t0 = Instant::now();
+        // Span 100: a 300-token pair costs 300 + 900 = 1200, over the 1000 budget.
+        let cost = BatchCost::Packed {
+            attention_span: 100,
+        };
+        let mut scheduler = Scheduler::new(SchedulerLimits { cost, ..LIMITS });
+        scheduler.push(1, 300, "long", t0);
+        scheduler.push(2, 100, "short", t0);
+        scheduler.push(3, 100, "short-too", t0);
+        let first = scheduler
+            .next_batch(t0)
+            .expect("over budget counts as full");
+        assert_eq!(first.pairs.len(), 1);
+        // 100-token pairs cost 200 each: both fit.
+        let second = scheduler.next_batch(t0 + ms(2)).unwrap();
+        assert_eq!(second.pairs.len(), 2);
+    }
+
     /// One step of a random simulation: pairs arrive, or a worker asks for a batch.
     #[derive(Debug, Clone)]
     enum Step {
@@ -435,8 +517,10 @@ mod tests {
             steps in prop::collection::vec(step(), 1..80),
             max_batch_tokens in 600usize..20_000,
             max_batch_size in 1usize..70,
+            packed in any::<bool>(),
         ) {
-            let limits = SchedulerLimits { max_batch_tokens, max_batch_size, max_batch_delay: ms(2) };
+            let cost = if packed { BatchCost::packed(64) } else { BatchCost::Padded };
+            let limits = SchedulerLimits { max_batch_tokens, cost, max_batch_size, max_batch_delay: ms(2) };
             let mut scheduler = Scheduler::new(limits);
             let t0 = Instant::now();
             let mut now = t0;
@@ -451,7 +535,12 @@ mod tests {
                 prop_assert!(batch.pairs.iter().any(|p| p.0 == oldest), "the oldest pair rides first");
                 let longest = batch.pairs.iter().map(|p| waiting[&p.0].1).max().unwrap();
                 prop_assert!(batch.pairs.len() <= max_batch_size);
-                prop_assert!(batch.pairs.len() == 1 || batch.pairs.len() * longest <= max_batch_tokens);
+                let spent: usize = batch.pairs.iter().map(|p| cost.of_pair(waiting[&p.0].1)).sum();
+                let within = match cost {
+                    BatchCost::Padded => batch.pairs.len() * longest <= max_batch_tokens,
+                    BatchCost::Packed { .. } => spent <= max_batch_tokens,
+                };
+                prop_assert!(batch.pairs.len() == 1 || within, "over budget: {spent}");
                 prop_assert_eq!(batch.padded_tokens, batch.pairs.len() * longest);
                 if batch.pairs.iter().any(|p| solos.contains(&p.0)) {
                     prop_assert_eq!(batch.pairs.len(), 1, "a solo pair rides alone");

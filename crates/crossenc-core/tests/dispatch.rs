@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossenc_config::ScoreActivation;
 use crossenc_core::admission::Refused;
 use crossenc_core::dispatch::DispatchLimits;
-use crossenc_core::scheduler::SchedulerLimits;
+use crossenc_core::scheduler::{BatchCost, SchedulerLimits};
 use crossenc_core::{Pipeline, PipelineError, PipelineLimits, RequestId, Scores, WorkerKind};
 use crossenc_metrics::Metrics;
 use fake::{add_tokenizer, expected_score, keep_models, Log, COMPUTE};
@@ -21,6 +21,7 @@ const RESPAWN: Duration = Duration::from_millis(500);
 fn limits() -> PipelineLimits {
     PipelineLimits {
         scheduler: SchedulerLimits {
+            cost: BatchCost::Padded,
             max_batch_tokens: 10_000,
             max_batch_size: 2,
             max_batch_delay: Duration::from_millis(2),

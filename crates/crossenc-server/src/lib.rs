@@ -11,6 +11,7 @@ use crossenc_api::{ApiError, Faces, FacesState, Listeners};
 use crossenc_config::{InvalidSetting, ServeConfig};
 use crossenc_core::admission::Admission;
 use crossenc_core::dispatch::DispatchLimits;
+pub use crossenc_core::scheduler::BatchCost;
 use crossenc_core::scheduler::SchedulerLimits;
 use crossenc_core::{Pipeline, PipelineLimits};
 use crossenc_ipc::{WorkerInfo, WorkerKind};
@@ -44,10 +45,12 @@ fn list(errors: &[InvalidSetting]) -> String {
 }
 
 /// Runs the server until `shutdown` resolves, then drains in-flight requests (up to
-/// `shutdown_grace`), stops the workers and returns.
+/// `shutdown_grace`), stops the workers and returns. `cost` is what a batch costs the
+/// model workers' pass, the measure of `batching.max_batch_tokens`.
 pub async fn serve(
     config: ServeConfig,
     launcher: WorkerLauncher,
+    cost: BatchCost,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
@@ -59,7 +62,7 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new(gpus.is_some()));
     observe_codec(&metrics);
     let pipeline = Arc::new(Pipeline::start(
-        pipeline_limits(&config),
+        pipeline_limits(&config, cost),
         Arc::clone(&metrics),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -215,12 +218,13 @@ fn set_admission_limits(metrics: &Metrics, admission: &Admission) {
         .set(admission.max_requests() as i64);
 }
 
-fn pipeline_limits(config: &ServeConfig) -> PipelineLimits {
+fn pipeline_limits(config: &ServeConfig, cost: BatchCost) -> PipelineLimits {
     let batching = &config.batching;
     let bytes = |size: u64| usize::try_from(size).unwrap_or(usize::MAX);
     PipelineLimits {
         scheduler: SchedulerLimits {
             max_batch_tokens: batching.max_batch_tokens,
+            cost,
             max_batch_size: batching.max_batch_size,
             max_batch_delay: batching.max_batch_delay,
         },

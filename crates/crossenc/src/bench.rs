@@ -82,6 +82,10 @@ pub struct BenchArgs {
     max_batch_tokens: usize,
     #[arg(long, value_name = "PAIRS", default_value_t = ServeConfig::default().batching.max_batch_size)]
     max_batch_size: usize,
+    /// Cut the model-alone run's batches as for a padded pass (pairs x longest, 10%
+    /// padding at most), not by the packed CPU pass's cost.
+    #[arg(long)]
+    padded_budget: bool,
     /// Skip the server runs (model alone only).
     #[arg(long)]
     no_server: bool,
@@ -105,6 +109,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             dtype: args.dtype,
             max_batch_tokens: args.max_batch_tokens,
             max_batch_size: args.max_batch_size,
+            padded_budget: args.padded_budget,
         };
         crossenc_bench::model_alone::run(&run, &workload).map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crossenc_config::command::{ConfigArgs, ConfigCommand, TokenizerCheck, EXIT_CONFIG};
 use crossenc_config::{Problem, ServeConfig};
 use crossenc_model::{ModelFolder, PairTokenizer};
-use crossenc_server::{ServeError, WorkerLauncher};
+use crossenc_server::{BatchCost, ServeError, WorkerLauncher};
 
 #[derive(Parser)]
 #[command(
@@ -51,9 +51,9 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
     };
     let exe =
         std::env::current_exe().context("cannot find the crossenc binary to start workers")?;
-    let gpu_exe = match config.model.gpus().is_empty() {
-        true => exe.clone(),
-        false => gpu_worker_binary(&exe)?,
+    let (gpu_exe, cost) = match config.model.gpus().is_empty() {
+        true => (exe.clone(), packed_cost(&config)?),
+        false => (gpu_worker_binary(&exe)?, BatchCost::Padded),
     };
     let launcher = WorkerLauncher {
         exe,
@@ -90,7 +90,7 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
     };
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot watch SIGTERM and SIGINT")?;
-        anyhow::Ok(crossenc_server::serve(config, launcher, shutdown).await)
+        anyhow::Ok(crossenc_server::serve(config, launcher, cost, shutdown).await)
     })?;
     match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -148,6 +148,13 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             std::process::exit(130);
         });
     })
+}
+
+/// What a batch costs the CPU's packed pass of this model (checked to open above).
+fn packed_cost(config: &ServeConfig) -> anyhow::Result<BatchCost> {
+    let folder = ModelFolder::open(&config.model.path)
+        .with_context(|| format!("cannot open {}", config.model.path.display()))?;
+    Ok(BatchCost::packed(folder.config.hidden_size))
 }
 
 /// The binary GPU model workers run: `crossenc-cuda-worker` beside this one (or where
