@@ -2,8 +2,9 @@
 # Prepares what the GPU check (scripts/gpu-check.sh) needs on a GPU machine that has no
 # Rust and no network, in dist/gpu-check/ (under the 64 MiB that may travel there):
 #   bin/  crossenc and crossenc-cuda-worker (release, stripped, xz);
-#   lib/  the libraries crossenc links that such a machine may lack (oneDNN, OpenCL's
-#         loader, OpenMP), xz;
+#   lib/  the libraries that such a machine may lack: crossenc's (oneDNN, OpenCL's
+#         loader, OpenMP), and cuRAND for the GPU worker (torch's CUDA 13 wheels bring
+#         cuBLAS and the CUDA runtime but not cuRAND, which candle links), xz;
 #   model/ the default model's config and tokenizer files, not its 90 MB weights (the
 #         check makes same-shape ones there).
 # The workload (bench/) and the scripts travel with the working tree.
@@ -31,7 +32,9 @@ strip -o "$bundle/bin/crossenc-cuda-worker" "$gpu"
 for lib in $(ldd "$cpu" | awk '/libdnnl|libOpenCL|libgomp/ {print $3}'); do
     cp -L "$lib" "$bundle/lib/"
 done
-xz -T0 -6 "$bundle"/bin/* "$bundle"/lib/*
+cp -L "$(scripts/install-cuda-build.sh)/lib/libcurand.so.10" "$bundle/lib/"
+# -9: cuRAND alone is 133 MB, 41 MB compressed.
+xz -T0 -9 "$bundle"/bin/* "$bundle"/lib/*
 size="$(du -cb "$bundle" | tail -n 1 | cut -f1)"
 echo "prepare-gpu-check.sh: $bundle is $((size / 1024 / 1024)) MiB" >&2
 if [ "$size" -gt "$limit" ]; then
