@@ -246,6 +246,7 @@ pub(crate) fn pack_encoder(vb: VarBuilder, c: &ModelConfig) -> candle_core::Resu
         head_out: Dense::load(vb.pp(layout.head_out), h, c.num_labels())?.pack()?,
         config: c.clone(),
         relative: None,
+        scratch: Default::default(),
     })
 }
 

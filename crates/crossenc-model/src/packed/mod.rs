@@ -63,6 +63,9 @@ pub(crate) struct PackedEncoder {
     pub config: ModelConfig,
     /// DeBERTa's disentangled attention, where the architecture has it.
     pub relative: Option<RelativeAttention>,
+    /// The activations' buffers, kept from batch to batch: allocated anew, each batch's
+    /// tens of MB would be faulted in page by page again.
+    pub scratch: std::sync::Mutex<Scratch>,
 }
 
 /// A packed forward pass over a batch's pairs, as an architecture prepares it at load.
@@ -456,9 +459,9 @@ pub(crate) fn activate(x: &mut [f32], activation: HiddenAct) {
         .for_each(|chunk| activate_slice(chunk, &activation));
 }
 
-/// Scratch buffers of one forward pass, reused from layer to layer.
+/// Scratch buffers of a forward pass, reused from layer to layer and batch to batch.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     x: Vec<f32>,
     qkv: Vec<f32>,
     context: Vec<f32>,
@@ -482,7 +485,9 @@ impl PackedPass for PackedEncoder {
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (h, tokens) = (c.hidden_size, batch.ids.len());
-        let mut s = Scratch::default();
+        // One batch at a time per worker: the lock is never contended there.
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *s;
         let mut p = ProductScratch::new(threads);
         self.embed(batch, &mut s.x);
         for (l, layer) in self.layers.iter().enumerate() {
