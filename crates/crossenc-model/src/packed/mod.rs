@@ -459,14 +459,28 @@ pub(crate) fn activate(x: &mut [f32], activation: HiddenAct) {
         .for_each(|chunk| activate_slice(chunk, &activation));
 }
 
-/// Scratch buffers of a forward pass, reused from layer to layer and batch to batch.
-#[derive(Default)]
+/// Scratch buffers of a forward pass, reused from layer to layer and batch to batch:
+/// the activations, and the products' bf16 copy of their input.
 pub(crate) struct Scratch {
     x: Vec<f32>,
     qkv: Vec<f32>,
     context: Vec<f32>,
     attended: Vec<f32>,
     inner: Vec<f32>,
+    products: ProductScratch,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            x: Vec::new(),
+            qkv: Vec::new(),
+            context: Vec::new(),
+            attended: Vec::new(),
+            inner: Vec::new(),
+            products: ProductScratch::new(1),
+        }
+    }
 }
 
 impl PackedPass for PackedEncoder {
@@ -488,10 +502,11 @@ impl PackedPass for PackedEncoder {
         // One batch at a time per worker: the lock is never contended there.
         let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *s;
-        let mut p = ProductScratch::new(threads);
+        s.products.threads = threads;
+        let p = &mut s.products;
         self.embed(batch, &mut s.x);
         for (l, layer) in self.layers.iter().enumerate() {
-            layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, &mut p)?;
+            layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, p)?;
             let heads = c.num_attention_heads;
             match &self.relative {
                 Some(relative) => {
@@ -501,15 +516,15 @@ impl PackedPass for PackedEncoder {
             }
             layer
                 .attention_out
-                .forward(&s.context, tokens, Some(&s.x), &mut s.attended, &mut p)?;
+                .forward(&s.context, tokens, Some(&s.x), &mut s.attended, p)?;
             layer.attention_norm.apply(&mut s.attended, h);
             layer
                 .intermediate
-                .forward(&s.attended, tokens, None, &mut s.inner, &mut p)?;
+                .forward(&s.attended, tokens, None, &mut s.inner, p)?;
             activate(&mut s.inner, c.hidden_act);
             layer
                 .output
-                .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, &mut p)?;
+                .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, p)?;
             layer.output_norm.apply(&mut s.x, h);
         }
         let pairs = batch.offsets.len() - 1;
