@@ -4,8 +4,11 @@
 # batches by the scheduler) and ../shared/peers/bench_python.py's ONNX Runtime fp32
 # (length-sorted batches of 32), both on 2 threads, alternating RUNS times (default 3);
 # prints each run, the medians and their ratios. DTYPES (default "f32 bf16") are the
-# crossenc runs: bf16 runs on AMX where the CPU has it and f32 elsewhere (its
-# "products" line says which); CROSSENC_BF16_WITHOUT_AMX=1 runs it on AVX512-BF16.
+# crossenc runs, each a dtype or a kernel set: `f32` and `bf16` run on the kernels timed
+# fastest at load (bf16 on AMX, or on AVX512-BF16 where it timed faster than f32; the
+# "products" and "kernels" lines say what ran); `gemm-f32`, `onednn-f32` and
+# `onednn-bf16` run on those kernels, untimed (`crossenc bench --kernels`), to compare
+# them in one run. CROSSENC_BF16_WITHOUT_AMX=1 runs bf16 even where it timed slower.
 # Each run also measures this machine's fp32 limit on the workload with the peers'
 # roofline.py (torch's best fp32 matmul rate over the workload's FLOPs, no padding) and
 # prints every figure's share of it; ROOFLINE=0 skips that (about a minute a run).
@@ -47,12 +50,16 @@ for run in $(seq "$RUNS"); do
     echo "run $run fp32 limit (roofline.py, torch's best fp32 matmul rate): $limit pairs/s"
   fi
   for dtype in $DTYPES; do
+    case "$dtype" in
+      *-*) choice=(--kernels "$dtype") ;;
+      *) choice=(--dtype "$dtype") ;;
+    esac
     out=$(RAYON_NUM_THREADS="$THREADS" "$crossenc" bench --no-server --model models/default \
-      --workload "$WORKLOAD" --dtype "$dtype")
+      --workload "$WORKLOAD" "${choice[@]}")
     line=$(grep '^model alone, scheduler' <<<"$out")
     ours[$dtype]+="$(sed -E 's/.*: ([0-9.]+) pairs\/s.*/\1/' <<<"$line") "
     echo "run $run crossenc $dtype: $line${limit:+ ($(share "$(sed -E 's/.*: ([0-9.]+) pairs\/s.*/\1/' <<<"$line")" "$limit") of the fp32 limit)}"
-    grep -E '^model alone: products|^max score error' <<<"$out" | sed "s/^/run $run crossenc $dtype: /"
+    grep -E '^model alone: (products|kernels)|^max score error' <<<"$out" | sed "s/^/run $run crossenc $dtype: /"
   done
   json=$("$PEERS_PYTHON" "$PEERS/bench_python.py" "$WORKLOAD" models/default ort 2>/dev/null | tail -n1)
   pairs=$("$PEERS_PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])["pairs_s"])' "$json")

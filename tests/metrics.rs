@@ -371,6 +371,8 @@ async fn every_metric_moves_by_what_was_sent() {
     assert!(
         build.contains("device=\"cpu\"")
             && build.contains("dtype=\"f32\"")
+            && (build.contains("kernels=\"gemm-f32:gemm\"")
+                || build.contains("kernels=\"onednn-f32:"))
             && build.ends_with(" 1"),
         "{build}"
     );
@@ -403,6 +405,10 @@ async fn every_metric_moves_by_what_was_sent() {
             "worker_type" => ["tokenizer", "model", "supervisor"].contains(&value.as_str()),
             "worker_id" => ["0", "1"].contains(&value.as_str()),
             "dtype" => ["f32", "bf16"].contains(&value.as_str()),
+            // A kernel set and oneDNN's name for its kernels: a few per build.
+            "kernels" => ["gemm-f32:", "onednn-f32:", "onednn-bf16:"]
+                .iter()
+                .any(|k| value.starts_with(k)),
             "architecture" => [
                 "bert",
                 "xlm-roberta",

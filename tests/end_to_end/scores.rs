@@ -44,12 +44,21 @@ const BF16_TOLERANCE: f64 = 2e-2;
 
 /// What `build_info` says the model workers compute in.
 fn served_dtype(server: &TestServer) -> String {
+    served_label(server, "dtype")
+}
+
+/// One label of `build_info`.
+fn served_label(server: &TestServer, label: &str) -> String {
     let text = server.metrics();
     let line = text
         .lines()
         .find(|l| l.starts_with("build_info{"))
         .expect("build_info in /metrics");
-    let start = line.find("dtype=\"").expect("a dtype label") + "dtype=\"".len();
+    let key = format!("{label}=\"");
+    let start = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {label} in {line}"))
+        + key.len();
     line[start..].split('"').next().unwrap().to_string()
 }
 
@@ -90,20 +99,30 @@ async fn infer_in_bf16_stays_within_2e_2_of_the_transformers_reference() {
     }
 }
 
-/// Without AMX, `dtype = "bf16"` runs f32 (bf16 on AVX512-BF16 alone is slower) and
-/// `build_info` says so; with AMX it runs bf16.
+/// `dtype = "bf16"` runs bf16 on AMX, and without AMX on AVX512-BF16 only where it
+/// timed faster than f32 at load (on some CPUs it is, on others not): `build_info`
+/// says which, in `dtype` and `kernels` alike, and the scores are as close to
+/// transformers as that format allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bf16_falls_back_to_f32_without_amx() {
+async fn bf16_runs_where_it_times_faster_and_build_info_says_which() {
     let server = TestServer::start(&["--dtype", "bf16"]);
-    let expected = if cpu_has("amx_bf16") && cpu_has("amx_tile") {
-        "bf16"
-    } else {
-        "f32"
-    };
-    assert_eq!(served_dtype(&server), expected);
+    let dtype = served_dtype(&server);
+    let kernels = served_label(&server, "kernels");
+    eprintln!("bf16 asked for: dtype {dtype}, kernels {kernels}");
+    if cpu_has("amx_bf16") && cpu_has("amx_tile") {
+        assert_eq!(dtype, "bf16");
+    }
+    if !cpu_has("avx512_bf16") {
+        assert_eq!(dtype, "f32");
+    }
+    assert_eq!(
+        kernels.starts_with("onednn-bf16:"),
+        dtype == "bf16",
+        "dtype {dtype} yet kernels {kernels}"
+    );
     let rows: Vec<Golden> = goldens().into_iter().take(8).collect();
     let response = infer_raw(server.client().await, &rows).await;
-    let tolerance = if expected == "f32" {
+    let tolerance = if dtype == "f32" {
         TOLERANCE
     } else {
         BF16_TOLERANCE

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossenc_core::scheduler::{BatchCost, Scheduler, SchedulerLimits};
 use crossenc_ipc::{TokenBatch, TokenBatchBuilder};
-use crossenc_model::{CrossEncoder, Dtype, ModelFolder, PairTokenizer};
+use crossenc_model::{CrossEncoder, Dtype, Kernels, ModelFolder, PairTokenizer};
 
 use crate::Query;
 
@@ -17,6 +17,8 @@ use crate::Query;
 pub struct ModelAloneRun {
     pub model: PathBuf,
     pub dtype: Dtype,
+    /// Kernels to run on instead of those timed fastest at load.
+    pub kernels: Option<Kernels>,
     pub max_batch_tokens: usize,
     pub max_batch_size: usize,
     /// Batches budgeted as for a padded pass instead of the packed pass's cost.
@@ -29,8 +31,14 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
     let max_length = folder.max_length(None)?;
     let tokenizer = PairTokenizer::load(&folder, max_length)?;
     let cpu = crossenc_model::parse_device("cpu")?;
-    let model = CrossEncoder::load(&folder, cpu.clone(), args.dtype)?;
+    let model = match args.kernels {
+        Some(kernels) => CrossEncoder::load_on(&folder, kernels)?,
+        None => CrossEncoder::load(&folder, cpu, args.dtype)?,
+    };
     println!("model alone: products {}", model.products());
+    if let Some(kernels) = model.kernels() {
+        println!("model alone: kernels {kernels}");
+    }
     let requests: Vec<TokenBatch> = workload
         .iter()
         .map(|q| {
@@ -74,8 +82,8 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
         100.0 * (padded - real) as f64 / padded as f64,
         seconds
     );
-    if args.dtype != Dtype::F32 {
-        let reference = CrossEncoder::load(&folder, cpu, Dtype::F32)?;
+    if args.dtype != Dtype::F32 || args.kernels.is_some() {
+        let reference = CrossEncoder::load_on(&folder, Kernels::Gemm)?;
         let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
         let (mut raw, mut squashed) = (0.0f32, 0.0f32);
         for (batch, scores) in batches.iter().zip(&scores) {
@@ -87,8 +95,8 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
             }
         }
         println!(
-            "max score error against f32 over {pairs} pairs: {raw:.2e} in raw logits, \
-             {squashed:.2e} after sigmoid"
+            "max score error against f32 on gemm over {pairs} pairs: {raw:.2e} in raw \
+             logits, {squashed:.2e} after sigmoid"
         );
     }
     Ok(())

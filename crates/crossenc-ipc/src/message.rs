@@ -47,6 +47,9 @@ pub struct WorkerInfo {
     pub device: String,
     /// The number format its products run in (`f32`, `bf16`), after any fallback.
     pub dtype: String,
+    /// The kernels its products run on, as timed fastest at load
+    /// (`onednn-f32:brg:avx512_core`); `candle` off the CPU.
+    pub kernels: String,
 }
 
 /// Supervisor to worker.

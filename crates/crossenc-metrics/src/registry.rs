@@ -63,6 +63,8 @@ pub struct BuildLabels {
     pub architecture: String,
     pub device: String,
     pub dtype: String,
+    /// The products' kernels, chosen by timing at load.
+    pub kernels: String,
 }
 
 /// Histogram buckets: `start` doubling `count` times.
@@ -495,6 +497,7 @@ mod tests {
                 architecture: "bert".into(),
                 device: "cpu".into(),
                 dtype: "f32".into(),
+                kernels: "gemm-f32:gemm".into(),
             })
             .set(1);
     }

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::arch::PaddedModel;
-use crate::packed::{PackedPass, PackedTokens};
-use crate::{ModelConfig, ModelError, ModelFolder};
+use crate::packed::{fastest, measure, timed_rows, PackedPass, PackedTokens};
+use crate::{KernelChoice, KernelRate, Kernels, ModelConfig, ModelError, ModelFolder};
 
 /// A loaded cross-encoder, ready to score batches.
 pub struct CrossEncoder {
@@ -22,6 +22,8 @@ pub struct CrossEncoder {
     /// an empty batch), so that a CPU worker holds one copy of the weights.
     padded: OnceLock<Box<dyn PaddedModel>>,
     products: Products,
+    /// The packed pass's kernels and what they were chosen over; `None` off the CPU.
+    kernels: Option<KernelChoice>,
 }
 
 /// The number format an operator asks for the encoder's products.
@@ -29,10 +31,12 @@ pub struct CrossEncoder {
 pub enum Dtype {
     #[default]
     F32,
-    /// bf16 inputs, f32 accumulation, on oneDNN's AMX kernels; f32 where the CPU has no
-    /// AMX. AVX512-BF16 alone runs bf16 products at about half the rate of f32 ones on
-    /// Intel CPUs (measured: oneDNN 162-171 GFLOP/s bf16 vs 258-334 f32, 2 threads), so
-    /// `without_amx` uses it only when asked: to test the path, or on CPUs where it pays.
+    /// bf16 inputs, f32 accumulation, on oneDNN: on AMX tiles always; on AVX512-BF16
+    /// alone where it times faster than f32 on the model's layer at load. Which wins
+    /// there depends on the CPU: on Intel CPUs without AMX, bf16 ran at about half the
+    /// rate of f32 (oneDNN 162-171 GFLOP/s against 258-334, 2 threads); on an AMD Zen 4,
+    /// about 1.5 times it. `without_amx` runs it even where it timed slower, to test the
+    /// path.
     Bf16 { without_amx: bool },
 }
 
@@ -73,8 +77,7 @@ impl std::fmt::Display for Products {
             } => write!(f, "bf16 on AMX tiles (oneDNN {implementation})"),
             Products::Bf16 { implementation, .. } => write!(
                 f,
-                "bf16 on AVX512-BF16 without AMX (oneDNN {implementation}), as \
-                 CROSSENC_BF16_WITHOUT_AMX asks"
+                "bf16 on AVX512-BF16 without AMX (oneDNN {implementation})"
             ),
             Products::Bf16Candle => f.write_str("bf16 weights and activations (candle)"),
             Products::F32Instead { reason } => {
@@ -244,10 +247,47 @@ impl CrossEncoder {
             .config
             .arch()
             .packed(model.weights(DType::F32)?, &model.config);
-        model.packed = Some(packed.map_err(|e| model.weights_error(e))?);
-        if let Dtype::Bf16 { without_amx } = dtype {
-            model.products = model.prepare_bf16(without_amx)?;
+        let mut packed = packed.map_err(|e| model.weights_error(e))?;
+        let (products, choice) = choose_kernels(packed.as_ref(), dtype)?;
+        packed.prepare_products(choice.chosen.kernels)?;
+        model.packed = Some(packed);
+        model.products = products;
+        model.kernels = Some(choice);
+        Ok(model)
+    }
+
+    /// The CPU's packed pass on the `kernels` given, untimed: to compare kernels with
+    /// each other (tests, `crossenc bench --kernels`).
+    pub fn load_on(folder: &ModelFolder, kernels: Kernels) -> Result<Self, ModelError> {
+        let mut model = Self::empty(folder, Device::Cpu);
+        let packed = model
+            .config
+            .arch()
+            .packed(model.weights(DType::F32)?, &model.config);
+        let mut packed = packed.map_err(|e| model.weights_error(e))?;
+        packed.prepare_products(kernels)?;
+        let rows = timed_rows(&packed.timed_layer());
+        let implementation = packed
+            .timed_layer()
+            .first()
+            .map_or_else(|| "none".into(), |l| l.implementation(rows));
+        if kernels == Kernels::OnednnBf16 {
+            model.products = Products::Bf16 {
+                amx: implementation.contains("amx"),
+                implementation: implementation.clone(),
+            };
         }
+        model.packed = Some(packed);
+        let chosen = KernelRate {
+            kernels,
+            implementation,
+            gflops: f64::NAN,
+        };
+        model.kernels = Some(KernelChoice {
+            measured: vec![chosen.clone()],
+            chosen,
+            rows,
+        });
         Ok(model)
     }
 
@@ -290,6 +330,7 @@ impl CrossEncoder {
             packed: None,
             padded: OnceLock::new(),
             products: Products::F32,
+            kernels: None,
         }
     }
 
@@ -322,45 +363,14 @@ impl CrossEncoder {
         Ok(self.padded.get().expect("set above").as_ref())
     }
 
-    /// Moves the CPU pass's products to bf16 where this machine and build can run them.
-    fn prepare_bf16(&mut self, without_amx: bool) -> Result<Products, ModelError> {
-        let Some(packed) = &mut self.packed else {
-            return Ok(Products::F32Instead {
-                reason: format!(
-                    "bf16 is implemented for the CPU forward pass; {:?} runs f32",
-                    self.device
-                ),
-            });
-        };
-        match crossenc_onednn::support() {
-            crossenc_onednn::Support::Missing(reason) => Ok(Products::F32Instead {
-                reason: reason.clone(),
-            }),
-            crossenc_onednn::Support::Native {
-                amx: false,
-                implementation,
-            } if !without_amx => Ok(Products::F32Instead {
-                reason: format!(
-                    "this CPU has no AMX, and bf16 on AVX512-BF16 ({implementation}) is slower \
-                     than f32 on it (CROSSENC_BF16_WITHOUT_AMX=1 runs it anyway)"
-                ),
-            }),
-            crossenc_onednn::Support::Native {
-                amx,
-                implementation,
-            } => {
-                packed.prepare_bf16()?;
-                Ok(Products::Bf16 {
-                    implementation: implementation.clone(),
-                    amx: *amx,
-                })
-            }
-        }
-    }
-
     /// What the products run in, after any fallback.
     pub fn products(&self) -> &Products {
         &self.products
+    }
+
+    /// The CPU pass's kernels, timed against the others at load; `None` off the CPU.
+    pub fn kernels(&self) -> Option<&KernelChoice> {
+        self.kernels.as_ref()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -438,4 +448,69 @@ impl CrossEncoder {
             .map(|labels| self.config.raw_score(labels))
             .collect()
     }
+}
+
+/// Times the kernels `dtype` may run on one of the model's layers and picks: for f32
+/// the faster of `gemm` and oneDNN's f32; for bf16, oneDNN's bf16 on AMX, or where it
+/// beats the best f32 (or `without_amx` asks), and that f32 otherwise, saying why.
+fn choose_kernels(
+    packed: &dyn PackedPass,
+    dtype: Dtype,
+) -> Result<(Products, KernelChoice), ModelError> {
+    let layer = packed.timed_layer();
+    let threads = rayon::current_num_threads();
+    let mut measured = vec![measure(&layer, Kernels::Gemm, threads)?];
+    // Without oneDNN in the build its weights cannot be made, and gemm runs alone.
+    if let Ok(rate) = measure(&layer, Kernels::OnednnF32, threads) {
+        measured.push(rate);
+    }
+    let best_f32 = fastest(&measured).expect("gemm was timed").clone();
+    let mut chosen = best_f32.clone();
+    let products = match (dtype, crossenc_onednn::support()) {
+        (Dtype::F32, _) => Products::F32,
+        (Dtype::Bf16 { .. }, crossenc_onednn::Support::Missing(reason)) => Products::F32Instead {
+            reason: reason.clone(),
+        },
+        (
+            Dtype::Bf16 { without_amx },
+            crossenc_onednn::Support::Native {
+                amx,
+                implementation,
+            },
+        ) => {
+            let bf16 = measure(&layer, Kernels::OnednnBf16, threads)?;
+            measured.push(bf16.clone());
+            if *amx || without_amx || bf16.gflops > best_f32.gflops {
+                chosen = bf16;
+                Products::Bf16 {
+                    implementation: implementation.clone(),
+                    amx: *amx,
+                }
+            } else {
+                Products::F32Instead {
+                    reason: bf16_slower(implementation, &bf16, &best_f32),
+                }
+            }
+        }
+    };
+    let rows = timed_rows(&layer);
+    Ok((
+        products,
+        KernelChoice {
+            chosen,
+            measured,
+            rows,
+        },
+    ))
+}
+
+fn bf16_slower(implementation: &str, bf16: &KernelRate, f32: &KernelRate) -> String {
+    format!(
+        "this CPU has no AMX, and bf16 on AVX512-BF16 ({implementation}) timed slower than \
+         f32 on this model's layer: {:.0} GFLOP/s against {:.0} for {} \
+         (CROSSENC_BF16_WITHOUT_AMX=1 runs it anyway)",
+        bf16.gflops,
+        f32.gflops,
+        f32.kernels.name()
+    )
 }

@@ -41,6 +41,6 @@ pub enum ModelError {
     },
     #[error("the forward pass failed: {0}")]
     Forward(#[from] candle_core::Error),
-    #[error("bf16 products: {0}")]
-    Bf16(#[from] crossenc_onednn::OnednnError),
+    #[error("oneDNN products: {0}")]
+    Onednn(#[from] crossenc_onednn::OnednnError),
 }

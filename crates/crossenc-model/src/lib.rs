@@ -18,6 +18,7 @@ pub use arch::PairTemplate;
 pub use cross_encoder::{CrossEncoder, Dtype, PackedPairs, PaddedBatch, Products};
 pub use error::ModelError;
 pub use folder::{HiddenAct, ModelConfig, ModelFolder, ScoreActivation};
+pub use packed::{KernelChoice, KernelRate, Kernels};
 pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};
 
 /// Where a model runs: `cpu`, or `cuda:N` in a build with the `cuda` feature.

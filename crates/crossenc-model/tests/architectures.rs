@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crossenc_model::{
-    CrossEncoder, Dtype, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
+    CrossEncoder, Dtype, Kernels, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
 };
 
 #[derive(serde::Deserialize)]
@@ -22,47 +22,52 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Scores the fixture's goldens both ways and returns the largest error of each
-/// against transformers, after checking tokens and the two passes against each other.
+/// Scores the fixture's goldens both ways, the packed pass on each f32 kernel, and
+/// checks each against transformers and the two passes against each other.
 fn both_passes_match_transformers(name: &str, architecture: &str) {
     let folder = ModelFolder::open(fixture(name)).unwrap();
     assert_eq!(folder.config.architecture, architecture);
     let max_length = folder.max_length(None).unwrap();
     assert_eq!(max_length, 128, "the fixtures hold pairs of 128 tokens");
     let tokenizer = PairTokenizer::load(&folder, max_length).unwrap();
-    let model = CrossEncoder::load(&folder, candle_core::Device::Cpu, Dtype::F32).unwrap();
-    let text = std::fs::read_to_string(fixture(name).join("goldens.jsonl")).unwrap();
-    let goldens: Vec<Golden> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let encoded: Vec<_> = goldens
-        .iter()
-        .map(|g| tokenizer.encode(&g.query, &g.document).unwrap())
-        .collect();
-    let width = encoded.iter().map(|e| e.ids().len()).max().unwrap();
-    let mut padded = PaddedBatch::new(width, encoded.len(), model.config().pad_token_id);
-    let mut packed = PackedPairs::with_capacity(encoded.len(), width * encoded.len());
-    for (e, g) in encoded.iter().zip(&goldens) {
-        assert_eq!(e.ids().len(), g.tokens, "{name}: tokens of {:?}", g.query);
-        let types: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
-        padded.push(e.ids().iter().copied(), &types);
-        packed.push(e.ids().iter().copied(), &types);
-    }
-    let from_packed = model.score_pairs(&packed).unwrap();
-    let from_padded = model.score_padded(&padded).unwrap();
-    let (mut worst_packed, mut worst_padded) = (0f32, 0f32);
-    for ((g, a), b) in goldens.iter().zip(&from_packed).zip(&from_padded) {
-        let expected = model.config().raw_score(&g.logits);
-        worst_packed = worst_packed.max((a - expected).abs());
-        worst_padded = worst_padded.max((b - expected).abs());
-        assert!(
-            (a - b).abs() < 1e-4 && (a - expected).abs() < 1e-4,
-            "{name}: packed {a}, padded {b}, transformers {expected} for {:?}",
-            g.query
+    // Both f32 kernels, whichever the timing at load would pick on this machine.
+    for kernels in [Kernels::Gemm, Kernels::OnednnF32] {
+        let model = CrossEncoder::load_on(&folder, kernels).unwrap();
+        let text = std::fs::read_to_string(fixture(name).join("goldens.jsonl")).unwrap();
+        let goldens: Vec<Golden> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let encoded: Vec<_> = goldens
+            .iter()
+            .map(|g| tokenizer.encode(&g.query, &g.document).unwrap())
+            .collect();
+        let width = encoded.iter().map(|e| e.ids().len()).max().unwrap();
+        let mut padded = PaddedBatch::new(width, encoded.len(), model.config().pad_token_id);
+        let mut packed = PackedPairs::with_capacity(encoded.len(), width * encoded.len());
+        for (e, g) in encoded.iter().zip(&goldens) {
+            assert_eq!(e.ids().len(), g.tokens, "{name}: tokens of {:?}", g.query);
+            let types: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
+            padded.push(e.ids().iter().copied(), &types);
+            packed.push(e.ids().iter().copied(), &types);
+        }
+        let from_packed = model.score_pairs(&packed).unwrap();
+        let from_padded = model.score_padded(&padded).unwrap();
+        let (mut worst_packed, mut worst_padded) = (0f32, 0f32);
+        for ((g, a), b) in goldens.iter().zip(&from_packed).zip(&from_padded) {
+            let expected = model.config().raw_score(&g.logits);
+            worst_packed = worst_packed.max((a - expected).abs());
+            worst_padded = worst_padded.max((b - expected).abs());
+            assert!(
+                (a - b).abs() < 1e-4 && (a - expected).abs() < 1e-4,
+                "{name} on {kernels:?}: packed {a}, padded {b}, transformers {expected} for {:?}",
+                g.query
+            );
+        }
+        eprintln!(
+            "{name} on {kernels:?}: largest error packed {worst_packed:e}, padded {worst_padded:e}"
         );
     }
-    eprintln!("{name}: largest error packed {worst_packed:e}, padded {worst_padded:e}");
 }
 
 #[test]

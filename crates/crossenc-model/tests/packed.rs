@@ -5,16 +5,20 @@
 use std::path::PathBuf;
 
 use crossenc_model::{
-    CrossEncoder, Dtype, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
+    CrossEncoder, Dtype, Kernels, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
 };
 
 fn model() -> (CrossEncoder, PairTokenizer, u32) {
     model_in(Dtype::F32)
 }
 
-fn model_in(dtype: Dtype) -> (CrossEncoder, PairTokenizer, u32) {
+fn folder() -> ModelFolder {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let folder = ModelFolder::open(&dir).expect("models/default: run scripts/fetch-model.sh");
+    ModelFolder::open(&dir).expect("models/default: run scripts/fetch-model.sh")
+}
+
+fn model_in(dtype: Dtype) -> (CrossEncoder, PairTokenizer, u32) {
+    let folder = folder();
     let tokenizer = PairTokenizer::load(&folder, 512).unwrap();
     let model = CrossEncoder::load(&folder, candle_core::Device::Cpu, dtype).unwrap();
     let pad = model.config().pad_token_id;
@@ -84,9 +88,41 @@ fn batch(
 #[test]
 fn packed_scores_match_the_padded_reference_on_odd_shapes() {
     let (model, tokenizer, pad) = model();
+    packed_matches_padded(&model, &tokenizer, pad);
+}
+
+/// oneDNN's f32 kernels, whether or not the timing at load picks them here: their
+/// block seams (512 rows) and row tiles (16) against candle's padded pass.
+#[test]
+fn packed_scores_on_onednn_f32_match_the_padded_reference_on_odd_shapes() {
+    let (_, tokenizer, pad) = model();
+    let model = CrossEncoder::load_on(&folder(), Kernels::OnednnF32).unwrap();
+    assert_eq!(model.kernels().unwrap().chosen.kernels, Kernels::OnednnF32);
+    packed_matches_padded(&model, &tokenizer, pad);
+}
+
+/// The kernels the model runs on are the fastest of those timed at load, and f32
+/// asked for times both f32 kernels (oneDNN is in every build scripts/test.sh makes).
+#[test]
+fn the_kernels_chosen_at_load_are_the_fastest_timed() {
+    let (model, _, _) = model();
+    let choice = model.kernels().expect("the CPU pass times its kernels");
+    let timed: Vec<Kernels> = choice.measured.iter().map(|r| r.kernels).collect();
+    assert_eq!(timed, [Kernels::Gemm, Kernels::OnednnF32], "{choice}");
+    assert!(
+        choice
+            .measured
+            .iter()
+            .all(|r| r.gflops > 0.0 && r.gflops <= choice.chosen.gflops),
+        "{choice}"
+    );
+    assert!(choice.label().starts_with(choice.chosen.kernels.name()));
+}
+
+fn packed_matches_padded(model: &CrossEncoder, tokenizer: &PairTokenizer, pad: u32) {
     let mut worst = 0f32;
     for (s, pairs) in odd_shapes().iter().enumerate() {
-        let (batch, pairs_in, lengths) = batch(&tokenizer, pad, pairs);
+        let (batch, pairs_in, lengths) = batch(tokenizer, pad, pairs);
         let packed = model.score_pairs(&pairs_in).unwrap();
         let padded = model.score_padded(&batch).unwrap();
         assert_eq!(packed.len(), pairs.len());

@@ -1,7 +1,7 @@
 //! Stands in for `ffi.rs` in a build without oneDNN: weights cannot be prepared, so no
-//! product is ever made and callers fall back to f32.
+//! product is ever made and callers keep their own f32 kernels.
 
-use crate::{bf16, OnednnError};
+use crate::{Element, OnednnError};
 
 pub(crate) fn amx() -> bool {
     false
@@ -12,7 +12,11 @@ pub(crate) enum Weights {}
 pub(crate) enum Product {}
 
 impl Weights {
-    pub fn new(_weights: &[bf16], _inputs: usize, _outputs: usize) -> Result<Self, OnednnError> {
+    pub fn new<T: Element>(
+        _weights: &[T],
+        _inputs: usize,
+        _outputs: usize,
+    ) -> Result<Self, OnednnError> {
         Err(OnednnError::Unavailable(
             "crossenc was built without oneDNN (install libdnnl-dev and rebuild)".into(),
         ))
@@ -24,10 +28,10 @@ impl Product {
         match *weights {}
     }
 
-    pub fn run(
+    pub fn run<T: Element>(
         &self,
         _weights: &Weights,
-        _src: &[bf16],
+        _src: &[T],
         _dst: &mut [f32],
         _threads: usize,
     ) -> Result<(), OnednnError> {

@@ -1,9 +1,9 @@
 //! The C shim (`shim.c`) over oneDNN, owned through RAII handles.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
 
-use crate::{bf16, OnednnError};
+use crate::{Element, OnednnError};
 
 #[repr(C)]
 struct RawWeights {
@@ -19,7 +19,8 @@ extern "C" {
     fn crossenc_weights_new(
         inputs: i64,
         outputs: i64,
-        weights: *const u16,
+        bf16: c_int,
+        weights: *const c_void,
         out: *mut *mut RawWeights,
     ) -> c_int;
     fn crossenc_weights_free(weights: *mut RawWeights);
@@ -34,7 +35,7 @@ extern "C" {
     fn crossenc_product_run(
         product: *const RawProduct,
         weights: *const RawWeights,
-        src: *const u16,
+        src: *const c_void,
         dst: *mut f32,
         threads: c_int,
     ) -> c_int;
@@ -80,21 +81,26 @@ unsafe impl Send for Weights {}
 unsafe impl Sync for Weights {}
 
 impl Weights {
-    pub fn new(weights: &[bf16], inputs: usize, outputs: usize) -> Result<Self, OnednnError> {
+    pub fn new<T: Element>(
+        weights: &[T],
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<Self, OnednnError> {
         assert_eq!(weights.len(), inputs * outputs, "checked by the caller");
         let mut raw = std::ptr::null_mut();
-        // SAFETY: `weights` holds inputs * outputs bf16 values (u16 bit patterns), read
-        // during the call only; `raw` is written on success.
+        // SAFETY: `weights` holds inputs * outputs values of the format `T::BF16` names,
+        // read during the call only; `raw` is written on success.
         let status = unsafe {
             crossenc_weights_new(
                 inputs as i64,
                 outputs as i64,
+                c_int::from(T::BF16),
                 weights.as_ptr().cast(),
                 &mut raw,
             )
         };
         check(status, || {
-            format!("preparing {inputs}x{outputs} bf16 weights")
+            format!("preparing {inputs}x{outputs} {} weights", T::NAME)
         })?;
         NonNull::new(raw)
             .map(Self)
@@ -124,26 +130,25 @@ impl Product {
         let mut raw = std::ptr::null_mut();
         // SAFETY: `weights` is alive and prepared; `raw` is written on success.
         let status = unsafe { crossenc_product_new(weights.0.as_ptr(), rows as i64, &mut raw) };
-        check(status, || {
-            format!("creating a bf16 product for {rows} rows")
-        })?;
+        check(status, || format!("creating a product for {rows} rows"))?;
         let raw = NonNull::new(raw)
             .ok_or_else(|| OnednnError::Unavailable("oneDNN returned no product".into()))?;
         Ok(Self { raw, rows })
     }
 
-    /// `dst += src * weights`; the caller checked both lengths against `rows`.
-    pub fn run(
+    /// `dst += src * weights`; the caller checked both lengths against `rows`, and
+    /// that `T` is the weights' format.
+    pub fn run<T: Element>(
         &self,
         weights: &Weights,
-        src: &[bf16],
+        src: &[T],
         dst: &mut [f32],
         threads: usize,
     ) -> Result<(), OnednnError> {
         let threads = c_int::try_from(threads.max(1)).unwrap_or(c_int::MAX);
-        // SAFETY: the product was made for `self.rows` rows of these weights' shape, and
-        // the caller checked that `src` and `dst` hold exactly that many rows; `dst` is
-        // borrowed mutably for the call.
+        // SAFETY: the product was made for `self.rows` rows of these weights' shape and
+        // format, and the caller checked that `src` (in that format) and `dst` hold
+        // exactly that many rows; `dst` is borrowed mutably for the call.
         let status = unsafe {
             crossenc_product_run(
                 self.raw.as_ptr(),
@@ -154,7 +159,7 @@ impl Product {
             )
         };
         check(status, || {
-            format!("running a bf16 product of {} rows", self.rows)
+            format!("running a {} product of {} rows", T::NAME, self.rows)
         })
     }
 

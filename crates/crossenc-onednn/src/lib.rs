@@ -1,10 +1,13 @@
-//! bf16 matrix products on oneDNN: `dst += src * W`, `src` in bf16, `W` prepared once in
-//! the layout oneDNN's kernels read, accumulation and `dst` in f32. oneDNN picks its
-//! kernels at run time: AMX tiles where the CPU and kernel offer them, AVX512-BF16
-//! otherwise. [`support`] says which, so a caller can fall back to f32 where neither is
-//! there (or where this crate was built without oneDNN's headers).
+//! Matrix products on oneDNN: `dst += src * W`, `src` and `W` in f32 or bf16, `W`
+//! prepared once in the layout oneDNN's kernels read, accumulation and `dst` in f32.
+//! oneDNN picks its kernels at run time: for bf16, AMX tiles where the CPU and kernel
+//! offer them and AVX512-BF16 otherwise ([`support`] says which, so a caller can keep
+//! f32 where neither is there); for f32, its AVX-512 or AVX2 kernels. A build without
+//! oneDNN's headers still compiles: every [`Weights::new`] then fails, and callers keep
+//! their own kernels.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{LazyLock, Mutex, OnceLock};
 
 pub use half::bf16;
@@ -122,43 +125,111 @@ fn convert_avx512(src: &[f32], dst: &mut [bf16]) {
     dst[whole..].convert_from_f32_slice(&src[whole..]);
 }
 
-/// Products made so far, by `(inputs, outputs, rows)`: oneDNN's primitives have fixed
+/// A number format the products read their inputs and weights in; they accumulate
+/// and write f32 either way.
+pub trait Element: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// The format's name, for errors and logs.
+    const NAME: &'static str;
+    #[doc(hidden)]
+    const BF16: bool;
+    /// `values` in this format (bf16: rounded to nearest even).
+    fn from_f32s(values: &[f32]) -> Vec<Self>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+    const BF16: bool = false;
+    fn from_f32s(values: &[f32]) -> Vec<Self> {
+        values.to_vec()
+    }
+}
+
+impl Element for bf16 {
+    const NAME: &'static str = "bf16";
+    const BF16: bool = true;
+    fn from_f32s(values: &[f32]) -> Vec<Self> {
+        let mut rounded = Vec::new();
+        to_bf16(values, &mut rounded);
+        rounded
+    }
+}
+
+/// Products made so far, by format, shape and row count: a oneDNN primitive has fixed
 /// shapes, and one serves every layer of its shape (weights of one shape share one
-/// layout; the shim checks). Bounded, since batch sizes vary without end and a primitive
-/// holds ~50 KB of kernels (measured: 512 of them, +26 MB RSS): when full, it is emptied.
+/// layout; the shim checks). Row counts come from [`row_pieces`], so a few dozen per
+/// shape cover every batch and a cache hit is the rule; a primitive holds ~50 KB of
+/// kernels (measured: 512 of them, +26 MB RSS). Bounded all the same: when full, it is
+/// emptied.
 static PRODUCTS: LazyLock<Mutex<HashMap<ProductShape, backend::Product>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
-/// `(inputs, outputs, rows)`.
-type ProductShape = (usize, usize, usize);
-const PRODUCTS_KEPT: usize = 128;
+/// `(bf16, inputs, outputs, rows)`.
+type ProductShape = (bool, usize, usize, usize);
+const PRODUCTS_KEPT: usize = 256;
 
-/// A dense layer's weights, `[inputs, outputs]`, prepared for bf16 products.
-pub struct Bf16Weights {
+/// Rows of the longest product run at once: longer inputs run in blocks of it, large
+/// enough that a block's fixed cost (memory handles, a parallel region) is noise.
+pub const BLOCK_ROWS: usize = 512;
+/// What is left after the blocks runs as a multiple of this, then fewer than it.
+pub const ROW_TILE: usize = 16;
+
+/// The `(first row, rows)` pieces a product of `rows` rows runs in: whole blocks of
+/// [`BLOCK_ROWS`], then the rest rounded down to [`ROW_TILE`], then the last few. With
+/// products made for these row counts alone, every batch size reuses them: exact row
+/// counts would make new primitives (kernels generated at run time) for nearly every
+/// batch.
+pub fn row_pieces(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let in_blocks = rows / BLOCK_ROWS * BLOCK_ROWS;
+    let in_tiles = (rows - in_blocks) / ROW_TILE * ROW_TILE;
+    let blocks = (0..in_blocks)
+        .step_by(BLOCK_ROWS)
+        .map(|first| (first, BLOCK_ROWS));
+    let tail = [
+        (in_blocks, in_tiles),
+        (in_blocks + in_tiles, rows - in_blocks - in_tiles),
+    ];
+    blocks.chain(tail.into_iter().filter(|&(_, len)| len > 0))
+}
+
+/// A dense layer's weights, `[inputs, outputs]`, prepared for products on oneDNN with
+/// inputs in `T`.
+pub struct Weights<T: Element> {
     inputs: usize,
     outputs: usize,
     prepared: backend::Weights,
+    format: PhantomData<T>,
 }
 
-impl std::fmt::Debug for Bf16Weights {
+/// Weights for bf16 products: AMX or AVX512-BF16 kernels.
+pub type Bf16Weights = Weights<bf16>;
+/// Weights for f32 products: oneDNN's AVX-512 or AVX2 kernels.
+pub type F32Weights = Weights<f32>;
+
+impl<T: Element> std::fmt::Debug for Weights<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bf16Weights")
+        f.debug_struct("Weights")
+            .field("format", &T::NAME)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .finish_non_exhaustive()
     }
 }
 
-impl Bf16Weights {
-    /// Rounds row-major f32 `weights` (`inputs x outputs`) to bf16 and lays them out for
-    /// oneDNN's kernels.
+impl<T: Element> Weights<T> {
+    /// Converts row-major f32 `weights` (`inputs x outputs`) to `T` and lays them out
+    /// for oneDNN's kernels.
     pub fn new(weights: &[f32], inputs: usize, outputs: usize) -> Result<Self, OnednnError> {
         check_len("weights", inputs * outputs, weights.len())?;
-        let mut rounded = Vec::new();
-        to_bf16(weights, &mut rounded);
         Ok(Self {
             inputs,
             outputs,
-            prepared: backend::Weights::new(&rounded, inputs, outputs)?,
+            prepared: backend::Weights::new(&T::from_f32s(weights), inputs, outputs)?,
+            format: PhantomData,
         })
     }
 
@@ -171,22 +242,24 @@ impl Bf16Weights {
     }
 
     /// `dst += src * W` for `rows` rows: `src` is `rows x inputs`, `dst` `rows x outputs`,
-    /// both row-major; the product runs on `threads` threads.
+    /// both row-major; the product runs on `threads` threads, in [`row_pieces`].
     pub fn accumulate(
         &self,
-        src: &[bf16],
+        src: &[T],
         rows: usize,
         dst: &mut [f32],
         threads: usize,
     ) -> Result<(), OnednnError> {
         check_len("source rows", rows * self.inputs, src.len())?;
         check_len("destination rows", rows * self.outputs, dst.len())?;
-        if rows == 0 {
-            return Ok(());
+        for (first, len) in row_pieces(rows) {
+            let src = &src[first * self.inputs..][..len * self.inputs];
+            let dst = &mut dst[first * self.outputs..][..len * self.outputs];
+            self.with_product(len, |product| {
+                product.run(&self.prepared, src, dst, threads)
+            })?;
         }
-        self.with_product(rows, |product| {
-            product.run(&self.prepared, src, dst, threads)
-        })
+        Ok(())
     }
 
     /// oneDNN's name for the kernels a product of `rows` rows runs on.
@@ -194,14 +267,14 @@ impl Bf16Weights {
         self.with_product(rows, |product| Ok(product.implementation()))
     }
 
-    fn with_product<T>(
+    fn with_product<R>(
         &self,
         rows: usize,
-        f: impl FnOnce(&backend::Product) -> Result<T, OnednnError>,
-    ) -> Result<T, OnednnError> {
+        f: impl FnOnce(&backend::Product) -> Result<R, OnednnError>,
+    ) -> Result<R, OnednnError> {
         // A panic elsewhere while holding it leaves the cache consistent: keep using it.
         let mut products = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (self.inputs, self.outputs, rows);
+        let key = (T::BF16, self.inputs, self.outputs, rows);
         if !products.contains_key(&key) {
             if products.len() >= PRODUCTS_KEPT {
                 products.clear();
@@ -210,6 +283,12 @@ impl Bf16Weights {
         }
         f(&products[&key])
     }
+}
+
+/// Products in the cache now, for tests that check reuse.
+#[doc(hidden)]
+pub fn products_made() -> usize {
+    PRODUCTS.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), OnednnError> {

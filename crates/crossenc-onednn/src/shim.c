@@ -1,6 +1,7 @@
 /* A narrow C face over oneDNN's matmul, so the Rust side never lays out oneDNN's
- * structs itself: prepared bf16 weights, and products `dst += src * weights` for a
- * given number of rows, the sum fused into the matmul as a post-op. */
+ * structs itself: prepared f32 or bf16 weights, and products `dst += src * weights`
+ * for a given number of rows (`src` in the weights' format, `dst` f32), the sum fused
+ * into the matmul as a post-op. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@ extern void omp_set_num_threads(int);
 
 struct crossenc_weights {
     dnnl_memory_desc_t md;
+    dnnl_data_type_t type; /* of the weights and of every product's `src` */
     dnnl_memory_t memory;
     int64_t inputs, outputs;
 };
@@ -42,16 +44,16 @@ static dnnl_status_t ready(void) {
 
 #define TRY(call) do { dnnl_status_t s_ = (call); if (s_ != dnnl_success) { status = s_; goto done; } } while (0)
 
-/* dst[rows, outputs] (f32) += src[rows, inputs] (bf16) * weights, weights in `weights_md`. */
+/* dst[rows, outputs] (f32) += src[rows, inputs] (`type`) * weights, weights in `weights_md`. */
 static dnnl_status_t product_desc(dnnl_primitive_desc_t *pd, const dnnl_memory_desc_t *weights_md,
-                                  int64_t rows, int64_t inputs, int64_t outputs,
+                                  dnnl_data_type_t type, int64_t rows, int64_t inputs, int64_t outputs,
                                   dnnl_memory_desc_t *src_md, dnnl_memory_desc_t *dst_md) {
     dnnl_status_t status = dnnl_success;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post_ops = NULL;
     dnnl_matmul_desc_t desc;
     dnnl_dims_t src_dims = {rows, inputs}, dst_dims = {rows, outputs};
-    TRY(dnnl_memory_desc_init_by_tag(src_md, 2, src_dims, dnnl_bf16, dnnl_ab));
+    TRY(dnnl_memory_desc_init_by_tag(src_md, 2, src_dims, type, dnnl_ab));
     TRY(dnnl_memory_desc_init_by_tag(dst_md, 2, dst_dims, dnnl_f32, dnnl_ab));
     TRY(dnnl_matmul_desc_init(&desc, src_md, weights_md, NULL, dst_md));
     TRY(dnnl_post_ops_create(&post_ops));
@@ -76,8 +78,9 @@ done:
     return status;
 }
 
-/* Copies row-major bf16 weights [inputs, outputs] into the layout the matmul reads. */
-int crossenc_weights_new(int64_t inputs, int64_t outputs, const uint16_t *weights,
+/* Copies row-major weights [inputs, outputs], bf16 where `bf16` is set and f32
+ * otherwise, into the layout the matmul reads. */
+int crossenc_weights_new(int64_t inputs, int64_t outputs, int bf16, const void *weights,
                          struct crossenc_weights **out) {
     dnnl_status_t status = ready();
     if (status != dnnl_success) return status;
@@ -85,14 +88,15 @@ int crossenc_weights_new(int64_t inputs, int64_t outputs, const uint16_t *weight
     if (!w) return dnnl_out_of_memory;
     w->inputs = inputs;
     w->outputs = outputs;
+    w->type = bf16 ? dnnl_bf16 : dnnl_f32;
     dnnl_primitive_desc_t pd = NULL, reorder_pd = NULL;
     dnnl_primitive_t reorder = NULL;
     dnnl_memory_t user = NULL;
     dnnl_memory_desc_t user_md, any_md, src_md, dst_md;
     dnnl_dims_t dims = {inputs, outputs};
-    TRY(dnnl_memory_desc_init_by_tag(&user_md, 2, dims, dnnl_bf16, dnnl_ab));
-    TRY(dnnl_memory_desc_init_by_tag(&any_md, 2, dims, dnnl_bf16, dnnl_format_tag_any));
-    TRY(product_desc(&pd, &any_md, REFERENCE_ROWS, inputs, outputs, &src_md, &dst_md));
+    TRY(dnnl_memory_desc_init_by_tag(&user_md, 2, dims, w->type, dnnl_ab));
+    TRY(dnnl_memory_desc_init_by_tag(&any_md, 2, dims, w->type, dnnl_format_tag_any));
+    TRY(product_desc(&pd, &any_md, w->type, REFERENCE_ROWS, inputs, outputs, &src_md, &dst_md));
     const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     if (!chosen) { status = dnnl_runtime_error; goto done; }
     w->md = *chosen;
@@ -127,7 +131,7 @@ int crossenc_product_new(const struct crossenc_weights *w, int64_t rows,
     struct crossenc_product *p = calloc(1, sizeof *p);
     if (!p) return dnnl_out_of_memory;
     dnnl_status_t status = dnnl_success;
-    TRY(product_desc(&p->pd, &w->md, rows, w->inputs, w->outputs, &p->src_md, &p->dst_md));
+    TRY(product_desc(&p->pd, &w->md, w->type, rows, w->inputs, w->outputs, &p->src_md, &p->dst_md));
     TRY(dnnl_primitive_create(&p->primitive, p->pd));
 done:
     if (status != dnnl_success) {
@@ -161,9 +165,9 @@ const char *crossenc_product_implementation(const struct crossenc_product *p) {
     return name;
 }
 
-/* dst += src * weights, on `threads` OpenMP threads. */
+/* dst += src * weights, on `threads` OpenMP threads; `src` in the weights' format. */
 int crossenc_product_run(const struct crossenc_product *p, const struct crossenc_weights *w,
-                         const uint16_t *src, float *dst, int threads) {
+                         const void *src, float *dst, int threads) {
     dnnl_status_t status = dnnl_success;
     dnnl_memory_t src_memory = NULL, dst_memory = NULL;
     /* One product serves all weights of its shape: they must share the layout it was made for. */

@@ -1,7 +1,11 @@
-//! bf16 products against an f64 reference on the same bf16-rounded operands: the only
-//! error left is f32 accumulation, so a wrong kernel (a tile edge, a tail) shows up.
+//! f32 and bf16 products against an f64 reference on the same operands (bf16: rounded
+//! alike): the only error left is f32 accumulation, so a wrong kernel (a tile edge, a
+//! tail, a block seam) shows up.
 
-use crossenc_onednn::{bf16, support, to_bf16, Bf16Weights, OnednnError, Support};
+use crossenc_onednn::{
+    bf16, row_pieces, support, to_bf16, Bf16Weights, Element, F32Weights, OnednnError, Support,
+    Weights, BLOCK_ROWS, ROW_TILE,
+};
 use proptest::prelude::*;
 
 /// Deterministic values in [-1, 1): no two rows or columns alike.
@@ -19,8 +23,9 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn rounded(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|v| bf16::from_f32(*v).to_f32()).collect()
+/// `x` as the products see it in `T`, back in f32.
+fn rounded<T: Element + Into<f32>>(x: &[f32]) -> Vec<f32> {
+    T::from_f32s(x).into_iter().map(Into::into).collect()
 }
 
 /// The tests ending in `_on_avx512_bf16` need oneDNN's bf16 kernels: on a CPU without
@@ -32,18 +37,18 @@ fn require_native() {
     }
 }
 
-/// Checks `dst = start + src * w` for one shape, start values included.
-fn check_shape(rows: usize, inputs: usize, outputs: usize) {
+/// Checks `dst = start + src * w` for one shape in `T`, start values included.
+fn check_shape<T: Element + Into<f32>>(rows: usize, inputs: usize, outputs: usize) {
     let w = values(inputs * outputs, 1 + rows as u64);
     let x = values(rows * inputs, 2 + inputs as u64);
     let start = values(rows * outputs, 3);
-    let weights = Bf16Weights::new(&w, inputs, outputs).unwrap();
-    let mut src = Vec::new();
-    to_bf16(&x, &mut src);
+    let weights = Weights::<T>::new(&w, inputs, outputs).unwrap();
     let mut dst = start.clone();
-    weights.accumulate(&src, rows, &mut dst, 2).unwrap();
+    weights
+        .accumulate(&T::from_f32s(&x), rows, &mut dst, 2)
+        .unwrap();
 
-    let (w, x) = (rounded(&w), rounded(&x));
+    let (w, x) = (rounded::<T>(&w), rounded::<T>(&x));
     let mut worst = 0.0f64;
     // Every 7th row and the last: all the tails, at a tenth of the cost.
     for r in (0..rows).filter(|r| r % 7 == 0 || r + 1 == rows) {
@@ -56,27 +61,77 @@ fn check_shape(rows: usize, inputs: usize, outputs: usize) {
             worst = worst.max(error);
         }
     }
+    // f32 accumulation error grows with the sum's length (f32 inputs also round each
+    // product; bf16 ones multiply exactly).
+    let bound = 1e-5 * (inputs as f64 / 384.0).max(1.0);
     assert!(
-        worst < 1e-5,
-        "{rows}x{inputs} * {inputs}x{outputs}: worst relative error {worst:e}"
+        worst < bound,
+        "{} {rows}x{inputs} * {inputs}x{outputs}: worst relative error {worst:e}",
+        T::NAME
     );
 }
+
+/// One row, tile edges and one past them, block seams, and the model's own shapes.
+const ODD_SHAPES: [(usize, usize, usize); 9] = [
+    (1, 384, 1152),
+    (15, 384, 384),
+    (16, 384, 384),
+    (17, 384, 384),
+    (33, 1536, 384),
+    (512, 384, 1536),
+    (1025, 384, 1152),
+    (1563, 96, 40),
+    (3, 7, 5),
+];
 
 #[test]
 fn products_match_the_reference_on_odd_shapes_on_avx512_bf16() {
     require_native();
-    // One row, tile edges and one past them, a long batch, and the model's own shapes.
-    for (rows, inputs, outputs) in [
-        (1, 384, 1152),
-        (15, 384, 384),
-        (16, 384, 384),
-        (17, 384, 384),
-        (33, 1536, 384),
-        (512, 384, 1536),
-        (1025, 384, 1152),
-        (3, 7, 5),
-    ] {
-        check_shape(rows, inputs, outputs);
+    for (rows, inputs, outputs) in ODD_SHAPES {
+        check_shape::<bf16>(rows, inputs, outputs);
+    }
+}
+
+#[test]
+fn f32_products_match_the_reference_on_odd_shapes() {
+    for (rows, inputs, outputs) in ODD_SHAPES {
+        check_shape::<f32>(rows, inputs, outputs);
+    }
+}
+
+/// Batches of every size reuse a bounded set of products: the few dozen row counts
+/// [`row_pieces`] cuts them into, not one set of kernels per batch size.
+#[test]
+fn batches_of_any_size_reuse_a_bounded_set_of_products() {
+    let weights = F32Weights::new(&values(32 * 24, 5), 32, 24).unwrap();
+    for rows in (1..3 * BLOCK_ROWS).step_by(7) {
+        let src = values(rows * 32, rows as u64);
+        let mut dst = vec![0.0; rows * 24];
+        weights.accumulate(&src, rows, &mut dst, 1).unwrap();
+    }
+    let most = 1 + BLOCK_ROWS / ROW_TILE + ROW_TILE;
+    let made = crossenc_onednn::products_made();
+    assert!(
+        made <= most,
+        "{made} products made for {} batch sizes",
+        3 * BLOCK_ROWS / 7
+    );
+}
+
+proptest! {
+    /// The pieces cover every row once, in order, each of a length made for reuse.
+    #[test]
+    fn row_pieces_tile_the_rows(rows in 0usize..5000) {
+        let mut next = 0;
+        for (first, len) in row_pieces(rows) {
+            prop_assert_eq!(first, next);
+            prop_assert!(
+                len == BLOCK_ROWS || (len < BLOCK_ROWS && len % ROW_TILE == 0) || len < ROW_TILE,
+                "{} rows", len
+            );
+            next += len;
+        }
+        prop_assert_eq!(next, rows);
     }
 }
 

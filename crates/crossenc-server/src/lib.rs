@@ -205,6 +205,7 @@ fn record_build(metrics: &Metrics, name: &str, info: &WorkerInfo) {
             architecture: info.architecture.clone(),
             device: info.device.clone(),
             dtype: info.dtype.clone(),
+            kernels: info.kernels.clone(),
         })
         .set(1);
 }

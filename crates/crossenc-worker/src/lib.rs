@@ -49,7 +49,7 @@ pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
         let folder = ModelFolder::open(&args.model)?;
         let max_length = folder.max_length(args.max_length)?;
         let tokenizer = PairTokenizer::load(&folder, max_length)?;
-        let info = worker_info(&folder, max_length, "cpu", "f32");
+        let info = worker_info(&folder, max_length, "cpu");
         let poison = TextPoison::from_env();
         let handle = move |work| match work {
             Work::Encode(pairs) => {
@@ -91,7 +91,14 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
                 _ => format!("logit {:?} less logit {:?}", c.labels[1], c.labels[0]),
             }
         );
-        let mut info = worker_info(&folder, max_length, &args.device, products.dtype());
+        if let Some(kernels) = model.kernels() {
+            tracing::info!(worker_id = args.worker_id, "kernels: {kernels}");
+        }
+        let mut info = worker_info(&folder, max_length, &args.device);
+        info.dtype = products.dtype().into();
+        info.kernels = model
+            .kernels()
+            .map_or_else(|| "candle".into(), |k| k.label());
         info.warmup_tokens_per_second = warm_up(&model, max_length);
         let poison = PoisonPill::from_env(&folder, max_length)?;
         let handle = move |work| match work {
@@ -357,7 +364,7 @@ fn send(
     })
 }
 
-fn worker_info(folder: &ModelFolder, max_length: usize, device: &str, dtype: &str) -> WorkerInfo {
+fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerInfo {
     WorkerInfo {
         max_length,
         model_name: folder.config.name.clone(),
@@ -365,7 +372,8 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str, dtype: &st
         sigmoid_by_default: folder.config.activation == ScoreActivation::Sigmoid,
         warmup_tokens_per_second: None,
         device: device.to_string(),
-        dtype: dtype.to_string(),
+        dtype: "f32".into(),
+        kernels: String::new(),
     }
 }
 

@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// against f32 on the same pairs).
     #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crossenc_worker::command::parse_dtype)]
     dtype: Dtype,
+    /// Run the model-alone pass on these kernels (`gemm-f32`, `onednn-f32`,
+    /// `onednn-bf16`) instead of those timed fastest at load: to compare them in one run.
+    #[arg(long, value_name = "KERNELS")]
+    kernels: Option<crossenc_model::Kernels>,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -107,6 +111,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let run = ModelAloneRun {
             model: model.clone(),
             dtype: args.dtype,
+            kernels: args.kernels,
             max_batch_tokens: args.max_batch_tokens,
             max_batch_size: args.max_batch_size,
             padded_budget: args.padded_budget,

@@ -5,19 +5,23 @@
 //! tokens of the batch; only attention looks at each pair on its own, per head. Weights
 //! are transposed once at load into the `[inputs, outputs]` layout the products read;
 //! bias and residual are written into the output before the product accumulates onto
-//! them, GELU runs in place, layer norm in place. Products run on the `gemm` crate
-//! (candle's own CPU matmul), across the worker's rayon threads; with bf16 the encoder's
-//! products run on oneDNN instead (`crossenc-onednn`), on inputs rounded to bf16 and
-//! accumulating in f32, while everything between them stays f32.
+//! them, GELU runs in place, layer norm in place. The encoder's products run on the
+//! kernels timed fastest at load ([`kernels`]): the `gemm` crate (candle's own CPU
+//! matmul) across the worker's rayon threads, or oneDNN (`crossenc-onednn`) in f32, or
+//! with bf16 asked for, oneDNN on inputs rounded to bf16 and accumulating in f32; all
+//! between the products stays f32.
 
 mod attention;
+mod kernels;
 mod modernbert;
 
 pub(crate) use attention::{attend, attend_relative, RelativeAttention};
+pub(crate) use kernels::{fastest, measure, timed_rows};
+pub use kernels::{KernelChoice, KernelRate, Kernels};
 
 pub(crate) use modernbert::{ModernBertEncoder, ModernBertLayer, ModernBertShape, Pooling, Rotary};
 
-use crossenc_onednn::{bf16, Bf16Weights};
+use crossenc_onednn::{bf16, Bf16Weights, F32Weights, OnednnError};
 use rayon::prelude::*;
 
 use crate::arch::HeadActivation;
@@ -29,8 +33,14 @@ pub(crate) struct Linear {
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
-    /// The same weights for bf16 products, where the model runs them.
-    pub bf16: Option<Bf16Weights>,
+    /// The same weights laid out for oneDNN, where its kernels run the products.
+    pub onednn: Option<OnednnWeights>,
+}
+
+/// A dense layer's weights prepared for oneDNN's products, in the format they run in.
+pub(crate) enum OnednnWeights {
+    F32(F32Weights),
+    Bf16(Bf16Weights),
 }
 
 pub(crate) struct Norm {
@@ -73,8 +83,13 @@ pub(crate) trait PackedPass: Send + Sync {
     /// The logits of every label, pair after pair.
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError>;
 
-    /// Moves the encoder's products to bf16.
-    fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError>;
+    /// Moves the encoder's products to `kernels` (the head, one row per pair, keeps
+    /// `gemm`).
+    fn prepare_products(&mut self, kernels: Kernels) -> Result<(), OnednnError>;
+
+    /// One encoder layer's dense layers, in the order they run: what the candidate
+    /// kernels are timed on.
+    fn timed_layer(&self) -> Vec<&Linear>;
 }
 
 /// The pairs of one batch, packed: token ids end to end and where each pair starts.
@@ -244,16 +259,52 @@ impl Linear {
             bias,
             inputs,
             outputs,
-            bf16: None,
+            onednn: None,
         }
     }
 
-    /// Prepares the weights for bf16 products, which later forward passes use; the f32
-    /// copy is dropped (nothing reads it any more).
-    pub fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
-        self.bf16 = Some(Bf16Weights::new(&self.weight, self.inputs, self.outputs)?);
+    /// Prepares the weights for `kernels`, which later forward passes use; where
+    /// oneDNN runs them the f32 copy is dropped (nothing reads it any more).
+    pub fn prepare(&mut self, kernels: Kernels) -> Result<(), OnednnError> {
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        self.onednn = match kernels {
+            Kernels::Gemm => return Ok(()),
+            Kernels::OnednnF32 => Some(OnednnWeights::F32(F32Weights::new(
+                &self.weight,
+                inputs,
+                outputs,
+            )?)),
+            Kernels::OnednnBf16 => Some(OnednnWeights::Bf16(Bf16Weights::new(
+                &self.weight,
+                inputs,
+                outputs,
+            )?)),
+        };
         self.weight = Vec::new();
         Ok(())
+    }
+
+    /// A copy prepared for `kernels`, to time them without touching the model.
+    fn prepared_copy(&self, kernels: Kernels) -> Result<Linear, OnednnError> {
+        let mut copy = Linear::new(
+            self.weight.clone(),
+            self.bias.clone(),
+            self.inputs,
+            self.outputs,
+        );
+        copy.prepare(kernels)?;
+        Ok(copy)
+    }
+
+    /// The name of the kernels a product of `rows` rows runs on.
+    pub(crate) fn implementation(&self, rows: usize) -> String {
+        let rows = rows.min(crossenc_onednn::BLOCK_ROWS);
+        let named = match &self.onednn {
+            None => return "gemm".into(),
+            Some(OnednnWeights::F32(w)) => w.implementation(rows),
+            Some(OnednnWeights::Bf16(w)) => w.implementation(rows),
+        };
+        named.unwrap_or_else(|e| format!("unknown ({e})"))
     }
 
     /// `out = x * W + b (+ residual)` for `rows` rows of `x`.
@@ -280,8 +331,9 @@ impl Linear {
         }
         let x = &x[..rows * self.inputs];
         let threads = scratch.threads;
-        match &self.bf16 {
-            Some(weights) => weights.accumulate(scratch.rounded(x), rows, out, threads)?,
+        match &self.onednn {
+            Some(OnednnWeights::Bf16(w)) => w.accumulate(scratch.rounded(x), rows, out, threads)?,
+            Some(OnednnWeights::F32(w)) => w.accumulate(x, rows, out, threads)?,
             None => {
                 let a = View::rows(x, rows, self.inputs);
                 let w = View::rows(&self.weight, self.inputs, self.outputs);
@@ -484,16 +536,21 @@ impl Default for Scratch {
 }
 
 impl PackedPass for PackedEncoder {
-    /// Prepares the encoder layers' products (nearly all the FLOPs) for bf16; the
-    /// head, one row per pair, stays f32.
-    fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
+    fn prepare_products(&mut self, kernels: Kernels) -> Result<(), OnednnError> {
         for layer in &mut self.layers {
-            layer.qkv.prepare_bf16()?;
-            layer.attention_out.prepare_bf16()?;
-            layer.intermediate.prepare_bf16()?;
-            layer.output.prepare_bf16()?;
+            layer.qkv.prepare(kernels)?;
+            layer.attention_out.prepare(kernels)?;
+            layer.intermediate.prepare(kernels)?;
+            layer.output.prepare(kernels)?;
         }
         Ok(())
+    }
+
+    fn timed_layer(&self) -> Vec<&Linear> {
+        self.layers
+            .first()
+            .map(|l| vec![&l.qkv, &l.attention_out, &l.intermediate, &l.output])
+            .unwrap_or_default()
     }
 
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {

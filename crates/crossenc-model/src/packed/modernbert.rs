@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{activate, attend, Linear, Norm, PackedPass, PackedTokens, ProductScratch};
+use super::{activate, attend, Kernels, Linear, Norm, PackedPass, PackedTokens, ProductScratch};
 use crate::{HiddenAct, ModelError};
 
 /// How a pair becomes one vector for the head.
@@ -98,14 +98,21 @@ pub(crate) struct ModernBertEncoder {
 }
 
 impl PackedPass for ModernBertEncoder {
-    fn prepare_bf16(&mut self) -> Result<(), crossenc_onednn::OnednnError> {
+    fn prepare_products(&mut self, kernels: Kernels) -> Result<(), crossenc_onednn::OnednnError> {
         for layer in &mut self.layers {
-            layer.qkv.prepare_bf16()?;
-            layer.attention_out.prepare_bf16()?;
-            layer.mlp_in.prepare_bf16()?;
-            layer.mlp_out.prepare_bf16()?;
+            layer.qkv.prepare(kernels)?;
+            layer.attention_out.prepare(kernels)?;
+            layer.mlp_in.prepare(kernels)?;
+            layer.mlp_out.prepare(kernels)?;
         }
         Ok(())
+    }
+
+    fn timed_layer(&self) -> Vec<&Linear> {
+        self.layers
+            .first()
+            .map(|l| vec![&l.qkv, &l.attention_out, &l.mlp_in, &l.mlp_out])
+            .unwrap_or_default()
     }
 
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
