@@ -1,7 +1,7 @@
 //! Stands in for `ffi.rs` in a build without oneDNN: weights cannot be prepared, so no
 //! product is ever made and callers keep their own f32 kernels.
 
-use crate::{Element, OnednnError};
+use crate::{Element, Epilogue, OnednnError};
 
 pub(crate) fn amx() -> bool {
     false
@@ -24,7 +24,7 @@ impl Weights {
 }
 
 impl Product {
-    pub fn new(weights: &Weights, _rows: usize) -> Result<Self, OnednnError> {
+    pub fn new(weights: &Weights, _rows: usize, _epilogue: Epilogue) -> Result<Self, OnednnError> {
         match *weights {}
     }
 
@@ -32,7 +32,8 @@ impl Product {
         &self,
         _weights: &Weights,
         _src: &[T],
-        _dst: &mut [f32],
+        _bias: Option<&[f32]>,
+        _dst: &mut [std::mem::MaybeUninit<f32>],
         _threads: usize,
     ) -> Result<(), OnednnError> {
         match *self {}

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
 
-use crate::{Element, OnednnError};
+use crate::{Element, Epilogue, OnednnError};
 
 #[repr(C)]
 struct RawWeights {
@@ -27,6 +27,8 @@ extern "C" {
     fn crossenc_product_new(
         weights: *const RawWeights,
         rows: i64,
+        bias: c_int,
+        activation: c_int,
         out: *mut *mut RawProduct,
     ) -> c_int;
     fn crossenc_product_free(product: *mut RawProduct);
@@ -36,6 +38,7 @@ extern "C" {
         product: *const RawProduct,
         weights: *const RawWeights,
         src: *const c_void,
+        bias: *const f32,
         dst: *mut f32,
         threads: c_int,
     ) -> c_int;
@@ -118,6 +121,7 @@ impl Drop for Weights {
 pub(crate) struct Product {
     raw: NonNull<RawProduct>,
     rows: usize,
+    epilogue: Epilogue,
 }
 
 // SAFETY: a oneDNN primitive may be executed from any thread; the caller serialises
@@ -126,35 +130,54 @@ unsafe impl Send for Product {}
 unsafe impl Sync for Product {}
 
 impl Product {
-    pub fn new(weights: &Weights, rows: usize) -> Result<Self, OnednnError> {
+    pub fn new(weights: &Weights, rows: usize, epilogue: Epilogue) -> Result<Self, OnednnError> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: `weights` is alive and prepared; `raw` is written on success.
-        let status = unsafe { crossenc_product_new(weights.0.as_ptr(), rows as i64, &mut raw) };
+        let status = unsafe {
+            crossenc_product_new(
+                weights.0.as_ptr(),
+                rows as i64,
+                c_int::from(epilogue.bias),
+                epilogue.activation as c_int,
+                &mut raw,
+            )
+        };
         check(status, || format!("creating a product for {rows} rows"))?;
         let raw = NonNull::new(raw)
             .ok_or_else(|| OnednnError::Unavailable("oneDNN returned no product".into()))?;
-        Ok(Self { raw, rows })
+        Ok(Self {
+            raw,
+            rows,
+            epilogue,
+        })
     }
 
-    /// `dst += src * weights`; the caller checked both lengths against `rows`, and
-    /// that `T` is the weights' format.
+    /// The product into `dst`: `dst += src * weights`, or with a bias `dst = src *
+    /// weights + bias`, then the epilogue's activation. The caller checked `src`'s and
+    /// `dst`'s lengths against `rows` and the bias's against the outputs, that `T` is
+    /// the weights' format, and that `bias` is there exactly when the epilogue has one;
+    /// where the epilogue has a bias, `dst` may be uninitialised (it is only written).
     pub fn run<T: Element>(
         &self,
         weights: &Weights,
         src: &[T],
-        dst: &mut [f32],
+        bias: Option<&[f32]>,
+        dst: &mut [std::mem::MaybeUninit<f32>],
         threads: usize,
     ) -> Result<(), OnednnError> {
+        assert_eq!(bias.is_some(), self.epilogue.bias, "checked by the caller");
         let threads = c_int::try_from(threads.max(1)).unwrap_or(c_int::MAX);
         // SAFETY: the product was made for `self.rows` rows of these weights' shape and
-        // format, and the caller checked that `src` (in that format) and `dst` hold
-        // exactly that many rows; `dst` is borrowed mutably for the call.
+        // format, and the caller checked that `src` (in that format), `bias` and `dst`
+        // hold exactly that many rows and outputs; `dst` is borrowed mutably for the
+        // call, and read only by a product without a bias, whose caller initialised it.
         let status = unsafe {
             crossenc_product_run(
                 self.raw.as_ptr(),
                 weights.0.as_ptr(),
                 src.as_ptr().cast(),
-                dst.as_mut_ptr(),
+                bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                dst.as_mut_ptr().cast(),
                 threads,
             )
         };

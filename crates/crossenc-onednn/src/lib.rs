@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::{LazyLock, Mutex, OnceLock};
 
 pub use half::bf16;
@@ -160,6 +161,25 @@ impl Element for bf16 {
     }
 }
 
+/// An activation a product can end with, in the kernel, before its output is stored:
+/// one pass over the output saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Activation {
+    None = 0,
+    GeluErf = 1,
+    GeluTanh = 2,
+    Relu = 3,
+}
+
+/// What a product does besides its sum of products: add onto `dst` (which holds bias
+/// and residual already), or add the bias itself; then an activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Epilogue {
+    pub bias: bool,
+    pub activation: Activation,
+}
+
 /// Products made so far, by format, shape and row count: a oneDNN primitive has fixed
 /// shapes, and one serves every layer of its shape (weights of one shape share one
 /// layout; the shim checks). Row counts come from [`row_pieces`], so a few dozen per
@@ -168,8 +188,8 @@ impl Element for bf16 {
 /// emptied.
 static PRODUCTS: LazyLock<Mutex<HashMap<ProductShape, backend::Product>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
-/// `(bf16, inputs, outputs, rows)`.
-type ProductShape = (bool, usize, usize, usize);
+/// `(bf16, inputs, outputs, rows, epilogue)`.
+type ProductShape = (bool, usize, usize, usize, Epilogue);
 const PRODUCTS_KEPT: usize = 256;
 
 /// Rows of the longest product run at once: longer inputs run in blocks of it, large
@@ -250,13 +270,51 @@ impl<T: Element> Weights<T> {
         dst: &mut [f32],
         threads: usize,
     ) -> Result<(), OnednnError> {
+        let epilogue = Epilogue {
+            bias: false,
+            activation: Activation::None,
+        };
+        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` share their layout, and a product
+        // without a bias writes only initialised floats into the initialised `dst`.
+        let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.run(src, rows, None, dst, epilogue, threads)
+    }
+
+    /// `dst = activation(src * W + bias)` for `rows` rows, `dst` written whole (it may be
+    /// uninitialised): the bias is added and the activation applied in the kernel, so
+    /// the output is written once and never read back.
+    pub fn apply(
+        &self,
+        src: &[T],
+        rows: usize,
+        (bias, activation): (&[f32], Activation),
+        dst: &mut [MaybeUninit<f32>],
+        threads: usize,
+    ) -> Result<(), OnednnError> {
+        check_len("bias", self.outputs, bias.len())?;
+        let epilogue = Epilogue {
+            bias: true,
+            activation,
+        };
+        self.run(src, rows, Some(bias), dst, epilogue, threads)
+    }
+
+    fn run(
+        &self,
+        src: &[T],
+        rows: usize,
+        bias: Option<&[f32]>,
+        dst: &mut [MaybeUninit<f32>],
+        epilogue: Epilogue,
+        threads: usize,
+    ) -> Result<(), OnednnError> {
         check_len("source rows", rows * self.inputs, src.len())?;
         check_len("destination rows", rows * self.outputs, dst.len())?;
         for (first, len) in row_pieces(rows) {
             let src = &src[first * self.inputs..][..len * self.inputs];
             let dst = &mut dst[first * self.outputs..][..len * self.outputs];
-            self.with_product(len, |product| {
-                product.run(&self.prepared, src, dst, threads)
+            self.with_product(len, epilogue, |product| {
+                product.run(&self.prepared, src, bias, dst, threads)
             })?;
         }
         Ok(())
@@ -264,22 +322,27 @@ impl<T: Element> Weights<T> {
 
     /// oneDNN's name for the kernels a product of `rows` rows runs on.
     pub fn implementation(&self, rows: usize) -> Result<String, OnednnError> {
-        self.with_product(rows, |product| Ok(product.implementation()))
+        let epilogue = Epilogue {
+            bias: false,
+            activation: Activation::None,
+        };
+        self.with_product(rows, epilogue, |product| Ok(product.implementation()))
     }
 
     fn with_product<R>(
         &self,
         rows: usize,
+        epilogue: Epilogue,
         f: impl FnOnce(&backend::Product) -> Result<R, OnednnError>,
     ) -> Result<R, OnednnError> {
         // A panic elsewhere while holding it leaves the cache consistent: keep using it.
         let mut products = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (T::BF16, self.inputs, self.outputs, rows);
+        let key = (T::BF16, self.inputs, self.outputs, rows, epilogue);
         if !products.contains_key(&key) {
             if products.len() >= PRODUCTS_KEPT {
                 products.clear();
             }
-            products.insert(key, backend::Product::new(&self.prepared, rows)?);
+            products.insert(key, backend::Product::new(&self.prepared, rows, epilogue)?);
         }
         f(&products[&key])
     }

@@ -231,3 +231,73 @@ proptest! {
         }
     }
 }
+
+/// Bias and activation in the product's epilogue: `dst` is written whole from
+/// uninitialised memory, and equals the product, plus bias, through the activation.
+#[test]
+fn bias_and_activation_run_in_the_epilogue() {
+    use crossenc_onednn::Activation;
+    use std::mem::MaybeUninit;
+    let (rows, inputs, outputs) = (37, 48, 40);
+    let (w, x, bias) = (
+        values(inputs * outputs, 11),
+        values(rows * inputs, 12),
+        values(outputs, 13),
+    );
+    let weights = F32Weights::new(&w, inputs, outputs).unwrap();
+    let erf_gelu = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+    let cases: [(Activation, &dyn Fn(f64) -> f64); 3] = [
+        (Activation::None, &|v| v),
+        (Activation::Relu, &|v: f64| v.max(0.0)),
+        (Activation::GeluErf, &erf_gelu),
+    ];
+    for (activation, f) in cases {
+        let mut dst = vec![MaybeUninit::new(f32::NAN); rows * outputs];
+        weights
+            .apply(&x, rows, (&bias, activation), &mut dst, 2)
+            .unwrap();
+        for r in 0..rows {
+            for c in 0..outputs {
+                let sum = bias[c] as f64
+                    + (0..inputs)
+                        .map(|k| x[r * inputs + k] as f64 * w[k * outputs + c] as f64)
+                        .sum::<f64>();
+                // SAFETY: `apply` succeeded, so every element was written.
+                let got = unsafe { dst[r * outputs + c].assume_init() } as f64;
+                assert!(
+                    (got - f(sum)).abs() < 1e-5 * (1.0 + sum.abs()),
+                    "{activation:?} ({r}, {c}): {got} vs {}",
+                    f(sum)
+                );
+            }
+        }
+    }
+    let short_bias = [0.0; 3];
+    let mut dst = vec![MaybeUninit::new(0.0); rows * outputs];
+    let error = weights
+        .apply(&x, rows, (&short_bias, Activation::None), &mut dst, 1)
+        .unwrap_err();
+    assert!(
+        matches!(error, OnednnError::Shape { what: "bias", .. }),
+        "{error}"
+    );
+}
+
+/// erf by its Taylor series in f64: exact to ~1e-12 for the |x| < 5 the test's sums
+/// reach (the cancellation between terms costs at most 4 of f64's 16 digits there).
+fn erf(x: f64) -> f64 {
+    // erf(x) = 2/sqrt(pi) * sum_{n} (-1)^n x^(2n+1) / (n! (2n+1)), converged for |x| < 6.
+    if x.abs() > 5.0 {
+        return x.signum();
+    }
+    let (mut term, mut sum, mut n) = (x, x, 0.0f64);
+    while term.abs() > 1e-17 * sum.abs().max(1e-300) {
+        n += 1.0;
+        term *= -x * x / n;
+        sum += term / (2.0 * n + 1.0);
+        if n > 200.0 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}

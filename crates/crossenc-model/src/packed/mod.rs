@@ -307,6 +307,58 @@ impl Linear {
         named.unwrap_or_else(|e| format!("unknown ({e})"))
     }
 
+    /// `out = activation(x * W + b)` for `rows` rows of `x`: on oneDNN the bias and
+    /// activation are the product's epilogue, and `out` is written once.
+    pub(crate) fn forward_activated(
+        &self,
+        x: &[f32],
+        rows: usize,
+        activation: HiddenAct,
+        out: &mut Vec<f32>,
+        scratch: &mut ProductScratch,
+    ) -> Result<(), ModelError> {
+        let fused = match activation {
+            HiddenAct::GeluErf => crossenc_onednn::Activation::GeluErf,
+            HiddenAct::GeluTanh => crossenc_onednn::Activation::GeluTanh,
+            HiddenAct::Relu => crossenc_onednn::Activation::Relu,
+        };
+        if !self.apply(x, rows, fused, out, scratch)? {
+            self.forward(x, rows, None, out, scratch)?;
+            activate(out, activation);
+        }
+        Ok(())
+    }
+
+    /// `out = activation(x * W + b)` on oneDNN, bias and activation in the product's
+    /// epilogue; `false` (nothing done) where oneDNN does not run these weights.
+    fn apply(
+        &self,
+        x: &[f32],
+        rows: usize,
+        activation: crossenc_onednn::Activation,
+        out: &mut Vec<f32>,
+        scratch: &mut ProductScratch,
+    ) -> Result<bool, ModelError> {
+        let Some(weights) = &self.onednn else {
+            return Ok(false);
+        };
+        let x = &x[..rows * self.inputs];
+        let (len, threads) = (rows * self.outputs, scratch.threads);
+        out.clear();
+        out.reserve(len);
+        let epilogue = (&self.bias[..], activation);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        match weights {
+            OnednnWeights::Bf16(w) => {
+                w.apply(scratch.rounded(x), rows, epilogue, spare, threads)?
+            }
+            OnednnWeights::F32(w) => w.apply(x, rows, epilogue, spare, threads)?,
+        }
+        // SAFETY: `apply` succeeded, so it wrote all `len` elements.
+        unsafe { out.set_len(len) };
+        Ok(true)
+    }
+
     /// `out = x * W + b (+ residual)` for `rows` rows of `x`.
     pub(crate) fn forward(
         &self,
@@ -316,6 +368,11 @@ impl Linear {
         out: &mut Vec<f32>,
         scratch: &mut ProductScratch,
     ) -> Result<(), ModelError> {
+        if residual.is_none()
+            && self.apply(x, rows, crossenc_onednn::Activation::None, out, scratch)?
+        {
+            return Ok(());
+        }
         out.clear();
         out.reserve(rows * self.outputs);
         for r in 0..rows {
@@ -575,10 +632,13 @@ impl PackedPass for PackedEncoder {
                 .attention_out
                 .forward(&s.context, tokens, Some(&s.x), &mut s.attended, p)?;
             layer.attention_norm.apply(&mut s.attended, h);
-            layer
-                .intermediate
-                .forward(&s.attended, tokens, None, &mut s.inner, p)?;
-            activate(&mut s.inner, c.hidden_act);
+            layer.intermediate.forward_activated(
+                &s.attended,
+                tokens,
+                c.hidden_act,
+                &mut s.inner,
+                p,
+            )?;
             layer
                 .output
                 .forward(&s.inner, tokens, Some(&s.attended), &mut s.x, p)?;
