@@ -73,7 +73,7 @@ pub struct ConfigArgs {
     /// model.device: `cpu`, `cuda:N`, or GPUs `cuda:0,cuda:1` (workers placed in turn) [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
-    /// model.dtype: `f32`, or `bf16` products (AMX / AVX512-BF16; f32 where neither) [default: f32].
+    /// model.dtype: `f32`, or `bf16` products (AMX; AVX512-BF16 where faster) [default: f32].
     #[arg(long, value_name = "DTYPE")]
     dtype: Option<String>,
     /// model.max_length: longest pair in tokens, truncated longest-first; 0 is the model's limit [default: 0].
