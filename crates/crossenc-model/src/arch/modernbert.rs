@@ -126,6 +126,7 @@ impl Architecture for ModernBert {
                 head_activation: extra.head_activation,
                 pooling: extra.pooling,
             },
+            scratch: Default::default(),
         }))
     }
 

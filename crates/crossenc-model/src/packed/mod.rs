@@ -225,7 +225,7 @@ unsafe fn product_into(
 /// What every product of one forward pass shares: its threads and the bf16 copy of
 /// its input.
 pub(crate) struct ProductScratch {
-    threads: usize,
+    pub(crate) threads: usize,
     bf16: Vec<bf16>,
 }
 

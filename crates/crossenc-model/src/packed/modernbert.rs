@@ -95,6 +95,37 @@ pub(crate) struct ModernBertEncoder {
     pub head_norm: Norm,
     pub classifier: Linear,
     pub shape: ModernBertShape,
+    /// The activations' buffers, kept from batch to batch as the BERT pass keeps its
+    /// own: allocated anew, each batch's tens of MB would be faulted in again.
+    pub scratch: std::sync::Mutex<ModernBertScratch>,
+}
+
+/// Scratch buffers of a ModernBERT forward pass, reused from layer to layer and batch
+/// to batch.
+pub(crate) struct ModernBertScratch {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    inner: Vec<f32>,
+    gated: Vec<f32>,
+    products: ProductScratch,
+}
+
+impl Default for ModernBertScratch {
+    fn default() -> Self {
+        Self {
+            x: Vec::new(),
+            normed: Vec::new(),
+            qkv: Vec::new(),
+            context: Vec::new(),
+            attended: Vec::new(),
+            inner: Vec::new(),
+            gated: Vec::new(),
+            products: ProductScratch::new(1),
+        }
+    }
 }
 
 impl PackedPass for ModernBertEncoder {
@@ -118,41 +149,47 @@ impl PackedPass for ModernBertEncoder {
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
         let shape = &self.shape;
         let (h, tokens) = (shape.hidden, batch.ids.len());
-        let mut p = ProductScratch::new(threads);
-        let mut x = Vec::with_capacity(tokens * h);
+        // One batch at a time per worker: the lock is never contended there.
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let ModernBertScratch {
+            x,
+            normed,
+            qkv,
+            context,
+            attended,
+            inner,
+            gated,
+            products: p,
+        } = &mut *scratch;
+        p.threads = threads;
+        x.clear();
         for &id in batch.ids {
             x.extend_from_slice(&self.words[id as usize * h..][..h]);
         }
-        self.embedding_norm.apply(&mut x, h);
-        let (mut normed, mut qkv, mut context) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut attended, mut inner, mut gated) = (Vec::new(), Vec::new(), Vec::new());
+        self.embedding_norm.apply(x, h);
         for layer in &self.layers {
             let input = match &layer.attention_norm {
                 Some(norm) => {
-                    normed.clone_from(&x);
-                    norm.apply(&mut normed, h);
-                    &normed
+                    normed.clone_from(x);
+                    norm.apply(normed, h);
+                    &*normed
                 }
-                None => &x,
+                None => &*x,
             };
-            layer.qkv.forward(input, tokens, None, &mut qkv, &mut p)?;
-            self.rotate(batch.offsets, &mut qkv, &layer.rotary);
-            attend(batch.offsets, &qkv, shape.heads, layer.window, &mut context);
+            layer.qkv.forward(input, tokens, None, qkv, p)?;
+            self.rotate(batch.offsets, qkv, &layer.rotary);
+            attend(batch.offsets, qkv, shape.heads, layer.window, context);
             layer
                 .attention_out
-                .forward(&context, tokens, Some(&x), &mut attended, &mut p)?;
-            normed.clone_from(&attended);
-            layer.mlp_norm.apply(&mut normed, h);
-            layer
-                .mlp_in
-                .forward(&normed, tokens, None, &mut inner, &mut p)?;
-            self.geglu(&inner, &mut gated);
-            layer
-                .mlp_out
-                .forward(&gated, tokens, Some(&attended), &mut x, &mut p)?;
+                .forward(context, tokens, Some(x), attended, p)?;
+            normed.clone_from(attended);
+            layer.mlp_norm.apply(normed, h);
+            layer.mlp_in.forward(normed, tokens, None, inner, p)?;
+            self.geglu(inner, gated);
+            layer.mlp_out.forward(gated, tokens, Some(attended), x, p)?;
         }
-        self.final_norm.apply(&mut x, h);
-        let pooled = self.pool(batch.offsets, &x);
+        self.final_norm.apply(x, h);
+        let pooled = self.pool(batch.offsets, x);
         let pairs = batch.offsets.len() - 1;
         let mut one_thread = ProductScratch::new(1);
         let mut head = Vec::new();
