@@ -35,7 +35,7 @@ pub enum Dtype {
     /// alone where it times faster than f32 on the model's layer at load. Which wins
     /// there depends on the CPU: on Intel CPUs without AMX, bf16 ran at about half the
     /// rate of f32 (oneDNN 162-171 GFLOP/s against 258-334, 2 threads); on an AMD Zen 4,
-    /// about 1.5 times it. `without_amx` runs it even where it timed slower, to test the
+    /// about twice it (346-404 against 168-214). `without_amx` runs it even where it timed slower, to test the
     /// path.
     Bf16 { without_amx: bool },
 }
@@ -243,11 +243,7 @@ impl CrossEncoder {
             return Self::load_padded(folder, device, dtype);
         }
         let mut model = Self::empty(folder, device);
-        let packed = model
-            .config
-            .arch()
-            .packed(model.weights(DType::F32)?, &model.config);
-        let mut packed = packed.map_err(|e| model.weights_error(e))?;
+        let mut packed = model.packed_pass()?;
         let (products, choice) = choose_kernels(packed.as_ref(), dtype)?;
         packed.prepare_products(choice.chosen.kernels)?;
         model.packed = Some(packed);
@@ -260,11 +256,7 @@ impl CrossEncoder {
     /// each other (tests, `crossenc bench --kernels`).
     pub fn load_on(folder: &ModelFolder, kernels: Kernels) -> Result<Self, ModelError> {
         let mut model = Self::empty(folder, Device::Cpu);
-        let packed = model
-            .config
-            .arch()
-            .packed(model.weights(DType::F32)?, &model.config);
-        let mut packed = packed.map_err(|e| model.weights_error(e))?;
+        let mut packed = model.packed_pass()?;
         packed.prepare_products(kernels)?;
         let rows = timed_rows(&packed.timed_layer());
         let implementation = packed
@@ -272,8 +264,12 @@ impl CrossEncoder {
             .first()
             .map_or_else(|| "none".into(), |l| l.implementation(rows));
         if kernels == Kernels::OnednnBf16 {
+            let amx = matches!(
+                crossenc_onednn::support(),
+                crossenc_onednn::Support::Native { amx: true, .. }
+            );
             model.products = Products::Bf16 {
-                amx: implementation.contains("amx"),
+                amx,
                 implementation: implementation.clone(),
             };
         }
@@ -332,6 +328,15 @@ impl CrossEncoder {
             products: Products::F32,
             kernels: None,
         }
+    }
+
+    /// The architecture's packed CPU pass over f32 weights, its products on `gemm`.
+    fn packed_pass(&self) -> Result<Box<dyn PackedPass>, ModelError> {
+        let packed = self
+            .config
+            .arch()
+            .packed(self.weights(DType::F32)?, &self.config);
+        packed.map_err(|e| self.weights_error(e))
     }
 
     /// The weights file, mapped for candle, its tensors in `dtype`.
