@@ -17,6 +17,9 @@ Writes tests/fixtures/models/<name>/ for
     modernbert       ModernBertForSequenceClassification, 1 label, byte-level BPE with
                      [CLS] A [SEP] B [SEP], 4 layers alternating global and local attention
                      (a 16-token window), mean pooling
+    modernbert-cls   the same model and tokenizer pooled on the first token instead
+                     (classifier_pooling "cls"), whose last layer the packed pass runs
+                     for the first tokens alone
 
 each holding what a user's folder holds (config.json, model.safetensors in float32,
 tokenizer.json, tokenizer_config.json) plus goldens.jsonl and a README.md. The models are
@@ -528,6 +531,32 @@ def make_fixture(name, text, pairs, charsmap, vocab_size=800):
     print(f"   post_processor: {json.dumps(tok_json['post_processor'])}")
 
 
+# Fixtures that are another's weights and tokenizer with some config keys changed: git
+# stores the shared files once.
+TWINS = {"modernbert-cls": ("modernbert", {"classifier_pooling": "cls"})}
+
+
+def make_twin(name, pairs):
+    source, changes = TWINS[name]
+    src, dest = os.path.join(FIXTURES, source), os.path.join(FIXTURES, name)
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    path = os.path.join(dest, "config.json")
+    cfg = json.load(open(path))
+    cfg.update(changes)
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    logits, tokens, worst, noise = write_goldens(dest, pairs)
+    with open(os.path.join(dest, "README.md"), "w") as f:
+        f.write(f"Made by `{SCRIPT}` (do not edit by hand): {source}'s weights and tokenizer "
+                f"with {json.dumps(changes)}, and goldens.jsonl, its transformers float32 "
+                f"logits at max_length {MAX_LENGTH}.\n")
+    print(f"\n== {name}: {source} with {changes}; logits std {logits.std(dim=0).tolist()}; "
+          f"batch vs alone max diff {worst:.2e}; float32 vs float64 max diff {noise:.2e}")
+
+
 def make_bench(name, dest, text, pairs, charsmap, vocab_size=8000):
     """MiniLM-sized twin of a fixture, for speed benchmarks: no goldens."""
     kind = KINDS[name]
@@ -547,7 +576,7 @@ def main():
     parser.add_argument("--workload", default=WORKLOAD)
     parser.add_argument("--bench-dir", default="/tmp/archbench",
                         help="where the MiniLM-sized benchmark folders go ('' to skip them)")
-    parser.add_argument("--only", choices=sorted(KINDS), action="append",
+    parser.add_argument("--only", choices=sorted(KINDS) + sorted(TWINS), action="append",
                         help="make only these fixtures (the others stay as they are)")
     args = parser.parse_args()
 
@@ -557,7 +586,11 @@ def main():
     pairs = pick_pairs(requests)
     charsmap = nmt_nfkc_charsmap(text)
     for name in args.only or KINDS:
-        make_fixture(name, text, pairs, charsmap)
+        if name in KINDS:
+            make_fixture(name, text, pairs, charsmap)
+    for name in TWINS:
+        if not args.only or name in args.only:
+            make_twin(name, pairs)
     if args.bench_dir:
         make_bench("xlm-roberta", os.path.join(args.bench_dir, "xlm-roberta-minilm"), text, pairs, charsmap)
         make_bench("roberta", os.path.join(args.bench_dir, "roberta-minilm"), text, pairs, charsmap)

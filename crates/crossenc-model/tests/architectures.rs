@@ -101,6 +101,12 @@ fn modernbert_passes_match_transformers() {
     both_passes_match_transformers("modernbert", "modernbert");
 }
 
+/// The same model pooled on the first token: its last layer runs for those tokens alone.
+#[test]
+fn modernbert_pooled_on_the_first_token_matches_transformers() {
+    both_passes_match_transformers("modernbert-cls", "modernbert");
+}
+
 /// Disentangled attention over 16 relative buckets (pairs run to 128 tokens).
 #[test]
 fn deberta_v2_passes_match_transformers() {

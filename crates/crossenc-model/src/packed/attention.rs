@@ -1,6 +1,7 @@
 //! Attention on packed pairs: each pair attends over its own tokens, one task per
 //! (pair, head), reading Q, K and V from the fused `[tokens, 3 * hidden]` product and
-//! writing its head's columns of the `[tokens, hidden]` context. Between the scores
+//! writing its head's columns of the context: `[tokens, hidden]`, or `[pairs, hidden]`
+//! where only each pair's first token asks ([`Queries::First`]). Between the scores
 //! and the softmax an architecture may change them: ModernBERT's sliding window,
 //! DeBERTa's relative scores.
 
@@ -8,12 +9,33 @@ use rayon::prelude::*;
 
 use super::{product, product_into, softmax_rows, View};
 
-/// Self-attention of every pair: the context from the fused Q|K|V. With a `window`, a
+/// Which of a pair's tokens attention computes a context for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queries {
+    /// Every token: the context is `[tokens, hidden]`.
+    All,
+    /// Each pair's first token alone, the context `[pairs, hidden]`: in the last layer
+    /// of a model whose head reads only that token, no other row of it is ever read.
+    First,
+}
+
+impl Queries {
+    /// The rows of the context, `tokens` in `pairs` pairs.
+    pub(crate) fn rows(self, tokens: usize, pairs: usize) -> usize {
+        match self {
+            Queries::All => tokens,
+            Queries::First => pairs,
+        }
+    }
+}
+
+/// Self-attention of every pair: the context of the `queries` asked, from the fused
+/// Q|K|V. With a `window`, a
 /// token attends only to tokens at most that far from it (ModernBERT's local layers).
 pub(crate) fn attend(
     offsets: &[usize],
     qkv: &[f32],
-    heads: usize,
+    (heads, queries): (usize, Queries),
     window: Option<usize>,
     context: &mut Vec<f32>,
 ) {
@@ -30,7 +52,7 @@ pub(crate) fn attend(
             row[far..].fill(f32::NEG_INFINITY);
         }
     };
-    attend_each(offsets, qkv, heads, 1, context, mask);
+    attend_each(offsets, qkv, (heads, queries), 1, context, mask);
 }
 
 /// [`attend`] with DeBERTa's relative scores added: for query i and key j, the query
@@ -39,7 +61,7 @@ pub(crate) fn attend(
 pub(crate) fn attend_relative(
     offsets: &[usize],
     qkv: &[f32],
-    heads: usize,
+    (heads, queries): (usize, Queries),
     (relative, layer): (&RelativeAttention, usize),
     context: &mut Vec<f32>,
 ) {
@@ -51,9 +73,9 @@ pub(crate) fn attend_relative(
         .map(|i| relative.index(i as i64 - (longest as i64 - 1)))
         .collect();
     let add = |task: &HeadTask<'_>, scores: &mut [f32]| {
-        let len = task.len;
+        let (len, asking) = (task.len, task.q.rows);
         let (relative_q, relative_k) = (task.of(table, 0, positions), task.of(table, 1, positions));
-        let mut to_position = vec![0.0f32; len * positions];
+        let mut to_position = vec![0.0f32; asking * positions];
         let operands = (task.q, relative_k.transposed());
         product(&mut to_position, positions, false, operands, task.scale, 1);
         let mut from_position = vec![0.0f32; len * positions];
@@ -74,7 +96,7 @@ pub(crate) fn attend_relative(
             }
         }
     };
-    attend_each(offsets, qkv, heads, 3, context, add);
+    attend_each(offsets, qkv, (heads, queries), 3, context, add);
 }
 
 /// DeBERTa's relative attention: content-to-position and position-to-content scores
@@ -122,7 +144,8 @@ fn log_bucket(delta: i64, buckets: usize, max_position: usize) -> i64 {
     (log + mid as f32) as i64 * delta.signum()
 }
 
-/// One (pair, head) of a batch: its Q, K and V, and the scale of its scores.
+/// One (pair, head) of a batch: its Q (every token's, or the first's), K and V, and
+/// the scale of its scores.
 struct HeadTask<'a> {
     q: View<'a>,
     k: View<'a>,
@@ -149,11 +172,12 @@ impl HeadTask<'_> {
 }
 
 /// Runs every (pair, head) task: scores q·kᵀ scaled by 1 / sqrt(`scale_terms` * head
-/// size), `adjust` on them, softmax, then the probabilities times V into the context.
+/// size), `adjust` on them (a row per query, the first token's first), softmax, then
+/// the probabilities times V into the context.
 fn attend_each(
     offsets: &[usize],
     qkv: &[f32],
-    heads: usize,
+    (heads, queries): (usize, Queries),
     scale_terms: usize,
     context: &mut Vec<f32>,
     adjust: impl Fn(&HeadTask<'_>, &mut [f32]) + Sync,
@@ -166,27 +190,34 @@ fn attend_each(
     let h = qkv.len() / 3 / tokens;
     let d = h / heads;
     let scale = 1.0 / ((scale_terms * d) as f32).sqrt();
-    context.resize(tokens * h, 0.0);
+    let pairs = offsets.len() - 1;
+    context.resize(queries.rows(tokens, pairs) * h, 0.0);
     // One task per (pair, head); each writes its own columns of its pair's rows.
-    let tasks: Vec<(usize, usize, usize)> = offsets
+    let tasks: Vec<(usize, usize, usize, usize)> = offsets
         .windows(2)
-        .flat_map(|p| (0..heads).map(move |head| (p[0], p[1], head)))
+        .enumerate()
+        .flat_map(|(pair, p)| (0..heads).map(move |head| (pair, p[0], p[1], head)))
         .collect();
     let out = SharedOut(context.as_mut_ptr(), context.len());
-    tasks.par_iter().for_each(|&(start, end, head)| {
+    tasks.par_iter().for_each(|&(pair, start, end, head)| {
         let len = end - start;
         let rows = &qkv[start * 3 * h..end * 3 * h];
-        let part = |part: usize| head_view(rows, part * h + head * d, len, d, 3 * h);
+        let part =
+            |part: usize, rows_of: usize| head_view(rows, part * h + head * d, rows_of, d, 3 * h);
+        let (asking, first_row) = match queries {
+            Queries::All => (len, start),
+            Queries::First => (1, pair),
+        };
         let task = HeadTask {
-            q: part(0),
-            k: part(1),
-            v: part(2),
+            q: part(0, asking),
+            k: part(1, len),
+            v: part(2, len),
             len,
             head,
             hidden: h,
             scale,
         };
-        let mut scores = vec![0.0f32; len * len];
+        let mut scores = vec![0.0f32; asking * len];
         product(
             &mut scores,
             len,
@@ -197,10 +228,11 @@ fn attend_each(
         );
         adjust(&task, &mut scores);
         softmax_rows(&mut scores, &len);
-        let probs = View::rows(&scores, len, len);
-        let first = start * h + head * d;
-        // SAFETY: this task alone writes rows start..end, columns head*d..(head+1)*d
-        // of the context, borrowed mutably above until every task has ended.
+        let probs = View::rows(&scores, asking, len);
+        let first = first_row * h + head * d;
+        // SAFETY: this task alone writes its pair's `asking` rows from `first_row`,
+        // columns head*d..(head+1)*d of the context, borrowed mutably above until every
+        // task has ended.
         unsafe {
             product_into(
                 out.at(first),

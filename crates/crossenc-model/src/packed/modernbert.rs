@@ -6,7 +6,10 @@
 
 use rayon::prelude::*;
 
-use super::{activate, attend, Kernels, Linear, Norm, PackedPass, PackedTokens, ProductScratch};
+use super::{
+    activate, attend, first_rows, Kernels, Linear, Norm, PackedPass, PackedTokens, ProductScratch,
+    Queries,
+};
 use crate::{HiddenAct, ModelError};
 
 /// How a pair becomes one vector for the head.
@@ -104,6 +107,8 @@ pub(crate) struct ModernBertEncoder {
 /// to batch.
 pub(crate) struct ModernBertScratch {
     x: Vec<f32>,
+    /// Each pair's first row of `x`, the residual of a layer that computes only those.
+    firsts: Vec<f32>,
     normed: Vec<f32>,
     qkv: Vec<f32>,
     context: Vec<f32>,
@@ -117,6 +122,7 @@ impl Default for ModernBertScratch {
     fn default() -> Self {
         Self {
             x: Vec::new(),
+            firsts: Vec::new(),
             normed: Vec::new(),
             qkv: Vec::new(),
             context: Vec::new(),
@@ -153,6 +159,7 @@ impl PackedPass for ModernBertEncoder {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let ModernBertScratch {
             x,
+            firsts,
             normed,
             qkv,
             context,
@@ -167,7 +174,15 @@ impl PackedPass for ModernBertEncoder {
             x.extend_from_slice(&self.words[id as usize * h..][..h]);
         }
         self.embedding_norm.apply(x, h);
-        for layer in &self.layers {
+        let pairs = batch.offsets.len() - 1;
+        let last = self.layers.len().saturating_sub(1);
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Pooled on the first token, the head reads no other row of the last layer:
+            // it computes those rows alone past its keys and values.
+            let queries = match shape.pooling {
+                Pooling::Cls if l == last => Queries::First,
+                _ => Queries::All,
+            };
             let input = match &layer.attention_norm {
                 Some(norm) => {
                     normed.clone_from(x);
@@ -178,19 +193,31 @@ impl PackedPass for ModernBertEncoder {
             };
             layer.qkv.forward(input, tokens, None, qkv, p)?;
             self.rotate(batch.offsets, qkv, &layer.rotary);
-            attend(batch.offsets, qkv, shape.heads, layer.window, context);
+            attend(
+                batch.offsets,
+                qkv,
+                (shape.heads, queries),
+                layer.window,
+                context,
+            );
+            let (residual, rows) = match queries {
+                Queries::All => (&x[..], tokens),
+                Queries::First => (first_rows(batch.offsets, x, h, firsts), pairs),
+            };
             layer
                 .attention_out
-                .forward(context, tokens, Some(x), attended, p)?;
+                .forward(context, rows, Some(residual), attended, p)?;
             normed.clone_from(attended);
             layer.mlp_norm.apply(normed, h);
-            layer.mlp_in.forward(normed, tokens, None, inner, p)?;
+            layer.mlp_in.forward(normed, rows, None, inner, p)?;
             self.geglu(inner, gated);
-            layer.mlp_out.forward(gated, tokens, Some(attended), x, p)?;
+            layer.mlp_out.forward(gated, rows, Some(attended), x, p)?;
         }
         self.final_norm.apply(x, h);
-        let pooled = self.pool(batch.offsets, x);
-        let pairs = batch.offsets.len() - 1;
+        let pooled = match (self.shape.pooling, self.layers.is_empty()) {
+            (Pooling::Cls, false) => x[..pairs * h].to_vec(),
+            _ => self.pool(batch.offsets, x),
+        };
         let mut one_thread = ProductScratch::new(1);
         let mut head = Vec::new();
         self.head_dense
