@@ -13,11 +13,13 @@
 
 mod attention;
 mod elementwise;
+mod first_token;
 mod kernels;
 mod modernbert;
 
 pub(crate) use attention::{attend, attend_relative, Queries, RelativeAttention};
 pub(crate) use elementwise::{activate, activate_slice, softmax_rows};
+use first_token::{attend_first, FirstTokenScratch};
 pub(crate) use kernels::{fastest, measure, timed_rows};
 pub use kernels::{KernelChoice, KernelRate, Kernels};
 
@@ -413,6 +415,7 @@ pub(crate) struct Scratch {
     context: Vec<f32>,
     attended: Vec<f32>,
     inner: Vec<f32>,
+    first_token: FirstTokenScratch,
     products: ProductScratch,
 }
 
@@ -425,6 +428,7 @@ impl Default for Scratch {
             context: Vec::new(),
             attended: Vec::new(),
             inner: Vec::new(),
+            first_token: FirstTokenScratch::default(),
             products: ProductScratch::new(1),
         }
     }
@@ -432,8 +436,14 @@ impl Default for Scratch {
 
 impl PackedPass for PackedEncoder {
     fn prepare_products(&mut self, kernels: Kernels) -> Result<(), OnednnError> {
-        for layer in &mut self.layers {
-            layer.qkv.prepare(kernels)?;
+        let last = self.layers.len().saturating_sub(1);
+        let keys_skipped = self.keys_skipped_last();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            // Without keys and values, the last layer's Q|K|V weights are read by the
+            // first tokens' attention, in f32.
+            if !(keys_skipped && l == last) {
+                layer.qkv.prepare(kernels)?;
+            }
             layer.attention_out.prepare(kernels)?;
             layer.intermediate.prepare(kernels)?;
             layer.output.prepare(kernels)?;
@@ -503,6 +513,12 @@ pub(crate) fn first_rows<'o>(
 }
 
 impl PackedEncoder {
+    /// Whether the last layer attends for the first tokens without the other tokens'
+    /// keys and values ([`first_token`]): where positions are absolute, not relative.
+    fn keys_skipped_last(&self) -> bool {
+        self.relative.is_none()
+    }
+
     /// Encoder layer `l` over the batch in `s.x`: its output replaces `s.x`, a row for
     /// each of the `queries` (every token, or each pair's first).
     fn layer(
@@ -515,19 +531,31 @@ impl PackedEncoder {
         let c = &self.config;
         let (h, tokens) = (c.hidden_size, batch.ids.len());
         let pairs = batch.offsets.len() - 1;
+        let heads = c.num_attention_heads;
         let p = &mut s.products;
-        layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, p)?;
-        let asked = (c.num_attention_heads, queries);
-        match &self.relative {
-            Some(relative) => {
-                attend_relative(batch.offsets, &s.qkv, asked, (relative, l), &mut s.context)
-            }
-            None => attend(batch.offsets, &s.qkv, asked, None, &mut s.context),
-        }
         let residual = match queries {
             Queries::All => &s.x,
             Queries::First => first_rows(batch.offsets, &s.x, h, &mut s.firsts),
         };
+        if queries == Queries::First && self.keys_skipped_last() {
+            let inputs = (batch.offsets, &s.x[..], residual);
+            attend_first(
+                inputs,
+                &layer.qkv,
+                heads,
+                &mut s.first_token,
+                &mut s.context,
+            );
+        } else {
+            layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, p)?;
+            let asked = (heads, queries);
+            match &self.relative {
+                Some(relative) => {
+                    attend_relative(batch.offsets, &s.qkv, asked, (relative, l), &mut s.context)
+                }
+                None => attend(batch.offsets, &s.qkv, asked, None, &mut s.context),
+            }
+        }
         let rows = queries.rows(tokens, pairs);
         layer
             .attention_out
