@@ -215,7 +215,7 @@ pub(crate) fn for_checkpoint(
     ARCHITECTURES.iter().copied().find(runs)
 }
 
-/// The architecture of this name (as [`Architecture::name`] gives it).
+/// The architecture of this name (its [`Identity::name`]).
 pub(crate) fn named(name: &str) -> &'static dyn Architecture {
     ARCHITECTURES
         .iter()

@@ -9,7 +9,8 @@
 //! kernels timed fastest at load ([`kernels`]): the `gemm` crate (candle's own CPU
 //! matmul) across the worker's rayon threads, or oneDNN (`crossenc-onednn`) in f32, or
 //! with bf16 asked for, oneDNN on inputs rounded to bf16 and accumulating in f32; all
-//! between the products stays f32.
+//! between the products stays f32. The head reads only each pair's first token, so the
+//! last layer runs for those tokens alone ([`Queries::First`], [`first_token`]).
 
 mod attention;
 mod elementwise;
@@ -470,7 +471,7 @@ impl PackedPass for PackedEncoder {
         let last = self.layers.len().saturating_sub(1);
         for (l, layer) in self.layers.iter().enumerate() {
             // The head reads each pair's first token alone, so the last layer computes
-            // only those rows past its keys and values: about a fifth of its FLOPs.
+            // only those rows, and with absolute positions no keys or values either.
             let queries = if l == last {
                 Queries::First
             } else {
