@@ -161,11 +161,10 @@ impl HeadTask<'_> {
     /// table.
     fn of<'t>(&self, table: &'t [f32], part: usize, rows: usize) -> View<'t> {
         let d = self.q.cols;
-        head_view(
+        View::columns(
             table,
-            part * self.hidden + self.head * d,
             rows,
-            d,
+            (part * self.hidden + self.head * d, d),
             3 * self.hidden,
         )
     }
@@ -202,8 +201,9 @@ fn attend_each(
     tasks.par_iter().for_each(|&(pair, start, end, head)| {
         let len = end - start;
         let rows = &qkv[start * 3 * h..end * 3 * h];
-        let part =
-            |part: usize, rows_of: usize| head_view(rows, part * h + head * d, rows_of, d, 3 * h);
+        let part = |part: usize, rows_of: usize| {
+            View::columns(rows, rows_of, (part * h + head * d, d), 3 * h)
+        };
         let (asking, first_row) = match queries {
             Queries::All => (len, start),
             Queries::First => (1, pair),
@@ -245,17 +245,6 @@ fn attend_each(
             )
         };
     });
-}
-
-/// One head's `d` columns from `offset` in `rows` rows of `stride` floats.
-fn head_view(data: &[f32], offset: usize, rows: usize, d: usize, stride: usize) -> View<'_> {
-    View {
-        data: &data[offset..],
-        rows,
-        cols: d,
-        row_stride: stride,
-        col_stride: 1,
-    }
 }
 
 /// The context buffer, written by attention tasks that each own disjoint elements.

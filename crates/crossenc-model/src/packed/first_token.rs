@@ -45,12 +45,8 @@ pub(crate) fn attend_first(
         "the Q|K|V weights are not on gemm"
     );
     // Column block `part` (0 Q, 1 K, 2 V) of the weights, `width` columns from `from`.
-    let weights = |part: usize, from: usize, width: usize| View {
-        data: &qkv.weight[part * h + from..],
-        rows: h,
-        cols: width,
-        row_stride: 3 * h,
-        col_stride: 1,
+    let weights = |part: usize, from: usize, width: usize| {
+        View::columns(&qkv.weight, h, (part * h + from, width), 3 * h)
     };
     let FirstTokenScratch {
         queries,
@@ -68,7 +64,7 @@ pub(crate) fn attend_first(
     probes.clear();
     probes.resize(pairs * heads * h, 0.0);
     for head in 0..heads {
-        let query = head_columns(queries, pairs, (head * d, d), h);
+        let query = View::columns(queries, pairs, (head * d, d), h);
         let keys = weights(1, head * d, d).transposed();
         product(
             &mut probes[head * h..],
@@ -109,24 +105,8 @@ pub(crate) fn attend_first(
         context.extend_from_slice(&qkv.bias[2 * h..3 * h]);
     }
     for head in 0..heads {
-        let mix = head_columns(mixed, pairs, (head * h, h), heads * h);
+        let mix = View::columns(mixed, pairs, (head * h, h), heads * h);
         let values = weights(2, head * d, d);
         product(&mut context[head * d..], h, true, (mix, values), 1.0, 1);
-    }
-}
-
-/// `width` columns from `from` of `rows` rows `stride` apart.
-fn head_columns(
-    data: &[f32],
-    rows: usize,
-    (from, width): (usize, usize),
-    stride: usize,
-) -> View<'_> {
-    View {
-        data: &data[from..],
-        rows,
-        cols: width,
-        row_stride: stride,
-        col_stride: 1,
     }
 }

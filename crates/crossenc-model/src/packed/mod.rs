@@ -126,6 +126,18 @@ impl<'a> View<'a> {
         }
     }
 
+    /// `width` columns from column `from` of `rows` rows `stride` apart: one head's
+    /// share of a fused product, or a block of a weight matrix.
+    fn columns(data: &'a [f32], rows: usize, (from, width): (usize, usize), stride: usize) -> Self {
+        Self {
+            data: &data[from..],
+            rows,
+            cols: width,
+            row_stride: stride,
+            col_stride: 1,
+        }
+    }
+
     /// The same elements read as the transposed matrix.
     fn transposed(self) -> Self {
         Self {
