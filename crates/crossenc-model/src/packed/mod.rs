@@ -246,6 +246,13 @@ pub(crate) struct ProductScratch {
     bf16: Vec<bf16>,
 }
 
+impl Default for ProductScratch {
+    /// On one thread, until a pass sets its own.
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
 impl ProductScratch {
     pub(crate) fn new(threads: usize) -> Self {
         Self {
@@ -420,6 +427,7 @@ impl Linear {
 
 /// Scratch buffers of a forward pass, reused from layer to layer and batch to batch:
 /// the activations, and the products' bf16 copy of their input.
+#[derive(Default)]
 pub(crate) struct Scratch {
     x: Vec<f32>,
     /// Each pair's first row of `x`, the residual of a layer that computes only those.
@@ -430,21 +438,6 @@ pub(crate) struct Scratch {
     inner: Vec<f32>,
     first_token: FirstTokenScratch,
     products: ProductScratch,
-}
-
-impl Default for Scratch {
-    fn default() -> Self {
-        Self {
-            x: Vec::new(),
-            firsts: Vec::new(),
-            qkv: Vec::new(),
-            context: Vec::new(),
-            attended: Vec::new(),
-            inner: Vec::new(),
-            first_token: FirstTokenScratch::default(),
-            products: ProductScratch::new(1),
-        }
-    }
 }
 
 impl PackedPass for PackedEncoder {

@@ -105,6 +105,7 @@ pub(crate) struct ModernBertEncoder {
 
 /// Scratch buffers of a ModernBERT forward pass, reused from layer to layer and batch
 /// to batch.
+#[derive(Default)]
 pub(crate) struct ModernBertScratch {
     x: Vec<f32>,
     /// Each pair's first row of `x`, the residual of a layer that computes only those.
@@ -116,22 +117,6 @@ pub(crate) struct ModernBertScratch {
     inner: Vec<f32>,
     gated: Vec<f32>,
     products: ProductScratch,
-}
-
-impl Default for ModernBertScratch {
-    fn default() -> Self {
-        Self {
-            x: Vec::new(),
-            firsts: Vec::new(),
-            normed: Vec::new(),
-            qkv: Vec::new(),
-            context: Vec::new(),
-            attended: Vec::new(),
-            inner: Vec::new(),
-            gated: Vec::new(),
-            products: ProductScratch::new(1),
-        }
-    }
 }
 
 impl PackedPass for ModernBertEncoder {
