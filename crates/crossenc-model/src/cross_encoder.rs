@@ -258,9 +258,9 @@ impl CrossEncoder {
         let mut model = Self::empty(folder, Device::Cpu);
         let mut packed = model.packed_pass()?;
         packed.prepare_products(kernels)?;
-        let rows = timed_rows(&packed.timed_layer());
-        let implementation = packed
-            .timed_layer()
+        let layer = packed.timed_layer();
+        let rows = timed_rows(&layer);
+        let implementation = layer
             .first()
             .map_or_else(|| "none".into(), |l| l.implementation(rows));
         if kernels == Kernels::OnednnBf16 {

@@ -31,7 +31,7 @@ pub enum Support {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnednnError {
-    #[error("bf16 products are unavailable: {0}")]
+    #[error("oneDNN products are unavailable: {0}")]
     Unavailable(String),
     #[error("oneDNN failed while {action}: {status}")]
     Call {
@@ -339,8 +339,12 @@ impl<T: Element> Weights<T> {
         let mut products = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
         let key = (T::BF16, self.inputs, self.outputs, rows, epilogue);
         if !products.contains_key(&key) {
+            // Full: one product goes, not all, so that a few sets beyond the bound
+            // cost a rebuild per miss rather than every set's kernels again.
             if products.len() >= PRODUCTS_KEPT {
-                products.clear();
+                if let Some(old) = products.keys().next().copied() {
+                    products.remove(&old);
+                }
             }
             products.insert(key, backend::Product::new(&self.prepared, rows, epilogue)?);
         }
@@ -348,10 +352,15 @@ impl<T: Element> Weights<T> {
     }
 }
 
-/// Products in the cache now, for tests that check reuse.
+/// Products in the cache now for weights of this shape, for tests that check reuse
+/// (by shape, so that other tests running in the same process do not count).
 #[doc(hidden)]
-pub fn products_made() -> usize {
-    PRODUCTS.lock().unwrap_or_else(|e| e.into_inner()).len()
+pub fn products_made(inputs: usize, outputs: usize) -> usize {
+    let products = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
+    products
+        .keys()
+        .filter(|k| (k.1, k.2) == (inputs, outputs))
+        .count()
 }
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), OnednnError> {

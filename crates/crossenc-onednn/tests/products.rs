@@ -110,7 +110,7 @@ fn batches_of_any_size_reuse_a_bounded_set_of_products() {
         weights.accumulate(&src, rows, &mut dst, 1).unwrap();
     }
     let most = 1 + BLOCK_ROWS / ROW_TILE + ROW_TILE;
-    let made = crossenc_onednn::products_made();
+    let made = crossenc_onednn::products_made(32, 24);
     assert!(
         made <= most,
         "{made} products made for {} batch sizes",

@@ -199,14 +199,19 @@ impl PackedPass for ModernBertEncoder {
             layer.mlp_out.forward(gated, rows, Some(attended), x, p)?;
         }
         self.final_norm.apply(x, h);
+        let pooled_here;
         let pooled = match (self.shape.pooling, self.layers.is_empty()) {
-            (Pooling::Cls, false) => x[..pairs * h].to_vec(),
-            _ => self.pool(batch.offsets, x),
+            // The last layer computed the first tokens alone: `x` holds them.
+            (Pooling::Cls, false) => &x[..pairs * h],
+            _ => {
+                pooled_here = self.pool(batch.offsets, x);
+                &pooled_here[..]
+            }
         };
         let mut one_thread = ProductScratch::new(1);
         let mut head = Vec::new();
         self.head_dense
-            .forward(&pooled, pairs, None, &mut head, &mut one_thread)?;
+            .forward(pooled, pairs, None, &mut head, &mut one_thread)?;
         activate(&mut head, shape.head_activation);
         self.head_norm.apply(&mut head, h);
         let mut logits = Vec::new();
