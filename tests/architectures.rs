@@ -1,15 +1,17 @@
 //! Every supported architecture through the real server: small checkpoints made by
-//! transformers from each architecture's own config class (scripts/make_arch_fixtures.py),
-//! scored over gRPC and compared with transformers' fp32 logits; the default activation
-//! each model's config asks for; and folders that cannot work, refused at start.
+//! transformers from each architecture's own config class (scripts/make_arch_fixtures.py,
+//! scripts/make_qwen3_fixtures.py), scored over gRPC (and HTTP for the decoder) and
+//! compared with transformers' fp32 logits; the default activation each model's config
+//! asks for; instructions for a decoder's prompt; and folders that cannot work, refused
+//! at start.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crossenc_proto::v1::{InferRequest, Pair};
-use support::{workspace, TestServer, BINARY};
+use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
+use support::{post_json, workspace, TestServer, BINARY};
 
 /// One row of a fixture's goldens.jsonl: a pair, transformers' logits for every label,
 /// and the pair's tokens after truncation.
@@ -19,6 +21,9 @@ struct Golden {
     document: String,
     logits: Vec<f64>,
     tokens: u64,
+    /// A decoder's instruction (`None`: the template's default).
+    #[serde(default)]
+    instruction: Option<String>,
 }
 
 impl Golden {
@@ -69,6 +74,7 @@ async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected
     let ask = |raw_scores| InferRequest {
         pairs: pairs.clone(),
         raw_scores,
+        instruction: None,
     };
     let raw = client.infer(ask(true)).await.unwrap().into_inner();
     assert_eq!(raw.scores.len(), rows.len());
@@ -117,6 +123,180 @@ async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected
     assert!(
         build.contains(&format!("architecture=\"{architecture}\"")),
         "{build}"
+    );
+    // An encoder reads no instruction: a request with one is refused, naming it.
+    let mut instructed = ask(true);
+    instructed.instruction = Some("Find code".into());
+    let refused = client.infer(instructed).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("instruction"), "{refused:?}");
+}
+
+/// Serves the decoder fixture `name` with the Qwen3-Reranker template and checks every
+/// golden (default and custom instructions) through gRPC Infer and Rerank and HTTP
+/// `/v1/rerank` and `/rerank`, within 1e-4 of transformers as the model card scores.
+async fn decoder_serves_its_goldens(name: &str) {
+    let server = TestServer::start_on(
+        &fixture(name),
+        &[
+            "--model-threads",
+            "1",
+            "--template",
+            "qwen3-reranker",
+            "--max-length",
+            "128",
+        ],
+    );
+    let mut client = server.client().await;
+    let rows = goldens(name);
+    let mut worst = 0f64;
+    let mut check = |golden: &Golden, score: f32, how: &str| {
+        let error = (f64::from(score) - golden.raw()).abs();
+        worst = worst.max(error);
+        assert!(
+            error < 1e-4,
+            "{name} over {how}: {:?} / {:.60?} ({:?}): {score} vs transformers {}",
+            golden.query,
+            golden.document,
+            golden.instruction,
+            golden.raw()
+        );
+    };
+    let mut instructions: Vec<Option<String>> =
+        rows.iter().map(|g| g.instruction.clone()).collect();
+    instructions.dedup();
+    assert!(
+        instructions.len() > 1,
+        "{name}: goldens with one instruction only"
+    );
+    for instruction in &instructions {
+        let group: Vec<&Golden> = rows
+            .iter()
+            .filter(|g| &g.instruction == instruction)
+            .collect();
+        let pairs = group
+            .iter()
+            .map(|g| Pair {
+                query: g.query.clone(),
+                document: g.document.clone(),
+            })
+            .collect();
+        let request = InferRequest {
+            pairs,
+            raw_scores: true,
+            instruction: instruction.clone(),
+        };
+        let raw = client.infer(request).await.unwrap().into_inner();
+        assert_eq!(raw.tokens, group.iter().map(|g| g.tokens).sum::<u64>());
+        for (golden, &score) in group.iter().zip(&raw.scores) {
+            check(golden, score, "gRPC Infer");
+        }
+        // One query's documents as a Rerank, over gRPC and both HTTP shapes.
+        let query = &group[0].query;
+        let same: Vec<&&Golden> = group.iter().filter(|g| &g.query == query).collect();
+        let documents: Vec<String> = same.iter().map(|g| g.document.clone()).collect();
+        let rerank = RerankRequest {
+            query: query.clone(),
+            documents: documents.clone(),
+            raw_scores: true,
+            instruction: instruction.clone(),
+            ..Default::default()
+        };
+        let ranked = client.rerank(rerank).await.unwrap().into_inner();
+        for result in &ranked.results {
+            check(same[result.index as usize], result.score, "gRPC Rerank");
+        }
+        let mut body = serde_json::json!({"query": query, "documents": documents, "model": name});
+        if let Some(instruction) = instruction {
+            body["instruction"] = serde_json::json!(instruction);
+        }
+        let (status, answer) = post_json(server.http_addr, "/v1/rerank", &body);
+        assert_eq!(status, 200, "{answer}");
+        for result in answer["results"].as_array().unwrap() {
+            let golden = same[result["index"].as_u64().unwrap() as usize];
+            let probability = 1.0 / (1.0 + (-golden.raw()).exp());
+            let score = result["relevance_score"].as_f64().unwrap();
+            assert!(
+                (score - probability).abs() < 1e-4,
+                "/v1/rerank: {score} vs {probability}"
+            );
+        }
+        let mut body = serde_json::json!({"query": query, "texts": documents, "raw_scores": true});
+        if let Some(instruction) = instruction {
+            body["instruction"] = serde_json::json!(instruction);
+        }
+        let (status, answer) = post_json(server.http_addr, "/rerank", &body);
+        assert_eq!(status, 200, "{answer}");
+        for result in answer.as_array().unwrap() {
+            let golden = same[result["index"].as_u64().unwrap() as usize];
+            check(
+                golden,
+                result["score"].as_f64().unwrap() as f32,
+                "HTTP /rerank",
+            );
+        }
+    }
+    eprintln!("{name}: largest raw score error against transformers {worst:e}");
+    assert!(
+        rows.iter().any(|g| g.tokens == 128),
+        "{name}: no pair at the limit"
+    );
+
+    // An instruction past max_text_bytes (128 tokens x 32) is refused, naming the field.
+    let long = InferRequest {
+        pairs: vec![Pair {
+            query: "q".into(),
+            document: "d".into(),
+        }],
+        raw_scores: false,
+        instruction: Some("x".repeat(128 * 32 + 1)),
+    };
+    let refused = client.infer(long).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("instruction") && refused.message().contains("4096"),
+        "{refused:?}"
+    );
+    let body =
+        serde_json::json!({"query": "q", "documents": ["d"], "instruction": "x".repeat(5000)});
+    let (status, answer) = post_json(server.http_addr, "/v1/rerank", &body);
+    assert_eq!(status, 400, "{answer}");
+
+    let build = server.metrics();
+    let build = build
+        .lines()
+        .find(|l| l.starts_with("build_info{"))
+        .expect("build_info in /metrics")
+        .to_string();
+    assert!(
+        build.contains("architecture=\"qwen3\"") && build.contains("template=\"qwen3-reranker\""),
+        "{build}"
+    );
+}
+
+/// Qwen/Qwen3-Reranker-*'s published form: Qwen3ForCausalLM scored by its "yes" and
+/// "no" logits at the last position; bf16 weights in two shards, tied embeddings,
+/// grouped-query attention with head_dim 16 on hidden 32, transformers 5's config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen3_reranker_causal_lm_matches_the_model_card_over_grpc_and_http() {
+    decoder_serves_its_goldens("qwen3-reranker").await;
+}
+
+/// The converted form (Qwen3ForSequenceClassification, one label): f32 weights,
+/// transformers 4's config (`torch_dtype`, top-level `rope_theta`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen3_reranker_sequence_classifier_matches_transformers_over_grpc_and_http() {
+    decoder_serves_its_goldens("qwen3-reranker-seq-cls").await;
+}
+
+/// A decoder served without a template, and an encoder with one, are refused at start
+/// naming the setting.
+#[test]
+fn a_decoder_without_a_template_is_refused_at_start_naming_the_flag() {
+    let message = refused_at_start(&fixture("qwen3-reranker"));
+    assert!(
+        message.contains("--template") && message.contains("qwen3-reranker"),
+        "{message}"
     );
 }
 

@@ -179,10 +179,12 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
             pair("drums"),
         ],
         raw_scores: false,
+        instruction: None,
     });
     let innocent = innocent_client.infer(InferRequest {
         pairs: vec![pair("a violin"), pair("a flute")],
         raw_scores: false,
+        instruction: None,
     });
     let (poisoned, innocent) = tokio::join!(poisoned, innocent);
 
@@ -203,6 +205,7 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
         .infer(InferRequest {
             pairs: vec![pair("a cello")],
             raw_scores: false,
+            instruction: None,
         })
         .await
         .expect("served after the poison");
@@ -232,6 +235,7 @@ async fn a_hung_model_worker_is_killed_at_the_batch_timeout() {
                 document: format!("a {POISON} solo"),
             }],
             raw_scores: false,
+            instruction: None,
         })
         .await
         .expect_err("a pair that hangs every worker fails");
@@ -352,6 +356,7 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
                 document: "d".into(),
             }],
             raw_scores: false,
+            instruction: None,
         })
         .await
         .expect_err("no model worker can score it");

@@ -109,6 +109,7 @@ async fn json_routes_score_exactly_as_grpc_does() {
                 })
                 .collect(),
             raw_scores: true,
+            instruction: None,
         })
         .await
         .unwrap()

@@ -182,6 +182,7 @@ async fn json_logs_stay_json_under_concurrency_and_a_worker_crash() {
                     .infer(InferRequest {
                         pairs,
                         raw_scores: false,
+                        instruction: None,
                     })
                     .await
                     .is_ok()

@@ -99,6 +99,7 @@ async fn send_the_mix(server: &TestServer) -> Sent {
         let request = InferRequest {
             pairs,
             raw_scores: false,
+            instruction: None,
         };
         let answer = client.infer(request).await.unwrap().into_inner();
         sent.answered("grpc_infer", count, answer.tokens);
@@ -146,6 +147,7 @@ async fn send_the_mix(server: &TestServer) -> Sent {
     let bad = InferRequest {
         pairs: vec![Pair::default()],
         raw_scores: false,
+        instruction: None,
     };
     let status = client.infer(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -258,6 +258,7 @@ fn keep_traffic_flowing(server: &TestServer, stop: Arc<AtomicBool>) -> tokio::ta
             let bad = InferRequest {
                 pairs: vec![Pair::default()],
                 raw_scores: false,
+                instruction: None,
             };
             assert!(client.infer(bad).await.is_err());
             let body = json!({"query": "tides", "documents": ["the moon pulls the sea"]});

@@ -442,6 +442,7 @@ async fn api_keys_guard_every_route_and_method_but_the_probes() {
                 document: "a small feline".into(),
             }],
             raw_scores: false,
+            instruction: None,
         };
         let inferred = client.infer(with_key(infer, key)).await;
         let mut reflection =

@@ -32,6 +32,7 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
                 .infer(InferRequest {
                     pairs: long_pairs(32, 40),
                     raw_scores: false,
+                    instruction: None,
                 })
                 .await
         }
@@ -71,6 +72,7 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
         .infer(InferRequest {
             pairs: long_pairs(32, 10),
             raw_scores: false,
+            instruction: None,
         })
         .await
         .expect("the server serves after the burst");
@@ -95,6 +97,7 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_once() {
     let mut doomed = tonic::Request::new(InferRequest {
         pairs: long_pairs(1024, 400),
         raw_scores: false,
+        instruction: None,
     });
     doomed.set_timeout(Duration::from_secs(3));
     let asked = Instant::now();
@@ -124,6 +127,7 @@ async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_are_not_retri
             document: "a xylophone solo".into(),
         }],
         raw_scores: false,
+        instruction: None,
     });
     doomed.set_timeout(Duration::from_secs(2));
     let asked = Instant::now();
@@ -156,6 +160,7 @@ async fn assert_not_held_up(client: &mut CrossEncoderClient<Channel>) {
         let mut next = tonic::Request::new(InferRequest {
             pairs: long_pairs(4, 10),
             raw_scores: false,
+            instruction: None,
         });
         next.set_timeout(Duration::from_secs(40));
         match client.infer(next).await {
@@ -233,6 +238,7 @@ async fn a_client_that_goes_away_has_its_pairs_withdrawn() {
         client.infer(InferRequest {
             pairs: long_pairs(1024, 400),
             raw_scores: false,
+            instruction: None,
         }),
     )
     .await;

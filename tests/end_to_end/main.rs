@@ -35,6 +35,7 @@ async fn infer_raw(mut client: CrossEncoderClient<Channel>, rows: &[Golden]) -> 
         .infer(InferRequest {
             pairs: pairs(rows),
             raw_scores: true,
+            instruction: None,
         })
         .await
         .expect("Infer failed")

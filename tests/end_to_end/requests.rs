@@ -42,6 +42,7 @@ async fn bad_requests_are_refused_with_what_was_wrong() {
             9
         ],
         raw_scores: false,
+        instruction: None,
     };
     let status = client.infer(too_many).await.unwrap_err();
     assert!(

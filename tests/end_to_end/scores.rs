@@ -147,6 +147,7 @@ async fn rerank_ranks_by_score_and_honours_its_options() {
         top_n: None,
         return_documents: false,
         raw_scores: true,
+        instruction: None,
     };
 
     let full = client

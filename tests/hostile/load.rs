@@ -283,6 +283,7 @@ async fn text_limits_refuse_a_lossy_cut_naming_the_field() {
                 document: "d".into(),
             }],
             raw_scores: false,
+            instruction: None,
         })
         .await
         .expect_err("a query whose cut loses its only word is refused");

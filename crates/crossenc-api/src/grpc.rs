@@ -91,6 +91,8 @@ impl CrossEncoderService {
         let pairs = request.pairs.iter();
         let texts =
             (self.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
+        let instruction = request.instruction.as_deref();
+        let texts = (self.pipeline).instructed(texts, instruction, "instruction")?;
         let raw_scores = request.raw_scores;
         // The texts hold what the model needs: the message itself can go.
         drop(request);
@@ -116,6 +118,8 @@ impl CrossEncoderService {
         let texts = self
             .pipeline
             .rerank_texts(&request.query, &request.documents, "documents");
+        let instruction = request.instruction.as_deref();
+        let texts = (self.pipeline).instructed(texts, instruction, "instruction")?;
         request.query = String::new();
         if !request.return_documents {
             request.documents = Vec::new();
@@ -457,6 +461,7 @@ mod tests {
         let blank_query = InferRequest {
             pairs: vec![pair("q"), pair("")],
             raw_scores: false,
+            instruction: None,
         };
         assert_eq!(
             validate_infer(&blank_query, 4).unwrap_err().message,
@@ -465,6 +470,7 @@ mod tests {
         let ok = InferRequest {
             pairs: vec![pair("q")],
             raw_scores: false,
+            instruction: None,
         };
         assert!(validate_infer(&ok, 4).is_ok());
     }

@@ -68,6 +68,10 @@ pub struct RerankRequest {
     /// Only `Right` is supported (longest-first truncation keeps the start of each text).
     #[serde(default)]
     pub truncation_direction: Option<String>,
+    /// A decoder reranker's instruction (its prompt template's {instruction}); the
+    /// template's default when absent. Refused for a model that reads none.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// One text of a TEI rerank answer.
@@ -93,6 +97,10 @@ pub struct V1RerankRequest {
     /// Echo each document in its result (default false, as Cohere).
     #[serde(default)]
     pub return_documents: bool,
+    /// A decoder reranker's instruction (its prompt template's {instruction}); the
+    /// template's default when absent. Refused for a model that reads none.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// A document: a string, or an object with its text.
@@ -148,6 +156,10 @@ pub struct ScoreRequest {
     pub pairs: Vec<ScorePair>,
     #[serde(default)]
     pub raw_scores: bool,
+    /// A decoder reranker's instruction (its prompt template's {instruction}); the
+    /// template's default when absent. Refused for a model that reads none.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -294,6 +306,8 @@ pub async fn rerank(
     let texts = state
         .pipeline
         .rerank_texts(&request.query, &request.texts, "texts");
+    let instruction = request.instruction.as_deref();
+    let texts = (state.pipeline).instructed(texts, instruction, "instruction")?;
     let RerankRequest {
         texts: mut originals,
         raw_scores,
@@ -342,6 +356,8 @@ pub async fn v1_rerank(
     let texts = state
         .pipeline
         .rerank_texts(&request.query, &documents, "documents");
+    let instruction = request.instruction.as_deref();
+    let texts = (state.pipeline).instructed(texts, instruction, "instruction")?;
     drop(request.query);
     if !request.return_documents {
         documents = Vec::new();
@@ -388,6 +404,8 @@ pub async fn score(
     }
     let pairs = request.pairs.iter();
     let texts = (state.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
+    let instruction = request.instruction.as_deref();
+    let texts = (state.pipeline).instructed(texts, instruction, "instruction")?;
     drop(request.pairs);
     let scored = run(&state, texts, &id).await?;
     let served = Served::of(&scored);

@@ -23,12 +23,18 @@ pub struct ModelAloneRun {
     pub max_batch_size: usize,
     /// Batches budgeted as for a padded pass instead of the packed pass's cost.
     pub padded_budget: bool,
+    /// A decoder reranker's prompt template.
+    pub template: Option<String>,
+    /// The longest pair; `None`: the model's limit, at most 512.
+    pub max_length: Option<usize>,
+    /// Only the workload's first pairs, in file order.
+    pub pairs: Option<usize>,
 }
 
 /// Scores every pair in-process: the model worker's own code, the scheduler's batches.
 pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::error::Error>> {
-    let folder = ModelFolder::open(&args.model)?;
-    let max_length = folder.max_length(None)?;
+    let folder = ModelFolder::open_with(&args.model, args.template.as_deref())?;
+    let max_length = folder.max_length(args.max_length)?;
     let tokenizer = PairTokenizer::load(&folder, max_length)?;
     let cpu = crossenc_model::parse_device("cpu")?;
     let model = match args.kernels {
@@ -39,13 +45,20 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
     if let Some(kernels) = model.kernels() {
         println!("model alone: kernels {kernels}");
     }
+    let mut left = args.pairs.unwrap_or(usize::MAX);
     let requests: Vec<TokenBatch> = workload
         .iter()
-        .map(|q| {
+        .map_while(|q| {
+            let taken = q.documents.len().min(left);
+            left -= taken;
+            (taken > 0).then_some((q, taken))
+        })
+        .map(|(q, taken)| {
             let whole = |text: &str| crossenc_ipc::Text::cut(text, text.len());
             let pairs = crossenc_ipc::TextPairs {
                 queries: vec![whole(&q.query)],
-                pairs: q.documents.iter().map(|d| (0, whole(d))).collect(),
+                pairs: q.documents[..taken].iter().map(|d| (0, whole(d))).collect(),
+                instruction: None,
             };
             crossenc_worker::encode(&tokenizer, &pairs).map(|(batch, _)| batch)
         })
@@ -54,7 +67,7 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
     let naive = naive_padding(&requests, args);
     let cost = match args.padded_budget {
         true => BatchCost::Padded,
-        false => BatchCost::packed(folder.config.hidden_size),
+        false => BatchCost::packed(folder.config.attention_span()),
     };
     let batches = scheduler_batches(&requests, args, cost);
     let real: usize = batches.iter().map(TokenBatch::total_tokens).sum();

@@ -79,6 +79,9 @@ pub struct ConfigArgs {
     /// model.max_length: longest pair in tokens, truncated longest-first; 0 is the model's limit [default: 0].
     #[arg(long, value_name = "TOKENS")]
     max_length: Option<usize>,
+    /// model.template: a decoder reranker's prompt template, a built-in (`qwen3-reranker`) or a TOML/JSON file [default: none].
+    #[arg(long, value_name = "NAME|FILE")]
+    template: Option<String>,
     /// model.activation: `model` (the model's own default), `sigmoid` or `identity` (raw scores) [default: model].
     #[arg(long, value_name = "NAME")]
     activation: Option<String>,
@@ -183,6 +186,7 @@ impl ConfigArgs {
         put("model.device", self.device.as_ref().map(|d| text(d)));
         put("model.dtype", self.dtype.as_ref().map(|d| text(d)));
         put("model.max_length", self.max_length.as_ref().map(count));
+        put("model.template", self.template.as_ref().map(|t| text(t)));
         put(
             "model.activation",
             self.activation.as_ref().map(|a| text(a)),

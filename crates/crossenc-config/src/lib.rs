@@ -129,6 +129,10 @@ pub enum ScoreActivation {
     Identity,
 }
 
+/// The longest `model.max_length` a config may ask for; the model's own position
+/// table bounds it further (Qwen3: 40960).
+const MAX_LENGTH_LIMIT: usize = 131_072;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
@@ -140,6 +144,9 @@ pub struct ModelConfig {
     pub dtype: Dtype,
     /// Longest pair in tokens after truncation; 0 means the model's own limit (at most 512).
     pub max_length: usize,
+    /// A decoder reranker's prompt template: a built-in (`qwen3-reranker`) or a TOML
+    /// or JSON template file; empty for an encoder.
+    pub template: String,
     /// Applied to the logits unless a request asks for raw scores.
     pub activation: ScoreActivation,
     /// The name answers and `build_info` give the model; empty: the folder's name.
@@ -237,6 +244,7 @@ impl Default for ModelConfig {
             device: "cpu".into(),
             dtype: Dtype::F32,
             max_length: 0,
+            template: String::new(),
             activation: ScoreActivation::Model,
             name: String::new(),
         }
@@ -251,6 +259,11 @@ impl ModelConfig {
         }
         let folder = self.path.file_name().unwrap_or(self.path.as_os_str());
         folder.to_string_lossy().into_owned()
+    }
+
+    /// The prompt template, if the operator named one.
+    pub fn requested_template(&self) -> Option<&str> {
+        (!self.template.is_empty()).then_some(self.template.as_str())
     }
 
     /// The operator's truncation length, if they chose one.
@@ -529,10 +542,10 @@ impl ServeConfig {
     fn check_lengths(&self, c: &mut Checks) {
         let max_length = self.model.max_length;
         c.require(
-            max_length == 0 || (2..=8192).contains(&max_length),
+            max_length == 0 || (2..=MAX_LENGTH_LIMIT).contains(&max_length),
             "model.max_length",
             max_length,
-            "must be 0 (the model's limit) or between 2 and 8192 tokens",
+            "must be 0 (the model's limit) or between 2 and 131072 tokens",
         );
         // A pair of the longest length must fit one batch; 512 is the default limit.
         let longest = if max_length == 0 { 512 } else { max_length };

@@ -26,5 +26,5 @@ pub mod workers;
 
 pub use crossenc_ipc::{RequestId, WorkerKind};
 pub use error::{InvalidRequest, PipelineError};
-pub use pipeline::{Pipeline, PipelineLimits, Scores};
+pub use pipeline::{LearnedModel, Pipeline, PipelineLimits, Scores};
 pub use workers::{JobError, PendingReply, Reply, Worker, WorkerSet};

@@ -14,7 +14,7 @@ use crossenc_metrics::{Metrics, StageTimes};
 
 use crate::admission::Admission;
 use crate::dispatch::{DispatchLimits, ModelDispatch};
-use crate::error::PipelineError;
+use crate::error::{InvalidRequest, PipelineError};
 use crate::scheduler::SchedulerLimits;
 use crate::texts::{Chunk, RequestTexts};
 use crate::workers::{JobError, Member, Reply, WorkerSet};
@@ -58,6 +58,19 @@ pub struct PipelineLimits {
     pub activation: ScoreActivation,
 }
 
+/// What the workers said of the model at start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearnedModel {
+    /// The longest pair in tokens.
+    pub max_length: usize,
+    /// Whether the model's own default activation is a sigmoid.
+    pub sigmoid_by_default: bool,
+    /// Whether requests may give an instruction (a decoder's template reads one).
+    pub takes_instruction: bool,
+    /// The model workers' warm-up throughput, admission's first estimate.
+    pub warmup_tokens_per_second: Option<f64>,
+}
+
 /// The workers a request passes through, and the scheduler between them.
 pub struct Pipeline {
     pub tokenizers: Arc<WorkerSet>,
@@ -78,6 +91,8 @@ pub struct Pipeline {
     max_length: OnceLock<usize>,
     /// The model's default activation, once a worker has said it.
     sigmoid_by_default: OnceLock<bool>,
+    /// Whether the model reads a request's instruction, once a worker has said it.
+    takes_instruction: OnceLock<bool>,
 }
 
 impl Pipeline {
@@ -111,19 +126,22 @@ impl Pipeline {
             configured_text_bytes: limits.max_text_bytes,
             max_length: OnceLock::new(),
             sigmoid_by_default: OnceLock::new(),
+            takes_instruction: OnceLock::new(),
         }
     }
 
     /// What the workers said at start: the model's longest pair, and the throughput of
     /// their warm-up, admission's first estimate.
-    pub fn learn_model(
-        &self,
-        max_length: usize,
-        sigmoid_by_default: bool,
-        warmup_tokens_per_second: Option<f64>,
-    ) {
+    pub fn learn_model(&self, model: LearnedModel) {
+        let LearnedModel {
+            max_length,
+            sigmoid_by_default,
+            takes_instruction,
+            warmup_tokens_per_second,
+        } = model;
         let _ = self.max_length.set(max_length);
         let _ = self.sigmoid_by_default.set(sigmoid_by_default);
+        let _ = self.takes_instruction.set(takes_instruction);
         if let Some(rate) = warmup_tokens_per_second {
             self.admission
                 .backlog
@@ -153,6 +171,18 @@ impl Pipeline {
     ) -> RequestTexts {
         let documents = documents.iter().map(String::as_str);
         RequestTexts::rerank(query, documents, documents_field, self.max_text_bytes())
+    }
+
+    /// `texts` with a request's instruction, `field` naming it in errors: refused
+    /// where the model reads none, or past `max_text_bytes`.
+    pub fn instructed(
+        &self,
+        texts: RequestTexts,
+        instruction: Option<&str>,
+        field: &str,
+    ) -> Result<RequestTexts, InvalidRequest> {
+        let accepted = self.takes_instruction.get().copied().unwrap_or(false);
+        texts.with_instruction(instruction, field, accepted)
     }
 
     /// An Infer's (or `/score`'s) (query, document) pairs, each text cut to

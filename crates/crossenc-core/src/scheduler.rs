@@ -31,15 +31,17 @@ pub enum BatchCost {
     /// attention, which grows with its length squared. A pair of `len` tokens costs
     /// `len + len² / attention_span` tokens, `attention_span` being the length at which
     /// a token's attention costs what its dense layers do (6 x the hidden size in a
-    /// BERT-style layer: 24h² products against 4h·len).
+    /// BERT-style layer: 24h² products against 4h·len; a decoder's, from its shape and
+    /// causal attention's half of the keys: the model's `attention_span`).
     Packed { attention_span: usize },
 }
 
 impl BatchCost {
-    /// The packed pass's cost of a model of `hidden_size`.
-    pub fn packed(hidden_size: usize) -> Self {
+    /// The packed pass's cost of a model whose attention costs a token what its dense
+    /// layers do at `attention_span` tokens (the model's `attention_span`).
+    pub fn packed(attention_span: usize) -> Self {
         BatchCost::Packed {
-            attention_span: (6 * hidden_size).max(1),
+            attention_span: attention_span.max(1),
         }
     }
 

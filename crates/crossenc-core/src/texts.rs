@@ -3,6 +3,8 @@
 //! so that what a request costs grows with what it sent, never with a product of its
 //! fields.
 
+use std::sync::Arc;
+
 use crossenc_ipc::{Text, TextPairs, TextRef};
 
 use crate::error::InvalidRequest;
@@ -27,6 +29,8 @@ pub struct RequestTexts {
     queries: Vec<Text>,
     /// Each pair's query index and document.
     pairs: Vec<(u32, Text)>,
+    /// A decoder reranker's instruction, read with every pair.
+    instruction: Option<Arc<str>>,
     max_text_bytes: usize,
 }
 
@@ -57,6 +61,7 @@ impl RequestTexts {
                 .into_iter()
                 .map(|d| (0, Text::cut(d, max_text_bytes)))
                 .collect(),
+            instruction: None,
             max_text_bytes,
         }
     }
@@ -77,6 +82,7 @@ impl RequestTexts {
             fields: Fields::Pairs { pairs: pairs_field },
             queries,
             pairs: cut_pairs,
+            instruction: None,
             max_text_bytes,
         }
     }
@@ -89,18 +95,50 @@ impl RequestTexts {
         self.pairs.is_empty()
     }
 
+    /// The request's instruction for a decoder reranker's prompt, `field` naming it in
+    /// errors: refused where the model reads none (`accepted` false), or when longer
+    /// than a query may be (it is read whole with every pair, never cut).
+    pub fn with_instruction(
+        mut self,
+        instruction: Option<&str>,
+        field: &str,
+        accepted: bool,
+    ) -> Result<Self, InvalidRequest> {
+        let Some(instruction) = instruction else {
+            return Ok(self);
+        };
+        if !accepted {
+            return Err(InvalidRequest::Field(format!(
+                "{field}: this model reads no instruction (only a decoder reranker whose \
+                 prompt template has an {{instruction}} does)"
+            )));
+        }
+        if instruction.len() > self.max_text_bytes {
+            return Err(InvalidRequest::Field(format!(
+                "{field} is {} bytes; the limit (max_text_bytes) is {}",
+                instruction.len(),
+                self.max_text_bytes
+            )));
+        }
+        self.instruction = Some(Arc::from(instruction));
+        Ok(self)
+    }
+
     /// Bytes of text this request holds, each text once.
     pub fn text_bytes(&self) -> usize {
         let texts = self.queries.iter().chain(self.pairs.iter().map(|p| &p.1));
-        texts.map(|t| t.text.len()).sum()
+        let instruction = self.instruction.as_ref().map_or(0, |i| i.len());
+        instruction + texts.map(|t| t.text.len()).sum::<usize>()
     }
 
     /// Tokens the pairs will likely cost, from their sizes alone.
     pub fn estimated_tokens(&self, max_length: usize) -> u64 {
+        let instruction = self.instruction.as_ref().map_or(0, |i| i.len());
         self.pairs
             .iter()
             .map(|(query, document)| {
-                let bytes = self.queries[*query as usize].text.len() + document.text.len();
+                let bytes =
+                    instruction + self.queries[*query as usize].text.len() + document.text.len();
                 // Three special tokens frame a pair.
                 (bytes / BYTES_PER_TOKEN_GUESS + 3).min(max_length) as u64
             })
@@ -115,7 +153,10 @@ impl RequestTexts {
             .enumerate()
             .map(|(n, pairs)| {
                 let mut chunk = Chunk {
-                    texts: TextPairs::default(),
+                    texts: TextPairs {
+                        instruction: self.instruction.clone(),
+                        ..TextPairs::default()
+                    },
                     offset: n * size.max(1),
                     query_ids: Vec::new(),
                 };

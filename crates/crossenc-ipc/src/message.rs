@@ -35,8 +35,12 @@ pub struct WorkerInfo {
     pub max_length: usize,
     /// The model's name as its folder says it.
     pub model_name: String,
-    /// The architecture that runs it (`bert`, `xlm-roberta`).
+    /// The architecture that runs it (`bert`, `xlm-roberta`, `qwen3`).
     pub architecture: String,
+    /// A decoder's prompt template (`qwen3-reranker`, or a file); empty for an encoder.
+    pub template: String,
+    /// Whether requests may give an instruction (the template reads one).
+    pub takes_instruction: bool,
     /// Whether the model's own default turns raw scores into probabilities (sigmoid)
     /// rather than passing them on.
     pub sigmoid_by_default: bool,

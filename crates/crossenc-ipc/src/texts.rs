@@ -50,6 +50,10 @@ pub enum TextRef {
 pub struct TextPairs {
     pub queries: Vec<Text>,
     pub pairs: Vec<(u32, Text)>,
+    /// The request's instruction for a decoder reranker's prompt; `None`: the
+    /// template's default.
+    #[serde(with = "optional_shared_str")]
+    pub instruction: Option<Arc<str>>,
 }
 
 impl TextPairs {
@@ -93,6 +97,29 @@ pub(crate) mod shared_str {
     }
 }
 
+/// `Option<Arc<str>>` on the wire as an optional plain string.
+mod optional_shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        text: &Option<Arc<str>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match text {
+            Some(text) => serializer.serialize_some(&**text),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Arc<str>>, D::Error> {
+        Ok(Option::<String>::deserialize(deserializer)?.map(Arc::from))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -116,6 +143,7 @@ mod tests {
         let pairs = TextPairs {
             queries: vec![text("q")],
             pairs: vec![(0, text("a")), (1, text("b"))],
+            instruction: None,
         };
         assert_eq!(pairs.resolve().unwrap_err(), 1);
     }

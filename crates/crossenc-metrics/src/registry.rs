@@ -65,6 +65,8 @@ pub struct BuildLabels {
     pub dtype: String,
     /// The products' kernels, chosen by timing at load.
     pub kernels: String,
+    /// A decoder reranker's prompt template; empty for an encoder.
+    pub template: String,
 }
 
 /// Histogram buckets: `start` doubling `count` times.
@@ -498,6 +500,7 @@ mod tests {
                 device: "cpu".into(),
                 dtype: "f32".into(),
                 kernels: "gemm-f32:gemm".into(),
+                template: String::new(),
             })
             .set(1);
     }

@@ -339,12 +339,15 @@ impl CrossEncoder {
         packed.map_err(|e| self.weights_error(e))
     }
 
-    /// The weights file, mapped for candle, its tensors in `dtype`.
+    /// The weights' files (one, or every shard), mapped for candle, their tensors
+    /// converted to `dtype` as they are read: checkpoints published in bf16 or f16 run
+    /// the f32 pass on their values upcast.
     fn weights(&self, dtype: DType) -> Result<VarBuilder<'static>, ModelError> {
-        let path = self.folder.weights_path();
-        // SAFETY: the file is opened read-only and its tensors are copied out while it
-        // is mapped; as with every mmap, it must not be truncated underneath us.
-        unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, &self.device) }
+        let files = self.folder.weight_files();
+        let index = self.folder.weight_index();
+        // SAFETY: the files are opened read-only and their tensors are copied out while
+        // they are mapped; as with every mmap, they must not be truncated underneath us.
+        unsafe { crate::weights::mapped(files, index, dtype, &self.device) }
             .map_err(|e| self.weights_error(e))
     }
 

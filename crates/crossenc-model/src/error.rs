@@ -4,8 +4,18 @@ use std::path::PathBuf;
 /// names the file, field or tensor at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{}: missing (a model folder needs config.json, tokenizer.json and model.safetensors)", path.display())]
+    #[error("{}: missing (a model folder needs config.json, tokenizer.json and model.safetensors, or model.safetensors.index.json and its shards)", path.display())]
     MissingFile { path: PathBuf },
+    #[error("{}: missing, though {} names it for tensor {tensor}", path.display(), index.display())]
+    MissingShard {
+        path: PathBuf,
+        index: PathBuf,
+        tensor: String,
+    },
+    #[error("template {template}: {message}")]
+    Template { template: String, message: String },
+    #[error("{}: {message}", path.display())]
+    Prompt { path: PathBuf, message: String },
     #[error("{}: {source}", path.display())]
     Read {
         path: PathBuf,

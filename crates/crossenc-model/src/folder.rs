@@ -1,10 +1,12 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::arch::{self, Architecture, Layout, PairTemplate};
-use crate::ModelError;
+use crate::weights::WeightIndex;
+use crate::{ModelError, PromptTemplate};
 
 /// Longest sequence served when the operator does not say: BERT's usual limit. Longer
 /// models (8192 positions) serve longer pairs only when asked: attention's cost grows
@@ -16,6 +18,60 @@ const DEFAULT_MAX_LENGTH: usize = 512;
 pub struct ModelFolder {
     pub path: PathBuf,
     pub config: ModelConfig,
+    /// The safetensors files: `model.safetensors`, or the shards its index names.
+    weights: Vec<PathBuf>,
+    /// A sharded checkpoint's index: the tensors there are.
+    index: Option<WeightIndex>,
+}
+
+/// The weights' files: `model.safetensors`, else the shards that
+/// `model.safetensors.index.json` names, each of which must be there.
+fn weight_files(folder: &Path) -> Result<(Vec<PathBuf>, Option<WeightIndex>), ModelError> {
+    let single = folder.join(ModelFolder::WEIGHTS);
+    let index = folder.join(ModelFolder::WEIGHTS_INDEX);
+    if single.is_file() || !index.is_file() {
+        if !single.is_file() {
+            return Err(ModelError::MissingFile { path: single });
+        }
+        return Ok((vec![single], None));
+    }
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Read {
+        path: index.clone(),
+        source,
+    })?;
+    let map = serde_json::from_str::<Index>(&text)
+        .map_err(|source| ModelError::Config {
+            path: index.clone(),
+            source,
+        })?
+        .weight_map;
+    let mut shards = BTreeSet::new();
+    for (tensor, file) in &map {
+        let shard = folder.join(file);
+        if Path::new(file).components().count() != 1 || !shard.is_file() {
+            return Err(ModelError::MissingShard {
+                path: shard,
+                index,
+                tensor: tensor.clone(),
+            });
+        }
+        shards.insert(shard);
+    }
+    if shards.is_empty() {
+        return Err(ModelError::Weights {
+            path: index,
+            message: "the index names no tensor".into(),
+        });
+    }
+    let index = WeightIndex {
+        path: index,
+        tensors: Arc::new(map.into_keys().collect()),
+    };
+    Ok((shards.into_iter().collect(), Some(index)))
 }
 
 /// The activation between the two feed-forward layers (`hidden_act`).
@@ -26,6 +82,8 @@ pub enum HiddenAct {
     /// `gelu_new`, `gelu_pytorch_tanh`.
     GeluTanh,
     Relu,
+    /// `silu`: x · sigmoid(x), the gate of SwiGLU feed-forwards (Qwen, Llama).
+    Silu,
 }
 
 /// What turns a pair's raw score into the score a client gets, unless the operator
@@ -49,16 +107,27 @@ pub struct ModelConfig {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
+    /// Key and value heads, each shared by a group of query heads (as many as the
+    /// query heads where the config does not say).
+    pub num_key_value_heads: usize,
+    /// The width of a head: `head_dim`, or hidden / heads where the config does not say.
+    pub head_dim: usize,
     pub intermediate_size: usize,
     pub hidden_act: HiddenAct,
     pub max_position_embeddings: usize,
     pub type_vocab_size: usize,
+    /// `layer_norm_eps`, or a decoder's `rms_norm_eps`.
     pub layer_norm_eps: f64,
     /// The head's labels in index order, as `id2label` names them: one or two.
     pub labels: Vec<String>,
     pub pad_token_id: u32,
     /// The default activation of the raw score, from the model's own config.
     pub activation: ScoreActivation,
+    /// A decoder reranker's prompt; `None` for an encoder.
+    pub template: Option<Arc<PromptTemplate>>,
+    /// The ids of the template's answer tokens (no, yes), where the model scores by
+    /// their logits (a causal LM).
+    pub answer_ids: Option<[u32; 2]>,
     /// The whole `config.json`, for what one architecture alone reads.
     pub(crate) json: std::sync::Arc<serde_json::Value>,
 }
@@ -85,9 +154,27 @@ impl ModelConfig {
             .saturating_sub(self.layout.first_position)
     }
 
-    /// The special tokens the tokenizer's pair template must produce.
-    pub fn pair_template(&self) -> PairTemplate {
+    /// The special tokens the tokenizer's pair template must produce; `None` for a
+    /// decoder, which reads a prompt.
+    pub fn pair_template(&self) -> Option<PairTemplate> {
         self.layout.pair_template
+    }
+
+    /// The length at which a token's attention costs what its dense layers do: the
+    /// scheduler's and admission's measure of a pair's cost (see the core's
+    /// `BatchCost`). Dense FLOPs per token over attention's per token and key; causal
+    /// attention reads half the keys.
+    pub fn attention_span(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        if self.layout.pair_template.is_some() {
+            // An encoder: BERT's ratio, 24h² of products against 4h·len.
+            return (6 * h).max(1);
+        }
+        // A decoder: Q|K|V, the output, a gated feed-forward of three products; keys
+        // and values read by causal attention, half of them on average.
+        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
+        let dense = h * (q + 2 * kv) + q * h + 3 * h * i;
+        (dense / q.max(1)).max(1)
     }
 
     pub(crate) fn arch(&self) -> &'static dyn Architecture {
@@ -110,6 +197,8 @@ struct RawConfig {
     num_hidden_layers: usize,
     #[serde(alias = "n_heads")]
     num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
     #[serde(alias = "hidden_dim")]
     intermediate_size: usize,
     // ModernBERT's: hidden_activation.
@@ -118,7 +207,11 @@ struct RawConfig {
     max_position_embeddings: usize,
     #[serde(default = "default_type_vocab_size")]
     type_vocab_size: usize,
-    #[serde(default = "default_layer_norm_eps", alias = "norm_eps")]
+    #[serde(
+        default = "default_layer_norm_eps",
+        alias = "norm_eps",
+        alias = "rms_norm_eps"
+    )]
     layer_norm_eps: f64,
     num_labels: Option<usize>,
     id2label: Option<BTreeMap<String, String>>,
@@ -144,15 +237,24 @@ fn default_layer_norm_eps() -> f64 {
 }
 
 impl ModelFolder {
-    /// Checks that the three files exist and that `config.json` describes a supported model.
+    /// Checks that the files exist and that `config.json` describes a supported
+    /// encoder (a decoder needs a template: [`ModelFolder::open_with`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        Self::open_with(path, None)
+    }
+
+    /// Checks that the files exist (every shard the index names) and that `config.json`
+    /// describes a supported model; a decoder reranker reads its prompt from
+    /// `template` (a built-in name or a template file), which an encoder must not have.
+    pub fn open_with(path: impl AsRef<Path>, template: Option<&str>) -> Result<Self, ModelError> {
         let path = path.as_ref().to_path_buf();
-        for file in [Self::CONFIG, Self::TOKENIZER, Self::WEIGHTS] {
+        for file in [Self::CONFIG, Self::TOKENIZER] {
             let file = path.join(file);
             if !file.is_file() {
                 return Err(ModelError::MissingFile { path: file });
             }
         }
+        let (weights, index) = weight_files(&path)?;
         let config_path = path.join(Self::CONFIG);
         let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Read {
             path: config_path.clone(),
@@ -168,20 +270,123 @@ impl ModelFolder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let config = ModelConfig::from_raw(raw, json, &config_path, fallback_name)?;
-        Ok(Self { path, config })
+        let mut config = ModelConfig::from_raw(raw, json, &config_path, fallback_name)?;
+        let mut folder = Self {
+            path,
+            config: config.clone(),
+            weights,
+            index,
+        };
+        if let Some(template) = folder.template(template)? {
+            config.answer_ids = folder.answer_ids(&template)?;
+            if let Some(answers) = template
+                .answers
+                .as_ref()
+                .filter(|_| config.answer_ids.is_some())
+            {
+                config.labels = vec![answers.no.clone(), answers.yes.clone()];
+            }
+            config.template = Some(Arc::new(template));
+        }
+        folder.config = config;
+        Ok(folder)
     }
 
     pub const CONFIG: &'static str = "config.json";
     pub const TOKENIZER: &'static str = "tokenizer.json";
     pub const WEIGHTS: &'static str = "model.safetensors";
+    pub const WEIGHTS_INDEX: &'static str = "model.safetensors.index.json";
 
     pub fn tokenizer_path(&self) -> PathBuf {
         self.path.join(Self::TOKENIZER)
     }
 
+    /// The file that names the weights: `model.safetensors`, or the shards' index.
     pub fn weights_path(&self) -> PathBuf {
-        self.path.join(Self::WEIGHTS)
+        match self.weights.len() {
+            1 if self.path.join(Self::WEIGHTS).is_file() => self.path.join(Self::WEIGHTS),
+            _ => self.path.join(Self::WEIGHTS_INDEX),
+        }
+    }
+
+    /// Every safetensors file of the weights: one, or each shard.
+    pub fn weight_files(&self) -> &[PathBuf] {
+        &self.weights
+    }
+
+    /// A sharded checkpoint's index of its tensors.
+    pub(crate) fn weight_index(&self) -> Option<&WeightIndex> {
+        self.index.as_ref()
+    }
+
+    /// The prompt template a decoder needs and an encoder must not have.
+    fn template(&self, spec: Option<&str>) -> Result<Option<PromptTemplate>, ModelError> {
+        let c = &self.config;
+        let decoder = c.layout.pair_template.is_none();
+        let refused = |message: String| ModelError::Template {
+            template: spec.unwrap_or("(none)").to_string(),
+            message,
+        };
+        match (spec, decoder) {
+            (None, false) => Ok(None),
+            (Some(_), false) => Err(refused(format!(
+                "{} is an encoder ({}), which reads pairs through its tokenizer's own \
+                 template: serve it without --template (model.template)",
+                c.name, c.architecture
+            ))),
+            (None, true) => Err(refused(format!(
+                "{} is a decoder reranker ({}), which reads a prompt: give one with \
+                 --template (model.template), a built-in ({}) or a template file",
+                c.name,
+                c.architecture,
+                PromptTemplate::BUILT_IN.join(", ")
+            ))),
+            (Some(spec), true) => PromptTemplate::resolve(spec).map(Some),
+        }
+    }
+
+    /// The ids of the answer tokens, for a model that scores by their logits: each
+    /// must be one token of the vocabulary.
+    fn answer_ids(&self, template: &PromptTemplate) -> Result<Option<[u32; 2]>, ModelError> {
+        if !self.config.arch().scores_by_answers(&self.config) {
+            return Ok(None);
+        }
+        let Some(answers) = &template.answers else {
+            return Err(ModelError::Template {
+                template: template.name.clone(),
+                message: format!(
+                    "{} is scored by the logits of answer tokens: the template must name \
+                     them (`answers`, no and yes)",
+                    self.config.architecture
+                ),
+            });
+        };
+        let path = self.tokenizer_path();
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let id = |token: &str| -> Result<u32, ModelError> {
+            let encoded = tokenizer
+                .encode(token, false)
+                .map_err(|e| ModelError::Tokenizer {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            match encoded.get_ids() {
+                [id] if (*id as usize) < self.config.vocab_size => Ok(*id),
+                _ => Err(ModelError::Template {
+                    template: template.name.clone(),
+                    message: format!(
+                        "answer token {token:?} is {:?} in this tokenizer: it must be one \
+                         token of the model's vocabulary",
+                        encoded.get_tokens()
+                    ),
+                }),
+            }
+        };
+        Ok(Some([id(&answers.no)?, id(&answers.yes)?]))
     }
 
     /// The truncation length: the operator's choice, checked against the model's
@@ -233,11 +438,12 @@ impl ModelConfig {
             "gelu" => HiddenAct::GeluErf,
             "gelu_new" | "gelu_pytorch_tanh" => HiddenAct::GeluTanh,
             "relu" => HiddenAct::Relu,
+            "silu" => HiddenAct::Silu,
             other => {
                 return Err(unsupported(
                     "hidden_act",
                     format!("{other:?}"),
-                    "expected gelu, gelu_new, gelu_pytorch_tanh or relu",
+                    "expected gelu, gelu_new, gelu_pytorch_tanh, relu or silu",
                 ))
             }
         };
@@ -256,12 +462,28 @@ impl ModelConfig {
                  (softmax; the second label is the relevant one)",
             )
         })?;
-        if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
-        {
+        let heads = raw.num_attention_heads;
+        if heads == 0 || (raw.head_dim.is_none() && !raw.hidden_size.is_multiple_of(heads)) {
             return Err(unsupported(
                 "num_attention_heads",
-                raw.num_attention_heads.to_string(),
-                "must divide hidden_size",
+                heads.to_string(),
+                "must divide hidden_size (or config.json must give head_dim)",
+            ));
+        }
+        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(unsupported(
+                "num_key_value_heads",
+                kv_heads.to_string(),
+                &format!("must divide num_attention_heads ({heads})"),
+            ));
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(unsupported(
+                "head_dim",
+                head_dim.to_string(),
+                "must be even and above 0",
             ));
         }
         let activation = default_activation(
@@ -271,9 +493,15 @@ impl ModelConfig {
         .map_err(|(field, value)| {
             unsupported(field, value, "crossenc applies Sigmoid or Identity")
         })?;
-        let pad_token_id = raw
-            .pad_token_id
-            .unwrap_or(architecture.identity().default_pad_token_id);
+        let pad_token_id = match raw.pad_token_id {
+            Some(id) => id,
+            // The padded pass looks padding up before it masks it: a default past a small
+            // vocabulary (a test checkpoint's) must still index the table.
+            None => match architecture.identity().default_pad_token_id {
+                id if (id as usize) < raw.vocab_size => id,
+                _ => 0,
+            },
+        };
         let layout = architecture.layout(pad_token_id);
         if raw.max_position_embeddings <= layout.first_position + 1 {
             return Err(unsupported(
@@ -283,6 +511,15 @@ impl ModelConfig {
                     "positions start at {}: the table holds no pair",
                     layout.first_position
                 ),
+            ));
+        }
+        if layout.pair_template.is_some()
+            && (kv_heads != heads || head_dim * heads != raw.hidden_size)
+        {
+            return Err(unsupported(
+                "head_dim",
+                format!("{head_dim} with {kv_heads} key-value heads"),
+                "an encoder's heads split hidden_size evenly, as many keys as queries",
             ));
         }
         if raw.type_vocab_size == 0 && layout.token_types {
@@ -304,7 +541,9 @@ impl ModelConfig {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             num_hidden_layers: raw.num_hidden_layers,
-            num_attention_heads: raw.num_attention_heads,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
             intermediate_size: raw.intermediate_size,
             hidden_act,
             max_position_embeddings: raw.max_position_embeddings,
@@ -313,6 +552,8 @@ impl ModelConfig {
             labels,
             pad_token_id,
             activation,
+            template: None,
+            answer_ids: None,
             json: std::sync::Arc::new(json),
         };
         architecture

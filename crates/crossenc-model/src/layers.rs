@@ -181,6 +181,7 @@ impl EncoderLayer {
             HiddenAct::GeluErf => crate::gelu::gelu_erf(&inner)?,
             HiddenAct::GeluTanh => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
+            HiddenAct::Silu => inner.silu()?,
         };
         self.output_norm
             .forward(&self.output.forward(&inner)?.add(&attended)?)

@@ -1,7 +1,8 @@
-//! A cross-encoder model on its own: a Hugging Face folder (`config.json`,
-//! `tokenizer.json`, `model.safetensors`) of a supported architecture (BERT,
-//! XLM-RoBERTa, RoBERTa, CamemBERT) loaded, pairs tokenized exactly as `transformers`
-//! does, and scored with candle.
+//! A reranker model on its own: a Hugging Face folder (`config.json`, `tokenizer.json`,
+//! `model.safetensors` or its shards) of a supported architecture (BERT, XLM-RoBERTa,
+//! RoBERTa, CamemBERT, DistilBERT, ModernBERT, DeBERTa-v2 encoders; the Qwen3 decoder
+//! with a prompt template) loaded, pairs tokenized exactly as the reference does, and
+//! scored by the packed CPU pass or candle's padded pass.
 //!
 //! This crate knows nothing of processes or IPC: the worker crate drives it.
 
@@ -12,13 +13,16 @@ mod folder;
 mod gelu;
 mod layers;
 mod packed;
+mod template;
 mod tokenize;
+mod weights;
 
 pub use arch::PairTemplate;
 pub use cross_encoder::{CrossEncoder, Dtype, PackedPairs, PaddedBatch, Products};
 pub use error::ModelError;
 pub use folder::{HiddenAct, ModelConfig, ModelFolder, ScoreActivation};
 pub use packed::{KernelChoice, KernelRate, Kernels};
+pub use template::{Answers, PromptTemplate};
 pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};
 
 /// Where a model runs: `cpu`, or `cuda:N` in a build with the `cuda` feature.

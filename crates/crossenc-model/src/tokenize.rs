@@ -1,29 +1,58 @@
+use std::sync::Arc;
+
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
 
-use crate::{ModelError, ModelFolder, PairTemplate};
+use crate::{ModelError, ModelFolder, PairTemplate, PromptTemplate};
 
-/// Encodes (query, document) pairs as `transformers` does: the tokenizer's own pair
-/// template (`[CLS] query [SEP] document [SEP]` for BERT, `<s> query </s></s> document
-/// </s>` for RoBERTa), `longest_first` truncation to `max_length`, no padding.
+/// Encodes (query, document) pairs as the reference does. For an encoder as
+/// `transformers` does: the tokenizer's own pair template (`[CLS] query [SEP] document
+/// [SEP]` for BERT, `<s> query </s></s> document </s>` for RoBERTa), `longest_first`
+/// truncation to `max_length`, no padding. For a decoder reranker, its prompt template:
+/// the prefix, the body and the suffix each tokenized without special tokens, and only
+/// the body cut, from its end.
 pub struct PairTokenizer {
     /// `tokenizer.json` without its own truncation and padding.
     tokenizer: Tokenizer,
     max_length: usize,
-    /// Tokens of a pair's two texts that truncation keeps (max_length less the
-    /// template's special tokens).
+    /// Tokens of a pair's texts that truncation keeps: max_length less the template's
+    /// special tokens, or less the prompt's prefix and suffix.
     pair_budget: usize,
+    prompt: Option<Prompt>,
+}
+
+/// A decoder reranker's prompt, its fixed parts tokenized once.
+struct Prompt {
+    template: Arc<PromptTemplate>,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
 }
 
 /// One encoded pair.
-pub struct EncodedPair(Encoding);
+pub struct EncodedPair(Encoded);
+
+// One pair lives at a time, on the stack: boxing the larger variant would cost an
+// allocation per encoder pair for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Encoded {
+    /// An encoder's pair, as the tokenizer's template built it.
+    Pair(Encoding),
+    /// A prompt's ids; its type ids are all 0.
+    Prompt { ids: Vec<u32>, type_ids: Vec<u32> },
+}
 
 impl EncodedPair {
     pub fn ids(&self) -> &[u32] {
-        self.0.get_ids()
+        match &self.0 {
+            Encoded::Pair(e) => e.get_ids(),
+            Encoded::Prompt { ids, .. } => ids,
+        }
     }
 
     pub fn type_ids(&self) -> &[u32] {
-        self.0.get_type_ids()
+        match &self.0 {
+            Encoded::Pair(e) => e.get_type_ids(),
+            Encoded::Prompt { type_ids, .. } => type_ids,
+        }
     }
 }
 
@@ -37,6 +66,10 @@ impl EncodedText {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        self.0.get_ids()
     }
 }
 
@@ -56,6 +89,9 @@ impl PairTokenizer {
             .with_truncation(None)
             .map_err(|e| tokenizer_error(e.to_string()))?;
         check_vocabulary(&tokenizer, folder)?;
+        if let Some(template) = &folder.config.template {
+            return Self::with_prompt(tokenizer, folder, max_length, Arc::clone(template));
+        }
         check_pair_template(&tokenizer, folder)?;
         let special = tokenizer
             .get_post_processor()
@@ -64,7 +100,55 @@ impl PairTokenizer {
             tokenizer,
             max_length,
             pair_budget: max_length.saturating_sub(special),
+            prompt: None,
         })
+    }
+
+    fn with_prompt(
+        tokenizer: Tokenizer,
+        folder: &ModelFolder,
+        max_length: usize,
+        template: Arc<PromptTemplate>,
+    ) -> Result<Self, ModelError> {
+        let encode = |text: &str| -> Result<Vec<u32>, ModelError> {
+            let encoded = tokenizer
+                .encode(text, false)
+                .map_err(|e| ModelError::Prompt {
+                    path: folder.tokenizer_path(),
+                    message: format!("cannot tokenize template {}: {e}", template.name),
+                })?;
+            Ok(encoded.get_ids().to_vec())
+        };
+        let (prefix, suffix) = (encode(&template.prefix)?, encode(&template.suffix)?);
+        let fixed = prefix.len() + suffix.len();
+        // A body of a few tokens at least: the query and the document must be read.
+        if max_length < fixed + 8 {
+            return Err(ModelError::Prompt {
+                path: folder.tokenizer_path(),
+                message: format!(
+                    "max_length {max_length} leaves no room for a pair: template {}'s prefix                      and suffix take {fixed} tokens; max_length must be at least {}",
+                    template.name,
+                    fixed + 8
+                ),
+            });
+        }
+        Ok(Self {
+            tokenizer,
+            max_length,
+            pair_budget: max_length - fixed,
+            prompt: Some(Prompt {
+                template,
+                prefix,
+                suffix,
+            }),
+        })
+    }
+
+    /// Whether requests may give this model an instruction (its template reads one).
+    pub fn takes_instruction(&self) -> bool {
+        self.prompt
+            .as_ref()
+            .is_some_and(|p| p.template.takes_instruction())
     }
 
     pub fn max_length(&self) -> usize {
@@ -89,16 +173,27 @@ impl PairTokenizer {
     /// When the words before that one already hold `max_length` tokens, truncation
     /// keeps no token past them, whatever followed the cut (see
     /// [`PairTokenizer::cut_splits_as_whole`] for the one other thing a cut decides).
+    ///
+    /// In a prompt the text follows other text, so its first words may join what comes
+    /// before them (`: ` and a word make one piece): those count as cut too.
     pub fn tokens_before_the_cut(&self, prefix: &EncodedText) -> usize {
         let words = prefix.0.get_word_ids();
         let last = words.last().copied().flatten();
-        words.iter().filter(|&&w| w.is_none() || w != last).count()
+        let joins_before = |w: &Option<u32>| self.prompt.is_some() && w.is_some_and(|w| w < 2);
+        words
+            .iter()
+            .filter(|&&w| (w.is_none() || w != last) && !joins_before(&w))
+            .count()
     }
 
     /// Whether a cut text with `tokens_before_the_cut` (at least `max_length`) keeps
     /// every token a pair of the whole text would.
     pub fn prefix_keeps_every_token(&self, tokens_before_the_cut: usize) -> bool {
-        tokens_before_the_cut >= self.max_length
+        match self.prompt {
+            // Only the body is cut, and these tokens alone fill its budget.
+            Some(_) => tokens_before_the_cut >= self.pair_budget,
+            None => tokens_before_the_cut >= self.max_length,
+        }
     }
 
     /// Whether a pair of a cut text (with `tokens_before_the_cut`, every token kept) and
@@ -108,7 +203,12 @@ impl PairTokenizer {
     /// amount unknown here: the split is decided only when the budget is even, when the
     /// other text fits in half of it (then it keeps all of its tokens), or when it is
     /// shorter than what surely was the cut text's.
+    ///
+    /// A prompt is cut from its end alone, with no split to decide.
     pub fn cut_splits_as_whole(&self, tokens_before_the_cut: usize, other: Option<usize>) -> bool {
+        if self.prompt.is_some() {
+            return true;
+        }
         let budget = self.pair_budget;
         budget.is_multiple_of(2)
             || other.is_some_and(|other| other <= budget / 2 || other < tokens_before_the_cut)
@@ -123,6 +223,49 @@ impl PairTokenizer {
     /// while Python's tokenizers (which transformers and sentence-transformers call)
     /// give it to the longer one.
     pub fn encode(&self, query: &str, document: &str) -> Result<EncodedPair, ModelError> {
+        self.encode_instructed(query, document, None)
+    }
+
+    /// [`PairTokenizer::encode`] with a request's instruction, for a template that
+    /// reads one (`None`: the template's default).
+    pub fn encode_instructed(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+    ) -> Result<EncodedPair, ModelError> {
+        let Some(prompt) = &self.prompt else {
+            if instruction.is_some() {
+                return Err(ModelError::Encode(
+                    "this model reads no instruction: it has no prompt template".into(),
+                ));
+            }
+            return self.encode_pair(query, document);
+        };
+        if instruction.is_some() && !prompt.template.takes_instruction() {
+            return Err(ModelError::Encode(format!(
+                "template {} reads no instruction",
+                prompt.template.name
+            )));
+        }
+        let body = prompt.template.body(instruction, query, document);
+        let mut body = self
+            .tokenizer
+            .encode(body, false)
+            .map_err(|e| ModelError::Encode(e.to_string()))?;
+        body.truncate(self.pair_budget, 0, TruncationDirection::Right);
+        let len = prompt.prefix.len() + body.len() + prompt.suffix.len();
+        let mut ids = Vec::with_capacity(len);
+        ids.extend_from_slice(&prompt.prefix);
+        ids.extend_from_slice(body.get_ids());
+        ids.extend_from_slice(&prompt.suffix);
+        Ok(EncodedPair(Encoded::Prompt {
+            ids,
+            type_ids: vec![0; len],
+        }))
+    }
+
+    fn encode_pair(&self, query: &str, document: &str) -> Result<EncodedPair, ModelError> {
         let encode = |text: &str| {
             self.tokenizer
                 .encode(text, false)
@@ -137,7 +280,7 @@ impl PairTokenizer {
         }
         self.tokenizer
             .post_process(first, Some(second), true)
-            .map(EncodedPair)
+            .map(|e| EncodedPair(Encoded::Pair(e)))
             .map_err(|e| ModelError::Encode(e.to_string()))
     }
 }
@@ -186,7 +329,15 @@ fn check_vocabulary(tokenizer: &Tokenizer, folder: &ModelFolder) -> Result<(), M
 /// The tokenizer's post-processor must build pairs as the architecture was trained on
 /// them: a pair of two plain words must get its special tokens where the template says.
 fn check_pair_template(tokenizer: &Tokenizer, folder: &ModelFolder) -> Result<(), ModelError> {
-    let expected = folder.config.pair_template();
+    let Some(expected) = folder.config.pair_template() else {
+        return Err(ModelError::Prompt {
+            path: folder.tokenizer_path(),
+            message: format!(
+                "{} reads a prompt, not a pair template: it needs a template",
+                folder.config.architecture
+            ),
+        });
+    };
     let mismatch = |found: String| ModelError::Unsupported {
         path: folder.tokenizer_path(),
         field: "post_processor",

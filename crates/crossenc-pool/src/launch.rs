@@ -24,6 +24,8 @@ pub struct WorkerLauncher {
     pub gpu_exe: PathBuf,
     pub model: PathBuf,
     pub max_length: Option<usize>,
+    /// A decoder reranker's prompt template (`model.template`).
+    pub template: Option<String>,
     /// Where model workers run, in turn: model worker `i` on `devices[i % len]`.
     pub devices: Vec<String>,
     pub dtype: Dtype,
@@ -152,6 +154,9 @@ impl WorkerLauncher {
         if let Some(max_length) = self.max_length {
             command.arg("--max-length").arg(max_length.to_string());
         }
+        if let Some(template) = &self.template {
+            command.arg("--template").arg(template);
+        }
         let threads = match kind {
             WorkerKind::Model => self.model_threads,
             WorkerKind::Tokenizer => 1,
@@ -264,6 +269,7 @@ mod tests {
             gpu_exe: "crossenc-cuda-worker".into(),
             model: "model".into(),
             max_length: None,
+            template: None,
             devices: devices.iter().map(|d| d.to_string()).collect(),
             dtype: Dtype::F32,
             model_threads: 1,

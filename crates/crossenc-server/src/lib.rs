@@ -13,7 +13,7 @@ use crossenc_core::admission::Admission;
 use crossenc_core::dispatch::DispatchLimits;
 pub use crossenc_core::scheduler::BatchCost;
 use crossenc_core::scheduler::SchedulerLimits;
-use crossenc_core::{Pipeline, PipelineLimits};
+use crossenc_core::{LearnedModel, Pipeline, PipelineLimits};
 use crossenc_ipc::{WorkerInfo, WorkerKind};
 use crossenc_metrics::{
     AdmissionLevels, BuildLabels, Collector, CollectorSources, GpuMissing, GpuMonitor, Metrics,
@@ -178,7 +178,15 @@ fn learn_model(pipeline: &Pipeline, workers: &Started) {
         .filter_map(|(_, info)| info.warmup_tokens_per_second)
         .reduce(f64::min);
     let info = model_info(workers);
-    pipeline.learn_model(info.max_length, info.sigmoid_by_default, warmup);
+    let takes_instruction = workers
+        .iter()
+        .any(|(kind, info)| *kind == WorkerKind::Tokenizer && info.takes_instruction);
+    pipeline.learn_model(LearnedModel {
+        max_length: info.max_length,
+        sigmoid_by_default: info.sigmoid_by_default,
+        takes_instruction,
+        warmup_tokens_per_second: warmup,
+    });
 }
 
 /// Times the gRPC codec into `metrics` (the first server of a process only: the codec
@@ -206,6 +214,7 @@ fn record_build(metrics: &Metrics, name: &str, info: &WorkerInfo) {
             device: info.device.clone(),
             dtype: info.dtype.clone(),
             kernels: info.kernels.clone(),
+            template: info.template.clone(),
         })
         .set(1);
 }

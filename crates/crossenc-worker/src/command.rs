@@ -40,6 +40,9 @@ struct WorkerFlags {
     /// Longest pair in tokens.
     #[arg(long, value_name = "TOKENS")]
     max_length: Option<usize>,
+    /// A decoder reranker's prompt template: a built-in name or a template file.
+    #[arg(long, value_name = "NAME|FILE")]
+    template: Option<String>,
     /// `cpu` or `cuda:N`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
@@ -89,6 +92,7 @@ pub fn run(command: WorkerCommand) -> Result<(), WorkerExit> {
         worker_id: flags.worker_id,
         model: flags.model,
         max_length: flags.max_length,
+        template: flags.template,
         device: flags.device,
         dtype: flags.dtype,
     };

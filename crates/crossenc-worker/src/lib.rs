@@ -29,6 +29,8 @@ pub struct WorkerArgs {
     pub worker_id: u32,
     pub model: PathBuf,
     pub max_length: Option<usize>,
+    /// A decoder reranker's prompt template: a built-in name or a template file.
+    pub template: Option<String>,
     /// `cpu` or `cuda:N` (model workers only).
     pub device: String,
     /// The products' number format (model workers only).
@@ -46,10 +48,11 @@ pub enum WorkerError {
 /// Tokenizes pairs for the supervisor until stopped.
 pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
     serve(args, |args| {
-        let folder = ModelFolder::open(&args.model)?;
+        let folder = ModelFolder::open_with(&args.model, args.template.as_deref())?;
         let max_length = folder.max_length(args.max_length)?;
         let tokenizer = PairTokenizer::load(&folder, max_length)?;
-        let info = worker_info(&folder, max_length, "cpu");
+        let mut info = worker_info(&folder, max_length, "cpu");
+        info.takes_instruction = tokenizer.takes_instruction();
         let poison = TextPoison::from_env();
         let handle = move |work| match work {
             Work::Encode(pairs) => {
@@ -68,7 +71,7 @@ pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
 /// Scores token batches for the supervisor until stopped.
 pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
     serve(args, |args| {
-        let folder = ModelFolder::open(&args.model)?;
+        let folder = ModelFolder::open_with(&args.model, args.template.as_deref())?;
         let max_length = folder.max_length(args.max_length)?;
         let device = crossenc_model::parse_device(&args.device)?;
         let model = CrossEncoder::load(&folder, device, args.dtype)?;
@@ -145,10 +148,9 @@ impl PoisonPill {
             let Ok(word) = std::env::var(var) else {
                 continue;
             };
-            let encoded = PairTokenizer::load(folder, max_length)?.encode(&word, "")?;
-            // [CLS] word [SEP] [SEP]: the word's own tokens sit between.
-            let ids = encoded.ids();
-            let marker = ids[1..ids.len().saturating_sub(2).max(1)].to_vec();
+            // The word's own tokens, wherever a template puts it.
+            let tokenizer = PairTokenizer::load(folder, max_length)?;
+            let marker = tokenizer.encode_text(&word)?.ids().to_vec();
             tracing::warn!(%word, ?fault, "fault injection on for batches holding the word");
             markers.push((marker, fault));
         }
@@ -369,6 +371,12 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerI
         max_length,
         model_name: folder.config.name.clone(),
         architecture: folder.config.architecture.to_string(),
+        template: folder
+            .config
+            .template
+            .as_ref()
+            .map_or_else(String::new, |t| t.name.clone()),
+        takes_instruction: false,
         sigmoid_by_default: folder.config.activation == ScoreActivation::Sigmoid,
         warmup_tokens_per_second: None,
         device: device.to_string(),
@@ -389,9 +397,10 @@ pub fn encode(
         .map_err(|i| format!("pair {i} names a query the job does not hold"))?;
     let mut batch = TokenBatchBuilder::with_capacity(pairs.len(), pairs.len() * 64);
     let mut type_ids = Vec::new();
+    let instruction = texts.instruction.as_deref();
     for (query, document) in &pairs {
         let encoded = tokenizer
-            .encode(&query.text, &document.text)
+            .encode_instructed(&query.text, &document.text, instruction)
             .map_err(failed)?;
         type_ids.clear();
         // Type ids are 0 or 1 for BERT; a u8 keeps the shared memory small.

@@ -97,6 +97,18 @@ pub struct BenchArgs {
     /// `onednn-bf16`) instead of those timed fastest at load: to compare them in one run.
     #[arg(long, value_name = "KERNELS")]
     kernels: Option<crossenc_model::Kernels>,
+    /// The model-alone run's prompt template, for a decoder reranker: a built-in
+    /// (`qwen3-reranker`) or a template file.
+    #[arg(long, value_name = "NAME|FILE")]
+    template: Option<String>,
+    /// The model-alone run's longest pair in tokens [default: the model's limit, at
+    /// most 512].
+    #[arg(long, value_name = "TOKENS")]
+    max_length: Option<usize>,
+    /// Score only the workload's first N pairs in the model-alone run (a large model
+    /// on a small machine).
+    #[arg(long, value_name = "N")]
+    pairs: Option<usize>,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -115,6 +127,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             max_batch_tokens: args.max_batch_tokens,
             max_batch_size: args.max_batch_size,
             padded_budget: args.padded_budget,
+            template: args.template.clone(),
+            max_length: args.max_length,
+            pairs: args.pairs,
         };
         crossenc_bench::model_alone::run(&run, &workload).map_err(|e| anyhow::anyhow!("{e}"))?;
     }

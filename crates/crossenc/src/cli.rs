@@ -60,6 +60,7 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         gpu_exe,
         model: config.model.path.clone(),
         max_length: config.model.requested_max_length(),
+        template: config.model.requested_template().map(String::from),
         devices: config
             .model
             .devices()
@@ -111,7 +112,8 @@ pub fn check_model(config: &ServeConfig, tokenizer: TokenizerCheck) -> Result<()
         source: None,
         message: format!("{}: {message}", path.display()),
     };
-    let folder = ModelFolder::open(path).map_err(|e| problem(e.to_string()))?;
+    let folder = ModelFolder::open_with(path, config.model.requested_template())
+        .map_err(|e| problem(e.to_string()))?;
     let max_length = folder
         .max_length(config.model.requested_max_length())
         .map_err(|e| Problem {
@@ -152,9 +154,9 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// What a batch costs the CPU's packed pass of this model (checked to open above).
 fn packed_cost(config: &ServeConfig) -> anyhow::Result<BatchCost> {
-    let folder = ModelFolder::open(&config.model.path)
+    let folder = ModelFolder::open_with(&config.model.path, config.model.requested_template())
         .with_context(|| format!("cannot open {}", config.model.path.display()))?;
-    Ok(BatchCost::packed(folder.config.hidden_size))
+    Ok(BatchCost::packed(folder.config.attention_span()))
 }
 
 /// The binary GPU model workers run: `crossenc-cuda-worker` beside this one (or where

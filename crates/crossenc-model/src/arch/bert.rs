@@ -35,7 +35,7 @@ impl Architecture for Bert {
             position_table: true,
             first_position: 0,
             token_types: true,
-            pair_template: PairTemplate::ONE_SEPARATOR,
+            pair_template: Some(PairTemplate::ONE_SEPARATOR),
         }
     }
 

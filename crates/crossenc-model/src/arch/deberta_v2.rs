@@ -63,7 +63,7 @@ impl Architecture for DebertaV2 {
             position_table: false,
             first_position: 0,
             token_types: false,
-            pair_template: PairTemplate::ONE_SEPARATOR,
+            pair_template: Some(PairTemplate::ONE_SEPARATOR),
         }
     }
 

@@ -52,7 +52,7 @@ impl Architecture for DistilBert {
             position_table: true,
             first_position: 0,
             token_types: false,
-            pair_template: PairTemplate::ONE_SEPARATOR,
+            pair_template: Some(PairTemplate::ONE_SEPARATOR),
         }
     }
 

@@ -1,13 +1,15 @@
 //! One file per architecture, behind [`Architecture`]: where its checkpoint keeps the
-//! weights, what its tokenizer's pair template must be, and candle's padded model of
-//! it. The packed CPU pass (`crate::packed`) runs BERT-style encoders from the
-//! [`Layout`] they give; an architecture with another layer loop (ModernBERT) brings its
+//! weights, what its tokenizer's pair template must be (or, for a decoder, that it
+//! reads a prompt template), how it scores, and candle's padded model of it. The packed
+//! CPU pass (`crate::packed`) runs BERT-style encoders from the [`Layout`] they give;
+//! an architecture with another layer loop (ModernBERT, the Qwen3 decoder) brings its
 //! own. Nothing outside this crate learns which one runs but its name.
 
 mod bert;
 mod deberta_v2;
 mod distilbert;
 mod modernbert;
+mod qwen3;
 mod xlm_roberta;
 
 use candle_core::{Device, Tensor};
@@ -40,6 +42,12 @@ pub(crate) trait Architecture: Sync {
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PackedPass>> {
         Ok(Box::new(pack_encoder(vb, config)?))
+    }
+
+    /// Whether this checkpoint scores a pair by the logits of the template's answer
+    /// tokens at the last position (a causal LM), rather than by a classifier's labels.
+    fn scores_by_answers(&self, _config: &ModelConfig) -> bool {
+        false
     }
 
     /// Why candle's padded pass of this architecture cannot run in bf16, if it cannot.
@@ -94,8 +102,9 @@ pub(crate) struct Layout {
     /// Whether the tokenizer's type ids reach the model; RoBERTa's tokenizers give the
     /// model none, and its table has one row.
     pub token_types: bool,
-    /// The special tokens the tokenizer's pair template must produce.
-    pub pair_template: PairTemplate,
+    /// The special tokens the tokenizer's pair template must produce; `None` for a
+    /// decoder, which reads a prompt template instead.
+    pub pair_template: Option<PairTemplate>,
 }
 
 /// Where a BERT-style encoder keeps its tensors, under its prefix; each layer's under
@@ -195,6 +204,7 @@ static ARCHITECTURES: &[&dyn Architecture] = &[
     &distilbert::DistilBert,
     &modernbert::ModernBert,
     &deberta_v2::DebertaV2,
+    &qwen3::Qwen3,
 ];
 
 /// The architecture that runs a checkpoint of these classes (or, without any, of this

@@ -62,7 +62,7 @@ impl Architecture for ModernBert {
             position_table: false,
             first_position: 0,
             token_types: false,
-            pair_template: PairTemplate::ONE_SEPARATOR,
+            pair_template: Some(PairTemplate::ONE_SEPARATOR),
         }
     }
 
@@ -192,12 +192,14 @@ impl PaddedModel for Padded {
                 .broadcast_mul(&mask.unsqueeze(D::Minus1)?)?
                 .sum(1)?
                 .broadcast_div(&mask.sum_keepdim(1)?)?,
+            Pooling::Last => candle_core::bail!("ModernBERT pools on the first token or the mean"),
         };
         let x = self.dense.forward(&pooled)?;
         let x = match self.head_activation {
             HiddenAct::GeluErf => x.gelu_erf()?,
             HiddenAct::GeluTanh => x.gelu()?,
             HiddenAct::Relu => x.relu()?,
+            HiddenAct::Silu => x.silu()?,
         };
         self.classifier.forward(&self.norm.forward(&x)?)
     }
@@ -300,6 +302,7 @@ fn extra(config: &ModelConfig) -> Result<Extra, Refusal> {
         "gelu" => HiddenAct::GeluErf,
         "gelu_new" | "gelu_pytorch_tanh" => HiddenAct::GeluTanh,
         "relu" => HiddenAct::Relu,
+        "silu" => HiddenAct::Silu,
         other => {
             return Err(Refusal::new(
                 "classifier_activation",

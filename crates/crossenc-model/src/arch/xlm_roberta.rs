@@ -40,7 +40,7 @@ impl Architecture for XlmRoberta {
             position_table: true,
             first_position: pad_token_id as usize + 1,
             token_types: false,
-            pair_template: PairTemplate::TWO_SEPARATORS,
+            pair_template: Some(PairTemplate::TWO_SEPARATORS),
         }
     }
 
@@ -54,6 +54,7 @@ impl Architecture for XlmRoberta {
             HiddenAct::GeluErf => candle_nn::Activation::Gelu,
             HiddenAct::GeluTanh => candle_nn::Activation::NewGelu,
             HiddenAct::Relu => candle_nn::Activation::Relu,
+            HiddenAct::Silu => candle_nn::Activation::Silu,
         };
         let theirs = xlm_roberta::Config {
             hidden_size: c.hidden_size,

@@ -1,9 +1,10 @@
 //! Attention on packed pairs: each pair attends over its own tokens, one task per
-//! (pair, head), reading Q, K and V from the fused `[tokens, 3 * hidden]` product and
-//! writing its head's columns of the context: `[tokens, hidden]`, or `[pairs, hidden]`
-//! where only each pair's first token asks ([`Queries::First`]). Between the scores
-//! and the softmax an architecture may change them: ModernBERT's sliding window,
-//! DeBERTa's relative scores.
+//! (pair, query head), reading Q, K and V from the fused `[tokens, Q|K|V]` product and
+//! writing its head's columns of the context: `[tokens, heads x head_dim]`, or
+//! `[pairs, heads x head_dim]` where only each pair's first or last token asks
+//! ([`Queries`]). Query heads may share key and value heads (grouped-query attention).
+//! Between the scores and the softmax an architecture may change them: ModernBERT's
+//! sliding window, DeBERTa's relative scores, a decoder's causal mask.
 
 use rayon::prelude::*;
 
@@ -17,6 +18,9 @@ pub(crate) enum Queries {
     /// Each pair's first token alone, the context `[pairs, hidden]`: in the last layer
     /// of a model whose head reads only that token, no other row of it is ever read.
     First,
+    /// Each pair's last token alone, the context `[pairs, hidden]`: a decoder's head
+    /// reads the last position.
+    Last,
 }
 
 impl Queries {
@@ -24,7 +28,49 @@ impl Queries {
     pub(crate) fn rows(self, tokens: usize, pairs: usize) -> usize {
         match self {
             Queries::All => tokens,
-            Queries::First => pairs,
+            Queries::First | Queries::Last => pairs,
+        }
+    }
+}
+
+/// The heads of an attention layer: `heads` query heads, in groups that share each of
+/// `kv_heads` key and value heads, all `head_dim` wide. A row of the fused product
+/// holds every query head, then every key head, then every value head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttentionShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// BERT's: as many key and value heads as query heads, `hidden / heads` wide.
+    pub(crate) fn even(hidden: usize, heads: usize) -> Self {
+        Self {
+            heads,
+            kv_heads: heads,
+            head_dim: hidden / heads,
+        }
+    }
+
+    /// The width of a row of the fused Q|K|V product.
+    pub(crate) fn row_width(self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// The width of the context: every query head's output.
+    pub(crate) fn context_width(self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Where query head `head`'s columns of part `part` (0 Q, 1 K, 2 V) start in a row.
+    fn column(self, part: usize, head: usize) -> usize {
+        let d = self.head_dim;
+        let shared = head / (self.heads / self.kv_heads);
+        match part {
+            0 => head * d,
+            1 => (self.heads + shared) * d,
+            _ => (self.heads + self.kv_heads + shared) * d,
         }
     }
 }
@@ -35,7 +81,7 @@ impl Queries {
 pub(crate) fn attend(
     offsets: &[usize],
     qkv: &[f32],
-    (heads, queries): (usize, Queries),
+    (shape, queries): (AttentionShape, Queries),
     window: Option<usize>,
     context: &mut Vec<f32>,
 ) {
@@ -47,12 +93,29 @@ pub(crate) fn attend(
             return;
         }
         for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+            let i = i + task.first_query;
             let (near, far) = (i.saturating_sub(window), (i + window + 1).min(len));
             row[..near].fill(f32::NEG_INFINITY);
             row[far..].fill(f32::NEG_INFINITY);
         }
     };
-    attend_each(offsets, qkv, (heads, queries), 1, context, mask);
+    attend_each(offsets, qkv, (shape, queries), 1, context, mask);
+}
+
+/// Causal self-attention of every pair: a token attends to itself and the tokens
+/// before it in its pair (a decoder's), each pair on its own.
+pub(crate) fn attend_causal(
+    offsets: &[usize],
+    qkv: &[f32],
+    (shape, queries): (AttentionShape, Queries),
+    context: &mut Vec<f32>,
+) {
+    let mask = |task: &HeadTask<'_>, scores: &mut [f32]| {
+        for (i, row) in scores.chunks_exact_mut(task.len).enumerate() {
+            row[i + task.first_query + 1..].fill(f32::NEG_INFINITY);
+        }
+    };
+    attend_each(offsets, qkv, (shape, queries), 1, context, mask);
 }
 
 /// [`attend`] with DeBERTa's relative scores added: for query i and key j, the query
@@ -61,7 +124,7 @@ pub(crate) fn attend(
 pub(crate) fn attend_relative(
     offsets: &[usize],
     qkv: &[f32],
-    (heads, queries): (usize, Queries),
+    (shape, queries): (AttentionShape, Queries),
     (relative, layer): (&RelativeAttention, usize),
     context: &mut Vec<f32>,
 ) {
@@ -96,7 +159,7 @@ pub(crate) fn attend_relative(
             }
         }
     };
-    attend_each(offsets, qkv, (heads, queries), 3, context, add);
+    attend_each(offsets, qkv, (shape, queries), 3, context, add);
 }
 
 /// DeBERTa's relative attention: content-to-position and position-to-content scores
@@ -144,29 +207,26 @@ fn log_bucket(delta: i64, buckets: usize, max_position: usize) -> i64 {
     (log + mid as f32) as i64 * delta.signum()
 }
 
-/// One (pair, head) of a batch: its Q (every token's, or the first's), K and V, and
-/// the scale of its scores.
+/// One (pair, head) of a batch: its Q (every token's, or the first's or last's), K and
+/// V, and the scale of its scores.
 struct HeadTask<'a> {
     q: View<'a>,
     k: View<'a>,
     v: View<'a>,
     len: usize,
+    /// The position in the pair of the first query asked.
+    first_query: usize,
     head: usize,
-    hidden: usize,
+    shape: AttentionShape,
     scale: f32,
 }
 
 impl HeadTask<'_> {
-    /// This head's columns of part `part` (0 Q, 1 K, 2 V) of a fused `[rows, 3 * hidden]`
-    /// table.
+    /// This head's columns of part `part` (0 Q, 1 K, 2 V) of a table laid out as the
+    /// fused product is.
     fn of<'t>(&self, table: &'t [f32], part: usize, rows: usize) -> View<'t> {
-        let d = self.q.cols;
-        View::columns(
-            table,
-            rows,
-            (part * self.hidden + self.head * d, d),
-            3 * self.hidden,
-        )
+        let (d, from) = (self.shape.head_dim, self.shape.column(part, self.head));
+        View::columns(table, rows, (from, d), self.shape.row_width())
     }
 }
 
@@ -176,7 +236,7 @@ impl HeadTask<'_> {
 fn attend_each(
     offsets: &[usize],
     qkv: &[f32],
-    (heads, queries): (usize, Queries),
+    (shape, queries): (AttentionShape, Queries),
     scale_terms: usize,
     context: &mut Vec<f32>,
     adjust: impl Fn(&HeadTask<'_>, &mut [f32]) + Sync,
@@ -186,8 +246,13 @@ fn attend_each(
     if tokens == 0 {
         return;
     }
-    let h = qkv.len() / 3 / tokens;
-    let d = h / heads;
+    let (heads, d, width) = (shape.heads, shape.head_dim, shape.row_width());
+    let h = shape.context_width();
+    assert_eq!(
+        qkv.len(),
+        tokens * width,
+        "Q|K|V is not as wide as the shape"
+    );
     let scale = 1.0 / ((scale_terms * d) as f32).sqrt();
     let pairs = offsets.len() - 1;
     context.resize(queries.rows(tokens, pairs) * h, 0.0);
@@ -200,21 +265,24 @@ fn attend_each(
     let out = SharedOut(context.as_mut_ptr(), context.len());
     tasks.par_iter().for_each(|&(pair, start, end, head)| {
         let len = end - start;
-        let rows = &qkv[start * 3 * h..end * 3 * h];
-        let part = |part: usize, rows_of: usize| {
-            View::columns(rows, rows_of, (part * h + head * d, d), 3 * h)
+        let rows = &qkv[start * width..end * width];
+        let (asking, first_query, first_row) = match queries {
+            Queries::All => (len, 0, start),
+            Queries::First => (1, 0, pair),
+            Queries::Last => (1, len - 1, pair),
         };
-        let (asking, first_row) = match queries {
-            Queries::All => (len, start),
-            Queries::First => (1, pair),
+        let part = |part: usize, from: usize, rows_of: usize| {
+            let column = shape.column(part, head);
+            View::columns(&rows[from * width..], rows_of, (column, d), width)
         };
         let task = HeadTask {
-            q: part(0, asking),
-            k: part(1, len),
-            v: part(2, len),
+            q: part(0, first_query, asking),
+            k: part(1, 0, len),
+            v: part(2, 0, len),
             len,
+            first_query,
             head,
-            hidden: h,
+            shape,
             scale,
         };
         let mut scores = vec![0.0f32; asking * len];

@@ -1,10 +1,10 @@
-//! The packed pass's passes over values, outside the products: layer norm, the FFN's
-//! activation and softmax, each compiled for AVX-512 and AVX2 with FMA and picked at
+//! The packed pass's passes over values, outside the products: layer norm, RMS norm,
+//! the FFN's activation and softmax, each compiled for AVX-512 and AVX2 with FMA and picked at
 //! run time, with a vectorised exp for the softmax.
 
 use rayon::prelude::*;
 
-use super::Norm;
+use super::{Norm, RmsNorm};
 use crate::HiddenAct;
 
 /// Defines `fn $name(x: &mut [f32], p: &P)` compiled three times, for AVX-512 + FMA,
@@ -93,6 +93,21 @@ simd_kernel! {
 }
 
 simd_kernel! {
+    /// RMS norm of each row of `x` (rows as long as `norm.gamma`), in place, in f32 as
+    /// transformers' Qwen3RMSNorm computes it: `x / sqrt(mean(x²) + eps) * gamma`.
+    fn rms_rows(x: &mut [f32], norm: &RmsNorm) {
+        let width = norm.gamma.len();
+        for row in x.chunks_exact_mut(width) {
+            let mean_square = lane_sum(row, |v| v * v) / width as f32;
+            let inv = 1.0 / (mean_square + norm.eps).sqrt();
+            for (v, g) in row.iter_mut().zip(&norm.gamma) {
+                *v = *v * inv * g;
+            }
+        }
+    }
+}
+
+simd_kernel! {
     /// The FFN's activation, in place.
     pub(crate) fn activate_slice(x: &mut [f32], activation: &HiddenAct) {
         match activation {
@@ -111,6 +126,11 @@ simd_kernel! {
             HiddenAct::Relu => {
                 for v in x {
                     *v = v.max(0.0);
+                }
+            }
+            HiddenAct::Silu => {
+                for v in x {
+                    *v /= 1.0 + exp(-*v);
                 }
             }
         }
@@ -169,6 +189,22 @@ impl Norm {
     }
 }
 
+impl RmsNorm {
+    /// RMS norm of each `width`-long row (the whole row, or one head of it), in place,
+    /// across the worker's threads.
+    pub(crate) fn apply(&self, x: &mut [f32]) {
+        let width = self.gamma.len();
+        x.par_chunks_mut(width * 64)
+            .for_each(|rows| rms_rows(rows, self));
+    }
+
+    /// RMS norm of each row of `x`, on this thread: for one head at a time, where the
+    /// caller already spreads the rows over the threads.
+    pub(crate) fn apply_here(&self, x: &mut [f32]) {
+        rms_rows(x, self);
+    }
+}
+
 pub(crate) fn activate(x: &mut [f32], activation: HiddenAct) {
     x.par_chunks_mut(16 * 1024)
         .for_each(|chunk| activate_slice(chunk, &activation));
@@ -199,6 +235,41 @@ mod tests {
         }
         assert!(rows[3] < rows[0] && rows[0] < rows[1] && rows[1] < rows[2]);
         assert!(rows[4..].iter().all(|&p| (p - 0.25).abs() < 1e-7));
+    }
+
+    #[test]
+    fn rms_norm_rows_have_unit_mean_square_times_the_gain() {
+        let width = 24;
+        let norm = RmsNorm {
+            gamma: (0..width).map(|i| 0.5 + i as f32 / 10.0).collect(),
+            eps: 1e-6,
+        };
+        let mut x: Vec<f32> = (0..width * 3).map(|i| (i * 29 % 13) as f32 - 6.0).collect();
+        let before = x.clone();
+        norm.apply(&mut x);
+        for (row, was) in x.chunks(width).zip(before.chunks(width)) {
+            let rms = (was.iter().map(|v| v * v).sum::<f32>() / width as f32 + 1e-6).sqrt();
+            for ((v, w), g) in row.iter().zip(was).zip(&norm.gamma) {
+                assert!(
+                    (v - w / rms * g).abs() < 1e-5,
+                    "{v} against {}",
+                    w / rms * g
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn silu_is_x_times_its_sigmoid() {
+        let mut x: Vec<f32> = (-400..400).map(|i| i as f32 / 20.0).collect();
+        let expected: Vec<f32> = x.iter().map(|v| v / (1.0 + (-v).exp())).collect();
+        activate_slice(&mut x, &HiddenAct::Silu);
+        for (got, want) in x.iter().zip(&expected) {
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{got} {want}"
+            );
+        }
     }
 
     #[test]

@@ -13,18 +13,27 @@
 //! last layer runs for those tokens alone ([`Queries::First`], [`first_token`]).
 
 mod attention;
+mod decoder;
 mod elementwise;
 mod first_token;
+mod gated;
 mod kernels;
 mod modernbert;
+mod pooling;
+mod rotary;
 
-pub(crate) use attention::{attend, attend_relative, Queries, RelativeAttention};
+pub(crate) use attention::{
+    attend, attend_causal, attend_relative, AttentionShape, Queries, RelativeAttention,
+};
+pub(crate) use decoder::{DecoderLayer, DecoderPass, DecoderShape};
 pub(crate) use elementwise::{activate, activate_slice, softmax_rows};
 use first_token::{attend_first, FirstTokenScratch};
+pub(crate) use gated::gate;
 pub(crate) use kernels::{fastest, measure, timed_rows};
 pub use kernels::{KernelChoice, KernelRate, Kernels};
-
-pub(crate) use modernbert::{ModernBertEncoder, ModernBertLayer, ModernBertShape, Pooling, Rotary};
+pub(crate) use modernbert::{ModernBertEncoder, ModernBertLayer, ModernBertShape};
+pub(crate) use pooling::{first_rows, last_rows, pool, Pooling};
+pub(crate) use rotary::{Part, Rotary};
 
 use crossenc_onednn::{bf16, Bf16Weights, F32Weights, OnednnError};
 use rayon::prelude::*;
@@ -51,6 +60,12 @@ pub(crate) enum OnednnWeights {
 pub(crate) struct Norm {
     pub gamma: Vec<f32>,
     pub beta: Vec<f32>,
+    pub eps: f32,
+}
+
+/// RMS norm: no mean taken off, no beta (Qwen's, Llama's).
+pub(crate) struct RmsNorm {
+    pub gamma: Vec<f32>,
     pub eps: f32,
 }
 
@@ -341,12 +356,18 @@ impl Linear {
         out: &mut Vec<f32>,
         scratch: &mut ProductScratch,
     ) -> Result<(), ModelError> {
+        // oneDNN's shim has no SiLU epilogue: it runs after the product.
         let fused = match activation {
-            HiddenAct::GeluErf => crossenc_onednn::Activation::GeluErf,
-            HiddenAct::GeluTanh => crossenc_onednn::Activation::GeluTanh,
-            HiddenAct::Relu => crossenc_onednn::Activation::Relu,
+            HiddenAct::GeluErf => Some(crossenc_onednn::Activation::GeluErf),
+            HiddenAct::GeluTanh => Some(crossenc_onednn::Activation::GeluTanh),
+            HiddenAct::Relu => Some(crossenc_onednn::Activation::Relu),
+            HiddenAct::Silu => None,
         };
-        if !self.apply(x, rows, fused, out, scratch)? {
+        let applied = match fused {
+            Some(fused) => self.apply(x, rows, fused, out, scratch)?,
+            None => false,
+        };
+        if !applied {
             self.forward(x, rows, None, out, scratch)?;
             activate(out, activation);
         }
@@ -504,20 +525,6 @@ impl PackedPass for PackedEncoder {
     }
 }
 
-/// Each pair's first row of `x` (`width` wide), copied into `out`.
-pub(crate) fn first_rows<'o>(
-    offsets: &[usize],
-    x: &[f32],
-    width: usize,
-    out: &'o mut Vec<f32>,
-) -> &'o [f32] {
-    out.clear();
-    for &start in &offsets[..offsets.len() - 1] {
-        out.extend_from_slice(&x[start * width..][..width]);
-    }
-    out
-}
-
 impl PackedEncoder {
     /// Whether the last layer attends for the first tokens without the other tokens'
     /// keys and values ([`first_token`]): where positions are absolute, not relative.
@@ -542,6 +549,7 @@ impl PackedEncoder {
         let residual = match queries {
             Queries::All => &s.x,
             Queries::First => first_rows(batch.offsets, &s.x, h, &mut s.firsts),
+            Queries::Last => last_rows(batch.offsets, &s.x, h, &mut s.firsts),
         };
         if queries == Queries::First && self.keys_skipped_last() {
             let inputs = (batch.offsets, &s.x[..], residual);
@@ -554,7 +562,7 @@ impl PackedEncoder {
             );
         } else {
             layer.qkv.forward(&s.x, tokens, None, &mut s.qkv, p)?;
-            let asked = (heads, queries);
+            let asked = (AttentionShape::even(h, heads), queries);
             match &self.relative {
                 Some(relative) => {
                     attend_relative(batch.offsets, &s.qkv, asked, (relative, l), &mut s.context)

@@ -1,25 +1,14 @@
 //! ModernBERT's forward pass on packed tokens: pre-norm layers, rotary positions (one
 //! base for global layers, one for local ones), sliding-window attention on the local
 //! layers, GeGLU feed-forward, a final norm, and the head (dense, GELU, norm) on the
-//! first token or the mean of a pair's tokens. The products and attention are the
-//! BERT pass's own (`super`).
-
-use rayon::prelude::*;
+//! first token or the mean of a pair's tokens. The products, attention, rotary
+//! positions and the gated feed-forward are the shared ones (`super`).
 
 use super::{
-    activate, attend, first_rows, Kernels, Linear, Norm, PackedPass, PackedTokens, ProductScratch,
-    Queries,
+    activate, attend, first_rows, gate, last_rows, pool, AttentionShape, Kernels, Linear, Norm,
+    PackedPass, PackedTokens, Part, Pooling, ProductScratch, Queries, Rotary,
 };
 use crate::{HiddenAct, ModelError};
-
-/// How a pair becomes one vector for the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pooling {
-    /// The first token.
-    Cls,
-    /// The mean of the pair's tokens.
-    Mean,
-}
 
 /// The sizes the pass needs.
 #[derive(Debug, Clone, Copy)]
@@ -47,46 +36,6 @@ pub(crate) struct ModernBertLayer {
     pub window: Option<usize>,
     /// Shared by the layers of one kind (global or local).
     pub rotary: std::sync::Arc<Rotary>,
-}
-
-/// cos and sin of every position's angle for each of a head's `dim / 2` frequencies,
-/// as transformers computes them (f32 products of position and inverse frequency).
-pub(crate) struct Rotary {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    half: usize,
-}
-
-impl Rotary {
-    pub fn new(theta: f64, head_dim: usize, positions: usize) -> Self {
-        let half = head_dim / 2;
-        let inverse: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
-            .collect();
-        let angles: Vec<f32> = (0..positions)
-            .flat_map(|p| inverse.iter().map(move |f| p as f32 * f))
-            .collect();
-        Self {
-            cos: angles.iter().map(|a| a.cos()).collect(),
-            sin: angles.iter().map(|a| a.sin()).collect(),
-            half,
-        }
-    }
-
-    /// Rotates one head's query or key at `position` in place: the two halves of the
-    /// head as the real and imaginary parts (transformers' `rotate_half`).
-    fn rotate(&self, x: &mut [f32], position: usize) {
-        let (cos, sin) = (
-            &self.cos[position * self.half..][..self.half],
-            &self.sin[position * self.half..][..self.half],
-        );
-        let (first, second) = x.split_at_mut(self.half);
-        for i in 0..self.half {
-            let (a, b) = (first[i], second[i]);
-            first[i] = a * cos[i] - b * sin[i];
-            second[i] = b * cos[i] + a * sin[i];
-        }
-    }
 }
 
 pub(crate) struct ModernBertEncoder {
@@ -154,6 +103,7 @@ impl PackedPass for ModernBertEncoder {
             products: p,
         } = &mut *scratch;
         p.threads = threads;
+        let attention = AttentionShape::even(h, shape.heads);
         x.clear();
         for &id in batch.ids {
             x.extend_from_slice(&self.words[id as usize * h..][..h]);
@@ -177,17 +127,19 @@ impl PackedPass for ModernBertEncoder {
                 None => &*x,
             };
             layer.qkv.forward(input, tokens, None, qkv, p)?;
-            self.rotate(batch.offsets, qkv, &layer.rotary);
+            let unchanged = |_: &mut [f32], _: Part| {};
+            (layer.rotary).rotate_queries_and_keys(batch.offsets, qkv, attention, unchanged);
             attend(
                 batch.offsets,
                 qkv,
-                (shape.heads, queries),
+                (attention, queries),
                 layer.window,
                 context,
             );
             let (residual, rows) = match queries {
                 Queries::All => (&x[..], tokens),
                 Queries::First => (first_rows(batch.offsets, x, h, firsts), pairs),
+                Queries::Last => (last_rows(batch.offsets, x, h, firsts), pairs),
             };
             layer
                 .attention_out
@@ -195,7 +147,7 @@ impl PackedPass for ModernBertEncoder {
             normed.clone_from(attended);
             layer.mlp_norm.apply(normed, h);
             layer.mlp_in.forward(normed, rows, None, inner, p)?;
-            self.geglu(inner, gated);
+            gate(inner, self.shape.intermediate, self.shape.activation, gated);
             layer.mlp_out.forward(gated, rows, Some(attended), x, p)?;
         }
         self.final_norm.apply(x, h);
@@ -204,7 +156,7 @@ impl PackedPass for ModernBertEncoder {
             // The last layer computed the first tokens alone: `x` holds them.
             (Pooling::Cls, false) => &x[..pairs * h],
             _ => {
-                pooled_here = self.pool(batch.offsets, x);
+                pooled_here = pool(batch.offsets, x, h, self.shape.pooling);
                 &pooled_here[..]
             }
         };
@@ -219,68 +171,4 @@ impl PackedPass for ModernBertEncoder {
             .forward(&head, pairs, None, &mut logits, &mut one_thread)?;
         Ok(logits)
     }
-}
-
-impl ModernBertEncoder {
-    /// Rotary positions on every head's query and key, counted from each pair's start.
-    fn rotate(&self, offsets: &[usize], qkv: &mut [f32], rotary: &Rotary) {
-        let (h, heads) = (self.shape.hidden, self.shape.heads);
-        let d = h / heads;
-        let starts: Vec<(usize, usize)> = offsets
-            .windows(2)
-            .flat_map(|w| (w[0]..w[1]).map(move |t| (t, t - w[0])))
-            .collect();
-        qkv.par_chunks_mut(3 * h)
-            .zip(starts.par_iter())
-            .for_each(|(row, &(_, position))| {
-                // Queries, then keys: the first 2 * hidden of the row.
-                for head in row[..2 * h].chunks_exact_mut(d) {
-                    rotary.rotate(head, position);
-                }
-            });
-    }
-
-    /// GeGLU: the activation of each row's first half times its second half.
-    fn geglu(&self, inner: &[f32], gated: &mut Vec<f32>) {
-        let width = self.shape.intermediate;
-        gated.clear();
-        gated.resize(inner.len() / 2, 0.0);
-        gated
-            .par_chunks_mut(width)
-            .zip(inner.par_chunks(2 * width))
-            .for_each(|(out, row)| {
-                out.copy_from_slice(&row[..width]);
-                activate_row(out, self.shape.activation);
-                for (o, gate) in out.iter_mut().zip(&row[width..]) {
-                    *o *= gate;
-                }
-            });
-    }
-
-    /// One vector per pair: its first token, or the mean of its tokens.
-    fn pool(&self, offsets: &[usize], x: &[f32]) -> Vec<f32> {
-        let h = self.shape.hidden;
-        let mut pooled = Vec::with_capacity((offsets.len() - 1) * h);
-        for w in offsets.windows(2) {
-            match self.shape.pooling {
-                Pooling::Cls => pooled.extend_from_slice(&x[w[0] * h..][..h]),
-                Pooling::Mean => {
-                    let mut sum = vec![0f64; h];
-                    for row in x[w[0] * h..w[1] * h].chunks_exact(h) {
-                        sum.iter_mut()
-                            .zip(row)
-                            .for_each(|(s, &v)| *s += f64::from(v));
-                    }
-                    let n = (w[1] - w[0]) as f64;
-                    pooled.extend(sum.iter().map(|s| (s / n) as f32));
-                }
-            }
-        }
-        pooled
-    }
-}
-
-/// The activation of one row, on this thread (the rows are already spread over them).
-fn activate_row(x: &mut [f32], activation: HiddenAct) {
-    super::activate_slice(x, &activation);
 }
