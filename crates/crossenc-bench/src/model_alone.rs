@@ -95,6 +95,19 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
         100.0 * (padded - real) as f64 / padded as f64,
         seconds
     );
+    let flops: f64 = (batches.iter())
+        .flat_map(|b| {
+            b.lengths()
+                .iter()
+                .map(|&l| folder.config.pair_flops(l as usize))
+        })
+        .sum();
+    println!(
+        "model alone, work: {:.1} GFLOP a pair (every layer, every token: no shortcut \
+         counted), {:.1} GFLOP/s",
+        flops / 1e9 / pairs.max(1) as f64,
+        flops / 1e9 / seconds
+    );
     if args.dtype != Dtype::F32 || args.kernels.is_some() {
         let reference = CrossEncoder::load_on(&folder, Kernels::Gemm)?;
         let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());

@@ -164,6 +164,27 @@ impl ModelConfig {
     /// scheduler's and admission's measure of a pair's cost (see the core's
     /// `BatchCost`). Dense FLOPs per token over attention's per token and key; causal
     /// attention reads half the keys.
+    /// The FLOPs of one pair of `len` tokens through every layer, counted as roofline
+    /// counts them (a multiply-add is two; norms, activations and the head left out):
+    /// the dense products of every token, and attention's scores and mix, all of them
+    /// for an encoder, those of the keys at or before each query for a decoder.
+    pub fn pair_flops(&self, len: usize) -> f64 {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
+        let len = len as f64;
+        let (dense, attention) = match self.layout.pair_template {
+            Some(_) => (
+                h * (q + 2 * kv) + q * h + 2 * h * i,
+                2.0 * len * len * q as f64,
+            ),
+            None => (
+                h * (q + 2 * kv) + q * h + 3 * h * i,
+                len * (len + 1.0) * q as f64,
+            ),
+        };
+        self.num_hidden_layers as f64 * (2.0 * len * dense as f64 + 2.0 * attention)
+    }
+
     pub fn attention_span(&self) -> usize {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         if self.layout.pair_template.is_some() {

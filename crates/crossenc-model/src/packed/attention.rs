@@ -99,7 +99,7 @@ pub(crate) fn attend(
             row[far..].fill(f32::NEG_INFINITY);
         }
     };
-    attend_each(offsets, qkv, (shape, queries), 1, context, mask);
+    attend_each(offsets, qkv, (shape, queries), 1, context, Keys::All(mask));
 }
 
 /// Causal self-attention of every pair: a token attends to itself and the tokens
@@ -111,11 +111,32 @@ pub(crate) fn attend_causal(
     context: &mut Vec<f32>,
 ) {
     let mask = |task: &HeadTask<'_>, scores: &mut [f32]| {
+        // The block's keys end at its last query: only the block's own diagonal is masked.
         for (i, row) in scores.chunks_exact_mut(task.len).enumerate() {
             row[i + task.first_query + 1..].fill(f32::NEG_INFINITY);
         }
     };
-    attend_each(offsets, qkv, (shape, queries), 1, context, mask);
+    attend_each(
+        offsets,
+        qkv,
+        (shape, queries),
+        1,
+        context,
+        Keys::UpToEachQuery(mask),
+    );
+}
+
+/// Query rows a causal task takes at a time: each block reads the keys up to its last
+/// query alone, so that attention does about half the bidirectional square (what the
+/// scheduler's cost counts) and a long pair's scores never fill `len x len` floats.
+const CAUSAL_BLOCK: usize = 64;
+
+/// Which keys each query reads, and what changes its scores before the softmax.
+enum Keys<A> {
+    /// Every key of its pair; `adjust` sees the task's whole `[queries, len]` scores.
+    All(A),
+    /// The keys at or before it (a decoder's); `adjust` masks each block's diagonal.
+    UpToEachQuery(A),
 }
 
 /// [`attend`] with DeBERTa's relative scores added: for query i and key j, the query
@@ -159,7 +180,7 @@ pub(crate) fn attend_relative(
             }
         }
     };
-    attend_each(offsets, qkv, (shape, queries), 3, context, add);
+    attend_each(offsets, qkv, (shape, queries), 3, context, Keys::All(add));
 }
 
 /// DeBERTa's relative attention: content-to-position and position-to-content scores
@@ -213,6 +234,7 @@ struct HeadTask<'a> {
     q: View<'a>,
     k: View<'a>,
     v: View<'a>,
+    /// The keys the queries read: the pair's length, or a causal block's last query + 1.
     len: usize,
     /// The position in the pair of the first query asked.
     first_query: usize,
@@ -239,8 +261,12 @@ fn attend_each(
     (shape, queries): (AttentionShape, Queries),
     scale_terms: usize,
     context: &mut Vec<f32>,
-    adjust: impl Fn(&HeadTask<'_>, &mut [f32]) + Sync,
+    keys: Keys<impl Fn(&HeadTask<'_>, &mut [f32]) + Sync>,
 ) {
+    let (causal, adjust) = match &keys {
+        Keys::All(adjust) => (false, adjust),
+        Keys::UpToEachQuery(adjust) => (true, adjust),
+    };
     let tokens = offsets.last().copied().unwrap_or(0);
     context.clear();
     if tokens == 0 {
@@ -275,43 +301,36 @@ fn attend_each(
             let column = shape.column(part, head);
             View::columns(&rows[from * width..], rows_of, (column, d), width)
         };
-        let task = HeadTask {
-            q: part(0, first_query, asking),
-            k: part(1, 0, len),
-            v: part(2, 0, len),
-            len,
-            first_query,
-            head,
-            shape,
-            scale,
-        };
-        let mut scores = vec![0.0f32; asking * len];
-        product(
-            &mut scores,
-            len,
-            false,
-            (task.q, task.k.transposed()),
-            scale,
-            1,
-        );
-        adjust(&task, &mut scores);
-        softmax_rows(&mut scores, &len);
-        let probs = View::rows(&scores, asking, len);
-        let first = first_row * h + head * d;
-        // SAFETY: this task alone writes its pair's `asking` rows from `first_row`,
-        // columns head*d..(head+1)*d of the context, borrowed mutably above until every
-        // task has ended.
-        unsafe {
-            product_into(
-                out.at(first),
-                out.len() - first,
-                h,
-                false,
-                (probs, task.v),
-                1.0,
-                1,
-            )
-        };
+        let block = if causal { CAUSAL_BLOCK } else { asking };
+        for from in (0..asking).step_by(block) {
+            let asked = block.min(asking - from);
+            let first_query = first_query + from;
+            let keys = if causal { first_query + asked } else { len };
+            let task = HeadTask {
+                q: part(0, first_query, asked),
+                k: part(1, 0, keys),
+                v: part(2, 0, keys),
+                len: keys,
+                first_query,
+                head,
+                shape,
+                scale,
+            };
+            let mut scores = vec![0.0f32; asked * keys];
+            let operands = (task.q, task.k.transposed());
+            product(&mut scores, keys, false, operands, scale, 1);
+            adjust(&task, &mut scores);
+            softmax_rows(&mut scores, &keys);
+            let probs = View::rows(&scores, asked, keys);
+            let first = (first_row + from) * h + head * d;
+            // SAFETY: this task alone writes its pair's `asked` rows from `first_row +
+            // from`, columns head*d..(head+1)*d of the context, borrowed mutably above
+            // until every task has ended.
+            unsafe {
+                let (into, room) = (out.at(first), out.len() - first);
+                product_into(into, room, h, false, (probs, task.v), 1.0, 1)
+            };
+        }
     });
 }
 
