@@ -228,12 +228,11 @@ fn log_bucket(delta: i64, buckets: usize, max_position: usize) -> i64 {
     (log + mid as f32) as i64 * delta.signum()
 }
 
-/// One (pair, head) of a batch: its Q (every token's, or the first's or last's), K and
-/// V, and the scale of its scores.
+/// One (pair, head) of a batch: its Q (every token's, or the first's or last's) and K as
+/// the fused rows hold them, and the scale of its scores.
 struct HeadTask<'a> {
     q: View<'a>,
     k: View<'a>,
-    v: View<'a>,
     /// The keys the queries read: the pair's length, or a causal block's last query + 1.
     len: usize,
     /// The position in the pair of the first query asked.
@@ -301,6 +300,10 @@ fn attend_each(
             let column = shape.column(part, head);
             View::columns(&rows[from * width..], rows_of, (column, d), width)
         };
+        // This head's keys transposed and its values, each contiguous: read in place, a
+        // key's elements lie a whole fused row apart, and the products slowed to a crawl
+        // on wide rows (Qwen3-0.6B's are 4096 floats).
+        let (keys_t, values) = head_operands(part(1, 0, len), part(2, 0, len));
         let block = if causal { CAUSAL_BLOCK } else { asking };
         for from in (0..asking).step_by(block) {
             let asked = block.min(asking - from);
@@ -309,7 +312,6 @@ fn attend_each(
             let task = HeadTask {
                 q: part(0, first_query, asked),
                 k: part(1, 0, keys),
-                v: part(2, 0, keys),
                 len: keys,
                 first_query,
                 head,
@@ -317,21 +319,38 @@ fn attend_each(
                 scale,
             };
             let mut scores = vec![0.0f32; asked * keys];
-            let operands = (task.q, task.k.transposed());
-            product(&mut scores, keys, false, operands, scale, 1);
+            let keys_t = View::columns(&keys_t, d, (0, keys), len);
+            product(&mut scores, keys, false, (task.q, keys_t), scale, 1);
             adjust(&task, &mut scores);
             softmax_rows(&mut scores, &keys);
             let probs = View::rows(&scores, asked, keys);
+            let values = View::rows(&values[..keys * d], keys, d);
             let first = (first_row + from) * h + head * d;
             // SAFETY: this task alone writes its pair's `asked` rows from `first_row +
             // from`, columns head*d..(head+1)*d of the context, borrowed mutably above
             // until every task has ended.
             unsafe {
                 let (into, room) = (out.at(first), out.len() - first);
-                product_into(into, room, h, false, (probs, task.v), 1.0, 1)
+                product_into(into, room, h, false, (probs, values), 1.0, 1)
             };
         }
     });
+}
+
+/// A head's keys as `[head_dim, len]` and its values as `[len, head_dim]`, copied out of
+/// the fused rows.
+fn head_operands(k: View<'_>, v: View<'_>) -> (Vec<f32>, Vec<f32>) {
+    let (len, d) = (k.rows, k.cols);
+    let mut keys_t = vec![0.0f32; d * len];
+    let mut values = Vec::with_capacity(len * d);
+    for j in 0..len {
+        let key = &k.data[j * k.row_stride..][..d];
+        for (c, &x) in key.iter().enumerate() {
+            keys_t[c * len + j] = x;
+        }
+        values.extend_from_slice(&v.data[j * v.row_stride..][..d]);
+    }
+    (keys_t, values)
 }
 
 /// The context buffer, written by attention tasks that each own disjoint elements.
