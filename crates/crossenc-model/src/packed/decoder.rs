@@ -6,8 +6,9 @@
 //! keys and values: the head reads nothing else.
 
 use super::{
-    attend_causal, gate, last_rows, pool, AttentionShape, Kernels, Linear, PackedPass,
-    PackedTokens, Part, Pooling, ProductScratch, Queries, RmsNorm, Rotary,
+    attend_causal, first_layer, gate, last_rows, pool, prepare_layers, AttentionShape,
+    FourProducts, Kernels, Linear, PackedPass, PackedTokens, Part, Pooling, ProductScratch,
+    Queries, RmsNorm, Rotary,
 };
 use crate::{HiddenAct, ModelError};
 
@@ -64,22 +65,28 @@ pub(crate) struct DecoderScratch {
     products: ProductScratch,
 }
 
+impl FourProducts for DecoderLayer {
+    fn products(&self) -> [&Linear; 4] {
+        [&self.qkv, &self.attention_out, &self.gate_up, &self.down]
+    }
+
+    fn products_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.qkv,
+            &mut self.attention_out,
+            &mut self.gate_up,
+            &mut self.down,
+        ]
+    }
+}
+
 impl PackedPass for DecoderPass {
     fn prepare_products(&mut self, kernels: Kernels) -> Result<(), crossenc_onednn::OnednnError> {
-        for layer in &mut self.layers {
-            layer.qkv.prepare(kernels)?;
-            layer.attention_out.prepare(kernels)?;
-            layer.gate_up.prepare(kernels)?;
-            layer.down.prepare(kernels)?;
-        }
-        Ok(())
+        prepare_layers(&mut self.layers, kernels)
     }
 
     fn timed_layer(&self) -> Vec<&Linear> {
-        self.layers
-            .first()
-            .map(|l| vec![&l.qkv, &l.attention_out, &l.gate_up, &l.down])
-            .unwrap_or_default()
+        first_layer(&self.layers)
     }
 
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {

@@ -112,6 +112,34 @@ pub(crate) trait PackedPass: Send + Sync {
     fn timed_layer(&self) -> Vec<&Linear>;
 }
 
+/// A pre-norm layer's four dense products (Q|K|V, attention output, the gated
+/// feed-forward's two), in the order they run: what its pass prepares and times.
+pub(crate) trait FourProducts {
+    fn products(&self) -> [&Linear; 4];
+    fn products_mut(&mut self) -> [&mut Linear; 4];
+}
+
+/// Moves every layer's products to `kernels`.
+pub(crate) fn prepare_layers<L: FourProducts>(
+    layers: &mut [L],
+    kernels: Kernels,
+) -> Result<(), OnednnError> {
+    for layer in layers {
+        for linear in layer.products_mut() {
+            linear.prepare(kernels)?;
+        }
+    }
+    Ok(())
+}
+
+/// The first layer's products, which the candidate kernels are timed on.
+pub(crate) fn first_layer<L: FourProducts>(layers: &[L]) -> Vec<&Linear> {
+    layers
+        .first()
+        .map(|l| l.products().to_vec())
+        .unwrap_or_default()
+}
+
 /// The pairs of one batch, packed: token ids end to end and where each pair starts.
 pub(crate) struct PackedTokens<'a> {
     pub ids: &'a [u32],

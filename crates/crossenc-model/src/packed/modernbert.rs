@@ -5,8 +5,9 @@
 //! positions and the gated feed-forward are the shared ones (`super`).
 
 use super::{
-    activate, attend, first_rows, gate, last_rows, pool, AttentionShape, Kernels, Linear, Norm,
-    PackedPass, PackedTokens, Part, Pooling, ProductScratch, Queries, Rotary,
+    activate, attend, first_layer, first_rows, gate, last_rows, pool, prepare_layers,
+    AttentionShape, FourProducts, Kernels, Linear, Norm, PackedPass, PackedTokens, Part, Pooling,
+    ProductScratch, Queries, Rotary,
 };
 use crate::{HiddenAct, ModelError};
 
@@ -68,22 +69,28 @@ pub(crate) struct ModernBertScratch {
     products: ProductScratch,
 }
 
+impl FourProducts for ModernBertLayer {
+    fn products(&self) -> [&Linear; 4] {
+        [&self.qkv, &self.attention_out, &self.mlp_in, &self.mlp_out]
+    }
+
+    fn products_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.qkv,
+            &mut self.attention_out,
+            &mut self.mlp_in,
+            &mut self.mlp_out,
+        ]
+    }
+}
+
 impl PackedPass for ModernBertEncoder {
     fn prepare_products(&mut self, kernels: Kernels) -> Result<(), crossenc_onednn::OnednnError> {
-        for layer in &mut self.layers {
-            layer.qkv.prepare(kernels)?;
-            layer.attention_out.prepare(kernels)?;
-            layer.mlp_in.prepare(kernels)?;
-            layer.mlp_out.prepare(kernels)?;
-        }
-        Ok(())
+        prepare_layers(&mut self.layers, kernels)
     }
 
     fn timed_layer(&self) -> Vec<&Linear> {
-        self.layers
-            .first()
-            .map(|l| vec![&l.qkv, &l.attention_out, &l.mlp_in, &l.mlp_out])
-            .unwrap_or_default()
+        first_layer(&self.layers)
     }
 
     fn logits(&self, batch: &PackedTokens<'_>, threads: usize) -> Result<Vec<f32>, ModelError> {
