@@ -155,6 +155,14 @@ impl Refusal {
     }
 }
 
+/// A refusal found while building a pass, as candle's error (what `packed` and `padded`
+/// return); `check` refuses the same configs first, at open.
+impl From<Refusal> for candle_core::Error {
+    fn from(refusal: Refusal) -> Self {
+        candle_core::Error::Msg(refusal.to_string())
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "`{}` is {}: {}", self.field, self.value, self.allowed)

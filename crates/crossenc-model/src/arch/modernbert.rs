@@ -75,7 +75,7 @@ impl Architecture for ModernBert {
         vb: VarBuilder,
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PackedPass>> {
-        let extra = extra(config).map_err(|r| candle_core::Error::Msg(r.to_string()))?;
+        let extra = extra(config)?;
         let c = config;
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let eps = c.layer_norm_eps as f32;
@@ -135,7 +135,7 @@ impl Architecture for ModernBert {
         vb: VarBuilder,
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PaddedModel>> {
-        let extra = extra(config).map_err(|r| candle_core::Error::Msg(r.to_string()))?;
+        let extra = extra(config)?;
         let c = config;
         // candle-transformers places global layers every n; `check` refused other patterns.
         let every = extra

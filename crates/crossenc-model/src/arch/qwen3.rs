@@ -67,7 +67,7 @@ impl Architecture for Qwen3 {
         vb: VarBuilder,
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PackedPass>> {
-        let extra = extra(config).map_err(|r| candle_core::Error::Msg(r.to_string()))?;
+        let extra = extra(config)?;
         let c = config;
         let shape = attention_shape(c);
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
@@ -128,7 +128,7 @@ impl Architecture for Qwen3 {
         vb: VarBuilder,
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PaddedModel>> {
-        let extra = extra(config).map_err(|r| candle_core::Error::Msg(r.to_string()))?;
+        let extra = extra(config)?;
         Ok(Box::new(Padded::load(vb, config, &extra)?))
     }
 }

@@ -7,8 +7,8 @@
 
 use super::{
     attend_causal, first_layer, gate, last_rows, pool, prepare_layers, AttentionShape,
-    FourProducts, Kernels, Linear, PackedPass, PackedTokens, Part, Pooling, ProductScratch,
-    Queries, RmsNorm, Rotary,
+    FourProducts, Kernels, Linear, PackedPass, PackedTokens, Part, Pooling, PreNormScratch,
+    ProductScratch, Queries, RmsNorm, Rotary,
 };
 use crate::{HiddenAct, ModelError};
 
@@ -46,23 +46,7 @@ pub(crate) struct DecoderPass {
     pub rotary: Rotary,
     pub shape: DecoderShape,
     /// The activations' buffers, kept from batch to batch as the encoders' are.
-    pub scratch: std::sync::Mutex<DecoderScratch>,
-}
-
-/// Scratch buffers of a decoder's forward pass, reused from layer to layer and batch
-/// to batch.
-#[derive(Default)]
-pub(crate) struct DecoderScratch {
-    x: Vec<f32>,
-    /// Each pair's last row of `x`, the residual of the layer that computes only those.
-    lasts: Vec<f32>,
-    normed: Vec<f32>,
-    qkv: Vec<f32>,
-    context: Vec<f32>,
-    attended: Vec<f32>,
-    inner: Vec<f32>,
-    gated: Vec<f32>,
-    products: ProductScratch,
+    pub scratch: std::sync::Mutex<PreNormScratch>,
 }
 
 impl FourProducts for DecoderLayer {
@@ -129,7 +113,7 @@ impl DecoderPass {
         layer: &DecoderLayer,
         batch: &PackedTokens<'_>,
         queries: Queries,
-        s: &mut DecoderScratch,
+        s: &mut PreNormScratch,
     ) -> Result<(), ModelError> {
         let (h, shape) = (self.shape.hidden, self.shape.attention);
         let tokens = batch.ids.len();
@@ -151,7 +135,7 @@ impl DecoderPass {
             .rotate_queries_and_keys(batch.offsets, &mut s.qkv, shape, norm_head);
         attend_causal(batch.offsets, &s.qkv, (shape, queries), &mut s.context);
         let residual = match queries {
-            Queries::Last => last_rows(batch.offsets, &s.x, h, &mut s.lasts),
+            Queries::Last => last_rows(batch.offsets, &s.x, h, &mut s.rows),
             _ => &s.x,
         };
         let rows = queries.rows(tokens, pairs);

@@ -112,6 +112,23 @@ pub(crate) trait PackedPass: Send + Sync {
     fn timed_layer(&self) -> Vec<&Linear>;
 }
 
+/// Scratch buffers of a pre-norm pass (ModernBERT's, a decoder's), reused from layer to
+/// layer and batch to batch.
+#[derive(Default)]
+pub(crate) struct PreNormScratch {
+    pub x: Vec<f32>,
+    /// Each pair's first or last row of `x`: the residual of a last layer that computes
+    /// only those.
+    pub rows: Vec<f32>,
+    pub normed: Vec<f32>,
+    pub qkv: Vec<f32>,
+    pub context: Vec<f32>,
+    pub attended: Vec<f32>,
+    pub inner: Vec<f32>,
+    pub gated: Vec<f32>,
+    pub products: ProductScratch,
+}
+
 /// A pre-norm layer's four dense products (Q|K|V, attention output, the gated
 /// feed-forward's two), in the order they run: what its pass prepares and times.
 pub(crate) trait FourProducts {

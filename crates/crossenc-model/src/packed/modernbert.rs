@@ -7,7 +7,7 @@
 use super::{
     activate, attend, first_layer, first_rows, gate, last_rows, pool, prepare_layers,
     AttentionShape, FourProducts, Kernels, Linear, Norm, PackedPass, PackedTokens, Part, Pooling,
-    ProductScratch, Queries, Rotary,
+    PreNormScratch, ProductScratch, Queries, Rotary,
 };
 use crate::{HiddenAct, ModelError};
 
@@ -50,23 +50,7 @@ pub(crate) struct ModernBertEncoder {
     pub shape: ModernBertShape,
     /// The activations' buffers, kept from batch to batch as the BERT pass keeps its
     /// own: allocated anew, each batch's tens of MB would be faulted in again.
-    pub scratch: std::sync::Mutex<ModernBertScratch>,
-}
-
-/// Scratch buffers of a ModernBERT forward pass, reused from layer to layer and batch
-/// to batch.
-#[derive(Default)]
-pub(crate) struct ModernBertScratch {
-    x: Vec<f32>,
-    /// Each pair's first row of `x`, the residual of a layer that computes only those.
-    firsts: Vec<f32>,
-    normed: Vec<f32>,
-    qkv: Vec<f32>,
-    context: Vec<f32>,
-    attended: Vec<f32>,
-    inner: Vec<f32>,
-    gated: Vec<f32>,
-    products: ProductScratch,
+    pub scratch: std::sync::Mutex<PreNormScratch>,
 }
 
 impl FourProducts for ModernBertLayer {
@@ -98,9 +82,9 @@ impl PackedPass for ModernBertEncoder {
         let (h, tokens) = (shape.hidden, batch.ids.len());
         // One batch at a time per worker: the lock is never contended there.
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let ModernBertScratch {
+        let PreNormScratch {
             x,
-            firsts,
+            rows: firsts,
             normed,
             qkv,
             context,
