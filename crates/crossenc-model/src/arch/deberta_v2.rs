@@ -76,8 +76,7 @@ impl Architecture for DebertaV2 {
         vb: VarBuilder,
         config: &ModelConfig,
     ) -> candle_core::Result<Box<dyn PackedPass>> {
-        let (span, buckets, max_position) =
-            span(config).map_err(|r| candle_core::Error::Msg(r.to_string()))?;
+        let (span, buckets, max_position) = span(config)?;
         let h = config.hidden_size;
         let mut encoder = pack_encoder(vb.clone(), config)?;
         let vb = vb.pp("deberta.encoder");
