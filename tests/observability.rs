@@ -1,6 +1,6 @@
 //! The shipped Prometheus configuration, rules and Grafana dashboard against a real
 //! Prometheus scraping the real server: promtool accepts them, and every dashboard
-//! query, every recording rule and every example query of the README returns data once
+//! query, every recording rule and every example query of docs/metrics.md returns data once
 //! traffic flows, so a metric name misspelt anywhere fails here.
 //!
 //! Needs `prometheus` and `promtool` on PATH: scripts/test.sh installs Debian's package
@@ -183,8 +183,6 @@ fn dashboard_queries(path: &Path) -> Vec<(String, String)> {
     found
 }
 
-/// The example queries of the README's ```promql blocks; a line that starts with
-/// whitespace continues the query on the line before.
 /// The prometheus-adapter rule's metricsQuery (deploy/kubernetes), with the label
 /// matchers and grouping the adapter would fill in, for a single server scraped here.
 fn adapter_queries() -> Vec<(String, String)> {
@@ -208,8 +206,10 @@ fn adapter_queries() -> Vec<(String, String)> {
     queries
 }
 
+/// The example queries of docs/metrics.md's ```promql blocks (the README's before they
+/// moved there); a line that starts with whitespace continues the query on the line before.
 fn readme_queries() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(workspace().join("docs/metrics.md")).unwrap();
     let mut queries: Vec<(String, String)> = Vec::new();
     for block in readme.split("```promql").skip(1) {
         let block = block.split("```").next().unwrap();
