@@ -3,8 +3,12 @@
 //! presented key is compared with every one of them in constant time, so that neither
 //! the time taken nor the answer says how close a guess came; a refusal says only that a
 //! valid key is needed, and is counted by method, never by key.
+//!
+//! The key file is read again on SIGHUP and when it changes ([`LiveKeys`]): the next
+//! request meets the new keys; a file that cannot be read keeps the old ones in force.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use crossenc_config::ServerConfig;
 use sha2::{Digest, Sha256};
@@ -12,8 +16,9 @@ use subtle::ConstantTimeEq;
 
 /// Why the keys could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("server.api_key_file {path}: {reason}")]
+#[error("{key} {path}: {reason}")]
 pub struct KeyFileError {
+    key: &'static str,
     path: String,
     reason: String,
 }
@@ -25,20 +30,10 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    /// `server.api_keys`, and those of `server.api_key_file` (one per line; blank lines
-    /// and `#` comments skipped).
-    pub fn load(server: &ServerConfig) -> Result<Self, KeyFileError> {
-        let mut keys: Vec<String> = server
-            .api_keys
-            .iter()
-            .map(|k| k.expose().to_string())
-            .collect();
-        if !server.api_key_file.as_os_str().is_empty() {
-            keys.extend(read_key_file(&server.api_key_file)?);
-        }
-        Ok(Self {
+    fn of(keys: &[String]) -> Self {
+        Self {
             digests: keys.iter().map(digest).collect(),
-        })
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,6 +58,92 @@ impl ApiKeys {
     }
 }
 
+/// Keys that follow their file: the configured ones plus the file's latest good reading.
+#[derive(Debug)]
+pub struct LiveKeys {
+    current: RwLock<Arc<ApiKeys>>,
+    /// Keys given in the configuration itself, kept across readings of the file.
+    inline: Vec<String>,
+    /// `None`: no file, nothing to reload.
+    file: Option<crate::reload::WatchedFiles>,
+}
+
+impl LiveKeys {
+    /// The API's keys: `server.api_keys` and `server.api_key_file`.
+    pub fn for_api(server: &ServerConfig) -> Result<Arc<Self>, KeyFileError> {
+        let inline = server.api_keys.iter().map(|k| k.expose().to_string());
+        Self::load(
+            inline.collect(),
+            &server.api_key_file,
+            "server.api_key_file",
+        )
+    }
+
+    /// The admin port's keys: `server.admin_api_key_file`, if set.
+    pub fn for_admin(server: &ServerConfig) -> Result<Arc<Self>, KeyFileError> {
+        let file = &server.admin_api_key_file;
+        Self::load(Vec::new(), file, "server.admin_api_key_file")
+    }
+
+    fn load(
+        inline: Vec<String>,
+        file: &Path,
+        key: &'static str,
+    ) -> Result<Arc<Self>, KeyFileError> {
+        let file = (!file.as_os_str().is_empty())
+            .then(|| crate::reload::WatchedFiles::new(key, vec![file.to_path_buf()]));
+        let keys = Self {
+            current: RwLock::new(Arc::new(ApiKeys::default())),
+            inline,
+            file,
+        };
+        *keys.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys.read()?);
+        Ok(Arc::new(keys))
+    }
+
+    fn read(&self) -> Result<ApiKeys, KeyFileError> {
+        let mut keys = self.inline.clone();
+        if let Some(file) = &self.file {
+            keys.extend(read_key_file(file.key, file.first())?);
+        }
+        Ok(ApiKeys::of(&keys))
+    }
+
+    fn keys(&self) -> Arc<ApiKeys> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys().is_empty()
+    }
+
+    /// Whether `presented` names a valid key now.
+    pub fn admit(&self, presented: Option<&[u8]>) -> bool {
+        self.keys().admit(presented)
+    }
+}
+
+impl crate::reload::Reload for LiveKeys {
+    fn refresh(&self, asked: bool) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        if !file.changed(asked) {
+            return;
+        }
+        match self.read() {
+            Ok(keys) => {
+                let count = keys.digests.len();
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                tracing::info!(file = %file.first().display(), keys = count, "{} reloaded", file.key);
+            }
+            Err(error) => {
+                tracing::error!(%error, "keys not reloaded; the previous ones stay in force")
+            }
+        }
+    }
+}
+
 fn digest(key: impl AsRef<[u8]>) -> [u8; 32] {
     Sha256::digest(key.as_ref()).into()
 }
@@ -76,8 +157,9 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .filter(|key| !key.is_empty())
 }
 
-fn read_key_file(path: &Path) -> Result<Vec<String>, KeyFileError> {
+fn read_key_file(key: &'static str, path: &Path) -> Result<Vec<String>, KeyFileError> {
     let fail = |reason: String| KeyFileError {
+        key,
         path: path.display().to_string(),
         reason,
     };
@@ -107,16 +189,11 @@ fn read_key_file(path: &Path) -> Result<Vec<String>, KeyFileError> {
 
 #[cfg(test)]
 mod tests {
-    use crossenc_config::ApiKey;
-
     use super::*;
 
     fn keys(keys: &[&str]) -> ApiKeys {
-        let server = ServerConfig {
-            api_keys: keys.iter().map(|k| ApiKey::new(*k)).collect(),
-            ..ServerConfig::default()
-        };
-        ApiKeys::load(&server).unwrap()
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        ApiKeys::of(&keys)
     }
 
     #[test]

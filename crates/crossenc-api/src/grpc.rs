@@ -18,7 +18,7 @@ use crossenc_core::{Pipeline, PipelineError, RequestId};
 use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder};
 
 use crate::access::{self, Served};
-use crate::auth::ApiKeys;
+use crate::auth::LiveKeys;
 use crate::failure::{grpc_code_word, Failure};
 use crate::validate::{check_count, check_query, check_top_n, rank};
 
@@ -323,7 +323,7 @@ pub const KEYED_METHODS: [&str; 4] = ["grpc_rerank", "grpc_infer", "grpc_reflect
 /// nothing else said); counted by method.
 #[derive(Clone)]
 pub struct KeyCheck {
-    pub keys: Arc<ApiKeys>,
+    pub keys: Arc<LiveKeys>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -345,7 +345,14 @@ impl CallRule for KeyCheck {
         };
         let labels = MethodLabels { method };
         self.metrics.auth_failures.get_or_create(&labels).inc();
-        Err(Failure::unauthenticated().into_status())
+        let failure = Failure::unauthenticated();
+        // The API's calls are requests like any: counted with their code.
+        if matches!(method, "grpc_rerank" | "grpc_infer") {
+            let code = grpc_code_word(failure.class.grpc_code());
+            RequestRecorder::start(Arc::clone(&self.metrics), method, Instant::now())
+                .finish(Err(code));
+        }
+        Err(failure.into_status())
     }
 }
 

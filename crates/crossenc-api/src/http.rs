@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
@@ -11,17 +11,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio_rustls::TlsAcceptor;
 
 use crossenc_core::{Pipeline, PipelineError, RequestId};
 use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, CONTENT_TYPE};
 
 use crate::access::{self, Served};
-use crate::auth::ApiKeys;
+use crate::auth::LiveKeys;
+use crate::budget::{BodyBudget, Refusal};
 use crate::failure::{ErrorClass, Failure};
-use crate::listen::{Connection, LimitedListener};
+use crate::listen::{Connection, LimitedListener, TrackRequestsLayer};
 use crate::request_id::RequestIdLayer;
 use crate::rest;
+use crate::tls::LiveAcceptor;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -32,7 +33,10 @@ pub struct HttpState {
     pub request_timeout: std::time::Duration,
     /// The served model's name, as `model.name` says.
     pub model_name: Arc<str>,
-    pub keys: Arc<ApiKeys>,
+    pub keys: Arc<LiveKeys>,
+    /// The admin port's keys (`server.admin_api_key_file`); empty: the port is open.
+    pub admin_keys: Arc<LiveKeys>,
+    pub budget: Arc<BodyBudget>,
 }
 
 impl HttpState {
@@ -49,6 +53,7 @@ pub fn router(state: HttpState, admin: bool) -> Router {
         .route("/v1/rerank", post(rest::v1_rerank))
         .route("/score", post(rest::score))
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), body_budget))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admission_gate,
@@ -66,13 +71,18 @@ pub fn router(state: HttpState, admin: bool) -> Router {
     probes().merge(api).with_state(state).layer(RequestIdLayer)
 }
 
-/// The admin routes alone, for `server.admin_addr`: no key (a network policy guards the
-/// port), no API.
+/// The admin routes alone, for `server.admin_addr`: no API; /metrics and /openapi.json
+/// need a key of `server.admin_api_key_file` when it is set (else a network policy
+/// guards the port).
 pub fn admin_router(state: HttpState) -> Router {
-    probes()
+    let admin = Router::new()
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(rest::openapi))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_key,
+        ));
+    probes().merge(admin).with_state(state)
 }
 
 fn probes() -> Router<HttpState> {
@@ -82,20 +92,37 @@ fn probes() -> Router<HttpState> {
 }
 
 /// Refuses a request without a valid API key: 401, nothing said but that a key is
-/// needed, and counted by route.
+/// needed, and counted by route (and as a request, for the API's routes).
 async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    check_key(&state, &state.keys, request, next).await
+}
+
+/// [`require_key`] with the admin port's keys.
+async fn require_admin_key(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    check_key(&state, &state.admin_keys, request, next).await
+}
+
+async fn check_key(state: &HttpState, keys: &LiveKeys, request: Request, next: Next) -> Response {
     let presented = request.headers().get(header::AUTHORIZATION);
-    if state.keys.admit(presented.map(|v| v.as_bytes())) {
+    if keys.admit(presented.map(|v| v.as_bytes())) {
         return next.run(request).await;
     }
     let method = route_word(request.uri().path());
-    state
-        .pipeline
-        .metrics
+    let metrics = &state.pipeline.metrics;
+    metrics
         .auth_failures
         .get_or_create(&MethodLabels { method })
         .inc();
-    let mut response = Failure::unauthenticated().into_response();
+    let failure = Failure::unauthenticated();
+    if matches!(method, "http_rerank" | "http_v1_rerank" | "http_score") {
+        RequestRecorder::start(Arc::clone(metrics), method, Instant::now())
+            .finish(Err(failure.class.code_word()));
+    }
+    let mut response = failure.into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer"),
@@ -165,6 +192,17 @@ async fn admission_gate(State(state): State<HttpState>, request: Request, next: 
     answered.unwrap_or_else(|_| rest::timed_out(state.request_timeout).into_response())
 }
 
+/// Puts an admitted request's body on the byte budget until it is answered.
+async fn body_budget(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let (body, hold) = state.budget.wrap(body, Refusal::Http);
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::new(body)))
+        .await;
+    drop(hold);
+    response
+}
+
 /// Records every API request, including those refused before their handler ran (a body
 /// that is not JSON, too large, of the wrong content type), and writes its access line.
 async fn record_request(
@@ -189,18 +227,29 @@ async fn record_request(
     response
 }
 
+/// How the HTTP server treats each connection (from `server.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionRules {
+    pub header_read_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_age: Duration,
+    pub max_age_grace: Duration,
+}
+
 /// Serves `router` on `listener` until `stop` turns true, then lets the requests in
 /// flight finish (connections close once idle) and returns.
 ///
 /// axum's own `serve` gives hyper no timer, so a client that sends its request head a
 /// byte at a time (slowloris) would hold its connection forever; here the head must
 /// arrive within `header_read_timeout`, and a connection idle that long between
-/// requests is closed too.
+/// requests is closed too. HTTP/2 connections are pinged; every connection is asked to
+/// close at `max_age` and cut `max_age_grace` later.
 pub async fn serve(
     listener: LimitedListener,
-    (router, tls): (Router, Option<TlsAcceptor>),
+    (router, tls): (Router, Option<Arc<LiveAcceptor>>),
     mut stop: tokio::sync::watch::Receiver<bool>,
-    header_read_timeout: std::time::Duration,
+    rules: ConnectionRules,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -213,29 +262,45 @@ pub async fn serve(
             (stream, _) = listener.next() => stream,
             () = stopping(&mut stop) => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let mut stop = stop.clone();
         let open = open.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|live| live.get());
         tokio::spawn(async move {
             // The handshake runs here, off the accept loop: a slow client holds only
             // its own connection.
-            let stream = match Connection::accept(stream, tls.as_ref(), header_read_timeout).await {
+            let accepted = Connection::accept(stream, tls.as_ref(), rules.header_read_timeout);
+            let stream = match accepted.await {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::debug!(%error, "TLS handshake failed");
                     return;
                 }
             };
+            let service = tower::ServiceBuilder::new()
+                .layer(axum::Extension(stream.info().clone()))
+                .layer(TrackRequestsLayer)
+                .service(router);
+            let service = TowerToHyperService::new(service);
             let mut builder = Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(rules.header_read_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(rules.keepalive_interval)
+                .keep_alive_timeout(rules.keepalive_timeout);
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
+            let too_old = tokio::time::sleep(rules.max_age);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                () = too_old => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(rules.max_age_grace, connection).await;
+                }
                 () = stopping(&mut stop) => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;

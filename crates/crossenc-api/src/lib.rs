@@ -11,10 +11,12 @@
 
 pub mod access;
 pub mod auth;
+pub mod budget;
 pub mod failure;
 pub mod grpc;
 pub mod http;
 pub mod listen;
+pub mod reload;
 pub mod request_id;
 pub mod rest;
 pub mod serve;

@@ -4,30 +4,48 @@
 //! kernel's backlog: a client learns at once. A connection that sends nothing within the
 //! first-byte timeout is closed, so that silent connections cannot hold the slots (the
 //! HTTP server's header timer starts only once a request begins, and HTTP/2 has none).
+//! A connection with no request in flight for the idle timeout is closed too: HTTP/2
+//! clients answer keepalive pings, so a connection can be silent of requests and still
+//! busy with bytes, and only the requests on it say whether it is in use.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::codegen::http;
+use tonic::transport::server::Connected;
+
+use crate::tls::LiveAcceptor;
 
 /// After an accept error (out of file descriptors, say), the pause before the next try.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// What a listener allows each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub connections: usize,
+    /// How long a new connection may stay silent (and take over its TLS handshake).
+    pub first_byte: Duration,
+    /// How long a connection may go with no request in flight.
+    pub idle: Duration,
+}
 
 /// A TCP listener that holds at most a fixed number of connections.
 pub struct LimitedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
-    limit: usize,
-    first_byte: Duration,
+    limits: ConnectionLimits,
     what: &'static str,
 }
 
@@ -37,21 +55,116 @@ pub struct LimitedStream {
     _slot: OwnedSemaphorePermit,
     /// Until the first byte arrives: when the connection is given up.
     silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    info: ConnectionInfo,
+    idle: Duration,
+    /// When to look again whether the connection has been idle too long.
+    idle_check: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Who a connection is and what it is doing, for the requests on it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub remote: SocketAddr,
+    pub activity: Arc<Activity>,
+}
+
+/// The requests in flight on one connection, and since when there have been none.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+/// A request in flight on its connection, until dropped.
+pub struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// When the connection becomes idle too long, as far as is known now: `None` while a
+    /// request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(*self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + idle)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // The stamp is taken before the count falls, so that a reader seeing none in
+        // flight sees this request's end.
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts each request as in flight on its connection (by the request's
+/// [`ConnectionInfo`]) until it is answered: what the idle timeout reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackRequestsLayer;
+
+impl<S> tower::Layer<S> for TrackRequestsLayer {
+    type Service = TrackRequests<S>;
+
+    fn layer(&self, inner: S) -> TrackRequests<S> {
+        TrackRequests { inner }
+    }
+}
+
+/// The service [`TrackRequestsLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct TrackRequests<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TrackRequests<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let in_flight = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|info| info.activity.begin());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        })
+    }
 }
 
 impl LimitedListener {
-    /// A listener holding at most `limit` connections, each closed if it sends nothing
-    /// within `first_byte`.
-    pub fn new(
-        listener: TcpListener,
-        (limit, first_byte): (usize, Duration),
-        what: &'static str,
-    ) -> Self {
+    /// A listener holding at most `limits.connections` connections, each closed if it
+    /// sends nothing within `limits.first_byte` or has no request for `limits.idle`.
+    pub fn new(listener: TcpListener, limits: ConnectionLimits, what: &'static str) -> Self {
         Self {
             listener,
-            slots: Arc::new(Semaphore::new(limit)),
-            limit,
-            first_byte,
+            slots: Arc::new(Semaphore::new(limits.connections)),
+            limits,
             what,
         }
     }
@@ -75,16 +188,25 @@ impl LimitedListener {
                 Ok(slot) => {
                     // Answers are small: send them at once rather than wait to coalesce.
                     let _ = stream.set_nodelay(true);
-                    let silent_until = Box::pin(tokio::time::sleep(self.first_byte));
+                    let ConnectionLimits {
+                        first_byte, idle, ..
+                    } = self.limits;
                     let stream = LimitedStream {
                         stream,
                         _slot: slot,
-                        silent_until: Some(silent_until),
+                        silent_until: Some(Box::pin(tokio::time::sleep(first_byte))),
+                        info: ConnectionInfo {
+                            remote: addr,
+                            activity: Activity::new(),
+                        },
+                        idle,
+                        idle_check: Box::pin(tokio::time::sleep(idle)),
                     };
                     return (stream, addr);
                 }
                 Err(_) => {
-                    tracing::warn!(listener = self.what, limit = self.limit, %addr, "at max_connections; closing a new connection");
+                    let limit = self.limits.connections;
+                    tracing::warn!(listener = self.what, limit, %addr, "at max_connections; closing a new connection");
                 }
             }
         }
@@ -95,7 +217,7 @@ impl LimitedListener {
     /// the first-byte timeout; a failed one is logged and dropped.
     pub fn into_connections(
         self,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<LiveAcceptor>>,
     ) -> impl futures_util::Stream<Item = Result<Connection, io::Error>> + Send {
         let (ready, incoming) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -104,8 +226,9 @@ impl LimitedListener {
                     accepted = self.next() => accepted,
                     () = ready.closed() => return,
                 };
-                let (tls, ready, timeout) = (tls.clone(), ready.clone(), self.first_byte);
+                let (tls, ready, timeout) = (tls.clone(), ready.clone(), self.limits.first_byte);
                 tokio::spawn(async move {
+                    let tls = tls.map(|live| live.get());
                     match Connection::accept(stream, tls.as_ref(), timeout).await {
                         Ok(connection) => {
                             let _ = ready.send(Ok(connection)).await;
@@ -145,14 +268,20 @@ impl Connection {
     }
 }
 
-impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
+impl Connection {
+    pub fn info(&self) -> &ConnectionInfo {
         match self {
-            Connection::Plain(stream) => stream.connect_info(),
-            Connection::Tls(stream) => stream.get_ref().0.connect_info(),
+            Connection::Plain(stream) => &stream.info,
+            Connection::Tls(stream) => &stream.get_ref().0.info,
         }
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info().clone()
     }
 }
 
@@ -209,11 +338,20 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-impl Connected for LimitedStream {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+impl LimitedStream {
+    /// Whether the connection has gone the idle timeout with no request; if not, the
+    /// check is set for the next moment it could have (and polled, to be woken then).
+    fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let next = match self.info.activity.idle_deadline(self.idle) {
+                Some(deadline) if deadline <= now => return true,
+                Some(deadline) => deadline,
+                None => now + self.idle,
+            };
+            self.idle_check.as_mut().reset(next);
+        }
+        false
     }
 }
 
@@ -225,6 +363,12 @@ impl AsyncRead for LimitedStream {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if read.is_pending() && self.idle_too_long(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request on the connection within the idle timeout",
+            )));
+        }
         let Some(silent_until) = self.silent_until.as_mut() else {
             return read;
         };
@@ -276,11 +420,42 @@ impl AsyncWrite for LimitedStream {
 mod tests {
     use super::*;
 
+    fn limits(connections: usize, first_byte_ms: u64, idle_ms: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            connections,
+            first_byte: Duration::from_millis(first_byte_ms),
+            idle: Duration::from_millis(idle_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_once_idle_but_never_while_a_request_is_in_flight() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let limited = LimitedListener::new(listener, limits(1, 60_000, 300), "test");
+        let mut client = TcpStream::connect(limited.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut held, _) = limited.next().await;
+        client.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(held.read(&mut byte).await.unwrap(), 1);
+        // Bytes alone (a client answering pings) do not keep it; a request does.
+        let request = held.info.activity.begin();
+        let busy = tokio::time::timeout(Duration::from_millis(900), held.read(&mut byte)).await;
+        assert!(busy.is_err(), "closed with a request in flight: {busy:?}");
+        drop(request);
+        let started = Instant::now();
+        let idle = held.read(&mut byte).await.unwrap_err();
+        assert_eq!(idle.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
     #[tokio::test]
     async fn connections_past_the_limit_are_closed_and_slots_come_back() {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let limited = LimitedListener::new(listener, (1, Duration::from_secs(60)), "test");
+        let limited = LimitedListener::new(listener, limits(1, 60_000, 60_000), "test");
         let addr = limited.local_addr().unwrap();
         let first = TcpStream::connect(addr).await.unwrap();
         let (held, _) = limited.next().await;
@@ -305,7 +480,7 @@ mod tests {
     async fn a_connection_that_sends_nothing_is_given_up_and_one_that_speaks_is_not() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let limited = LimitedListener::new(listener, (2, Duration::from_millis(200)), "test");
+        let limited = LimitedListener::new(listener, limits(2, 200, 60_000), "test");
         let addr = limited.local_addr().unwrap();
         let _silent = TcpStream::connect(addr).await.unwrap();
         let (mut silent, _) = limited.next().await;

@@ -241,6 +241,9 @@ where
 }
 
 fn json_rejection(rejection: JsonRejection) -> Failure {
+    if let Some(refusal) = crate::budget::refusal_in(&rejection) {
+        return Failure::new(ErrorClass::ResourceExhausted, refusal);
+    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return Failure::new(
             ErrorClass::PayloadTooLarge,

@@ -15,10 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{ApiKeys, KeyFileError};
+use crate::auth::{KeyFileError, LiveKeys};
+use crate::budget::{BodyBudget, GrpcBudgetLayer};
 use crate::grpc::{self, CrossEncoderService};
-use crate::http::{self, HttpState};
-use crate::listen::LimitedListener;
+use crate::http::{self, ConnectionRules, HttpState};
+use crate::listen::{ConnectionLimits, LimitedListener, TrackRequestsLayer};
+use crate::reload::Reload;
 use crate::request_id::RequestIdLayer;
 use crate::tls::{Tls, TlsError};
 
@@ -55,7 +57,11 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &ServeConfig) -> Result<Self, ApiError> {
         let server = &config.server;
-        let limits = (server.max_connections, server.http_header_read_timeout);
+        let limits = ConnectionLimits {
+            connections: server.max_connections,
+            first_byte: server.http_header_read_timeout,
+            idle: server.connection_idle_timeout,
+        };
         let grpc = bind("grpc_addr", server.grpc_addr).await?;
         let http = bind("http_addr", server.http_addr).await?;
         let admin = match server.admin_addr {
@@ -112,16 +118,19 @@ impl Faces {
         let server = &config.server;
         let max_request_bytes = bytes(server.max_request_bytes.as_u64());
         let tls = Tls::load(server)?;
-        let keys = Arc::new(ApiKeys::load(server)?);
+        let keys = LiveKeys::for_api(server)?;
+        let admin_keys = LiveKeys::for_admin(server)?;
+        let budget = BodyBudget::new(bytes(server.max_inflight_request_bytes.as_u64()));
         // Present at 0 from the start, so that increase() sees the first refusal.
         for method in grpc::KEYED_METHODS.iter().chain(http::KEYED_ROUTES) {
             let labels = MethodLabels { method };
             let _ = pipeline.metrics.auth_failures.get_or_create(&labels);
         }
         warn_if_exposed(config, &listeners, tls.is_some(), !keys.is_empty());
-        if let Some(tls) = &tls {
-            tokio::spawn(tls.clone().watch(state.stop.clone()));
-        }
+        let mut reloaders: Vec<Arc<dyn Reload>> =
+            vec![Arc::clone(&keys) as _, Arc::clone(&admin_keys) as _];
+        reloaders.extend(tls.iter().flat_map(Tls::reloaders));
+        tokio::spawn(crate::reload::watch(reloaders, state.stop.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
@@ -141,10 +150,15 @@ impl Faces {
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .max_concurrent_streams(server.http2_max_concurrent_streams)
+                .http2_keepalive_interval(Some(server.http2_keepalive_interval))
+                .http2_keepalive_timeout(Some(server.http2_keepalive_timeout))
+                .max_connection_age(server.max_connection_age)
+                .max_connection_age_grace(server.max_connection_age_grace)
                 // A call whose message never finishes arriving gives its request slot
                 // back: the client's deadline, or a little past the default one (which
                 // the handler answers itself once the message is in).
                 .timeout(server.default_deadline + STALLED_CALL_MARGIN)
+                .layer(TrackRequestsLayer)
                 .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
                 .layer(RequestIdLayer)
                 .layer(grpc::RuleLayer(grpc::KeyCheck {
@@ -152,6 +166,7 @@ impl Faces {
                     metrics: Arc::clone(&pipeline.metrics),
                 }))
                 .layer(grpc::RuleLayer(grpc::Gate(Arc::clone(&pipeline))))
+                .layer(GrpcBudgetLayer(Arc::clone(&budget)))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(service)
@@ -171,24 +186,27 @@ impl Faces {
             request_timeout: server.http_request_timeout,
             model_name: config.model.served_name().into(),
             keys,
+            admin_keys,
+            budget,
         };
         let split = listeners.admin.is_some();
         let router = http::router(http_state.clone(), !split);
-        let header_timeout = server.http_header_read_timeout;
+        let rules = ConnectionRules {
+            header_read_timeout: server.http_header_read_timeout,
+            keepalive_interval: server.http2_keepalive_interval,
+            keepalive_timeout: server.http2_keepalive_timeout,
+            max_age: server.max_connection_age,
+            max_age_grace: server.max_connection_age_grace,
+        };
         let http = tokio::spawn(http::serve(
             listeners.http,
             (router, tls.map(|t| t.http)),
             state.stop.clone(),
-            header_timeout,
+            rules,
         ));
         let admin = listeners.admin.map(|listener| {
             let router = http::admin_router(http_state);
-            tokio::spawn(http::serve(
-                listener,
-                (router, None),
-                state.stop,
-                header_timeout,
-            ))
+            tokio::spawn(http::serve(listener, (router, None), state.stop, rules))
         });
         Ok(Self {
             grpc,

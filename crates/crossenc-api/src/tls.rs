@@ -1,12 +1,12 @@
 //! TLS on the gRPC and HTTP listeners, with rustls (ring): the certificate and key from
 //! PEM files, optionally client certificates checked against a CA (mutual TLS), and the
-//! files re-read on SIGHUP or when they change, so that a rotated certificate is served
-//! to the next connection while open ones carry on.
+//! files re-read on SIGHUP or when they change ([`crate::reload`]), so that a rotated
+//! certificate or client CA serves the next connection while open ones carry on.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
 
+use crate::reload::{Reload, WatchedFiles};
 use crossenc_config::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -14,11 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig as RustlsConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-
-/// How often the certificate files are checked for a change.
-const FILE_CHECK: Duration = Duration::from_secs(2);
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +25,32 @@ pub struct TlsError {
     reason: String,
 }
 
-/// The acceptors of both listeners, sharing one certificate that can be replaced.
+/// The acceptors of both listeners, sharing one certificate that can be replaced; the
+/// acceptors themselves are replaced when the client CA changes.
 #[derive(Clone)]
 pub struct Tls {
     /// Offers HTTP/2 only: gRPC.
-    pub grpc: TlsAcceptor,
+    pub grpc: Arc<LiveAcceptor>,
     /// Offers HTTP/2 and HTTP/1.1.
-    pub http: TlsAcceptor,
+    pub http: Arc<LiveAcceptor>,
     certificate: Arc<ReloadingCertificate>,
+    client_ca: Option<Arc<ReloadingClientCa>>,
+}
+
+/// A TLS acceptor that can be swapped while connections are accepted: each new
+/// connection takes the current one; open ones keep theirs.
+pub struct LiveAcceptor {
+    current: RwLock<TlsAcceptor>,
+    alpn: &'static [&'static [u8]],
+}
+
+impl LiveAcceptor {
+    pub fn get(&self) -> TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl Tls {
@@ -53,70 +67,111 @@ impl Tls {
         };
         let certificate = Arc::new(ReloadingCertificate {
             current: RwLock::new(Arc::new(files.load(&provider)?)),
-            stamp: RwLock::new(files.stamp()),
+            watched: WatchedFiles::new(
+                "server.tls_cert_file",
+                vec![files.cert.clone(), files.key.clone()],
+            ),
             files,
             provider: Arc::clone(&provider),
         });
         let client_ca = &server.tls_client_ca_file;
-        let client_ca = (!client_ca.as_os_str().is_empty()).then_some(client_ca.as_path());
-        let acceptor = |alpn: &[&[u8]]| -> Result<TlsAcceptor, TlsError> {
-            let config = server_config(&provider, &certificate, client_ca, alpn)?;
-            Ok(TlsAcceptor::from(Arc::new(config)))
+        let roots = match client_ca.as_os_str().is_empty() {
+            true => None,
+            false => Some(read_client_ca(client_ca)?),
         };
+        let acceptor = |alpn: &'static [&'static [u8]]| -> Result<Arc<LiveAcceptor>, TlsError> {
+            let config = server_config(&provider, &certificate, roots.clone(), alpn)?;
+            Ok(Arc::new(LiveAcceptor {
+                current: RwLock::new(TlsAcceptor::from(Arc::new(config))),
+                alpn,
+            }))
+        };
+        let (grpc, http) = (acceptor(&[b"h2"])?, acceptor(&[b"h2", b"http/1.1"])?);
+        let client_ca = roots.is_some().then(|| {
+            Arc::new(ReloadingClientCa {
+                watched: WatchedFiles::new("server.tls_client_ca_file", vec![client_ca.clone()]),
+                acceptors: [Arc::clone(&grpc), Arc::clone(&http)],
+                certificate: Arc::clone(&certificate),
+            })
+        });
         Ok(Some(Self {
-            grpc: acceptor(&[b"h2"])?,
-            http: acceptor(&[b"h2", b"http/1.1"])?,
+            grpc,
+            http,
             certificate,
+            client_ca,
         }))
     }
 
-    /// Re-reads the certificate on SIGHUP, and whenever its files change, until `stop`.
-    /// A file that cannot be read or does not match keeps the served certificate, with
-    /// an error in the log.
-    pub async fn watch(self, mut stop: watch::Receiver<bool>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        let mut ticker = tokio::time::interval(FILE_CHECK);
-        loop {
-            let asked = tokio::select! {
-                _ = ticker.tick() => false,
-                Some(()) = recv(&mut hangup) => true,
-                _ = stop.wait_for(|&s| s) => return,
+    /// What [`crate::reload::watch`] reads again: the certificate and key, and the
+    /// client CA.
+    pub fn reloaders(&self) -> Vec<Arc<dyn Reload>> {
+        let mut reloaders: Vec<Arc<dyn Reload>> = vec![Arc::clone(&self.certificate) as _];
+        if let Some(client_ca) = &self.client_ca {
+            reloaders.push(Arc::clone(client_ca) as _);
+        }
+        reloaders
+    }
+}
+
+/// The client CA file: when it changes, both acceptors are rebuilt with its roots; a
+/// file that cannot be read keeps the roots in force.
+struct ReloadingClientCa {
+    watched: WatchedFiles,
+    acceptors: [Arc<LiveAcceptor>; 2],
+    certificate: Arc<ReloadingCertificate>,
+}
+
+impl Reload for ReloadingClientCa {
+    fn refresh(&self, asked: bool) {
+        if !self.watched.changed(asked) {
+            return;
+        }
+        let provider = &self.certificate.provider;
+        let rebuilt = read_client_ca(self.watched.first()).and_then(|roots| {
+            let build = |live: &LiveAcceptor| {
+                server_config(provider, &self.certificate, Some(roots.clone()), live.alpn)
             };
-            let certificate = Arc::clone(&self.certificate);
-            let _ = tokio::task::spawn_blocking(move || certificate.refresh(asked)).await;
+            Ok([build(&self.acceptors[0])?, build(&self.acceptors[1])?])
+        });
+        match rebuilt {
+            Ok(configs) => {
+                for (live, config) in self.acceptors.iter().zip(configs) {
+                    let acceptor = TlsAcceptor::from(Arc::new(config));
+                    *live.current.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+                }
+                tracing::info!(file = %self.watched.first().display(), "TLS client CA reloaded");
+            }
+            Err(error) => {
+                tracing::error!(%error, "TLS client CA not reloaded; the previous one stays in force")
+            }
         }
     }
 }
 
-async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
+fn read_client_ca(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let fail = |reason: String| tls_error("server.tls_client_ca_file", path, reason);
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(path).map_err(fail)? {
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
     }
+    Ok(Arc::new(roots))
 }
 
 fn server_config(
     provider: &Arc<CryptoProvider>,
     certificate: &Arc<ReloadingCertificate>,
-    client_ca: Option<&Path>,
+    client_roots: Option<Arc<RootCertStore>>,
     alpn: &[&[u8]],
 ) -> Result<RustlsConfig, TlsError> {
     let builder = RustlsConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("server.tls_cert_file", Path::new(""), e))?;
-    let builder = match client_ca {
+    let builder = match client_roots {
         None => builder.with_no_client_auth(),
-        Some(path) => {
-            let fail = |reason: String| tls_error("server.tls_client_ca_file", path, reason);
-            let mut roots = RootCertStore::empty();
-            for cert in read_certificates(path).map_err(fail)? {
-                roots.add(cert).map_err(|e| fail(e.to_string()))?;
-            }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
-                    .build()
-                    .map_err(|e| fail(e.to_string()))?;
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider))
+                .build()
+                .map_err(|e| tls_error("server.tls_client_ca_file", Path::new(""), e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -169,32 +224,23 @@ impl CertificateFiles {
             tls_error("server.tls_key_file", &self.key, reason)
         })
     }
-
-    /// When each file last changed, to notice a rotation.
-    fn stamp(&self) -> [Option<SystemTime>; 2] {
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        [modified(&self.cert), modified(&self.key)]
-    }
 }
 
 /// The certificate every new handshake gets: replaced whole when the files change.
 #[derive(Debug)]
 struct ReloadingCertificate {
     current: RwLock<Arc<CertifiedKey>>,
-    stamp: RwLock<[Option<SystemTime>; 2]>,
+    watched: WatchedFiles,
     files: CertificateFiles,
     provider: Arc<CryptoProvider>,
 }
 
-impl ReloadingCertificate {
+impl Reload for ReloadingCertificate {
     /// Re-reads the files if they changed since the last read, or if `asked` (SIGHUP).
     fn refresh(&self, asked: bool) {
-        let stamp = self.files.stamp();
-        let changed = *self.stamp.read().unwrap_or_else(|e| e.into_inner()) != stamp;
-        if !(asked || changed) {
+        if !self.watched.changed(asked) {
             return;
         }
-        *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = stamp;
         match self.files.load(&self.provider) {
             Ok(certificate) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certificate);

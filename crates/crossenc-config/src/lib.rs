@@ -78,6 +78,26 @@ pub struct ServerConfig {
     /// between requests) before its connection is closed.
     #[serde(with = "humantime_serde")]
     pub http_header_read_timeout: Duration,
+    /// An HTTP/2 connection (gRPC, or HTTP/2 on the HTTP port) with no request in flight
+    /// for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
+    /// Every connection is asked to close (HTTP/2 GOAWAY; HTTP/1.1 after its request)
+    /// once it is this old, so that no client holds one for ever.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// How long requests in flight on a connection past its age may take before it is cut.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
+    /// How often the server pings an HTTP/2 connection's client.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// A connection whose client does not answer a ping within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// Request bodies being received, decoded and served at once, in bytes; a body past
+    /// it waits briefly for room, then its request is refused (429 / RESOURCE_EXHAUSTED).
+    pub max_inflight_request_bytes: ByteSize,
     /// Where /metrics, /health, /ready and /openapi.json listen, apart from the API, in
     /// plain HTTP; `None` (`""`): on `http_addr`, beside the API.
     #[serde(with = "optional_addr")]
@@ -93,8 +113,12 @@ pub struct ServerConfig {
     /// Keys a client must send (`Authorization: Bearer KEY`, gRPC `authorization`
     /// metadata). Empty, with no `api_key_file`: no key needed.
     pub api_keys: Vec<ApiKey>,
-    /// A file of keys, one per line (blank lines and `#` comments skipped), read at start.
+    /// A file of keys, one per line (blank lines and `#` comments skipped), read at start
+    /// and again on SIGHUP or when it changes.
     pub api_key_file: PathBuf,
+    /// A file of keys (as `api_key_file`) for the admin port's /metrics and /openapi.json;
+    /// empty: the admin port is open (guard it with a network policy).
+    pub admin_api_key_file: PathBuf,
 }
 
 /// What model workers compute in.
@@ -227,12 +251,19 @@ impl Default for ServerConfig {
             max_connections: 4096,
             http2_max_concurrent_streams: 256,
             http_header_read_timeout: Duration::from_secs(30),
+            connection_idle_timeout: Duration::from_secs(120),
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(60),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            max_inflight_request_bytes: ByteSize::mib(512),
             admin_addr: None,
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
             tls_client_ca_file: PathBuf::new(),
             api_keys: Vec::new(),
             api_key_file: PathBuf::new(),
+            admin_api_key_file: PathBuf::new(),
         }
     }
 }
@@ -343,6 +374,28 @@ impl ServerConfig {
         !self.tls_cert_file.as_os_str().is_empty()
     }
 
+    fn check_connections(&self, c: &mut Checks) {
+        c.positive(
+            "server.connection_idle_timeout",
+            self.connection_idle_timeout,
+        );
+        c.positive("server.max_connection_age", self.max_connection_age);
+        c.positive(
+            "server.http2_keepalive_interval",
+            self.http2_keepalive_interval,
+        );
+        c.positive(
+            "server.http2_keepalive_timeout",
+            self.http2_keepalive_timeout,
+        );
+        c.require(
+            self.max_inflight_request_bytes.as_u64() >= self.max_request_bytes.as_u64(),
+            "server.max_inflight_request_bytes",
+            self.max_inflight_request_bytes.as_u64(),
+            "must hold at least one request of server.max_request_bytes",
+        );
+    }
+
     fn check_security(&self, c: &mut Checks) {
         let given = |p: &PathBuf| !p.as_os_str().is_empty();
         c.require(
@@ -365,6 +418,12 @@ impl ServerConfig {
                 "each key must be at least 16 characters",
             );
         }
+        c.require(
+            !given(&self.admin_api_key_file) || self.admin_addr.is_some(),
+            "server.admin_api_key_file",
+            self.admin_api_key_file.display(),
+            "guards server.admin_addr: set it, or the admin routes share http_addr and its api keys",
+        );
         if let Some(admin) = self.admin_addr {
             let clashes = admin == self.grpc_addr || admin == self.http_addr;
             c.require(
@@ -445,6 +504,7 @@ impl ServeConfig {
             server.http_header_read_timeout,
         );
         c.at_least_one("server.max_connections", server.max_connections);
+        server.check_connections(&mut c);
         server.check_security(&mut c);
         c.require(
             server.http2_max_concurrent_streams >= 1,
