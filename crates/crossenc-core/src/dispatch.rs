@@ -10,7 +10,11 @@
 //! is bisected: each half runs alone on an idle worker, a half that kills its worker is
 //! halved again, and a pair that kills a worker alone is a poison input whose request
 //! fails with INTERNAL. A poison pair in a batch of n costs about log2(n) worker deaths,
-//! never a crash loop, and every other pair is scored. Pairs that go back to the queue
+//! never a crash loop, and every other pair is scored; the search's runs are bounded by
+//! the batch (at most 2n - 1 for n pairs: each run halves its group) and counted in
+//! `crossenc_poison_search_runs_total`. The search takes one worker, reserved until it
+//! ends; the others keep taking new batches meanwhile, so that one bad request holds
+//! back only itself (with a single model worker, new batches wait for the search). Pairs that go back to the queue
 //! count against `max_queued_pairs` again. While no model worker is up, pairs wait for
 //! the respawn at most `no_worker_patience`, then their requests fail with UNAVAILABLE.
 
@@ -108,6 +112,8 @@ impl ModelDispatch {
             in_flight: HashMap::new(),
             suspects: VecDeque::new(),
             isolating: HashMap::new(),
+            searching_on: None,
+            batch_turn: false,
             next_batch: 0,
             joined: models.changes(),
             models,
@@ -187,6 +193,12 @@ struct DispatchTask {
     /// Workers (by their set's serial) running a suspect group alone: they get nothing
     /// else meanwhile, so that their death is the group's doing and no other pair's.
     isolating: HashMap<u64, u64>,
+    /// The worker (by serial) the search runs on while suspects wait: it takes no new
+    /// batches, so that it runs dry and the next group finds it idle.
+    searching_on: Option<u64>,
+    /// With one model worker up, the search and new batches take turns: a suspect group
+    /// was the last thing sent, so a new batch goes next.
+    batch_turn: bool,
     next_batch: u64,
     models: Arc<WorkerSet>,
     /// Changes when a model worker joins or leaves: pairs waiting for one can go.
@@ -231,18 +243,42 @@ impl DispatchTask {
         self.scheduler.deadline()
     }
 
-    /// A worker that can take the next batch: one with room, or an idle one while a
-    /// suspect group waits.
+    /// A worker with room for the next new batch: neither running a suspect group nor
+    /// kept for the search.
     fn free_worker(&self) -> Option<Arc<Member>> {
-        let room = if self.suspects.is_empty() {
-            self.limits.batches_per_worker
-        } else {
-            1
-        };
-        let isolating = |m: &Member| self.isolating.values().any(|&s| s == m.serial());
+        let busy = |m: &Member| self.isolating.values().any(|&s| s == m.serial());
+        let kept = |m: &Member| self.searching_on == Some(m.serial());
         self.models
-            .least_loaded_where(|m| !isolating(m))
-            .filter(|m| m.load() < room)
+            .least_loaded_where(|m| !busy(m) && !kept(m))
+            .filter(|m| m.load() < self.limits.batches_per_worker)
+    }
+
+    /// The worker for the next suspect group, once it is idle. The search keeps one
+    /// worker (the least loaded when it starts, or after its worker died) until no
+    /// suspect is left; while only one is up, it gives that one back between groups for
+    /// a new batch, if one waits.
+    fn search_worker(&mut self) -> Option<Arc<Member>> {
+        let alone = self.models.alive_count() == 1;
+        let yields = alone && self.batch_turn && !self.scheduler.is_empty();
+        if self.suspects.is_empty() || yields {
+            if self.isolating.is_empty() {
+                self.searching_on = None;
+            }
+            return None;
+        }
+        let kept = self.searching_on;
+        let worker = match kept
+            .and_then(|serial| self.models.least_loaded_where(|m| m.serial() == serial))
+        {
+            Some(worker) => worker,
+            None => {
+                let worker = self.models.least_loaded()?;
+                self.searching_on = Some(worker.serial());
+                worker
+            }
+        };
+        let isolating = self.isolating.values().any(|&s| s == worker.serial());
+        (worker.load() == 0 && !isolating).then_some(worker)
     }
 
     fn handle(&mut self, command: Command) {
@@ -318,20 +354,19 @@ impl DispatchTask {
             return;
         }
         self.no_worker_since = None;
-        while !self.suspects.is_empty() {
-            let Some(worker) = self.free_worker() else {
+        while let Some(worker) = self.search_worker() {
+            let Some(mut group) = self.suspects.pop_front() else {
                 break;
             };
-            let mut group = self.suspects.pop_front().expect("not empty");
             // Pairs of requests that went away or failed are not worth a worker's life.
             group.retain(|pair| self.requests.contains_key(&pair.request));
             if !group.is_empty() {
+                self.metrics.poison_search_runs.inc();
                 self.send_pairs(worker, group, true);
+                self.batch_turn = true;
             }
         }
-        // New batches wait until every suspect group has run, or they would keep the
-        // workers from ever being idle.
-        while let Some(worker) = self.free_worker().filter(|_| self.suspects.is_empty()) {
+        while let Some(worker) = self.free_worker() {
             let deciding = now();
             let Some(batch) = self.scheduler.next_batch(deciding) else {
                 break;
@@ -340,6 +375,7 @@ impl DispatchTask {
                 .scheduler_latency
                 .observe(deciding.elapsed().as_secs_f64());
             self.send(worker, batch);
+            self.batch_turn = false;
         }
         self.publish_waiting();
     }

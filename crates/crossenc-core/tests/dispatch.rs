@@ -243,3 +243,63 @@ async fn requeued_pairs_count_against_the_queue_limit_again() {
     assert_eq!(pipeline.admission.queued_pairs(), 0);
     assert!(score(&pipeline, &["docR"]).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_poison_search_keeps_one_worker_and_the_others_serve_new_requests_meanwhile() {
+    let mut limits = limits();
+    limits.scheduler.max_batch_size = 8;
+    let (pipeline, log) = pipeline(limits, 2, true);
+    let poisoned: Vec<String> = (0..8)
+        .map(|i| match i {
+            5 => "POISON".to_string(),
+            _ => format!("docP{i}"),
+        })
+        .collect();
+    let poisoned: Vec<&str> = poisoned.iter().map(String::as_str).collect();
+    let searching = {
+        let pipeline = Arc::clone(&pipeline);
+        let poisoned: Vec<String> = poisoned.iter().map(|d| d.to_string()).collect();
+        tokio::spawn(async move {
+            let poisoned: Vec<&str> = poisoned.iter().map(String::as_str).collect();
+            let failed = score(&pipeline, &poisoned).await;
+            (failed, tokio::time::Instant::now())
+        })
+    };
+    // The first death (after tokenizing and one batch) starts the search, which takes
+    // three more deaths and their respawns; requests that come during it are answered
+    // between its runs, long before it ends.
+    let during: Vec<_> = (0..6)
+        .map(|i| {
+            let pipeline = Arc::clone(&pipeline);
+            tokio::spawn(async move {
+                tokio::time::sleep(COMPUTE * (3 + 10 * i)).await;
+                let document = format!("docL{i}");
+                let scores = score(&pipeline, &[document.as_str()]).await.unwrap();
+                assert_eq!(scores.scores, expected(&[document.as_str()]));
+                tokio::time::Instant::now()
+            })
+        })
+        .collect();
+    let (failed, search_ended) = searching.await.unwrap();
+    assert!(
+        matches!(failed, Err(PipelineError::Poison { index: 5 })),
+        "{failed:?}"
+    );
+    let deaths = log.deaths.lock().unwrap().len();
+    assert!(deaths >= 3, "the search ran: {deaths} deaths");
+    let mut answered_during = Vec::new();
+    for request in during {
+        answered_during.push(request.await.unwrap());
+    }
+    let before_the_end = answered_during
+        .iter()
+        .filter(|&&at| at < search_ended)
+        .count();
+    assert!(
+        before_the_end >= 5,
+        "new requests waited for the search: answered {answered_during:?}, search ended {search_ended:?}"
+    );
+    let runs = pipeline.metrics.poison_search_runs.get();
+    // Eight pairs: 2 groups of 4, 2 of 2, 2 of 1 at most on the poison's path.
+    assert!((3..=2 * 8 - 1).contains(&runs), "{runs} search runs");
+}

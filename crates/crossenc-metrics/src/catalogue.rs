@@ -117,6 +117,12 @@ pub const WORKER_RESTARTS: MetricSpec = spec(
     &["worker_type"],
     "Workers started again after one exited",
 );
+pub const POISON_SEARCH_RUNS: MetricSpec = spec(
+    "poison_search_runs",
+    C,
+    &[],
+    "Groups of pairs run alone on a model worker to find the pair that crashed one",
+);
 pub const WORKER_STATS_DROPPED: MetricSpec = spec(
     "worker_stats_dropped",
     C,
@@ -337,6 +343,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
     TOTAL_TOKENS,
     WORKER_REQUEST_COUNT,
     WORKER_RESTARTS,
+    POISON_SEARCH_RUNS,
     WORKER_STATS_DROPPED,
     REQUEST_LATENCY,
     TOKENIZATION_LATENCY,

@@ -180,6 +180,7 @@ pub struct Metrics {
     pub total_tokens: Counter,
     pub worker_request_count: Family<WorkerLabels, Counter>,
     pub worker_restarts: Family<PoolLabels, Counter>,
+    pub poison_search_runs: Counter,
     pub worker_stats_dropped: Family<PoolLabels, Counter>,
     pub request_latency: Family<MethodLabels, Histogram, Buckets>,
     pub tokenization_latency: Histogram,
@@ -270,6 +271,7 @@ impl Metrics {
             total_tokens: r.add(TOTAL_TOKENS, Counter::default()),
             worker_request_count: r.add(WORKER_REQUEST_COUNT, Family::default()),
             worker_restarts: r.add(WORKER_RESTARTS, Family::default()),
+            poison_search_runs: r.add(POISON_SEARCH_RUNS, Counter::default()),
             worker_stats_dropped: r.add(WORKER_STATS_DROPPED, Family::default()),
             request_latency: r.add(
                 REQUEST_LATENCY,
