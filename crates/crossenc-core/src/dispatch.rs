@@ -74,6 +74,8 @@ struct InFlight {
     sent: Instant,
     /// Ran alone on its worker, as part of a bisection.
     isolated: bool,
+    /// The worker's serial: a worker runs its batches one at a time, in the order sent.
+    worker: u64,
 }
 
 /// How the dispatch task treats its workers.
@@ -114,6 +116,7 @@ impl ModelDispatch {
             isolating: HashMap::new(),
             searching_on: None,
             batch_turn: false,
+            behind_a_death: Vec::new(),
             next_batch: 0,
             joined: models.changes(),
             models,
@@ -196,6 +199,9 @@ struct DispatchTask {
     /// The worker (by serial) the search runs on while suspects wait: it takes no new
     /// batches, so that it runs dry and the next group finds it idle.
     searching_on: Option<u64>,
+    /// Batches a dead worker held behind an older batch whose reply has not come yet:
+    /// (batch, worker serial, pairs).
+    behind_a_death: Vec<(u64, u64, Vec<QueuedPair>)>,
     /// With one model worker up, the search and new batches take turns: a suspect group
     /// was the last thing sent, so a new batch goes next.
     batch_turn: bool,
@@ -425,6 +431,7 @@ impl DispatchTask {
                 pairs,
                 sent,
                 isolated,
+                worker: worker.serial(),
             },
         );
         let pending = worker.submit(Work::Score(builder.finish()), requests);
@@ -462,12 +469,21 @@ impl DispatchTask {
     }
 
     /// Puts a batch's scores in place and answers the requests it completed; a batch
-    /// whose worker died goes back to the scheduler.
+    /// whose worker died goes to the search, or back to the scheduler if it never ran.
     fn finish(&mut self, reply: BatchReply) {
+        let worker = self.in_flight.get(&reply.batch).map(|flight| flight.worker);
+        self.finish_batch(reply);
+        if let Some(worker) = worker {
+            self.settle_behind(worker);
+        }
+    }
+
+    fn finish_batch(&mut self, reply: BatchReply) {
         let Some(InFlight {
             pairs,
             sent,
             isolated,
+            worker,
         }) = self.in_flight.remove(&reply.batch)
         else {
             return;
@@ -483,8 +499,22 @@ impl DispatchTask {
                 };
                 return self.fail_pairs(&pairs, error);
             }
+            // A worker runs its batches one at a time, oldest first: of those a dead
+            // worker held, only the oldest was running. One behind an older batch whose
+            // reply has not come waits for it, to learn which it was.
+            Err(PipelineError::Job(JobError::WorkerGone { .. }))
+                if self.older_in_flight(reply.batch, worker) =>
+            {
+                self.behind_a_death.push((reply.batch, worker, pairs));
+                return;
+            }
             Err(PipelineError::Job(JobError::WorkerGone { .. })) => {
-                return self.bisect(pairs, isolated)
+                self.bisect(pairs, isolated);
+                // Those behind it never started: they go back as they were.
+                for pairs in self.take_behind(worker) {
+                    self.put_back(pairs, false);
+                }
+                return;
             }
             Err(PipelineError::Job(JobError::NotDelivered { .. })) => {
                 return self.put_back(pairs, isolated)
@@ -516,6 +546,44 @@ impl DispatchTask {
                 gathering.scores.stages.inference = timing.compute;
                 let _ = gathering.reply.send(Ok(gathering.scores));
             }
+        }
+    }
+
+    /// Whether `worker` still owes a reply for a batch older than `batch`.
+    fn older_in_flight(&self, batch: u64, worker: u64) -> bool {
+        self.in_flight
+            .iter()
+            .any(|(&other, flight)| other < batch && flight.worker == worker)
+    }
+
+    /// The batches of a dead `worker` that were waiting to learn their fate, oldest first.
+    fn take_behind(&mut self, worker: u64) -> Vec<Vec<QueuedPair>> {
+        let (mut theirs, others) = std::mem::take(&mut self.behind_a_death)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(_, w, _)| *w == worker);
+        self.behind_a_death = others;
+        theirs.sort_by_key(|(batch, _, _)| *batch);
+        theirs.into_iter().map(|(_, _, pairs)| pairs).collect()
+    }
+
+    /// An older batch of `worker` was answered: if batches of it wait behind a death and
+    /// none older is owed, the oldest of them was the one running when it died.
+    fn settle_behind(&mut self, worker: u64) {
+        let oldest = self
+            .behind_a_death
+            .iter()
+            .filter(|(_, w, _)| *w == worker)
+            .map(|(batch, _, _)| *batch)
+            .min();
+        if oldest.is_none_or(|b| self.older_in_flight(b, worker)) {
+            return;
+        }
+        let mut behind = self.take_behind(worker).into_iter();
+        if let Some(running) = behind.next() {
+            self.bisect(running, false);
+        }
+        for pairs in behind {
+            self.put_back(pairs, false);
         }
     }
 
