@@ -256,7 +256,7 @@ impl Default for ServerConfig {
             max_connection_age_grace: Duration::from_secs(60),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
-            max_inflight_request_bytes: ByteSize::mib(512),
+            max_inflight_request_bytes: ByteSize::mib(256),
             admin_addr: None,
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
