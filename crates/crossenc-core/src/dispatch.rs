@@ -12,7 +12,7 @@
 //! fails with INTERNAL. A poison pair in a batch of n costs about log2(n) worker deaths,
 //! never a crash loop, and every other pair is scored; the search's runs are bounded by
 //! the batch (at most 2n - 1 for n pairs: each run halves its group) and counted in
-//! `crossenc_poison_search_runs_total`. The search takes one worker, reserved until it
+//! `poison_search_runs_total`. The search takes one worker, reserved until it
 //! ends; the others keep taking new batches meanwhile, so that one bad request holds
 //! back only itself (with a single model worker, new batches wait for the search). Pairs that go back to the queue
 //! count against `max_queued_pairs` again. While no model worker is up, pairs wait for
