@@ -415,11 +415,12 @@ async fn the_secure_overlays_arguments_serve_its_secrets_and_take_a_rotation_liv
     crossenc_bench::without_caller_settings(&mut command);
     let mut child = command
         .args(&args)
+        .envs(container_env(container))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("crossenc starts with the secure overlay's arguments");
-    let mut stop = StopOnDrop(&mut child);
+    let stop = StopOnDrop(&mut child);
     // The probes' port stays plain HTTP without a key.
     let started = Instant::now();
     while !matches!(http_get(admin, "/ready"), Ok((200, _))) {
@@ -489,6 +490,21 @@ fn local_arguments(container: &Value) -> (Vec<String>, HashMap<u64, SocketAddr>)
     (args, moved)
 }
 
+/// The container's environment (plain values).
+fn container_env(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn the_deployments_own_arguments_serve_its_probes_and_ports() {
     let base = objects(&render("deploy/kubernetes"));
@@ -507,17 +523,7 @@ fn the_deployments_own_arguments_serve_its_probes_and_ports() {
             )
         })
         .collect();
-    let env: Vec<(String, String)> = container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap().into(),
-                e["value"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let env = container_env(container);
     let mut command = Command::new(BINARY);
     crossenc_bench::without_caller_settings(&mut command);
     let mut child = command
