@@ -17,12 +17,12 @@ use tokio::net::TcpStream;
 use super::*;
 
 const SLOW: usize = 150;
-const NORMAL_REQUESTS: usize = 300;
+const NORMAL_REQUESTS: usize = 1000;
 
 /// Settings that make the test's timeouts short, all as an operator would set them.
 const SETTINGS: &[(&str, &str)] = &[
-    ("CROSSENC_SERVER__HTTP_REQUEST_TIMEOUT", "10s"),
-    ("CROSSENC_SERVER__DEFAULT_DEADLINE", "10s"),
+    ("CROSSENC_SERVER__HTTP_REQUEST_TIMEOUT", "25s"),
+    ("CROSSENC_SERVER__DEFAULT_DEADLINE", "25s"),
     ("CROSSENC_SERVER__CONNECTION_IDLE_TIMEOUT", "8s"),
     ("CROSSENC_SERVER__MAX_CONNECTION_AGE", "60s"),
     ("CROSSENC_SERVER__MAX_CONNECTION_AGE_GRACE", "10s"),
