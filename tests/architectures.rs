@@ -7,49 +7,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
-use support::{post_json, workspace, TestServer, BINARY};
-
-/// One row of a fixture's goldens.jsonl: a pair, transformers' logits for every label,
-/// and the pair's tokens after truncation.
-#[derive(Debug, serde::Deserialize)]
-struct Golden {
-    query: String,
-    document: String,
-    logits: Vec<f64>,
-    tokens: u64,
-    /// A decoder's instruction (`None`: the template's default).
-    #[serde(default)]
-    instruction: Option<String>,
-}
-
-impl Golden {
-    /// The raw score crossenc answers: the logit, or for two labels the second's less
-    /// the first's.
-    fn raw(&self) -> f64 {
-        match self.logits[..] {
-            [logit] => logit,
-            [negative, positive] => positive - negative,
-            _ => panic!("a fixture with {} labels", self.logits.len()),
-        }
-    }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    workspace().join("tests/fixtures/models").join(name)
-}
-
-fn goldens(name: &str) -> Vec<Golden> {
-    let path = fixture(name).join("goldens.jsonl");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a golden row"))
-        .collect()
-}
+use support::{fixture, goldens, post_json, Golden, ModelCopy, TestServer, BINARY};
 
 /// What the model's own default activation makes of a raw score.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +25,7 @@ enum Expected {
 async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected) {
     let server = TestServer::start_on(&fixture(name), &["--model-threads", "1"]);
     let mut client = server.client().await;
-    let rows = goldens(name);
+    let rows = goldens(&fixture(name).join("goldens.jsonl"));
     let pairs: Vec<Pair> = rows
         .iter()
         .map(|g| Pair {
@@ -81,14 +43,14 @@ async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected
     assert_eq!(raw.tokens, rows.iter().map(|g| g.tokens).sum::<u64>());
     let mut worst = 0f64;
     for (golden, &score) in rows.iter().zip(&raw.scores) {
-        let error = (f64::from(score) - golden.raw()).abs();
+        let error = (f64::from(score) - golden.score).abs();
         worst = worst.max(error);
         assert!(
             error < 1e-4,
             "{name}: {:?} / {:.60?}: {score} vs transformers {}",
             golden.query,
             golden.document,
-            golden.raw()
+            golden.score
         );
     }
     eprintln!("{name}: largest raw score error against transformers {worst:e}");
@@ -102,8 +64,8 @@ async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected
     let scored = client.infer(ask(false)).await.unwrap().into_inner();
     for (golden, &score) in rows.iter().zip(&scored.scores) {
         let expected = match activation {
-            Expected::Sigmoid => 1.0 / (1.0 + (-golden.raw()).exp()),
-            Expected::Identity => golden.raw(),
+            Expected::Sigmoid => 1.0 / (1.0 + (-golden.score).exp()),
+            Expected::Identity => golden.score,
         };
         assert!(
             (f64::from(score) - expected).abs() < 1e-4,
@@ -148,10 +110,10 @@ async fn decoder_serves_its_goldens(name: &str) {
         ],
     );
     let mut client = server.client().await;
-    let rows = goldens(name);
+    let rows = goldens(&fixture(name).join("goldens.jsonl"));
     let mut worst = 0f64;
     let mut check = |golden: &Golden, score: f32, how: &str| {
-        let error = (f64::from(score) - golden.raw()).abs();
+        let error = (f64::from(score) - golden.score).abs();
         worst = worst.max(error);
         assert!(
             error < 1e-4,
@@ -159,7 +121,7 @@ async fn decoder_serves_its_goldens(name: &str) {
             golden.query,
             golden.document,
             golden.instruction,
-            golden.raw()
+            golden.score
         );
     };
     let mut instructions: Vec<Option<String>> =
@@ -214,7 +176,7 @@ async fn decoder_serves_its_goldens(name: &str) {
         assert_eq!(status, 200, "{answer}");
         for result in answer["results"].as_array().unwrap() {
             let golden = same[result["index"].as_u64().unwrap() as usize];
-            let probability = 1.0 / (1.0 + (-golden.raw()).exp());
+            let probability = 1.0 / (1.0 + (-golden.score).exp());
             let score = result["relevance_score"].as_f64().unwrap();
             assert!(
                 (score - probability).abs() < 1e-4,
@@ -341,26 +303,6 @@ async fn deberta_v2_matches_transformers() {
     serves_its_goldens("deberta-v2", "deberta-v2", Expected::Sigmoid).await;
 }
 
-/// A copy of the fixture `name` whose `file` is rewritten by `change`.
-fn broken_copy(name: &str, file: &str, change: impl Fn(&mut serde_json::Value)) -> PathBuf {
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("crossenc-arch-{name}-{unique}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    let path = dir.join(file);
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    change(&mut json);
-    std::fs::write(&path, json.to_string()).unwrap();
-    dir
-}
-
 /// `crossenc serve` on `model` must exit 2 before any worker starts; its stderr.
 fn refused_at_start(model: &Path) -> String {
     refused_by(model, Some(2))
@@ -412,10 +354,11 @@ fn refused_by(model: &Path, code: Option<i32>) -> String {
 
 #[test]
 fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
-    let other = broken_copy("xlm-roberta", "config.json", |c| {
+    let other = ModelCopy::of(&fixture("xlm-roberta"));
+    other.edit_json("config.json", |c| {
         c["architectures"] = serde_json::json!(["NewForSequenceClassification"]);
     });
-    let message = refused_at_start(&other);
+    let message = refused_at_start(other.path());
     assert!(
         message.contains("config.json")
             && message.contains("architectures")
@@ -426,35 +369,39 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
         "{message}"
     );
 
-    let three_labels = broken_copy("roberta", "config.json", |c| {
+    let three_labels = ModelCopy::of(&fixture("roberta"));
+    three_labels.edit_json("config.json", |c| {
         c["id2label"] = serde_json::json!({"0": "a", "1": "b", "2": "c"});
     });
-    let message = refused_at_start(&three_labels);
+    let message = refused_at_start(three_labels.path());
     assert!(
         message.contains("config.json") && message.contains("num_labels"),
         "{message}"
     );
 
-    let with_biases = broken_copy("modernbert", "config.json", |c| {
+    let with_biases = ModelCopy::of(&fixture("modernbert"));
+    with_biases.edit_json("config.json", |c| {
         c["mlp_bias"] = serde_json::json!(true);
     });
-    let message = refused_at_start(&with_biases);
+    let message = refused_at_start(with_biases.path());
     assert!(
         message.contains("config.json") && message.contains("mlp_bias"),
         "{message}"
     );
 
-    let with_convolution = broken_copy("deberta-v2", "config.json", |c| {
+    let with_convolution = ModelCopy::of(&fixture("deberta-v2"));
+    with_convolution.edit_json("config.json", |c| {
         c["conv_kernel_size"] = serde_json::json!(3);
     });
-    let message = refused_at_start(&with_convolution);
+    let message = refused_at_start(with_convolution.path());
     assert!(
         message.contains("config.json") && message.contains("conv_kernel_size"),
         "{message}"
     );
 
     // A tokenizer of another model: one id past the 800-row embedding table.
-    let larger_vocabulary = broken_copy("xlm-roberta", "tokenizer.json", |t| {
+    let larger_vocabulary = ModelCopy::of(&fixture("xlm-roberta"));
+    larger_vocabulary.edit_json("tokenizer.json", |t| {
         t["added_tokens"]
             .as_array_mut()
             .unwrap()
@@ -463,15 +410,20 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
                 "rstrip": false, "normalized": false, "special": true
             }));
     });
-    refused_by_the_tokenizer(&larger_vocabulary, &["tokenizer.json", "800", "vocab_size"]);
+    refused_by_the_tokenizer(
+        larger_vocabulary.path(),
+        &["tokenizer.json", "800", "vocab_size"],
+    );
 
-    let no_template = broken_copy("xlm-roberta", "tokenizer.json", |t| {
+    let no_template = ModelCopy::of(&fixture("xlm-roberta"));
+    no_template.edit_json("tokenizer.json", |t| {
         t["post_processor"] = serde_json::Value::Null;
     });
-    refused_by_the_tokenizer(&no_template, &["tokenizer.json", "post_processor"]);
+    refused_by_the_tokenizer(no_template.path(), &["tokenizer.json", "post_processor"]);
 
     // BERT's template on a RoBERTa model: one separator between the texts, not two.
-    let bert_template = broken_copy("xlm-roberta", "tokenizer.json", |t| {
+    let bert_template = ModelCopy::of(&fixture("xlm-roberta"));
+    bert_template.edit_json("tokenizer.json", |t| {
         t["post_processor"] = serde_json::json!({
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
@@ -488,5 +440,5 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
             }
         });
     });
-    refused_by_the_tokenizer(&bert_template, &["post_processor", "xlm-roberta"]);
+    refused_by_the_tokenizer(bert_template.path(), &["post_processor", "xlm-roberta"]);
 }

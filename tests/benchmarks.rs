@@ -8,15 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use support::{model_dir, TestServer, BINARY};
-
-/// A temporary folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("crossenc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use support::{model_dir, TempDir, TestServer, BINARY};
 
 /// A small workload: three queries of three short documents.
 fn tiny_workload(dir: &Path) -> PathBuf {
@@ -47,8 +39,8 @@ fn run(args: &[&str]) -> String {
 #[test]
 fn bench_reports_closed_and_open_loop_runs_as_a_table_and_json() {
     let server = TestServer::start(&[]);
-    let dir = scratch("bench");
-    let workload = tiny_workload(&dir);
+    let dir = TempDir::new("crossenc-bench");
+    let workload = tiny_workload(dir.path());
     let json = dir.join("closed.json");
     let (grpc, http) = (server.grpc_addr.to_string(), server.http_addr.to_string());
     let common = [
@@ -113,13 +105,12 @@ fn bench_reports_closed_and_open_loop_runs_as_a_table_and_json() {
     let client = &reports[0]["client"];
     assert_eq!(client["requests"], 8, "{client}");
     assert_eq!(client["answered"], 8, "{client}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_tiny_sweep_writes_every_output() {
-    let dir = scratch("sweep");
-    let workload = tiny_workload(&dir);
+    let dir = TempDir::new("crossenc-sweep");
+    let workload = tiny_workload(dir.path());
     let output = dir.join("results");
     let config = dir.join("sweep.toml");
     std::fs::write(
@@ -169,12 +160,11 @@ fn a_tiny_sweep_writes_every_output() {
             "{plot} lacks the configuration's legend"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_bad_sweep_file_is_refused_naming_the_key() {
-    let dir = scratch("badsweep");
+    let dir = TempDir::new("crossenc-badsweep");
     let config = dir.join("sweep.toml");
     std::fs::write(
         &config,
@@ -188,5 +178,4 @@ fn a_bad_sweep_file_is_refused_naming_the_key() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("grid.concurency: unknown key"), "{stderr}");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::RerankRequest;
-use support::{children_of, linked_model_copy, model_dir, workspace, TestServer, BINARY};
+use support::{children_of, model_dir, workspace, ModelCopy, TempDir, TestServer, BINARY};
 
 fn crossenc(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BINARY)
@@ -26,13 +26,13 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A file in a fresh temporary folder.
-fn file_with(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("crossenc-config-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A file in a fresh temporary folder, and the folder (removed when dropped: hold it
+/// while the file is used).
+fn file_with(name: &str, text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("crossenc-config");
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 fn model_line(model: &Path) -> String {
@@ -45,7 +45,7 @@ fn the_shipped_file_checks_and_show_names_each_layer() {
     let checked = crossenc(&["config", "check", shipped.to_str().unwrap()], &[]);
     assert!(checked.status.success(), "{}", stderr(&checked));
 
-    let file = file_with(
+    let (_dir, file) = file_with(
         "layers.toml",
         &format!(
             "{}[batching]\nmax_batch_tokens = 2048\nmax_batch_delay = \"5ms\"\nmax_batch_size = 32\n",
@@ -137,7 +137,7 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_configuration_that_cannot_work_exits_2_naming_the_key() {
-    let typo = file_with("typo.toml", "[batching]\nmax_batch_tokes = 1024\n");
+    let (_typo_dir, typo) = file_with("typo.toml", "[batching]\nmax_batch_tokes = 1024\n");
     let message = refused(&["--config", typo.to_str().unwrap()], &[]);
     assert!(
         message.contains("batching.max_batch_tokes")
@@ -177,15 +177,15 @@ fn a_configuration_that_cannot_work_exits_2_naming_the_key() {
         "{message}"
     );
 
-    let model = linked_model_copy();
-    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
-    let message = refused(&["--model", model.to_str().unwrap()], &[]);
+    let model = ModelCopy::of(&model_dir());
+    model.remove("tokenizer.json");
+    let message = refused(&["--model", model.path().to_str().unwrap()], &[]);
     assert!(message.contains("tokenizer.json"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_takes_its_settings_from_file_environment_and_flags() {
-    let file = file_with(
+    let (_dir, file) = file_with(
         "serve.toml",
         "[batching]\nmax_client_batch_size = 3\nmax_queued_pairs = 100\n",
     );
@@ -219,7 +219,7 @@ async fn identity_activation_answers_the_raw_logits() {
     let server = TestServer::start(&["--activation", "identity"]);
     let mut client = server.client().await;
     // The goldens' lowest logit is negative: a sigmoid would put it in (0, 1).
-    let goldens = support::goldens();
+    let goldens = support::goldens(&support::default_goldens_path());
     let lowest = goldens
         .iter()
         .min_by(|a, b| a.score.total_cmp(&b.score))

@@ -11,7 +11,8 @@ use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::{
-    children_of, http_get, is_running, linked_model_copy, metric, post_json, wait_exit, TestServer,
+    children_of, http_get, is_running, metric, model_dir, post_json, wait_exit, ModelCopy,
+    TestServer,
 };
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -299,7 +300,7 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the_server() {
-    let model = linked_model_copy();
+    let model = ModelCopy::of(&model_dir());
     // The patience for a missing worker comes from the configuration file: 1 s, not 10 s.
     let config = model.join("crossenc.toml");
     // Restarts go on failing here: the server must keep answering, not give up.
@@ -308,9 +309,9 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
         "[workers]\nno_worker_patience = \"1s\"\nmax_start_failures = 1000\n",
     )
     .unwrap();
-    let server = TestServer::start_on(&model, &["--config", config.to_str().unwrap()]);
+    let server = TestServer::start_on(model.path(), &["--config", config.to_str().unwrap()]);
     // The weights vanish, then the model worker dies: every restart now fails.
-    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    model.remove("model.safetensors");
     let victim = server.worker_pids("model")[0];
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     let killed = Instant::now();
@@ -380,5 +381,4 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
     assert_eq!(body["error_type"], "unavailable", "{body}");
     // The supervisor itself is still up and answering.
     assert_eq!(http_get(server.http_addr, "/health").unwrap().0, 200);
-    let _ = std::fs::remove_dir_all(&model);
 }

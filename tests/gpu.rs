@@ -12,7 +12,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use support::{free_addr, model_dir, workspace, BINARY};
+use support::{free_addr, model_dir, workspace, TempDir, BINARY};
 
 /// The GPU worker scripts/test.sh built, and the CUDA folder it was built against.
 fn cuda_build() -> (PathBuf, PathBuf) {
@@ -107,7 +107,7 @@ fn the_gpu_worker_starts_on_cuda_13_libraries_alone() {
 #[test]
 fn the_gpu_check_reports_the_step_it_stopped_at_without_a_gpu() {
     let (cuda, _) = cuda_build();
-    let bundle = std::env::temp_dir().join(format!("crossenc-gpu-check-{}", std::process::id()));
+    let bundle = TempDir::new("crossenc-gpu-check");
     std::fs::create_dir_all(bundle.join("model")).unwrap();
     std::fs::create_dir_all(bundle.join("bin")).unwrap();
     std::fs::copy(BINARY, bundle.join("bin/crossenc")).unwrap();
@@ -115,7 +115,7 @@ fn the_gpu_check_reports_the_step_it_stopped_at_without_a_gpu() {
     let out = bundle.join("out");
     let python = std::env::var("CROSSENC_TEST_PYTHON").unwrap_or("python3".into());
     let run = Command::new(workspace().join("scripts/gpu-check.sh"))
-        .arg(&bundle)
+        .arg(bundle.path())
         .env("OUT", &out)
         .env("PYTHON", python)
         .output()
@@ -125,5 +125,4 @@ fn the_gpu_check_reports_the_step_it_stopped_at_without_a_gpu() {
     assert!(report.contains("PROBLEM"), "{report}");
     let stopped = report.contains("torch") || report.contains("libraries missing");
     assert!(stopped, "{report}");
-    let _ = std::fs::remove_dir_all(&bundle);
 }

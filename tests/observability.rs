@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossenc_metrics::CATALOGUE;
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
 use serde_json::{json, Value};
-use support::{free_addr, http_get, post_json, workspace, TestServer};
+use support::{free_addr, http_get, post_json, workspace, TempDir, TestServer};
 
 fn conf(path: &str) -> PathBuf {
     workspace().join("conf").join(path)
@@ -86,7 +86,7 @@ impl Prometheus {
         let config = shipped
             .replace("'localhost:8000'", &format!("'{target}'"))
             .replace("- rules/", &format!("- {}/", rules.display()));
-        let config_path = dir.0.join("prometheus.yml");
+        let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
         let addr = free_addr();
         let child = Command::new("prometheus")
@@ -94,7 +94,7 @@ impl Prometheus {
             .arg(format!("--web.listen-address={addr}"))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.0.join("data").display()
+                dir.join("data").display()
             ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -130,23 +130,6 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -177,8 +177,8 @@ async fn assert_not_held_up(client: &mut CrossEncoderClient<Channel>) {
 #[test]
 fn bench_measures_a_server_and_the_model_alone() {
     let server = TestServer::start(&[]);
-    let workload =
-        std::env::temp_dir().join(format!("crossenc-bench-{}.jsonl", std::process::id()));
+    let dir = support::TempDir::new("crossenc-bench");
+    let workload = dir.join("workload.jsonl");
     let rows: Vec<String> = (0..3)
         .map(|q| {
             let documents: Vec<String> = (0..4)
@@ -199,7 +199,6 @@ fn bench_measures_a_server_and_the_model_alone() {
         .arg(model_dir())
         .output()
         .expect("run crossenc bench");
-    let _ = std::fs::remove_file(&workload);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossenc_proto::v1::{InferRequest, InferResponse, Pair, RerankRequest};
 use support::{
-    children_of, goldens, http_get, is_running, metric, model_dir, Golden, TestServer, BINARY,
+    children_of, default_goldens_path, goldens, http_get, is_running, metric, model_dir, Golden,
+    TestServer, BINARY,
 };
 use tonic::transport::Channel;
 use tonic::Code;

@@ -1,6 +1,7 @@
 //! Worker processes: children of the supervisor, gone with it; a broken model folder named in the error.
 
 use super::*;
+use support::ModelCopy;
 
 #[test]
 fn workers_are_children_and_none_outlives_the_server() {
@@ -44,32 +45,18 @@ fn a_worker_exits_when_its_supervisor_is_killed() {
     );
 }
 
-/// A copy of the default model folder with links to its large files, broken by `edit`.
-fn broken_model(edit: impl FnOnce(&std::path::Path)) -> std::path::PathBuf {
-    let dir = support::linked_model_copy();
-    edit(&dir);
-    dir
-}
-
-fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut config);
-    std::fs::remove_file(&path).unwrap();
-    std::fs::write(&path, config.to_string()).unwrap();
-}
-
 #[test]
 fn a_broken_model_folder_is_named_in_the_error() {
-    let missing = broken_model(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap());
-    let architecture = broken_model(|dir| {
-        edit_config(dir, |c| {
-            c["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
-        })
+    let missing = ModelCopy::of(&model_dir());
+    missing.remove("tokenizer.json");
+    let architecture = ModelCopy::of(&model_dir());
+    architecture.edit_json("config.json", |c| {
+        c["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
     });
-    let shape =
-        broken_model(|dir| edit_config(dir, |c| c["intermediate_size"] = serde_json::json!(1000)));
+    let shape = ModelCopy::of(&model_dir());
+    shape.edit_json("config.json", |c| {
+        c["intermediate_size"] = serde_json::json!(1000)
+    });
     let cases = [
         (&missing, "tokenizer.json: missing"),
         (&architecture, "`architectures` is [\"GPT2LMHeadModel\"]"),
@@ -77,7 +64,8 @@ fn a_broken_model_folder_is_named_in_the_error() {
     ];
     for (dir, expected) in cases {
         let loopback = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
-        let (code, stderr) = support::serve_until_exit(dir, &loopback, Duration::from_secs(60));
+        let (code, stderr) =
+            support::serve_until_exit(dir.path(), &loopback, Duration::from_secs(60));
         assert!(
             matches!(code, Some(c) if c != 0),
             "exit {code:?} for {expected}"
@@ -86,6 +74,5 @@ fn a_broken_model_folder_is_named_in_the_error() {
             stderr.contains(expected),
             "stderr lacks {expected:?}:\n{stderr}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

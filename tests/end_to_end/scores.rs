@@ -7,7 +7,7 @@ async fn infer_matches_the_transformers_reference() {
     // Two model workers, so that batches of one request land on different processes.
     let server = TestServer::start(&["--model-workers", "2", "--model-threads", "1"]);
     let client = server.client().await;
-    let goldens = goldens();
+    let goldens = goldens(&default_goldens_path());
     assert!(goldens.len() >= 200);
     // Uneven requests, all in flight at once: the scheduler mixes their pairs into
     // shared batches, and every score must still come back to its own request and place.
@@ -80,7 +80,7 @@ async fn infer_in_bf16_stays_within_2e_2_of_the_transformers_reference() {
     };
     assert_eq!(served_dtype(&server), expected);
     let client = server.client().await;
-    let goldens = goldens();
+    let goldens = goldens(&default_goldens_path());
     let mut worst = 0.0f64;
     for chunk in goldens.chunks(64) {
         let response = infer_raw(client.clone(), chunk).await;
@@ -120,7 +120,10 @@ async fn bf16_runs_where_it_times_faster_and_build_info_says_which() {
         dtype == "bf16",
         "dtype {dtype} yet kernels {kernels}"
     );
-    let rows: Vec<Golden> = goldens().into_iter().take(8).collect();
+    let rows: Vec<Golden> = goldens(&default_goldens_path())
+        .into_iter()
+        .take(8)
+        .collect();
     let response = infer_raw(server.client().await, &rows).await;
     let tolerance = if dtype == "f32" {
         TOLERANCE
@@ -137,7 +140,10 @@ async fn rerank_ranks_by_score_and_honours_its_options() {
     let server = TestServer::start(&[]);
     let mut client = server.client().await;
     // The first 32 goldens are one workload request: one query, 32 documents.
-    let rows: Vec<Golden> = goldens().into_iter().take(32).collect();
+    let rows: Vec<Golden> = goldens(&default_goldens_path())
+        .into_iter()
+        .take(32)
+        .collect();
     let query = rows[0].query.clone();
     assert!(rows.iter().all(|r| r.query == query));
     let documents: Vec<String> = rows.iter().map(|r| r.document.clone()).collect();

@@ -14,7 +14,6 @@ mod tokenizer_crash;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
@@ -24,8 +23,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
 use support::{
-    http_get, http_post_bytes, is_running, linked_model_copy, metric, model_dir, post_json,
-    proc_status_kib, wait_exit, TestServer,
+    http_get, http_post_bytes, is_running, metric, model_dir, post_json, proc_status_kib,
+    wait_exit, ModelCopy, TestServer,
 };
 use tonic::Code;
 

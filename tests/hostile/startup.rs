@@ -5,17 +5,16 @@ use super::*;
 
 /// Replaces the copy's weights (a link to the real file) by the real file's first 4 KiB:
 /// the folder check, which does not read the weights, passes, and loading fails.
-fn truncate_weights(model: &Path) {
-    let weights = model.join("model.safetensors");
+fn truncate_weights(model: &ModelCopy) {
     let mut head = Vec::new();
     std::fs::File::open(model_dir().join("model.safetensors"))
         .expect("the real weights")
         .take(4096)
         .read_to_end(&mut head)
         .expect("read the real weights");
-    // Remove the link first: writing through it would truncate the real model.
-    std::fs::remove_file(&weights).unwrap();
-    std::fs::write(&weights, head).unwrap();
+    // `replace` removes the link first: writing through it would truncate the real model.
+    model.replace("model.safetensors", head);
+    let weights = model.join("model.safetensors");
     assert!(!weights.symlink_metadata().unwrap().file_type().is_symlink());
 }
 
@@ -55,22 +54,20 @@ fn expect_exit_for_a_worker_that_cannot_start(server: &mut TestServer) {
 #[test]
 fn a_worker_that_never_starts_makes_the_server_exit_non_zero() {
     let _serial = SERIAL.blocking_lock();
-    let model = linked_model_copy();
+    let model = ModelCopy::of(&model_dir());
     truncate_weights(&model);
-    let mut server = TestServer::spawn_on(&model, &[], &[]);
+    let mut server = TestServer::spawn_on(model.path(), &[], &[]);
     expect_exit_for_a_worker_that_cannot_start(&mut server);
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
 fn a_worker_that_cannot_restart_makes_the_server_exit_non_zero() {
     let _serial = SERIAL.blocking_lock();
-    let model = linked_model_copy();
-    let mut server = TestServer::start_on(&model, &[]);
+    let model = ModelCopy::of(&model_dir());
+    let mut server = TestServer::start_on(model.path(), &[]);
     // The weights break, then the model worker dies: every restart now fails.
     truncate_weights(&model);
     let victim = server.worker_pids("model")[0];
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     expect_exit_for_a_worker_that_cannot_start(&mut server);
-    let _ = std::fs::remove_dir_all(&model);
 }

@@ -10,7 +10,6 @@ mod rotation;
 mod support;
 mod tls;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use nix::sys::signal::Signal;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
-use support::{http_get, model_dir, TestServer, BINARY};
+use support::{http_get, model_dir, TempDir, TestServer, BINARY};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
@@ -61,15 +60,12 @@ impl Authority {
     }
 }
 
-/// A folder of PEM files for one test.
-struct Files(PathBuf);
+/// A folder of PEM files for one test, removed when dropped.
+struct Files(TempDir);
 
 impl Files {
     fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("crossenc-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+        Self(TempDir::new(&format!("crossenc-{test}")))
     }
 
     /// Writes `text` to `name` by rename, as a rotation tool would.
@@ -94,12 +90,6 @@ impl Files {
 
     fn path(&self, name: &str) -> String {
         self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

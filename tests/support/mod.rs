@@ -13,6 +13,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::Channel;
 
+mod temp;
+#[allow(unused_imports)] // as the rest: each test file uses its own part
+pub use temp::{ModelCopy, TempDir};
+
 /// Plain HTTP/2 under a gRPC client, with no deadline handling of its own.
 pub type RawHttp2 = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -42,19 +46,9 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
-/// A fresh folder of links to the default model's files, for a test to break.
-pub fn linked_model_copy() -> PathBuf {
-    let source = model_dir().canonicalize().unwrap();
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("crossenc-model-{}-{unique}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-        std::os::unix::fs::symlink(source.join(file), dir.join(file)).unwrap();
-    }
-    dir
+/// The small checkpoint `name` of tests/fixtures/models.
+pub fn fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures/models").join(name)
 }
 
 pub fn free_addr() -> SocketAddr {
@@ -453,21 +447,75 @@ pub fn is_running(pid: i32) -> bool {
     }
 }
 
-/// One row of tests/fixtures/goldens.jsonl: a pair and the transformers reference logit.
+/// One row of a goldens.jsonl: a pair, transformers' fp32 logits for it, and its tokens
+/// after truncation. The default model's (tests/fixtures/goldens.jsonl) name its one
+/// logit `score`; the fixtures' (tests/fixtures/models/*/goldens.jsonl) give every
+/// label's as `logits`, and a decoder's its instruction.
 #[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "GoldenRow")]
 pub struct Golden {
     pub query: String,
     pub document: String,
+    /// The raw score crossenc answers: the logit, or for two labels the second's less
+    /// the first's.
     pub score: f64,
+    /// Every label's logit.
+    pub logits: Vec<f64>,
     pub tokens: u64,
+    /// A decoder's instruction (`None`: the template's default).
+    pub instruction: Option<String>,
 }
 
-pub fn goldens() -> Vec<Golden> {
-    let path = workspace().join("tests/fixtures/goldens.jsonl");
-    std::fs::read_to_string(&path)
+/// A goldens.jsonl row as written.
+#[derive(serde::Deserialize)]
+struct GoldenRow {
+    query: String,
+    document: String,
+    score: Option<f64>,
+    logits: Option<Vec<f64>>,
+    tokens: u64,
+    instruction: Option<String>,
+}
+
+impl TryFrom<GoldenRow> for Golden {
+    type Error = String;
+
+    fn try_from(row: GoldenRow) -> Result<Self, String> {
+        let logits = match (row.logits, row.score) {
+            (Some(logits), _) => logits,
+            (None, Some(score)) => vec![score],
+            (None, None) => return Err("a golden row has neither `score` nor `logits`".into()),
+        };
+        let score = match logits[..] {
+            [logit] => logit,
+            [negative, positive] => positive - negative,
+            _ => return Err(format!("a golden row with {} labels", logits.len())),
+        };
+        Ok(Self {
+            query: row.query,
+            document: row.document,
+            score,
+            logits,
+            tokens: row.tokens,
+            instruction: row.instruction,
+        })
+    }
+}
+
+/// tests/fixtures/goldens.jsonl: the default model's goldens.
+pub fn default_goldens_path() -> PathBuf {
+    workspace().join("tests/fixtures/goldens.jsonl")
+}
+
+/// The rows of the goldens.jsonl at `path`.
+pub fn goldens(path: &Path) -> Vec<Golden> {
+    std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
-        .map(|l| serde_json::from_str(l).expect("a golden row"))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: a golden row: {e}", path.display()))
+        })
         .collect()
 }
 
