@@ -2,25 +2,12 @@
 //! transformers' model where it has the architecture) and both against transformers'
 //! fp32 logits, on the small checkpoints in tests/fixtures/models.
 
-use std::path::PathBuf;
+mod support;
 
 use crossenc_model::{
     CrossEncoder, Dtype, Kernels, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer, Products,
 };
-
-#[derive(serde::Deserialize)]
-struct Golden {
-    query: String,
-    document: String,
-    logits: Vec<f32>,
-    tokens: usize,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-}
+use support::{fixture, goldens};
 
 /// Scores the fixture's goldens both ways, the packed pass on each f32 kernel, and
 /// checks each against transformers and the two passes against each other.
@@ -33,11 +20,7 @@ fn both_passes_match_transformers(name: &str, architecture: &str) {
     // Both f32 kernels, whichever the timing at load would pick on this machine.
     for kernels in [Kernels::Gemm, Kernels::OnednnF32] {
         let model = CrossEncoder::load_on(&folder, kernels).unwrap();
-        let text = std::fs::read_to_string(fixture(name).join("goldens.jsonl")).unwrap();
-        let goldens: Vec<Golden> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let goldens = goldens(name);
         let encoded: Vec<_> = goldens
             .iter()
             .map(|g| tokenizer.encode(&g.query, &g.document).unwrap())
@@ -194,10 +177,8 @@ fn largest_difference(
     (exact, rounded): (&CrossEncoder, &CrossEncoder),
 ) -> f32 {
     let tokenizer = PairTokenizer::load(folder, 128).unwrap();
-    let text = std::fs::read_to_string(fixture(name).join("goldens.jsonl")).unwrap();
     let mut pairs = PackedPairs::with_capacity(64, 64 * 128);
-    for line in text.lines() {
-        let g: Golden = serde_json::from_str(line).unwrap();
+    for g in goldens(name) {
         let e = tokenizer.encode(&g.query, &g.document).unwrap();
         let types: Vec<u8> = e.type_ids().iter().map(|&t| t as u8).collect();
         pairs.push(e.ids().iter().copied(), &types);

@@ -5,36 +5,16 @@
 //! transformers' fp32 goldens computed as the model card computes them; prompts
 //! tokenized as the card does; and what cannot work refused by name.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use crossenc_model::{
     CrossEncoder, Kernels, ModelError, ModelFolder, PackedPairs, PaddedBatch, PairTokenizer,
 };
-
-#[derive(serde::Deserialize)]
-struct Golden {
-    query: String,
-    document: String,
-    instruction: Option<String>,
-    logits: Vec<f32>,
-    tokens: usize,
-    ids: Vec<u32>,
-}
+use support::{fixture, goldens, ModelCopy};
 
 const TEMPLATE: &str = "qwen3-reranker";
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-}
-
-fn goldens(name: &str) -> Vec<Golden> {
-    let text = std::fs::read_to_string(fixture(name).join("goldens.jsonl")).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn open(name: &str) -> ModelFolder {
     ModelFolder::open_with(fixture(name), Some(TEMPLATE)).unwrap()
@@ -190,22 +170,6 @@ fn an_instruction_changes_the_prompt_and_an_encoder_takes_none() {
     assert!(refused.to_string().contains("no instruction"), "{refused}");
 }
 
-/// A copy of the fixture with `change` applied to its folder.
-fn changed_copy(name: &str, change: impl FnOnce(&Path)) -> PathBuf {
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("crossenc-decoder-{name}-{unique}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    change(&dir);
-    dir
-}
-
 fn template_file(dir: &Path, text: &str, extension: &str) -> String {
     let path = dir.join(format!("template.{extension}"));
     std::fs::write(&path, text).unwrap();
@@ -225,68 +189,53 @@ fn folders_and_templates_that_cannot_work_are_refused_by_name() {
     let refused = ModelFolder::open_with(fixture("bert-two-labels"), Some(TEMPLATE));
     assert!(message(refused.unwrap_err()).contains("encoder"));
     // A shard missing names the shard and a tensor it holds.
-    let dir = changed_copy("qwen3-reranker", |dir| {
-        let shard = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.to_string_lossy()
-                    .ends_with("model-00002-of-00003.safetensors")
-            })
-            .expect("a second shard");
-        std::fs::remove_file(shard).unwrap();
-    });
-    let refused = message(ModelFolder::open_with(&dir, Some(TEMPLATE)).unwrap_err());
+    let dir = ModelCopy::of(&fixture("qwen3-reranker"));
+    dir.remove("model-00002-of-00003.safetensors");
+    let refused = message(ModelFolder::open_with(dir.path(), Some(TEMPLATE)).unwrap_err());
     assert!(
         refused.contains("model-00002-of-00003.safetensors") && refused.contains("tensor model."),
         "{refused}"
     );
     // A tensor the model needs that the index does not name.
-    let dir = changed_copy("qwen3-reranker", |dir| {
-        let index = dir.join("model.safetensors.index.json");
-        let mut json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    let dir = ModelCopy::of(&fixture("qwen3-reranker"));
+    dir.edit_json("model.safetensors.index.json", |json| {
         let map = json["weight_map"].as_object_mut().unwrap();
         map.remove("model.norm.weight")
             .expect("model.norm.weight in the index");
-        std::fs::write(&index, json.to_string()).unwrap();
     });
-    let folder = ModelFolder::open_with(&dir, Some(TEMPLATE)).unwrap();
+    let folder = ModelFolder::open_with(dir.path(), Some(TEMPLATE)).unwrap();
     let refused = message(CrossEncoder::load_on(&folder, Kernels::Gemm).err().unwrap());
     assert!(
         refused.contains("model.norm.weight") && refused.contains("index.json"),
         "{refused}"
     );
     // A template file whose format misses a placeholder; an unknown built-in.
-    let dir = changed_copy("qwen3-reranker", |_| {});
-    let missing = template_file(&dir, "format = \"Q: {query}\"\n", "toml");
-    let refused = message(ModelFolder::open_with(&dir, Some(&missing)).unwrap_err());
+    let dir = ModelCopy::of(&fixture("qwen3-reranker"));
+    let missing = template_file(dir.path(), "format = \"Q: {query}\"\n", "toml");
+    let refused = message(ModelFolder::open_with(dir.path(), Some(&missing)).unwrap_err());
     assert!(
         refused.contains("{document}") && refused.contains(&missing),
         "{refused}"
     );
-    let refused = message(ModelFolder::open_with(&dir, Some("qwen9")).unwrap_err());
+    let refused = message(ModelFolder::open_with(dir.path(), Some("qwen9")).unwrap_err());
     assert!(refused.contains("qwen3-reranker"), "{refused}");
     // An answer token the tokenizer splits into several pieces.
     let split = template_file(
-        &dir,
+        dir.path(),
         r#"{"format": "{query} | {document}", "answers": {"no": "no", "yes": "absolutely yes"}}"#,
         "json",
     );
-    let refused = message(ModelFolder::open_with(&dir, Some(&split)).unwrap_err());
+    let refused = message(ModelFolder::open_with(dir.path(), Some(&split)).unwrap_err());
     assert!(
         refused.contains("\"absolutely yes\"") && refused.contains("one token"),
         "{refused}"
     );
     // Scaled rotary positions.
-    let dir = changed_copy("qwen3-reranker", |dir| {
-        let config = dir.join("config.json");
-        let mut json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let dir = ModelCopy::of(&fixture("qwen3-reranker"));
+    dir.edit_json("config.json", |json| {
         json["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
-        std::fs::write(&config, json.to_string()).unwrap();
     });
-    let refused = message(ModelFolder::open_with(&dir, Some(TEMPLATE)).unwrap_err());
+    let refused = message(ModelFolder::open_with(dir.path(), Some(TEMPLATE)).unwrap_err());
     assert!(
         refused.contains("rope_scaling") && refused.contains("yarn"),
         "{refused}"
@@ -297,9 +246,9 @@ fn folders_and_templates_that_cannot_work_are_refused_by_name() {
 /// that spells out the built-in one gives the same ids.
 #[test]
 fn a_template_file_spelling_the_built_in_prompt_gives_its_ids() {
-    let dir = changed_copy("qwen3-reranker", |_| {});
+    let dir = ModelCopy::of(&fixture("qwen3-reranker"));
     let spelled = template_file(
-        &dir,
+        dir.path(),
         r#"prefix = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
 format = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -308,7 +257,7 @@ answers = { no = "no", yes = "yes" }
 "#,
         "toml",
     );
-    let from_file = ModelFolder::open_with(&dir, Some(&spelled)).unwrap();
+    let from_file = ModelFolder::open_with(dir.path(), Some(&spelled)).unwrap();
     let built_in = open("qwen3-reranker");
     assert_eq!(from_file.config.answer_ids, built_in.config.answer_ids);
     let a = PairTokenizer::load(&from_file, 128).unwrap();
