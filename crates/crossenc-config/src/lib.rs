@@ -10,6 +10,7 @@
 //! [`command`] holds `crossenc serve`'s flags and `crossenc config show|check`. This crate
 //! must never know models or processes: the model-folder check is passed in.
 
+mod activation;
 pub mod command;
 mod load;
 mod log;
@@ -28,6 +29,7 @@ pub use crate::log::{LogConfig, LogFormat};
 use crate::secret::optional_addr;
 pub use crate::secret::ApiKey;
 pub use crate::show::render;
+pub use crossenc_types::{Dtype, ScoreActivation};
 /// A flag's value for [`Layers::flags`].
 pub use figment::value::Value;
 
@@ -121,38 +123,6 @@ pub struct ServerConfig {
     pub admin_api_key_file: PathBuf,
 }
 
-/// What model workers compute in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    F32,
-    /// bf16 products (AMX or AVX512-BF16) accumulating in f32; f32 where the CPU has
-    /// neither, with a log line saying why.
-    Bf16,
-}
-
-impl Dtype {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-        }
-    }
-}
-
-/// What turns the model's logit into the score clients get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScoreActivation {
-    /// What sentence-transformers' CrossEncoder applies for this model: sigmoid, unless
-    /// the model's config.json names Identity.
-    Model,
-    /// 1 / (1 + e^-raw), in [0, 1].
-    Sigmoid,
-    /// The raw score itself.
-    Identity,
-}
-
 /// The longest `model.max_length` a config may ask for; the model's own position
 /// table bounds it further (Qwen3: 40960).
 const MAX_LENGTH_LIMIT: usize = 131_072;
@@ -171,8 +141,11 @@ pub struct ModelConfig {
     /// A decoder reranker's prompt template: a built-in (`qwen3-reranker`) or a TOML
     /// or JSON template file; empty for an encoder.
     pub template: String,
-    /// Applied to the logits unless a request asks for raw scores.
-    pub activation: ScoreActivation,
+    /// Applied to the logits unless a request asks for raw scores; `None` (`"model"`):
+    /// what sentence-transformers' CrossEncoder applies for this model (sigmoid, unless
+    /// its config.json names Identity).
+    #[serde(with = "activation")]
+    pub activation: Option<ScoreActivation>,
     /// The name answers and `build_info` give the model; empty: the folder's name.
     pub name: String,
 }
@@ -276,7 +249,7 @@ impl Default for ModelConfig {
             dtype: Dtype::F32,
             max_length: 0,
             template: String::new(),
-            activation: ScoreActivation::Model,
+            activation: None,
             name: String::new(),
         }
     }
