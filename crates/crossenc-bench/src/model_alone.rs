@@ -17,6 +17,8 @@ use crate::Query;
 pub struct ModelAloneRun {
     pub model: PathBuf,
     pub dtype: Dtype,
+    /// bf16 on AVX512-BF16 even where it timed slower than f32 (no AMX).
+    pub bf16_without_amx: bool,
     /// Kernels to run on instead of those timed fastest at load.
     pub kernels: Option<Kernels>,
     pub max_batch_tokens: usize,
@@ -39,7 +41,7 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
     let cpu = crossenc_model::parse_device("cpu")?;
     let model = match args.kernels {
         Some(kernels) => CrossEncoder::load_on(&folder, kernels)?,
-        None => CrossEncoder::load(&folder, cpu, args.dtype)?,
+        None => CrossEncoder::load_with(&folder, cpu, args.dtype, args.bf16_without_amx)?,
     };
     println!("model alone: products {}", model.products());
     if let Some(kernels) = model.kernels() {

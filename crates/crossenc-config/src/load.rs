@@ -363,6 +363,35 @@ mod tests {
                 found[0].contains("\"f16\" is not one of `f32`, `bf16`"),
                 "{found:?}"
             );
+            jail.create_file("s.toml", "[model]\nactivation = \"softmax\"\n")?;
+            let found = problems(&layers(Some("s.toml")));
+            assert!(
+                found[0].starts_with("model.activation (from file ")
+                    && found[0]
+                        .contains("\"softmax\" is not one of `model`, `sigmoid`, `identity`"),
+                "{found:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_activation_is_the_models_unless_one_is_named() {
+        Jail::expect_with(|jail| {
+            let activation =
+                |file: &str| load(&layers(Some(file))).unwrap().config.model.activation;
+            jail.create_file("model.toml", "[model]\nactivation = \"model\"\n")?;
+            assert_eq!(activation("model.toml"), None);
+            jail.create_file("identity.toml", "[model]\nactivation = \"identity\"\n")?;
+            assert_eq!(
+                activation("identity.toml"),
+                Some(crate::ScoreActivation::Identity)
+            );
+            jail.create_file("sigmoid.toml", "[model]\nactivation = \"sigmoid\"\n")?;
+            assert_eq!(
+                activation("sigmoid.toml"),
+                Some(crate::ScoreActivation::Sigmoid)
+            );
             Ok(())
         });
     }

@@ -54,8 +54,9 @@ pub struct PipelineLimits {
     pub max_text_bytes_in_flight: usize,
     /// Tokenizer worker processes configured.
     pub tokenizer_workers: usize,
-    /// What turns logits into scores unless a request asks for raw ones.
-    pub activation: ScoreActivation,
+    /// What turns logits into scores unless a request asks for raw ones; `None`: the
+    /// model's own default.
+    pub activation: Option<ScoreActivation>,
 }
 
 /// What the workers said of the model at start.
@@ -63,8 +64,8 @@ pub struct PipelineLimits {
 pub struct LearnedModel {
     /// The longest pair in tokens.
     pub max_length: usize,
-    /// Whether the model's own default activation is a sigmoid.
-    pub sigmoid_by_default: bool,
+    /// The model's own default activation.
+    pub default_activation: ScoreActivation,
     /// Whether requests may give an instruction (a decoder's template reads one).
     pub takes_instruction: bool,
     /// The model workers' warm-up throughput, admission's first estimate.
@@ -82,7 +83,7 @@ pub struct Pipeline {
     job_timeout: Duration,
     /// How long a chunk waits for a tokenizer worker while none is up.
     patience: Duration,
-    activation: ScoreActivation,
+    activation: Option<ScoreActivation>,
     /// Tokenizer jobs that may be in the workers' queues at once.
     tokenizer_slots: Semaphore,
     /// `max_text_bytes` as configured (0: from the model's max_length).
@@ -90,7 +91,7 @@ pub struct Pipeline {
     /// The longest pair in tokens, once a worker has said it.
     max_length: OnceLock<usize>,
     /// The model's default activation, once a worker has said it.
-    sigmoid_by_default: OnceLock<bool>,
+    default_activation: OnceLock<ScoreActivation>,
     /// Whether the model reads a request's instruction, once a worker has said it.
     takes_instruction: OnceLock<bool>,
 }
@@ -125,7 +126,7 @@ impl Pipeline {
             ),
             configured_text_bytes: limits.max_text_bytes,
             max_length: OnceLock::new(),
-            sigmoid_by_default: OnceLock::new(),
+            default_activation: OnceLock::new(),
             takes_instruction: OnceLock::new(),
         }
     }
@@ -135,12 +136,12 @@ impl Pipeline {
     pub fn learn_model(&self, model: LearnedModel) {
         let LearnedModel {
             max_length,
-            sigmoid_by_default,
+            default_activation,
             takes_instruction,
             warmup_tokens_per_second,
         } = model;
         let _ = self.max_length.set(max_length);
-        let _ = self.sigmoid_by_default.set(sigmoid_by_default);
+        let _ = self.default_activation.set(default_activation);
         let _ = self.takes_instruction.set(takes_instruction);
         if let Some(rate) = warmup_tokens_per_second {
             self.admission
@@ -197,12 +198,11 @@ impl Pipeline {
     /// The scores a client gets: raw scores through the configured activation (by
     /// default the model's own), or raw when the request asks for them.
     pub fn activate(&self, scores: Vec<f32>, raw: bool) -> Vec<f32> {
-        let sigmoid = match self.activation {
-            ScoreActivation::Sigmoid => true,
-            ScoreActivation::Identity => false,
-            ScoreActivation::Model => self.sigmoid_by_default.get().copied().unwrap_or(true),
-        };
-        if raw || !sigmoid {
+        // Before any worker has said the model's default: sentence-transformers' own.
+        let activation = (self.activation)
+            .or_else(|| self.default_activation.get().copied())
+            .unwrap_or(ScoreActivation::Sigmoid);
+        if raw || activation == ScoreActivation::Identity {
             return scores;
         }
         scores.into_iter().map(sigmoid_of).collect()

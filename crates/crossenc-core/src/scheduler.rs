@@ -75,8 +75,6 @@ pub type RequestKey = u64;
 struct Waiting<T> {
     request: RequestKey,
     arrived: Instant,
-    /// Rides in a batch of its own (a pair under suspicion after a worker crash).
-    solo: bool,
     item: T,
 }
 
@@ -130,16 +128,6 @@ impl<T> Scheduler<T> {
 
     /// Adds a pair of `len` tokens that arrived at `now`.
     pub fn push(&mut self, request: RequestKey, len: usize, item: T, now: Instant) {
-        self.insert(request, len, item, now, false);
-    }
-
-    /// Adds a pair that must ride alone: it was in a batch whose worker died, and a
-    /// batch of its own shows whether it is what kills workers.
-    pub fn push_solo(&mut self, request: RequestKey, len: usize, item: T, arrived: Instant) {
-        self.insert(request, len, item, arrived, true);
-    }
-
-    fn insert(&mut self, request: RequestKey, len: usize, item: T, arrived: Instant, solo: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let key = (len, seq);
@@ -147,8 +135,7 @@ impl<T> Scheduler<T> {
             key,
             Waiting {
                 request,
-                arrived,
-                solo,
+                arrived: now,
                 item,
             },
         );
@@ -172,13 +159,6 @@ impl<T> Scheduler<T> {
         dropped
     }
 
-    /// Whether the next batch is a pair that must ride alone.
-    pub fn next_is_solo(&self) -> bool {
-        self.by_age
-            .first_key_value()
-            .is_some_and(|(&seq, &len)| self.by_length[&(len, seq)].solo)
-    }
-
     /// When the batch around the oldest pair must be cut even if it is not full.
     pub fn deadline(&self) -> Option<Instant> {
         let (&seq, &len) = self.by_age.first_key_value()?;
@@ -200,16 +180,11 @@ impl<T> Scheduler<T> {
     fn plan(&self) -> Option<(Vec<(usize, u64)>, bool)> {
         let (&seq, &len) = self.by_age.first_key_value()?;
         let anchor = (len, seq);
-        if self.by_length[&anchor].solo {
-            return Some((vec![anchor], true));
-        }
-        let joinable =
-            |(key, waiting): (&(usize, u64), &Waiting<T>)| (!waiting.solo).then_some(*key);
-        let mut shorter = self.by_length.range(..anchor).rev().filter_map(joinable);
+        let mut shorter = self.by_length.range(..anchor).rev().map(|(key, _)| *key);
         let mut longer = self
             .by_length
             .range((Bound::Excluded(anchor), Bound::Unbounded))
-            .filter_map(joinable);
+            .map(|(key, _)| *key);
         let mut next_shorter = shorter.next();
         let mut next_longer = longer.next();
         let mut window = Window::new(anchor, self.limits.cost);
@@ -423,20 +398,6 @@ mod tests {
     }
 
     #[test]
-    fn a_solo_pair_rides_alone_and_others_do_not_join_it() {
-        let t0 = Instant::now();
-        let mut scheduler = Scheduler::new(LIMITS);
-        scheduler.push_solo(1, 10, "suspect", t0);
-        scheduler.push(2, 10, "a", t0);
-        scheduler.push(2, 10, "b", t0);
-        let first = scheduler.next_batch(t0).expect("a solo batch is full");
-        assert_eq!(first.pairs.len(), 1);
-        assert_eq!(first.pairs[0].0, "suspect");
-        let second = scheduler.next_batch(t0 + ms(2)).unwrap();
-        assert_eq!(second.pairs.len(), 2);
-    }
-
-    #[test]
     fn a_pair_over_the_token_budget_gets_a_batch_of_one() {
         let t0 = Instant::now();
         let mut scheduler = Scheduler::new(LIMITS);
@@ -491,7 +452,6 @@ mod tests {
             request: u64,
             lengths: Vec<usize>,
             after_us: u64,
-            solo: bool,
         },
         Cancel {
             request: u64,
@@ -503,8 +463,8 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            4 => (0u64..20, prop::collection::vec(1usize..700, 1..40), 0u64..3000, prop::bool::weighted(0.1))
-                .prop_map(|(request, lengths, after_us, solo)| Step::Arrive { request, lengths, after_us, solo }),
+            4 => (0u64..20, prop::collection::vec(1usize..700, 1..40), 0u64..3000)
+                .prop_map(|(request, lengths, after_us)| Step::Arrive { request, lengths, after_us }),
             1 => (0u64..20).prop_map(|request| Step::Cancel { request }),
             5 => (0u64..3000).prop_map(|after_us| Step::WorkerFree { after_us }),
         ]
@@ -529,10 +489,9 @@ mod tests {
             let mut next_item = 0u64;
             // item -> (request, length, arrival)
             let mut waiting: BTreeMap<u64, (u64, usize, Instant)> = BTreeMap::new();
-            let mut solos = HashSet::new();
             let mut batched = HashSet::new();
             let mut cancelled = HashSet::new();
-            let mut check_batch = |batch: Batch<u64>, waiting: &mut BTreeMap<u64, (u64, usize, Instant)>, solos: &HashSet<u64>, now: Instant| -> Result<(), TestCaseError> {
+            let mut check_batch = |batch: Batch<u64>, waiting: &mut BTreeMap<u64, (u64, usize, Instant)>, now: Instant| -> Result<(), TestCaseError> {
                 let oldest = *waiting.keys().next().expect("a batch comes from waiting pairs");
                 prop_assert!(batch.pairs.iter().any(|p| p.0 == oldest), "the oldest pair rides first");
                 let longest = batch.pairs.iter().map(|p| waiting[&p.0].1).max().unwrap();
@@ -544,9 +503,6 @@ mod tests {
                 };
                 prop_assert!(batch.pairs.len() == 1 || within, "over budget: {spent}");
                 prop_assert_eq!(batch.padded_tokens, batch.pairs.len() * longest);
-                if batch.pairs.iter().any(|p| solos.contains(&p.0)) {
-                    prop_assert_eq!(batch.pairs.len(), 1, "a solo pair rides alone");
-                }
                 for (item, waited) in batch.pairs {
                     let (_, _, arrived) = waiting.remove(&item).expect("batched once");
                     prop_assert_eq!(waited, now - arrived);
@@ -556,15 +512,10 @@ mod tests {
             };
             for step in steps {
                 match step {
-                    Step::Arrive { request, lengths, after_us, solo } => {
+                    Step::Arrive { request, lengths, after_us } => {
                         now += Duration::from_micros(after_us);
                         for len in lengths {
-                            if solo {
-                                scheduler.push_solo(request, len, next_item, now);
-                                solos.insert(next_item);
-                            } else {
-                                scheduler.push(request, len, next_item, now);
-                            }
+                            scheduler.push(request, len, next_item, now);
                             waiting.insert(next_item, (request, len, now));
                             next_item += 1;
                         }
@@ -580,7 +531,7 @@ mod tests {
                     Step::WorkerFree { after_us } => {
                         now += Duration::from_micros(after_us);
                         match scheduler.next_batch(now) {
-                            Some(batch) => check_batch(batch, &mut waiting, &solos, now)?,
+                            Some(batch) => check_batch(batch, &mut waiting, now)?,
                             None => {
                                 // Only a batch that is not full waits, and never past the deadline.
                                 if let Some((_, &(_, _, arrived))) = waiting.iter().next() {
@@ -595,7 +546,7 @@ mod tests {
             // Drain: after the delay, every remaining pair leaves.
             now += limits.max_batch_delay;
             while let Some(batch) = scheduler.next_batch(now) {
-                check_batch(batch, &mut waiting, &solos, now)?;
+                check_batch(batch, &mut waiting, now)?;
             }
             prop_assert!(waiting.is_empty(), "{} pairs never left", waiting.len());
             prop_assert_eq!(batched.len() + cancelled.len(), next_item as usize);

@@ -36,7 +36,7 @@ fn limits() -> PipelineLimits {
         max_text_bytes: 1 << 20,
         max_text_bytes_in_flight: 1 << 24,
         tokenizer_workers: 1,
-        activation: ScoreActivation::Identity,
+        activation: Some(ScoreActivation::Identity),
     }
 }
 

@@ -3,6 +3,8 @@ use std::fmt;
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 
+use crossenc_types::{Dtype, ScoreActivation};
+
 use crate::{JobTiming, ScoreBatch, Stamp, StatsReport, TextPairs, TextRef, TokenBatch};
 
 /// The two kinds of worker process.
@@ -41,16 +43,16 @@ pub struct WorkerInfo {
     pub template: String,
     /// Whether requests may give an instruction (the template reads one).
     pub takes_instruction: bool,
-    /// Whether the model's own default turns raw scores into probabilities (sigmoid)
-    /// rather than passing them on.
-    pub sigmoid_by_default: bool,
+    /// What the model's own default turns raw scores into (sigmoid: probabilities),
+    /// where the operator does not override it.
+    pub default_activation: ScoreActivation,
     /// Real tokens per second a model worker scored in a warm-up batch at start: the
     /// supervisor's first throughput estimate, before any request was scored.
     pub warmup_tokens_per_second: Option<f64>,
     /// The device the worker computes on (`cpu`, `cuda:0`).
     pub device: String,
-    /// The number format its products run in (`f32`, `bf16`), after any fallback.
-    pub dtype: String,
+    /// The number format its products run in, after any fallback.
+    pub dtype: Dtype,
     /// The kernels its products run on, as timed fastest at load
     /// (`onednn-f32:brg:avx512_core`); `candle` off the CPU.
     pub kernels: String,

@@ -330,8 +330,20 @@ pub const RESIDENT_MEMORY: MetricSpec = spec(
 pub const BUILD_INFO: MetricSpec = spec(
     "build_info",
     G,
-    &["version", "model", "architecture", "device", "dtype"],
-    "Always 1; the labels say what is running",
+    &[
+        "version",
+        "model",
+        "architecture",
+        "device",
+        "dtype",
+        "kernels",
+        "template",
+    ],
+    "Always 1; the labels say what is running: crossenc's version, the model's name, the \
+     architecture serving it, the model workers' device, the dtype their products run in \
+     after any fallback, their kernels (the set timed fastest at load and its \
+     implementation, as SET:IMPLEMENTATION, e.g. onednn-f32:brg:avx512_core; candle on a \
+     GPU) and the decoder's prompt template (a built-in name or file; empty for an encoder)",
 );
 
 /// Every metric crossenc exports.

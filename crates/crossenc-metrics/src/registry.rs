@@ -528,7 +528,30 @@ mod tests {
                     "{sample} lacks {label}"
                 );
             }
+            // And the other way: every label on /metrics is in the catalogue (so that
+            // `crossenc metrics` shows it), a histogram's `le` aside.
+            for label in label_names(sample) {
+                assert!(
+                    label == "le" || spec.labels.contains(&label),
+                    "{} has label {label}, which the catalogue does not list",
+                    spec.name
+                );
+            }
         }
+    }
+
+    /// The label names of one sample line: `name{a="x",b="y"} 1` gives `a`, `b`.
+    fn label_names(sample: &str) -> Vec<&str> {
+        let Some((_, rest)) = sample.split_once('{') else {
+            return Vec::new();
+        };
+        let Some((labels, _)) = rest.rsplit_once('}') else {
+            return Vec::new();
+        };
+        labels
+            .split("\",")
+            .filter_map(|pair| pair.split_once('=').map(|(name, _)| name))
+            .collect()
     }
 
     #[test]

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use crate::arch::PaddedModel;
 use crate::packed::{fastest, measure, timed_rows, PackedPass, PackedTokens};
-use crate::{KernelChoice, KernelRate, Kernels, ModelConfig, ModelError, ModelFolder};
+use crate::{Dtype, KernelChoice, KernelRate, Kernels, ModelConfig, ModelError, ModelFolder};
 
 /// A loaded cross-encoder, ready to score batches.
 pub struct CrossEncoder {
@@ -24,20 +24,6 @@ pub struct CrossEncoder {
     products: Products,
     /// The packed pass's kernels and what they were chosen over; `None` off the CPU.
     kernels: Option<KernelChoice>,
-}
-
-/// The number format an operator asks for the encoder's products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dtype {
-    #[default]
-    F32,
-    /// bf16 inputs, f32 accumulation, on oneDNN: on AMX tiles always; on AVX512-BF16
-    /// alone where it times faster than f32 on the model's layer at load. Which wins
-    /// there depends on the CPU: on Intel CPUs without AMX, bf16 ran at about half the
-    /// rate of f32 (oneDNN 162-171 GFLOP/s against 258-334, 2 threads); on an AMD Zen 4,
-    /// about twice it (346-404 against 168-214). `without_amx` runs it even where it timed slower, to test the
-    /// path.
-    Bf16 { without_amx: bool },
 }
 
 /// What a loaded model's products actually run in: what was asked, or why not.
@@ -58,11 +44,11 @@ pub enum Products {
 }
 
 impl Products {
-    /// The number format in one word, as `model.dtype` spells it.
-    pub fn dtype(&self) -> &'static str {
+    /// The number format that runs.
+    pub fn dtype(&self) -> Dtype {
         match self {
-            Products::Bf16 { .. } | Products::Bf16Candle => "bf16",
-            Products::F32 | Products::F32Instead { .. } => "f32",
+            Products::Bf16 { .. } | Products::Bf16Candle => Dtype::Bf16,
+            Products::F32 | Products::F32Instead { .. } => Dtype::F32,
         }
     }
 }
@@ -238,13 +224,29 @@ impl CrossEncoder {
     /// Memory-maps `model.safetensors` and prepares the weights for `device` and
     /// `dtype`; [`CrossEncoder::products`] says what runs. On the CPU the packed pass
     /// runs (bf16 through oneDNN); elsewhere candle's padded pass, in bf16 when asked.
+    ///
+    /// bf16 on the CPU runs on AMX tiles always, and on AVX512-BF16 alone only where it
+    /// times faster than f32 on the model's layer at load: which wins there depends on
+    /// the CPU (on Intel CPUs without AMX bf16 timed about half as fast as f32, on an
+    /// AMD Zen 4 about twice as fast).
     pub fn load(folder: &ModelFolder, device: Device, dtype: Dtype) -> Result<Self, ModelError> {
+        Self::load_with(folder, device, dtype, false)
+    }
+
+    /// [`CrossEncoder::load`], where `bf16_without_amx` runs bf16 on AVX512-BF16 even
+    /// where it timed slower than f32, to test that path.
+    pub fn load_with(
+        folder: &ModelFolder,
+        device: Device,
+        dtype: Dtype,
+        bf16_without_amx: bool,
+    ) -> Result<Self, ModelError> {
         if !device.is_cpu() {
             return Self::load_padded(folder, device, dtype);
         }
         let mut model = Self::empty(folder, device);
         let mut packed = model.packed_pass()?;
-        let (products, choice) = choose_kernels(packed.as_ref(), dtype)?;
+        let (products, choice) = choose_kernels(packed.as_ref(), dtype, bf16_without_amx)?;
         packed.prepare_products(choice.chosen.kernels)?;
         model.packed = Some(packed);
         model.products = products;
@@ -298,12 +300,12 @@ impl CrossEncoder {
         let mut model = Self::empty(folder, device);
         let weights = match (dtype, model.config.arch().no_candle_bf16()) {
             (Dtype::F32, _) => DType::F32,
-            (Dtype::Bf16 { .. }, Some(reason)) => {
+            (Dtype::Bf16, Some(reason)) => {
                 let reason = reason.to_string();
                 model.products = Products::F32Instead { reason };
                 DType::F32
             }
-            (Dtype::Bf16 { .. }, None) => {
+            (Dtype::Bf16, None) => {
                 model.products = Products::Bf16Candle;
                 DType::BF16
             }
@@ -464,6 +466,7 @@ impl CrossEncoder {
 fn choose_kernels(
     packed: &dyn PackedPass,
     dtype: Dtype,
+    without_amx: bool,
 ) -> Result<(Products, KernelChoice), ModelError> {
     let layer = packed.timed_layer();
     let threads = rayon::current_num_threads();
@@ -476,11 +479,11 @@ fn choose_kernels(
     let mut chosen = best_f32.clone();
     let products = match (dtype, crossenc_onednn::support()) {
         (Dtype::F32, _) => Products::F32,
-        (Dtype::Bf16 { .. }, crossenc_onednn::Support::Missing(reason)) => Products::F32Instead {
+        (Dtype::Bf16, crossenc_onednn::Support::Missing(reason)) => Products::F32Instead {
             reason: reason.clone(),
         },
         (
-            Dtype::Bf16 { without_amx },
+            Dtype::Bf16,
             crossenc_onednn::Support::Native {
                 amx,
                 implementation,

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::arch::{self, Architecture, Layout, PairTemplate};
 use crate::weights::WeightIndex;
-use crate::{ModelError, PromptTemplate};
+use crate::{ModelError, PromptTemplate, ScoreActivation};
 
 /// Longest sequence served when the operator does not say: BERT's usual limit. Longer
 /// models (8192 positions) serve longer pairs only when asked: attention's cost grows
@@ -86,16 +86,6 @@ pub enum HiddenAct {
     Silu,
 }
 
-/// What turns a pair's raw score into the score a client gets, unless the operator
-/// says otherwise: what sentence-transformers' `CrossEncoder` applies for this model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScoreActivation {
-    /// 1 / (1 + e^-raw): a probability.
-    Sigmoid,
-    /// The raw score itself.
-    Identity,
-}
-
 /// What the forward pass needs from `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -121,7 +111,8 @@ pub struct ModelConfig {
     /// The head's labels in index order, as `id2label` names them: one or two.
     pub labels: Vec<String>,
     pub pad_token_id: u32,
-    /// The default activation of the raw score, from the model's own config.
+    /// The default activation of the raw score, from the model's own config: what
+    /// sentence-transformers' `CrossEncoder` applies for this model.
     pub activation: ScoreActivation,
     /// A decoder reranker's prompt; `None` for an encoder.
     pub template: Option<Arc<PromptTemplate>>,

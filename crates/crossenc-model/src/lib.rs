@@ -18,9 +18,10 @@ mod tokenize;
 mod weights;
 
 pub use arch::PairTemplate;
-pub use cross_encoder::{CrossEncoder, Dtype, PackedPairs, PaddedBatch, Products};
+pub use cross_encoder::{CrossEncoder, PackedPairs, PaddedBatch, Products};
+pub use crossenc_types::{Dtype, ScoreActivation};
 pub use error::ModelError;
-pub use folder::{HiddenAct, ModelConfig, ModelFolder, ScoreActivation};
+pub use folder::{HiddenAct, ModelConfig, ModelFolder};
 pub use packed::{KernelChoice, KernelRate, Kernels};
 pub use template::{Answers, PromptTemplate};
 pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};

@@ -132,7 +132,7 @@ fn every_architecture_runs_its_products_in_bf16_on_avx512_bf16() {
         let folder = ModelFolder::open(fixture(name)).unwrap();
         let cpu = candle_core::Device::Cpu;
         let exact = CrossEncoder::load(&folder, cpu.clone(), Dtype::F32).unwrap();
-        let rounded = CrossEncoder::load(&folder, cpu, Dtype::Bf16 { without_amx: true }).unwrap();
+        let rounded = CrossEncoder::load_with(&folder, cpu, Dtype::Bf16, true).unwrap();
         assert!(
             matches!(rounded.products(), Products::Bf16 { .. }),
             "{name}: {}",
@@ -156,7 +156,7 @@ fn every_architecture_runs_candle_bf16_as_gpus_do() {
         let folder = ModelFolder::open(fixture(name)).unwrap();
         let cpu = candle_core::Device::Cpu;
         let exact = CrossEncoder::load_padded(&folder, cpu.clone(), Dtype::F32).unwrap();
-        let rounded = CrossEncoder::load_padded(&folder, cpu, Dtype::Bf16 { without_amx: false });
+        let rounded = CrossEncoder::load_padded(&folder, cpu, Dtype::Bf16);
         let rounded = rounded.unwrap();
         if ["modernbert", "deberta-v2"].contains(&name) {
             let said = rounded.products().to_string();

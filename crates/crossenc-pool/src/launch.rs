@@ -63,43 +63,37 @@ impl WorkerLauncher {
         let mut child = spawn_from_forker(self.command((kind, id), exe, device, &name))
             .map_err(|e| fail(format!("cannot execute {}: {e}", exe.display())))?;
         let pidfd = open_pidfd(&child);
-        if let Some(stderr) = child.stderr.take() {
+        // From here every way out but the last kills and reaps the child.
+        let unstarted = ReapUnlessStarted(&mut child);
+        if let Some(stderr) = unstarted.0.stderr.take() {
             let json = self.log_format == LogFormat::Json;
             spawn_named(format!("{kind}-{id}-log"), move || {
                 forward_log(stderr, (kind, id), json)
             });
         }
-        let hello = self
-            .await_hello(listener, &name, &mut child)
-            .and_then(|link| match link.pid == child.id() {
+        let link = self
+            .await_hello(listener, &name, unstarted.0)
+            .and_then(|link| match link.pid == unstarted.0.id() {
                 true => Ok(link),
                 false => Err(format!(
                     "said it was pid {} but was started as pid {}",
                     link.pid,
-                    child.id()
+                    unstarted.0.id()
                 )),
-            });
-        let link = match hello {
-            Ok(link) => link,
-            Err(reason) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(reason));
-            }
-        };
+            })
+            .map_err(fail)?;
         let info = match link.events.try_recv_timeout(self.startup_timeout) {
             Ok(WorkerEvent::Ready(info)) => info,
-            Ok(WorkerEvent::StartFailed { message }) => Err(fail(message))?,
-            Ok(other) => Err(fail(format!("sent {other:?} before Ready")))?,
+            Ok(WorkerEvent::StartFailed { message }) => return Err(fail(message)),
+            Ok(other) => return Err(fail(format!("sent {other:?} before Ready"))),
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
                 return Err(fail(format!(
                     "no Ready within {:?} ({e:?})",
                     self.startup_timeout
-                )));
+                )))
             }
         };
+        unstarted.started();
         tracing::info!(%kind, id, pid = link.pid, "worker ready");
         Ok(WorkerProcess::start(
             kind,
@@ -201,6 +195,27 @@ impl WorkerLauncher {
             .join()
             .map_err(|_| "the accept thread panicked".to_string())?;
         link.map_err(|e| e.to_string())
+    }
+}
+
+/// A worker child that has not started: dropped, it is killed and reaped, so that a
+/// start that fails in any way (it exits, says StartFailed, sends something else before
+/// Ready, or times out) leaves neither a running worker nor a zombie. Only a started
+/// [`WorkerProcess`], whose event thread reaps it, takes the child over ([`Self::started`]).
+struct ReapUnlessStarted<'a>(&'a mut Child);
+
+impl ReapUnlessStarted<'_> {
+    /// The worker is Ready: its [`WorkerProcess`] owns the child from now on.
+    fn started(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ReapUnlessStarted<'_> {
+    fn drop(&mut self) {
+        // Already exited (and perhaps reaped by `try_wait`): both calls still succeed.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

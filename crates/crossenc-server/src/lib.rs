@@ -183,7 +183,7 @@ fn learn_model(pipeline: &Pipeline, workers: &Started) {
         .any(|(kind, info)| *kind == WorkerKind::Tokenizer && info.takes_instruction);
     pipeline.learn_model(LearnedModel {
         max_length: info.max_length,
-        sigmoid_by_default: info.sigmoid_by_default,
+        default_activation: info.default_activation,
         takes_instruction,
         warmup_tokens_per_second: warmup,
     });
@@ -212,7 +212,7 @@ fn record_build(metrics: &Metrics, name: &str, info: &WorkerInfo) {
             model: name.to_string(),
             architecture: info.architecture.clone(),
             device: info.device.clone(),
-            dtype: info.dtype.clone(),
+            dtype: info.dtype.to_string(),
             kernels: info.kernels.clone(),
             template: info.template.clone(),
         })

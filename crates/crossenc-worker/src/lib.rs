@@ -16,7 +16,6 @@ use crossenc_ipc::{
 };
 use crossenc_model::{
     CrossEncoder, Dtype, ModelError, ModelFolder, PackedPairs, PairTokenizer, Products,
-    ScoreActivation,
 };
 
 pub use crate::stats::StatsSender;
@@ -35,6 +34,9 @@ pub struct WorkerArgs {
     pub device: String,
     /// The products' number format (model workers only).
     pub dtype: Dtype,
+    /// Runs bf16 products on AVX512-BF16 even where they timed slower than f32 (a CPU
+    /// without AMX), to test that path: [`command::bf16_without_amx`].
+    pub bf16_without_amx: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,7 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         let folder = ModelFolder::open_with(&args.model, args.template.as_deref())?;
         let max_length = folder.max_length(args.max_length)?;
         let device = crossenc_model::parse_device(&args.device)?;
-        let model = CrossEncoder::load(&folder, device, args.dtype)?;
+        let model = CrossEncoder::load_with(&folder, device, args.dtype, args.bf16_without_amx)?;
         let products = model.products();
         match products {
             Products::F32Instead { .. } => {
@@ -98,7 +100,7 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
             tracing::info!(worker_id = args.worker_id, "kernels: {kernels}");
         }
         let mut info = worker_info(&folder, max_length, &args.device);
-        info.dtype = products.dtype().into();
+        info.dtype = products.dtype();
         info.kernels = model
             .kernels()
             .map_or_else(|| "candle".into(), |k| k.label());
@@ -377,10 +379,10 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerI
             .as_ref()
             .map_or_else(String::new, |t| t.name.clone()),
         takes_instruction: false,
-        sigmoid_by_default: folder.config.activation == ScoreActivation::Sigmoid,
+        default_activation: folder.config.activation,
         warmup_tokens_per_second: None,
         device: device.to_string(),
-        dtype: "f32".into(),
+        dtype: Dtype::F32,
         kernels: String::new(),
     }
 }

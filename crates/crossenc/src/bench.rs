@@ -91,7 +91,7 @@ pub struct BenchArgs {
     no_server: bool,
     /// Products of the model-alone run: `f32`, or `bf16` (then also its max score error
     /// against f32 on the same pairs).
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = crossenc_worker::command::parse_dtype)]
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
     dtype: Dtype,
     /// Run the model-alone pass on these kernels (`gemm-f32`, `onednn-f32`,
     /// `onednn-bf16`) instead of those timed fastest at load: to compare them in one run.
@@ -123,6 +123,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let run = ModelAloneRun {
             model: model.clone(),
             dtype: args.dtype,
+            bf16_without_amx: crossenc_worker::command::bf16_without_amx(),
             kernels: args.kernels,
             max_batch_tokens: args.max_batch_tokens,
             max_batch_size: args.max_batch_size,

@@ -5,6 +5,8 @@
 mod bench;
 mod cli;
 mod logging;
+#[cfg(test)]
+mod test_binaries;
 
 use std::process::ExitCode;
 
