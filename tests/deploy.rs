@@ -171,7 +171,10 @@ fn admitted(policy: &Value, container: &Value) -> HashMap<String, Vec<Value>> {
             Some(peers) => peers.clone(),
         };
         for port in ports {
-            admitted.entry(port).or_default().extend(peers.iter().cloned());
+            admitted
+                .entry(port)
+                .or_default()
+                .extend(peers.iter().cloned());
         }
     }
     admitted
@@ -391,10 +394,7 @@ async fn the_secure_overlays_arguments_serve_its_secrets_and_take_a_rotation_liv
     let root = std::env::temp_dir().join(format!("crossenc-secure-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let (ca, cert, key) = authority("crossenc deploy test CA");
-    let tls = SecretVolume::new(
-        root.join("tls"),
-        &[("tls.crt", &cert), ("tls.key", &key)],
-    );
+    let tls = SecretVolume::new(root.join("tls"), &[("tls.crt", &cert), ("tls.key", &key)]);
     let keys = SecretVolume::new(root.join("keys"), &[("keys", &format!("{KEY}\n"))]);
     let local = |arg: String| {
         for (secret, volume) in [("crossenc-tls", &tls), ("crossenc-api-keys", &keys)] {
