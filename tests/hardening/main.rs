@@ -15,6 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossenc_proto::v1::RerankRequest;
 use support::TestServer;
 
@@ -34,7 +35,14 @@ fn small_rerank(round: usize) -> RerankRequest {
 
 /// Latencies of `count` small Reranks sent one after another by one client.
 async fn normal_client(server: &TestServer, count: usize) -> Vec<Duration> {
-    let mut client = server.client().await;
+    timed_reranks(server.client().await, count).await
+}
+
+/// Latencies of `count` small Reranks sent one after another on `client`.
+async fn timed_reranks(
+    mut client: CrossEncoderClient<tonic::transport::Channel>,
+    count: usize,
+) -> Vec<Duration> {
     let mut latencies = Vec::with_capacity(count);
     for round in 0..count {
         let started = Instant::now();

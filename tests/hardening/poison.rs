@@ -15,20 +15,8 @@ const REQUESTS_EACH: usize = 200;
 async fn eight_clients(server: &TestServer) -> Vec<Duration> {
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let server_client = server.client().await;
-        clients.push(tokio::spawn(async move {
-            let mut client = server_client;
-            let mut latencies = Vec::with_capacity(REQUESTS_EACH);
-            for round in 0..REQUESTS_EACH {
-                let started = Instant::now();
-                client
-                    .rerank(small_rerank(round))
-                    .await
-                    .expect("a normal client's request is served");
-                latencies.push(started.elapsed());
-            }
-            latencies
-        }));
+        let client = server.client().await;
+        clients.push(tokio::spawn(timed_reranks(client, REQUESTS_EACH)));
     }
     let mut all = Vec::new();
     for client in clients {
@@ -44,7 +32,7 @@ async fn a_poison_search_beside_eight_clients_keeps_their_p99_within_twice() {
         &[
             ("CROSSENC_FAULT_ABORT_ON", POISON),
             ("CROSSENC_WORKERS__MODEL", "2"),
-            ("CROSSENC_WORKERS__MODEL_THREADS", "1"),
+            ("CROSSENC_WORKERS__MODEL_THREADS", "2"),
         ],
     );
     eight_clients(&server).await; // warm, and the admission estimate learned

@@ -237,12 +237,7 @@ where
         let (parts, body) = request.into_parts();
         let (body, hold) = self.budget.wrap(body, Refusal::Grpc);
         let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answer = answer.await;
-            drop(hold);
-            answer
-        })
+        crate::listen::held_until_answered(self.inner.call(request), hold)
     }
 }
 

@@ -279,14 +279,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match self.rule.check(request.uri().path(), request.headers()) {
-            Ok(pass) => {
-                let answer = self.inner.call(request);
-                Box::pin(async move {
-                    let answer = answer.await;
-                    drop(pass);
-                    answer
-                })
-            }
+            Ok(pass) => crate::listen::held_until_answered(self.inner.call(request), pass),
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
     }

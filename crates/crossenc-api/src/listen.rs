@@ -148,13 +148,24 @@ where
             .extensions()
             .get::<ConnectionInfo>()
             .map(|info| info.activity.begin());
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answer = answer.await;
-            drop(in_flight);
-            answer
-        })
+        held_until_answered(self.inner.call(request), in_flight)
     }
+}
+
+/// `answer`, keeping `held` (a permit, a count of requests in flight) until it is ready.
+pub(crate) fn held_until_answered<F, H>(
+    answer: F,
+    held: H,
+) -> futures_util::future::BoxFuture<'static, F::Output>
+where
+    F: Future + Send + 'static,
+    H: Send + 'static,
+{
+    Box::pin(async move {
+        let answer = answer.await;
+        drop(held);
+        answer
+    })
 }
 
 impl LimitedListener {

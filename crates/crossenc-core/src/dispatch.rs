@@ -7,11 +7,11 @@
 //! stay in the scheduler where later arrivals can still join their batches.
 //!
 //! When a worker dies (or is killed for holding a batch past `batch_timeout`), its batch
-//! is bisected: each half runs alone on an idle worker, a half that kills its worker is
-//! halved again, and a pair that kills a worker alone is a poison input whose request
-//! fails with INTERNAL. A poison pair in a batch of n costs about log2(n) worker deaths,
-//! never a crash loop, and every other pair is scored; the search's runs are bounded by
-//! the batch (at most 2n - 1 for n pairs: each run halves its group) and counted in
+//! is searched: it is split in up to eight groups, each run alone on an idle worker, a
+//! group that kills its worker is split again, and a pair that kills a worker alone is a
+//! poison input whose request fails with INTERNAL. A poison pair in a batch of n costs
+//! about log8(n) worker deaths, never a crash loop, and every other pair is scored; the
+//! search's runs are bounded by the batch (at most 8 a step, under 2n in all) and counted in
 //! `poison_search_runs_total`. The search takes one worker, reserved until it
 //! ends; the others keep taking new batches meanwhile, so that one bad request holds
 //! back only itself (with a single model worker, new batches wait for the search). Pairs that go back to the queue
@@ -34,6 +34,9 @@ use crate::error::PipelineError;
 use crate::pipeline::Scores;
 use crate::scheduler::{Batch, RequestKey, Scheduler, SchedulerLimits};
 use crate::workers::{JobError, Member, PendingReply, Reply, WorkerSet};
+
+/// How many groups a suspect batch is split into at each step of the poison search.
+const SEARCH_FANOUT: usize = 8;
 
 /// A pair in the scheduler: whose it is, where its score goes, and its tokens.
 #[derive(Debug)]
@@ -72,7 +75,7 @@ struct BatchReply {
 struct InFlight {
     pairs: Vec<QueuedPair>,
     sent: Instant,
-    /// Ran alone on its worker, as part of a bisection.
+    /// Ran alone on its worker, as part of the poison search.
     isolated: bool,
     /// The worker's serial: a worker runs its batches one at a time, in the order sent.
     worker: u64,
@@ -191,7 +194,7 @@ struct DispatchTask {
     requests: HashMap<RequestKey, Gathering>,
     in_flight: HashMap<u64, InFlight>,
     /// Parts of batches whose worker died, each to run alone on an idle worker, before
-    /// any new batch: the bisection that finds a poison pair.
+    /// any new batch: the search that finds a poison pair.
     suspects: VecDeque<Vec<QueuedPair>>,
     /// Workers (by their set's serial) running a suspect group alone: they get nothing
     /// else meanwhile, so that their death is the group's doing and no other pair's.
@@ -509,7 +512,7 @@ impl DispatchTask {
                 return;
             }
             Err(PipelineError::Job(JobError::WorkerGone { .. })) => {
-                self.bisect(pairs, isolated);
+                self.search(pairs, isolated);
                 // Those behind it never started: they go back as they were.
                 for pairs in self.take_behind(worker) {
                     self.put_back(pairs, false);
@@ -580,7 +583,7 @@ impl DispatchTask {
         }
         let mut behind = self.take_behind(worker).into_iter();
         if let Some(running) = behind.next() {
-            self.bisect(running, false);
+            self.search(running, false);
         }
         for pairs in behind {
             self.put_back(pairs, false);
@@ -588,10 +591,10 @@ impl DispatchTask {
     }
 
     /// The worker died holding these pairs (of requests still waiting): they count as
-    /// queued again and run alone on idle workers, in halves, so that a pair that kills
-    /// a worker is found in log2 steps. A pair that killed a worker alone is the poison,
+    /// queued again and run alone on idle workers, in up to eight groups, so that a pair
+    /// that kills a worker is found in log8 steps. A pair that killed a worker alone is the poison,
     /// and its request fails.
-    fn bisect(&mut self, pairs: Vec<QueuedPair>, isolated: bool) {
+    fn search(&mut self, pairs: Vec<QueuedPair>, isolated: bool) {
         // Alone as sent: a group that is down to one pair only because the others' requests
         // went away does not convict that pair; it runs alone first.
         let alone = isolated && pairs.len() == 1;
@@ -608,12 +611,18 @@ impl DispatchTask {
             self.fail_pairs(&pairs, error);
             return;
         }
-        if pairs.len() > 1 {
-            let second = pairs.split_off(pairs.len() / 2);
-            self.suspects.push_back(second);
+        // A run that lives costs a small batch; one that dies costs a worker's restart,
+        // and the cores it loads on. So each step splits in up to SEARCH_FANOUT groups:
+        // log8(n) deaths find the pair, at most 8 runs a step, where halves took log2(n).
+        let size = pairs.len().div_ceil(SEARCH_FANOUT).max(1);
+        let mut groups = Vec::new();
+        while pairs.len() > size {
+            let rest = pairs.split_off(size);
+            groups.push(std::mem::replace(&mut pairs, rest));
         }
-        if !pairs.is_empty() {
-            self.suspects.push_front(pairs);
+        groups.push(pairs);
+        for group in groups.into_iter().rev().filter(|g| !g.is_empty()) {
+            self.suspects.push_front(group);
         }
         self.publish_waiting();
     }

@@ -247,11 +247,11 @@ async fn requeued_pairs_count_against_the_queue_limit_again() {
 #[tokio::test(start_paused = true)]
 async fn the_poison_search_keeps_one_worker_and_the_others_serve_new_requests_meanwhile() {
     let mut limits = limits();
-    limits.scheduler.max_batch_size = 8;
+    limits.scheduler.max_batch_size = 64;
     let (pipeline, log) = pipeline(limits, 2, true);
-    let poisoned: Vec<String> = (0..8)
+    let poisoned: Vec<String> = (0..64)
         .map(|i| match i {
-            5 => "POISON".to_string(),
+            45 => "POISON".to_string(),
             _ => format!("docP{i}"),
         })
         .collect();
@@ -265,9 +265,9 @@ async fn the_poison_search_keeps_one_worker_and_the_others_serve_new_requests_me
             (failed, tokio::time::Instant::now())
         })
     };
-    // The first death (after tokenizing and one batch) starts the search, which takes
-    // three more deaths and their respawns; requests that come during it are answered
-    // between its runs, long before it ends.
+    // The first death (after tokenizing and one batch) starts the search: eight groups
+    // of eight, the poison's killing its worker, then eight of one; requests that come
+    // during it are answered beside its runs, before it ends.
     let during: Vec<_> = (0..6)
         .map(|i| {
             let pipeline = Arc::clone(&pipeline);
@@ -282,11 +282,14 @@ async fn the_poison_search_keeps_one_worker_and_the_others_serve_new_requests_me
         .collect();
     let (failed, search_ended) = searching.await.unwrap();
     assert!(
-        matches!(failed, Err(PipelineError::Poison { index: 5 })),
+        matches!(failed, Err(PipelineError::Poison { index: 45 })),
         "{failed:?}"
     );
     let deaths = log.deaths.lock().unwrap().len();
-    assert!(deaths >= 3, "the search ran: {deaths} deaths");
+    assert_eq!(
+        deaths, 3,
+        "the batch, its group of eight, then the poison alone"
+    );
     let mut answered_during = Vec::new();
     for request in during {
         answered_during.push(request.await.unwrap());
@@ -300,6 +303,7 @@ async fn the_poison_search_keeps_one_worker_and_the_others_serve_new_requests_me
         "new requests waited for the search: answered {answered_during:?}, search ended {search_ended:?}"
     );
     let runs = pipeline.metrics.poison_search_runs.get();
-    // Eight pairs: 2 groups of 4, 2 of 2, 2 of 1 at most on the poison's path.
-    assert!((3..=2 * 8 - 1).contains(&runs), "{runs} search runs");
+    // Two steps of at most eight groups (those after the poison's dropped with its
+    // request), where halving would have taken six deaths.
+    assert!((7..=16).contains(&runs), "{runs} search runs");
 }

@@ -35,6 +35,9 @@ pub struct WorkerLauncher {
     pub log_format: LogFormat,
     /// The filter workers log with (RUST_LOG syntax).
     pub log_filter: String,
+    /// Whether model workers score a warm-up batch at start: the first ones do (it is
+    /// admission's first throughput figure), restarted ones do not.
+    pub warm_up: bool,
 }
 
 /// A worker that could not be started, and why.
@@ -150,6 +153,9 @@ impl WorkerLauncher {
         }
         if let Some(template) = &self.template {
             command.arg("--template").arg(template);
+        }
+        if kind == WorkerKind::Model && !self.warm_up {
+            command.arg("--no-warm-up");
         }
         let threads = match kind {
             WorkerKind::Model => self.model_threads,
@@ -291,6 +297,7 @@ mod tests {
             startup_timeout: Duration::from_secs(1),
             log_format: LogFormat::Text,
             log_filter: "info".into(),
+            warm_up: true,
         }
     }
 
@@ -315,5 +322,26 @@ mod tests {
         let cpu = launcher(&["cpu"]);
         let model = placed(&cpu, WorkerKind::Model, 3);
         assert_eq!(model, ("crossenc".into(), "cpu".into()));
+    }
+
+    #[test]
+    fn only_a_restarted_model_worker_skips_the_warm_up() {
+        let args = |launcher: &WorkerLauncher, kind| -> Vec<String> {
+            let exe = PathBuf::from("crossenc");
+            let command = launcher.command((kind, 0), &exe, "cpu", "ipc");
+            command
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let first = launcher(&["cpu"]);
+        let restarted = WorkerLauncher {
+            warm_up: false,
+            ..first.clone()
+        };
+        let skips = |args: Vec<String>| args.iter().any(|a| a == "--no-warm-up");
+        assert!(!skips(args(&first, WorkerKind::Model)));
+        assert!(skips(args(&restarted, WorkerKind::Model)));
+        assert!(!skips(args(&restarted, WorkerKind::Tokenizer)));
     }
 }

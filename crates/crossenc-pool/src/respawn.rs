@@ -107,7 +107,10 @@ impl WorkerSlot {
                 () = tokio::time::sleep(pause) => {}
                 () = stopped(stop) => return None,
             }
-            let launcher = self.launcher.clone();
+            let launcher = WorkerLauncher {
+                warm_up: false,
+                ..self.launcher.clone()
+            };
             let (kind, id) = (self.kind, self.id);
             let metrics = Arc::clone(&self.metrics);
             let spawned =

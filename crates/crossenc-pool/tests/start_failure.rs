@@ -100,6 +100,7 @@ fn launcher(exe: PathBuf, startup_timeout: Duration) -> WorkerLauncher {
         startup_timeout,
         log_format: LogFormat::Text,
         log_filter: "info".into(),
+        warm_up: true,
     }
 }
 

@@ -49,6 +49,9 @@ struct WorkerFlags {
     /// Number format of the products: `f32` or `bf16`.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     dtype: Dtype,
+    /// Skip the warm-up batch (a restarted worker: admission has learned the rate).
+    #[arg(long)]
+    no_warm_up: bool,
 }
 
 /// Set to `1`: bf16 products run on AVX512-BF16 where the CPU has no AMX even where
@@ -92,6 +95,7 @@ pub fn run(command: WorkerCommand) -> Result<(), WorkerExit> {
         device: flags.device,
         dtype: flags.dtype,
         bf16_without_amx: bf16_without_amx(),
+        warm_up: !flags.no_warm_up,
     };
     run(&args)?;
     Ok(())

@@ -37,6 +37,10 @@ pub struct WorkerArgs {
     /// Runs bf16 products on AVX512-BF16 even where they timed slower than f32 (a CPU
     /// without AMX), to test that path: [`command::bf16_without_amx`].
     pub bf16_without_amx: bool,
+    /// Scores a small batch at start for admission's first throughput figure; a
+    /// restarted worker skips it (the rate is known from real batches by then), which
+    /// takes a third off its restart and leaves the cores to the workers serving.
+    pub warm_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +108,7 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         info.kernels = model
             .kernels()
             .map_or_else(|| "candle".into(), |k| k.label());
-        info.warmup_tokens_per_second = warm_up(&model, max_length);
+        info.warmup_tokens_per_second = args.warm_up.then(|| warm_up(&model, max_length)).flatten();
         let poison = PoisonPill::from_env(&folder, max_length)?;
         let handle = move |work| match work {
             Work::Score(batch) => match poison

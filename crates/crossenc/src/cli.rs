@@ -72,6 +72,7 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
         startup_timeout: config.workers.startup_timeout,
         log_format: config.log.format,
         log_filter: config.log.effective_filter(),
+        warm_up: true,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
