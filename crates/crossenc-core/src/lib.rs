@@ -7,7 +7,7 @@
 //!   retrying a chunk whose worker died alone once;
 //! - [`scheduler`] cuts the waiting pairs of every request into model batches;
 //! - [`dispatch`] sends the batches to the model workers and routes each score back,
-//!   re-queuing and bisecting the batches of a worker that died.
+//!   re-queuing and searching the batches of a worker that died.
 //!
 //! The core sees workers only through the [`workers::Worker`] trait: submit a job, hear
 //! its reply or its worker's death, read its load, and learn when workers join or leave.

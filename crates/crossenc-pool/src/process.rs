@@ -4,7 +4,7 @@
 //! A [`WorkerProcess`] is the core's [`Worker`]: jobs submitted to it wait in its
 //! pending table until the process answers. When the process dies (or its channel
 //! breaks), every job it held gets [`JobError::WorkerGone`] at once, so that no caller
-//! waits forever; what happens to that work then (a model batch re-queued and bisected,
+//! waits forever; what happens to that work then (a model batch re-queued and searched,
 //! a tokenizer chunk retried alone) is the core's decision.
 
 use std::collections::HashMap;
