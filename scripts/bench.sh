@@ -3,7 +3,7 @@
 # model, runs `crossenc bench` against it at 1 and 16 concurrent clients (pairs/s, Rerank
 # p50/p99, padding from /metrics), measures the model alone on the same pairs and
 # batches, then stops the server. Extra arguments go to `crossenc bench`.
-# CROSSENC_BENCH_DTYPE=bf16 runs both in bf16 (AMX; see the README on CPUs without it).
+# CROSSENC_BENCH_DTYPE=bf16 runs both in bf16 (AMX; see docs/performance.md on CPUs without it).
 # CROSSENC_BENCH_MODEL names another model folder, and CROSSENC_BENCH_TEMPLATE a decoder's
 # prompt template for both runs (e.g. qwen3-reranker).
 set -euo pipefail
