@@ -191,7 +191,7 @@ fn adapter_queries() -> Vec<(String, String)> {
 
 /// The example queries of docs/metrics.md's ```promql blocks (the README's before they
 /// moved there); a line that starts with whitespace continues the query on the line before.
-fn readme_queries() -> Vec<(String, String)> {
+fn documented_queries() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(workspace().join("docs/metrics.md")).unwrap();
     let mut queries: Vec<(String, String)> = Vec::new();
     for block in readme.split("```promql").skip(1) {
@@ -209,7 +209,7 @@ fn readme_queries() -> Vec<(String, String)> {
                     expr.push(' ');
                     expr.push_str(trimmed);
                 }
-                _ => queries.push(("README".into(), trimmed.to_string())),
+                _ => queries.push(("docs/metrics.md".into(), trimmed.to_string())),
             }
             in_query = true;
         }
@@ -291,7 +291,7 @@ async fn every_dashboard_query_and_recording_rule_returns_data_from_a_real_prome
             "the dashboard lacks the seed's panel {seed_panel:?}"
         );
     }
-    let mut examples = readme_queries();
+    let mut examples = documented_queries();
     assert!(examples.len() >= 10, "{examples:?}");
     examples.extend(adapter_queries());
     let gpu_names: Vec<&str> = CATALOGUE
