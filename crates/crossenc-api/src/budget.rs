@@ -19,6 +19,8 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::error::Elapsed;
 use tonic::codegen::http;
 
+use crate::rule::RequestRule;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 
 /// How long a chunk waits for room before its request is refused.
@@ -200,44 +202,19 @@ where
 /// Puts every gRPC call's body on the budget; the room is given back once the call
 /// is answered.
 #[derive(Clone)]
-pub struct GrpcBudgetLayer(pub Arc<BodyBudget>);
+pub struct GrpcBudget(pub Arc<BodyBudget>);
 
-impl<S> tower::Layer<S> for GrpcBudgetLayer {
-    type Service = GrpcBudget<S>;
+impl<Answer> RequestRule<tonic::body::Body, Answer> for GrpcBudget {
+    type Held = Hold;
 
-    fn layer(&self, inner: S) -> GrpcBudget<S> {
-        GrpcBudget {
-            inner,
-            budget: Arc::clone(&self.0),
-        }
-    }
-}
-
-/// The service [`GrpcBudgetLayer`] makes.
-#[derive(Clone)]
-pub struct GrpcBudget<S> {
-    inner: S,
-    budget: Arc<BodyBudget>,
-}
-
-impl<S> tower::Service<http::Request<tonic::body::Body>> for GrpcBudget<S>
-where
-    S: tower::Service<http::Request<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn apply(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<(http::Request<tonic::body::Body>, Hold), Answer> {
         let (parts, body) = request.into_parts();
-        let (body, hold) = self.budget.wrap(body, Refusal::Grpc);
+        let (body, hold) = self.0.wrap(body, Refusal::Grpc);
         let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
-        crate::listen::held_until_answered(self.inner.call(request), hold)
+        Ok((request, hold))
     }
 }
 

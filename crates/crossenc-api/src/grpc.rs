@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::cross_encoder_server::CrossEncoder;
@@ -20,6 +19,7 @@ use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder};
 use crate::access::{self, Served};
 use crate::auth::LiveKeys;
 use crate::failure::{grpc_code_word, Failure};
+use crate::rule::RequestRule;
 use crate::validate::{check_count, check_query, check_top_n, rank};
 
 /// Serves Infer and Rerank through the pipeline.
@@ -232,80 +232,34 @@ async fn within<T>(deadline: Deadline, work: impl Future<Output = T>) -> Result<
     })
 }
 
-/// A rule a gRPC call must pass before its message is read: it refuses with a ready
-/// response, or lets the call through holding a `Pass` until the call is answered.
-pub trait CallRule: Clone + Send + 'static {
-    type Pass: Send + 'static;
-
-    fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Self::Pass, Status>;
-}
-
-/// Applies a [`CallRule`] under the gRPC server.
-#[derive(Clone)]
-pub struct RuleLayer<R>(pub R);
-
-impl<S, R: CallRule> tower::Layer<S> for RuleLayer<R> {
-    type Service = Ruled<S, R>;
-
-    fn layer(&self, inner: S) -> Ruled<S, R> {
-        Ruled {
-            inner,
-            rule: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`RuleLayer`] makes.
-#[derive(Clone)]
-pub struct Ruled<S, R> {
-    inner: S,
-    rule: R,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for Ruled<S, R>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    R: CallRule,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match self.rule.check(request.uri().path(), request.headers()) {
-            Ok(pass) => crate::listen::held_until_answered(self.inner.call(request), pass),
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
-        }
-    }
-}
+/// A gRPC call's answer: what a rule that refuses it gives back.
+type CallAnswer = http::Response<tonic::body::Body>;
 
 /// Refuses a CrossEncoder call at once while `max_concurrent_requests` calls are in
 /// flight; health and reflection pass freely.
 #[derive(Clone)]
 pub struct Gate(pub Arc<Pipeline>);
 
-impl CallRule for Gate {
-    type Pass = Option<crossenc_core::admission::RequestPermit>;
+impl<B> RequestRule<B, CallAnswer> for Gate {
+    type Held = Option<crossenc_core::admission::RequestPermit>;
 
-    fn check(&self, path: &str, _: &http::HeaderMap) -> Result<Self::Pass, Status> {
-        let method = match path {
+    fn apply(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<(http::Request<B>, Self::Held), CallAnswer> {
+        let method = match request.uri().path() {
             "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
             "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
-            _ => return Ok(None),
+            _ => return Ok((request, None)),
         };
-        self.0.admission.enter().map(Some).map_err(|refused| {
+        let permit = self.0.admission.enter().map_err(|refused| {
             let failure = Failure::from(PipelineError::Refused(refused));
             let metrics = Arc::clone(&self.0.metrics);
             RequestRecorder::start(metrics, method, Instant::now())
                 .finish(Err(grpc_code_word(failure.class.grpc_code())));
-            failure.into_status()
-        })
+            failure.into_status().into_http()
+        })?;
+        Ok((request, Some(permit)))
     }
 }
 
@@ -320,9 +274,18 @@ pub struct KeyCheck {
     pub metrics: Arc<Metrics>,
 }
 
-impl CallRule for KeyCheck {
-    type Pass = ();
+impl<B> RequestRule<B, CallAnswer> for KeyCheck {
+    type Held = ();
 
+    fn apply(&self, request: http::Request<B>) -> Result<(http::Request<B>, ()), CallAnswer> {
+        match self.check(request.uri().path(), request.headers()) {
+            Ok(()) => Ok((request, ())),
+            Err(status) => Err(status.into_http()),
+        }
+    }
+}
+
+impl KeyCheck {
     fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
         let presented = headers.get(http::header::AUTHORIZATION);
         if path.starts_with("/grpc.health.v1.Health/")

@@ -19,9 +19,10 @@ use crate::access::{self, Served};
 use crate::auth::LiveKeys;
 use crate::budget::{BodyBudget, Refusal};
 use crate::failure::{ErrorClass, Failure};
-use crate::listen::{Connection, LimitedListener, TrackRequestsLayer};
+use crate::listen::{Connection, LimitedListener, TrackRequests};
 use crate::request_id::RequestIdLayer;
 use crate::rest;
+use crate::rule::RuleLayer;
 use crate::tls::LiveAcceptor;
 
 #[derive(Clone)]
@@ -279,7 +280,7 @@ pub async fn serve(
             };
             let service = tower::ServiceBuilder::new()
                 .layer(axum::Extension(stream.info().clone()))
-                .layer(TrackRequestsLayer)
+                .layer(RuleLayer(TrackRequests))
                 .service(router);
             let service = TowerToHyperService::new(service);
             let mut builder = Builder::new(TokioExecutor::new());

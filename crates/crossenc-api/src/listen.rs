@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::codegen::http;
 use tonic::transport::server::Connected;
 
+use crate::rule::RequestRule;
 use crate::tls::LiveAcceptor;
 
 /// After an accept error (out of file descriptors, say), the pause before the next try.
@@ -114,58 +115,18 @@ impl Drop for InFlight {
 /// Counts each request as in flight on its connection (by the request's
 /// [`ConnectionInfo`]) until it is answered: what the idle timeout reads.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TrackRequestsLayer;
+pub struct TrackRequests;
 
-impl<S> tower::Layer<S> for TrackRequestsLayer {
-    type Service = TrackRequests<S>;
+impl<B, Answer> RequestRule<B, Answer> for TrackRequests {
+    type Held = Option<InFlight>;
 
-    fn layer(&self, inner: S) -> TrackRequests<S> {
-        TrackRequests { inner }
-    }
-}
-
-/// The service [`TrackRequestsLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct TrackRequests<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for TrackRequests<S>
-where
-    S: tower::Service<http::Request<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn apply(&self, request: http::Request<B>) -> Result<(http::Request<B>, Self::Held), Answer> {
         let in_flight = request
             .extensions()
             .get::<ConnectionInfo>()
             .map(|info| info.activity.begin());
-        held_until_answered(self.inner.call(request), in_flight)
+        Ok((request, in_flight))
     }
-}
-
-/// `answer`, keeping `held` (a permit, a count of requests in flight) until it is ready.
-pub(crate) fn held_until_answered<F, H>(
-    answer: F,
-    held: H,
-) -> futures_util::future::BoxFuture<'static, F::Output>
-where
-    F: Future + Send + 'static,
-    H: Send + 'static,
-{
-    Box::pin(async move {
-        let answer = answer.await;
-        drop(held);
-        answer
-    })
 }
 
 impl LimitedListener {

@@ -16,12 +16,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{KeyFileError, LiveKeys};
-use crate::budget::{BodyBudget, GrpcBudgetLayer};
+use crate::budget::{BodyBudget, GrpcBudget};
 use crate::grpc::{self, CrossEncoderService};
 use crate::http::{self, ConnectionRules, HttpState};
-use crate::listen::{ConnectionLimits, LimitedListener, TrackRequestsLayer};
+use crate::listen::{ConnectionLimits, LimitedListener, TrackRequests};
 use crate::reload::Reload;
 use crate::request_id::RequestIdLayer;
+use crate::rule::RuleLayer;
 use crate::tls::{Tls, TlsError};
 
 /// How long past `default_deadline` a gRPC call without a deadline of its own may take
@@ -158,15 +159,15 @@ impl Faces {
                 // back: the client's deadline, or a little past the default one (which
                 // the handler answers itself once the message is in).
                 .timeout(server.default_deadline + STALLED_CALL_MARGIN)
-                .layer(TrackRequestsLayer)
+                .layer(RuleLayer(TrackRequests))
                 .layer(tower::util::MapRequestLayer::new(grpc::stamp_arrival))
                 .layer(RequestIdLayer)
-                .layer(grpc::RuleLayer(grpc::KeyCheck {
+                .layer(RuleLayer(grpc::KeyCheck {
                     keys: Arc::clone(&keys),
                     metrics: Arc::clone(&pipeline.metrics),
                 }))
-                .layer(grpc::RuleLayer(grpc::Gate(Arc::clone(&pipeline))))
-                .layer(GrpcBudgetLayer(Arc::clone(&budget)))
+                .layer(RuleLayer(grpc::Gate(Arc::clone(&pipeline))))
+                .layer(RuleLayer(GrpcBudget(Arc::clone(&budget))))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(service)
