@@ -144,12 +144,43 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// Every `expr` of every panel target in the dashboard, with its panel's title.
+/// Every `expr` of every panel target in the dashboard, with its panel's title, and with
+/// the dashboard's template variables filled in as Grafana does when "All" is selected
+/// (`$model` and `${model}` become the variable's `allValue`, `.*`), so that Prometheus can
+/// run them as they are.
 fn dashboard_queries(path: &Path) -> Vec<(String, String)> {
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(dashboard["title"], "Prometheus Metrics Dashboard");
     assert_eq!(dashboard["refresh"], "5s");
     assert_eq!(dashboard["time"]["from"], "now-15m");
+    let mut variables: Vec<(String, String)> = dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|variable| {
+            let name = variable["name"].as_str().unwrap().to_string();
+            let all = variable["allValue"]
+                .as_str()
+                .unwrap_or_else(|| panic!("the dashboard variable {name} has no allValue"))
+                .to_string();
+            (name, all)
+        })
+        .collect();
+    // Longest names first, so that `$model` never eats the start of a `$models`.
+    variables.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    let as_for_all = |expr: &str| {
+        let mut expr = expr.to_string();
+        for (name, all) in &variables {
+            expr = expr
+                .replace(&format!("${{{name}}}"), all)
+                .replace(&format!("${name}"), all);
+        }
+        assert!(
+            !expr.contains('$'),
+            "a variable the dashboard does not declare: {expr}"
+        );
+        expr
+    };
     let mut found = Vec::new();
     let mut panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
     while let Some(panel) = panels.pop() {
@@ -159,7 +190,7 @@ fn dashboard_queries(path: &Path) -> Vec<(String, String)> {
         for target in panel["targets"].as_array().into_iter().flatten() {
             if let Some(expr) = target["expr"].as_str() {
                 let title = panel["title"].as_str().unwrap_or_default();
-                found.push((title.to_string(), expr.to_string()));
+                found.push((title.to_string(), as_for_all(expr)));
             }
         }
     }
