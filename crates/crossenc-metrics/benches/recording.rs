@@ -12,7 +12,7 @@ use crossenc_ipc::{StatsReport, WorkerKind};
 use crossenc_metrics::{Metrics, RequestRecorder, StageTimes};
 
 fn single_records(c: &mut Criterion) {
-    let metrics = Metrics::new(false);
+    let metrics = Metrics::new(false).model("m");
     c.bench_function("counter inc", |b| {
         b.iter(|| metrics.total_tokens.inc_by(black_box(7)))
     });
@@ -30,7 +30,8 @@ fn single_records(c: &mut Criterion) {
 /// its stages, the batch, the pairs' waits, one tokenizer and one model report, and
 /// the IPC and codec timings.
 fn one_request(c: &mut Criterion) {
-    let metrics = Arc::new(Metrics::new(false));
+    let root = Arc::new(Metrics::new(false));
+    let metrics = Arc::new(root.model("m"));
     let tokenizer = metrics.worker_window(WorkerKind::Tokenizer, 0);
     let model = metrics.worker_window(WorkerKind::Model, 0);
     let report = StatsReport {
@@ -48,9 +49,10 @@ fn one_request(c: &mut Criterion) {
     };
     c.bench_function("all records of one 32-pair request", |b| {
         b.iter(|| {
-            let recorder =
-                RequestRecorder::start(Arc::clone(&metrics), "grpc_rerank", Instant::now());
-            metrics.grpc_deserialize_latency.observe(2e-5);
+            let mut recorder =
+                RequestRecorder::start(Arc::clone(&root), "grpc_rerank", Instant::now());
+            root.grpc_deserialize_latency.observe(2e-5);
+            recorder.route(&metrics);
             metrics.tokenizer_queue_wait_latency.observe(1e-4);
             metrics.record_worker_report(WorkerKind::Tokenizer, 0, &tokenizer, &report);
             metrics.scheduler_latency.observe(3e-6);
@@ -64,7 +66,7 @@ fn one_request(c: &mut Criterion) {
             }
             metrics.mp_queue_receive_latency.observe(3e-5);
             metrics.mp_queue_receive_latency.observe(3e-5);
-            metrics.grpc_serialize_latency.observe(1e-5);
+            root.grpc_serialize_latency.observe(1e-5);
             recorder.finish(Ok(Some(stages)));
         })
     });

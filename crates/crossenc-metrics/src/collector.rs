@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::WorkerKind;
 use tokio::sync::watch;
 
-use crate::registry::{GpuLabels, Metrics, WorkerLabels};
+use crate::registry::{GpuLabels, Metrics, ModelMetrics, WorkerLabels};
 
-/// What the collection loop reads from outside the registry: the worker processes and
-/// the admission levels, from whoever owns them.
+/// What the collection loop reads of one model from outside the registry: its worker
+/// processes and its admission levels, from whoever owns them.
 pub trait CollectorSources: Send + 'static {
     /// The live worker processes.
     fn processes(&self) -> Vec<Process>;
@@ -118,40 +118,46 @@ impl GpuMonitor {
     }
 }
 
-/// A process of the server: the supervisor or one worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Member {
-    pid: u32,
-    id: u32,
-    kind: &'static str,
+/// One model's figures, and where the collection loop reads its admission and workers.
+pub struct ModelSource {
+    pub metrics: Arc<ModelMetrics>,
+    pub sources: Box<dyn CollectorSources>,
 }
 
 /// Refreshes the interval gauges.
 pub struct Collector {
     metrics: Arc<Metrics>,
-    sources: Box<dyn CollectorSources>,
+    models: Vec<Watched>,
     gpus: Option<GpuMonitor>,
     /// CPU ticks of each process at the last look.
     ticks: HashMap<u32, u64>,
-    /// Processes whose memory was reported last time, to drop those that exited.
-    reported: Vec<WorkerLabels>,
-    requests: u64,
     last: Instant,
 }
 
+/// A model, and what the last look saw of it.
+struct Watched {
+    source: ModelSource,
+    /// Requests finished at the last look.
+    requests: u64,
+    /// Workers whose memory was reported last time, to drop those that exited.
+    reported: Vec<WorkerLabels>,
+}
+
 impl Collector {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        sources: Box<dyn CollectorSources>,
-        gpus: Option<GpuMonitor>,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, models: Vec<ModelSource>, gpus: Option<GpuMonitor>) -> Self {
+        let models = models
+            .into_iter()
+            .map(|source| Watched {
+                source,
+                requests: 0,
+                reported: Vec::new(),
+            })
+            .collect();
         Self {
             metrics,
-            sources,
+            models,
             gpus,
             ticks: HashMap::new(),
-            reported: Vec::new(),
-            requests: 0,
             last: Instant::now(),
         }
     }
@@ -185,116 +191,60 @@ impl Collector {
         let now = Instant::now();
         let seconds = now.duration_since(self.last).as_secs_f64().max(1e-3);
         self.last = now;
-        self.batches();
-        self.workers(seconds);
-        self.requests(seconds);
+        for model in &mut self.models {
+            let metrics = &model.source.metrics;
+            batches(metrics);
+            workers(metrics, seconds);
+            model.requests = requests(model, seconds);
+        }
         self.processes(seconds);
         if let Some(gpus) = &self.gpus {
             gpus.sample(&self.metrics);
         }
     }
 
-    /// Padding and lengths of the interval's batches; 0 for an idle interval.
-    fn batches(&self) {
-        let figures = self.metrics.batches.take();
-        let padding = figures.computed_tokens.saturating_sub(figures.real_tokens);
-        let ratio = padding as f64 / figures.computed_tokens.max(1) as f64;
-        self.metrics.padding_ratio.set(ratio);
-        self.metrics.max_seq_length.set(figures.longest as i64);
-        let mean = figures.real_tokens as f64 / figures.pairs.max(1) as f64;
-        self.metrics.avg_seq_length.set(mean);
-    }
-
-    fn workers(&self, seconds: f64) {
-        let (mut tokenizer_pairs, mut model_pairs) = (0, 0);
-        for ((kind, id), window) in self.metrics.worker_windows() {
-            let (jobs, pairs, busy) = window.take();
-            let labels = WorkerLabels {
-                worker_id: id,
-                worker_type: kind.as_str(),
-            };
-            let throughput = pairs as f64 / seconds;
-            self.metrics
-                .worker_throughput_qps
-                .get_or_create(&labels)
-                .set(throughput);
-            let mean_ms = busy.as_secs_f64() * 1e3 / jobs.max(1) as f64;
-            self.metrics
-                .worker_latency_ms
-                .get_or_create(&labels)
-                .set(mean_ms);
-            match kind {
-                WorkerKind::Tokenizer => tokenizer_pairs += pairs,
-                WorkerKind::Model => model_pairs += pairs,
-            }
-        }
-        let rate = |pairs: u64| pairs as f64 / seconds;
-        self.metrics
-            .tokenizer_throughput_qps
-            .set(rate(tokenizer_pairs));
-        self.metrics.inference_throughput_qps.set(rate(model_pairs));
-    }
-
-    fn requests(&mut self, seconds: f64) {
-        let finished = self
-            .metrics
-            .finished_requests
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let rate = finished.saturating_sub(self.requests) as f64 / seconds;
-        self.requests = finished;
-        self.metrics.overall_throughput_qps.set(rate);
-        let admission = self.sources.admission();
-        self.metrics.queued_pairs.set(admission.queued_pairs as i64);
-        self.metrics
-            .requests_in_flight
-            .set(admission.requests_in_flight as i64);
-    }
-
     /// Resident memory of every process, and the CPU they used together.
     fn processes(&mut self, seconds: f64) {
-        let mut members = vec![Member {
-            pid: std::process::id(),
-            id: 0,
-            kind: "supervisor",
-        }];
-        members.extend(self.sources.processes().iter().map(|p| Member {
-            pid: p.pid,
-            id: p.id,
-            kind: p.kind.as_str(),
-        }));
         let page = procfs::page_size();
-        let mut ticks = HashMap::with_capacity(members.len());
-        let mut reported = Vec::with_capacity(members.len());
+        let mut ticks = HashMap::new();
         let mut used = 0;
-        for member in members {
+        let mut look = |pid: u32| -> Option<i64> {
             // A worker that just exited has no /proc entry: it is skipped this time.
-            let Ok(stat) = procfs::process::Process::new(member.pid as i32).and_then(|p| p.stat())
-            else {
-                continue;
-            };
-            let labels = WorkerLabels {
-                worker_id: member.id,
-                worker_type: member.kind,
-            };
-            let resident = (stat.rss * page) as i64;
-            self.metrics
-                .resident_memory
-                .get_or_create(&labels)
-                .set(resident);
-            reported.push(labels);
+            let stat = procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.stat())
+                .ok()?;
             let now = stat.utime + stat.stime;
             // A process first seen this interval counts from now on.
             used += self
                 .ticks
-                .get(&member.pid)
+                .get(&pid)
                 .map_or(0, |&then| now.saturating_sub(then));
-            ticks.insert(member.pid, now);
+            ticks.insert(pid, now);
+            Some((stat.rss * page) as i64)
+        };
+        if let Some(resident) = look(std::process::id()) {
+            self.metrics.set_supervisor_memory(resident);
         }
-        // A worker that exited (or is being restarted) has no memory to report.
-        for gone in self.reported.iter().filter(|l| !reported.contains(l)) {
-            self.metrics.resident_memory.remove(gone);
+        for model in &mut self.models {
+            let mut reported = Vec::new();
+            for process in model.source.sources.processes() {
+                let Some(resident) = look(process.pid) else {
+                    continue;
+                };
+                let labels = WorkerLabels {
+                    worker_id: process.id,
+                    worker_type: process.kind.as_str(),
+                };
+                let memory = &model.source.metrics.resident_memory;
+                memory.get_or_create(&labels).set(resident);
+                reported.push(labels);
+            }
+            // A worker that exited (or is being restarted) has no memory to report.
+            for gone in model.reported.iter().filter(|l| !reported.contains(l)) {
+                model.source.metrics.resident_memory.remove(gone);
+            }
+            model.reported = reported;
         }
-        self.reported = reported;
         let first_look = self.ticks.is_empty();
         self.ticks = ticks;
         if !first_look {
@@ -302,4 +252,59 @@ impl Collector {
             self.metrics.cpu_percent.set(busy / seconds * 100.0);
         }
     }
+}
+
+/// Padding and lengths of the interval's batches; 0 for an idle interval.
+fn batches(metrics: &ModelMetrics) {
+    let figures = metrics.batches.take();
+    let padding = figures.computed_tokens.saturating_sub(figures.real_tokens);
+    let ratio = padding as f64 / figures.computed_tokens.max(1) as f64;
+    metrics.padding_ratio.set(ratio);
+    metrics.max_seq_length.set(figures.longest as i64);
+    let mean = figures.real_tokens as f64 / figures.pairs.max(1) as f64;
+    metrics.avg_seq_length.set(mean);
+}
+
+fn workers(metrics: &ModelMetrics, seconds: f64) {
+    let (mut tokenizer_pairs, mut model_pairs) = (0, 0);
+    for ((kind, id), window) in metrics.worker_windows() {
+        let (jobs, pairs, busy) = window.take();
+        let labels = WorkerLabels {
+            worker_id: id,
+            worker_type: kind.as_str(),
+        };
+        let throughput = pairs as f64 / seconds;
+        metrics
+            .worker_throughput_qps
+            .get_or_create(&labels)
+            .set(throughput);
+        let mean_ms = busy.as_secs_f64() * 1e3 / jobs.max(1) as f64;
+        metrics
+            .worker_latency_ms
+            .get_or_create(&labels)
+            .set(mean_ms);
+        match kind {
+            WorkerKind::Tokenizer => tokenizer_pairs += pairs,
+            WorkerKind::Model => model_pairs += pairs,
+        }
+    }
+    let rate = |pairs: u64| pairs as f64 / seconds;
+    metrics.tokenizer_throughput_qps.set(rate(tokenizer_pairs));
+    metrics.inference_throughput_qps.set(rate(model_pairs));
+}
+
+/// The request rate and admission's levels; returns the requests finished so far.
+fn requests(model: &Watched, seconds: f64) -> u64 {
+    let metrics = &model.source.metrics;
+    let finished = metrics
+        .finished_requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let rate = finished.saturating_sub(model.requests) as f64 / seconds;
+    metrics.overall_throughput_qps.set(rate);
+    let admission = model.source.sources.admission();
+    metrics.queued_pairs.set(admission.queued_pairs as i64);
+    metrics
+        .requests_in_flight
+        .set(admission.requests_in_flight as i64);
+    finished
 }

@@ -23,10 +23,10 @@ pub mod registry;
 
 pub use catalogue::{MetricSpec, MetricType, CATALOGUE};
 pub use collector::{
-    AdmissionLevels, Collector, CollectorSources, GpuMissing, GpuMonitor, Process,
+    AdmissionLevels, Collector, CollectorSources, GpuMissing, GpuMonitor, ModelSource, Process,
 };
 pub use recorder::{RequestRecorder, StageTimes};
 pub use registry::{
-    BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, PoolLabels, WorkerLabels,
-    CONTENT_TYPE,
+    BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, ModelLabel, ModelMetrics,
+    PoolLabels, Scoped, WorkerLabels, CONTENT_TYPE,
 };

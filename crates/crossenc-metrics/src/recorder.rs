@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::registry::Metrics;
+use crate::registry::{Metrics, ModelMetrics};
 
 /// How a finished request's time was spent, on its slowest path: the tokenizer job
 /// that finished last and the batch that completed it.
@@ -17,9 +17,11 @@ pub struct StageTimes {
 }
 
 /// Records a request when it finishes, or as `cancelled` if it is dropped unfinished
-/// (the client went away, or its deadline dropped the handler).
+/// (the client went away, or its deadline dropped the handler). Until the request names
+/// a model it serves ([`RequestRecorder::route`]), it is recorded with none.
 pub struct RequestRecorder {
     metrics: Arc<Metrics>,
+    model: Option<Arc<ModelMetrics>>,
     method: &'static str,
     started: Instant,
     finished: bool,
@@ -29,9 +31,26 @@ impl RequestRecorder {
     pub fn start(metrics: Arc<Metrics>, method: &'static str, started: Instant) -> Self {
         Self {
             metrics,
+            model: None,
             method,
             started,
             finished: false,
+        }
+    }
+
+    /// The request is for this model: it is recorded in the model's series.
+    pub fn route(&mut self, model: &Arc<ModelMetrics>) {
+        self.model = Some(Arc::clone(model));
+    }
+
+    fn record(&self, latency: Duration, outcome: Result<Option<StageTimes>, &'static str>) {
+        match &self.model {
+            Some(model) => model.record_request(self.method, latency, outcome),
+            None => {
+                let outcome = outcome.map(|_| ());
+                self.metrics
+                    .record_unrouted_request(self.method, latency, outcome)
+            }
         }
     }
 
@@ -40,7 +59,7 @@ impl RequestRecorder {
     pub fn finish(mut self, outcome: Result<Option<StageTimes>, &'static str>) -> Duration {
         self.finished = true;
         let latency = self.started.elapsed();
-        self.metrics.record_request(self.method, latency, outcome);
+        self.record(latency, outcome);
         latency
     }
 }
@@ -48,8 +67,7 @@ impl RequestRecorder {
 impl Drop for RequestRecorder {
     fn drop(&mut self) {
         if !self.finished {
-            self.metrics
-                .record_request(self.method, self.started.elapsed(), Err("cancelled"));
+            self.record(self.started.elapsed(), Err("cancelled"));
         }
     }
 }
@@ -60,7 +78,8 @@ mod tests {
 
     #[test]
     fn a_request_splits_into_stages_and_overheads() {
-        let metrics = Metrics::new(false);
+        let root = Metrics::new(false);
+        let metrics = root.model("m");
         let stages = StageTimes {
             tokenization: Duration::from_millis(10),
             tokenizer_wait: Duration::from_millis(5),
@@ -68,11 +87,11 @@ mod tests {
             inference: Duration::from_millis(100),
         };
         metrics.record_request("http_score", Duration::from_millis(150), Ok(Some(stages)));
-        let text = metrics.render();
+        let text = root.render();
         let sum = |name: &str| -> f64 {
             let line = text
                 .lines()
-                .find(|l| l.starts_with(&format!("{name}_sum ")))
+                .find(|l| l.starts_with(&format!("{name}_sum{{model=\"m\"}} ")))
                 .unwrap();
             line.rsplit(' ').next().unwrap().parse().unwrap()
         };
@@ -90,7 +109,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("request_count_total{method=\"http_score\"} 1"),
+            text.contains("request_count_total{model=\"m\",method=\"http_score\"} 1"),
             "{text}"
         );
     }
@@ -105,7 +124,9 @@ mod tests {
         ));
         let text = metrics.render();
         assert!(
-            text.contains("request_errors_total{method=\"grpc_rerank\",code=\"cancelled\"} 1"),
+            text.contains(
+                "request_errors_total{model=\"\",method=\"grpc_rerank\",code=\"cancelled\"} 1"
+            ),
             "{text}"
         );
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossenc_ipc::{StatsReport, WorkerKind};
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -170,59 +170,102 @@ impl WorkerWindow {
     }
 }
 
-/// Every metric the supervisor records.
+/// The `model` label: the served model's name, or empty for what no model owns (the
+/// supervisor's own memory, a request refused before its model was known).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, Default)]
+pub struct ModelLabel(Arc<str>);
+
+impl ModelLabel {
+    pub fn new(name: &str) -> Self {
+        Self(Arc::from(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EncodeLabelSet for ModelLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("model", self.as_str()).encode(encoder.encode_label())
+    }
+}
+
+/// A family of per-model metrics: one series per model, or per model and `L`.
+type ByModel<M, C = fn() -> M> = Family<ModelLabel, M, C>;
+type ByModelAnd<L, M, C = fn() -> M> = Family<(ModelLabel, L), M, C>;
+
+/// One model's share of a family labelled by model and `L`: what the model's own
+/// parts record into, without naming the model at each call.
+pub struct Scoped<L, M, C = fn() -> M> {
+    family: ByModelAnd<L, M, C>,
+    model: ModelLabel,
+}
+
+impl<L, M, C> Scoped<L, M, C>
+where
+    L: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    pub fn get_or_create(&self, labels: &L) -> impl std::ops::Deref<Target = M> + '_ {
+        self.family
+            .get_or_create(&(self.model.clone(), labels.clone()))
+    }
+
+    pub fn remove(&self, labels: &L) -> bool {
+        self.family.remove(&(self.model.clone(), labels.clone()))
+    }
+}
+
+/// Every metric the supervisor records: the families, and the process-wide metrics.
+/// Each model records through its [`ModelMetrics`].
 pub struct Metrics {
     registry: Registry,
-    pub request_count: Family<MethodLabels, Counter>,
-    pub request_errors: Family<ErrorLabels, Counter>,
+    request_count: ByModelAnd<MethodLabels, Counter>,
+    request_errors: ByModelAnd<ErrorLabels, Counter>,
+    request_latency: ByModelAnd<MethodLabels, Histogram, Buckets>,
     pub auth_failures: Family<MethodLabels, Counter>,
-    pub padded_tokens: Counter,
-    pub total_tokens: Counter,
-    pub worker_request_count: Family<WorkerLabels, Counter>,
-    pub worker_restarts: Family<PoolLabels, Counter>,
-    pub poison_search_runs: Counter,
-    pub worker_stats_dropped: Family<PoolLabels, Counter>,
-    pub request_latency: Family<MethodLabels, Histogram, Buckets>,
-    pub tokenization_latency: Histogram,
-    pub inference_latency: Histogram,
-    pub queue_wait_latency: Histogram,
-    pub tokenizer_queue_wait_latency: Histogram,
-    pub model_queue_wait_latency: Histogram,
-    pub mp_queue_send_latency: Histogram,
-    pub mp_queue_receive_latency: Histogram,
+    padded_tokens: ByModel<Counter>,
+    total_tokens: ByModel<Counter>,
+    worker_request_count: ByModelAnd<WorkerLabels, Counter>,
+    worker_restarts: ByModelAnd<PoolLabels, Counter>,
+    poison_search_runs: ByModel<Counter>,
+    worker_stats_dropped: ByModelAnd<PoolLabels, Counter>,
+    tokenization_latency: ByModel<Histogram, Buckets>,
+    inference_latency: ByModel<Histogram, Buckets>,
+    queue_wait_latency: ByModel<Histogram, Buckets>,
+    tokenizer_queue_wait_latency: ByModel<Histogram, Buckets>,
+    model_queue_wait_latency: ByModel<Histogram, Buckets>,
+    mp_queue_send_latency: ByModel<Histogram, Buckets>,
+    mp_queue_receive_latency: ByModel<Histogram, Buckets>,
     pub grpc_serialize_latency: Histogram,
     pub grpc_deserialize_latency: Histogram,
-    pub scheduler_latency: Histogram,
-    pub overhead_latency: Histogram,
-    pub pipeline_overhead_latency: Histogram,
-    pub batch_size: Histogram,
+    scheduler_latency: ByModel<Histogram, Buckets>,
+    overhead_latency: ByModel<Histogram, Buckets>,
+    pipeline_overhead_latency: ByModel<Histogram, Buckets>,
+    batch_size: ByModel<Histogram, Buckets>,
     pub gpu_memory_mb: Family<GpuLabels, FloatGauge>,
     pub gpu_memory_total_mb: Family<GpuLabels, FloatGauge>,
     pub gpu_utilization_pct: Family<GpuLabels, FloatGauge>,
     pub cpu_percent: FloatGauge,
-    pub tokenizer_queue_size: Gauge,
-    pub model_queue_size: Gauge,
-    pub batch_queue_size: Gauge,
-    pub queued_pairs: Gauge,
-    pub queued_pairs_limit: Gauge,
-    pub requests_in_flight: Gauge,
-    pub requests_in_flight_limit: Gauge,
-    pub padding_ratio: FloatGauge,
-    pub max_seq_length: Gauge,
-    pub avg_seq_length: FloatGauge,
-    pub worker_latency_ms: Family<WorkerLabels, FloatGauge>,
-    pub worker_throughput_qps: Family<WorkerLabels, FloatGauge>,
-    pub tokenizer_throughput_qps: FloatGauge,
-    pub inference_throughput_qps: FloatGauge,
-    pub overall_throughput_qps: FloatGauge,
-    pub worker_up: Family<WorkerLabels, Gauge>,
-    pub resident_memory: Family<WorkerLabels, Gauge>,
+    tokenizer_queue_size: ByModel<Gauge>,
+    model_queue_size: ByModel<Gauge>,
+    batch_queue_size: ByModel<Gauge>,
+    queued_pairs: ByModel<Gauge>,
+    queued_pairs_limit: ByModel<Gauge>,
+    requests_in_flight: ByModel<Gauge>,
+    requests_in_flight_limit: ByModel<Gauge>,
+    padding_ratio: ByModel<FloatGauge>,
+    max_seq_length: ByModel<Gauge>,
+    avg_seq_length: ByModel<FloatGauge>,
+    worker_latency_ms: ByModelAnd<WorkerLabels, FloatGauge>,
+    worker_throughput_qps: ByModelAnd<WorkerLabels, FloatGauge>,
+    tokenizer_throughput_qps: ByModel<FloatGauge>,
+    inference_throughput_qps: ByModel<FloatGauge>,
+    overall_throughput_qps: ByModel<FloatGauge>,
+    worker_up: ByModelAnd<WorkerLabels, Gauge>,
+    resident_memory: ByModelAnd<WorkerLabels, Gauge>,
     pub build_info: Family<BuildLabels, Gauge>,
-    /// Batches since the collection loop last looked.
-    pub batches: BatchWindow,
-    /// Requests finished since start, for the per-interval request rate.
-    pub finished_requests: AtomicU64,
-    workers: Mutex<HashMap<(WorkerKind, u32), Arc<WorkerWindow>>>,
 }
 
 impl Default for Metrics {
@@ -254,6 +297,13 @@ impl Registrar {
     fn histogram(&mut self, spec: MetricSpec, buckets: Buckets) -> Histogram {
         self.add(spec, buckets.histogram())
     }
+
+    fn histograms<S>(&mut self, spec: MetricSpec, buckets: Buckets) -> Family<S, Histogram, Buckets>
+    where
+        S: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    {
+        self.add(spec, Family::new_with_constructor(buckets))
+    }
 }
 
 impl Metrics {
@@ -263,59 +313,106 @@ impl Metrics {
             registry: Registry::default(),
             gpu,
         };
-        let metrics = Self {
+        Self {
             request_count: r.add(REQUEST_COUNT, Family::default()),
             request_errors: r.add(REQUEST_ERRORS, Family::default()),
             auth_failures: r.add(AUTH_FAILURES, Family::default()),
-            padded_tokens: r.add(PADDED_TOKENS, Counter::default()),
-            total_tokens: r.add(TOTAL_TOKENS, Counter::default()),
+            padded_tokens: r.add(PADDED_TOKENS, Family::default()),
+            total_tokens: r.add(TOTAL_TOKENS, Family::default()),
             worker_request_count: r.add(WORKER_REQUEST_COUNT, Family::default()),
             worker_restarts: r.add(WORKER_RESTARTS, Family::default()),
-            poison_search_runs: r.add(POISON_SEARCH_RUNS, Counter::default()),
+            poison_search_runs: r.add(POISON_SEARCH_RUNS, Family::default()),
             worker_stats_dropped: r.add(WORKER_STATS_DROPPED, Family::default()),
-            request_latency: r.add(
-                REQUEST_LATENCY,
-                Family::new_with_constructor(Buckets::REQUEST),
-            ),
-            tokenization_latency: r.histogram(TOKENIZATION_LATENCY, Buckets::STAGE),
-            inference_latency: r.histogram(INFERENCE_LATENCY, Buckets::STAGE),
-            queue_wait_latency: r.histogram(QUEUE_WAIT_LATENCY, Buckets::STAGE),
-            tokenizer_queue_wait_latency: r.histogram(TOKENIZER_QUEUE_WAIT_LATENCY, Buckets::STAGE),
-            model_queue_wait_latency: r.histogram(MODEL_QUEUE_WAIT_LATENCY, Buckets::STAGE),
-            mp_queue_send_latency: r.histogram(MP_QUEUE_SEND_LATENCY, Buckets::FAST),
-            mp_queue_receive_latency: r.histogram(MP_QUEUE_RECEIVE_LATENCY, Buckets::FAST),
+            request_latency: r.histograms(REQUEST_LATENCY, Buckets::REQUEST),
+            tokenization_latency: r.histograms(TOKENIZATION_LATENCY, Buckets::STAGE),
+            inference_latency: r.histograms(INFERENCE_LATENCY, Buckets::STAGE),
+            queue_wait_latency: r.histograms(QUEUE_WAIT_LATENCY, Buckets::STAGE),
+            tokenizer_queue_wait_latency: r
+                .histograms(TOKENIZER_QUEUE_WAIT_LATENCY, Buckets::STAGE),
+            model_queue_wait_latency: r.histograms(MODEL_QUEUE_WAIT_LATENCY, Buckets::STAGE),
+            mp_queue_send_latency: r.histograms(MP_QUEUE_SEND_LATENCY, Buckets::FAST),
+            mp_queue_receive_latency: r.histograms(MP_QUEUE_RECEIVE_LATENCY, Buckets::FAST),
             grpc_serialize_latency: r.histogram(GRPC_SERIALIZE_LATENCY, Buckets::FAST),
             grpc_deserialize_latency: r.histogram(GRPC_DESERIALIZE_LATENCY, Buckets::FAST),
-            scheduler_latency: r.histogram(SCHEDULER_LATENCY, Buckets::FAST),
-            overhead_latency: r.histogram(OVERHEAD_LATENCY, Buckets::OVERHEAD),
-            pipeline_overhead_latency: r.histogram(PIPELINE_OVERHEAD_LATENCY, Buckets::OVERHEAD),
-            batch_size: r.histogram(BATCH_SIZE, Buckets::PAIRS),
+            scheduler_latency: r.histograms(SCHEDULER_LATENCY, Buckets::FAST),
+            overhead_latency: r.histograms(OVERHEAD_LATENCY, Buckets::OVERHEAD),
+            pipeline_overhead_latency: r.histograms(PIPELINE_OVERHEAD_LATENCY, Buckets::OVERHEAD),
+            batch_size: r.histograms(BATCH_SIZE, Buckets::PAIRS),
             gpu_memory_mb: r.add(GPU_MEMORY, Family::default()),
             gpu_memory_total_mb: r.add(GPU_MEMORY_TOTAL, Family::default()),
             gpu_utilization_pct: r.add(GPU_UTILIZATION, Family::default()),
             cpu_percent: r.add(CPU_PERCENT, FloatGauge::default()),
-            tokenizer_queue_size: r.add(TOKENIZER_QUEUE_SIZE, Gauge::default()),
-            model_queue_size: r.add(MODEL_QUEUE_SIZE, Gauge::default()),
-            batch_queue_size: r.add(BATCH_QUEUE_SIZE, Gauge::default()),
-            queued_pairs: r.add(QUEUED_PAIRS, Gauge::default()),
-            queued_pairs_limit: r.add(QUEUED_PAIRS_LIMIT, Gauge::default()),
-            requests_in_flight: r.add(REQUESTS_IN_FLIGHT, Gauge::default()),
-            requests_in_flight_limit: r.add(REQUESTS_IN_FLIGHT_LIMIT, Gauge::default()),
-            padding_ratio: r.add(PADDING_RATIO, FloatGauge::default()),
-            max_seq_length: r.add(MAX_SEQ_LENGTH, Gauge::default()),
-            avg_seq_length: r.add(AVG_SEQ_LENGTH, FloatGauge::default()),
+            tokenizer_queue_size: r.add(TOKENIZER_QUEUE_SIZE, Family::default()),
+            model_queue_size: r.add(MODEL_QUEUE_SIZE, Family::default()),
+            batch_queue_size: r.add(BATCH_QUEUE_SIZE, Family::default()),
+            queued_pairs: r.add(QUEUED_PAIRS, Family::default()),
+            queued_pairs_limit: r.add(QUEUED_PAIRS_LIMIT, Family::default()),
+            requests_in_flight: r.add(REQUESTS_IN_FLIGHT, Family::default()),
+            requests_in_flight_limit: r.add(REQUESTS_IN_FLIGHT_LIMIT, Family::default()),
+            padding_ratio: r.add(PADDING_RATIO, Family::default()),
+            max_seq_length: r.add(MAX_SEQ_LENGTH, Family::default()),
+            avg_seq_length: r.add(AVG_SEQ_LENGTH, Family::default()),
             worker_latency_ms: r.add(WORKER_LATENCY, Family::default()),
             worker_throughput_qps: r.add(WORKER_THROUGHPUT, Family::default()),
-            tokenizer_throughput_qps: r.add(TOKENIZER_THROUGHPUT, FloatGauge::default()),
-            inference_throughput_qps: r.add(INFERENCE_THROUGHPUT, FloatGauge::default()),
-            overall_throughput_qps: r.add(OVERALL_THROUGHPUT, FloatGauge::default()),
+            tokenizer_throughput_qps: r.add(TOKENIZER_THROUGHPUT, Family::default()),
+            inference_throughput_qps: r.add(INFERENCE_THROUGHPUT, Family::default()),
+            overall_throughput_qps: r.add(OVERALL_THROUGHPUT, Family::default()),
             worker_up: r.add(WORKER_UP, Family::default()),
             resident_memory: r.add(RESIDENT_MEMORY, Family::default()),
             build_info: r.add(BUILD_INFO, Family::default()),
+            registry: r.registry,
+        }
+    }
+
+    /// What model `name` records into: its series of every per-model family.
+    pub fn model(&self, name: &str) -> ModelMetrics {
+        let model = ModelLabel::new(name);
+        let one = |family: &ByModel<Counter>| family.get_or_create(&model).clone();
+        let histogram = |family: &ByModel<Histogram, Buckets>| family.get_or_create(&model).clone();
+        let gauge = |family: &ByModel<Gauge>| family.get_or_create(&model).clone();
+        let float = |family: &ByModel<FloatGauge>| family.get_or_create(&model).clone();
+        let metrics = ModelMetrics {
+            request_count: self.scoped(&self.request_count, &model),
+            request_errors: self.scoped(&self.request_errors, &model),
+            request_latency: self.scoped(&self.request_latency, &model),
+            padded_tokens: one(&self.padded_tokens),
+            total_tokens: one(&self.total_tokens),
+            worker_request_count: self.scoped(&self.worker_request_count, &model),
+            worker_restarts: self.scoped(&self.worker_restarts, &model),
+            poison_search_runs: one(&self.poison_search_runs),
+            worker_stats_dropped: self.scoped(&self.worker_stats_dropped, &model),
+            tokenization_latency: histogram(&self.tokenization_latency),
+            inference_latency: histogram(&self.inference_latency),
+            queue_wait_latency: histogram(&self.queue_wait_latency),
+            tokenizer_queue_wait_latency: histogram(&self.tokenizer_queue_wait_latency),
+            model_queue_wait_latency: histogram(&self.model_queue_wait_latency),
+            mp_queue_send_latency: histogram(&self.mp_queue_send_latency),
+            mp_queue_receive_latency: histogram(&self.mp_queue_receive_latency),
+            scheduler_latency: histogram(&self.scheduler_latency),
+            overhead_latency: histogram(&self.overhead_latency),
+            pipeline_overhead_latency: histogram(&self.pipeline_overhead_latency),
+            batch_size: histogram(&self.batch_size),
+            tokenizer_queue_size: gauge(&self.tokenizer_queue_size),
+            model_queue_size: gauge(&self.model_queue_size),
+            batch_queue_size: gauge(&self.batch_queue_size),
+            queued_pairs: gauge(&self.queued_pairs),
+            queued_pairs_limit: gauge(&self.queued_pairs_limit),
+            requests_in_flight: gauge(&self.requests_in_flight),
+            requests_in_flight_limit: gauge(&self.requests_in_flight_limit),
+            padding_ratio: float(&self.padding_ratio),
+            max_seq_length: gauge(&self.max_seq_length),
+            avg_seq_length: float(&self.avg_seq_length),
+            worker_latency_ms: self.scoped(&self.worker_latency_ms, &model),
+            worker_throughput_qps: self.scoped(&self.worker_throughput_qps, &model),
+            tokenizer_throughput_qps: float(&self.tokenizer_throughput_qps),
+            inference_throughput_qps: float(&self.inference_throughput_qps),
+            overall_throughput_qps: float(&self.overall_throughput_qps),
+            worker_up: self.scoped(&self.worker_up, &model),
+            resident_memory: self.scoped(&self.resident_memory, &model),
             batches: BatchWindow::default(),
             finished_requests: AtomicU64::new(0),
             workers: Mutex::default(),
-            registry: r.registry,
+            model,
         };
         // Present at 0 from the start, so that increase() sees the first restart.
         for kind in [WorkerKind::Tokenizer, WorkerKind::Model] {
@@ -328,6 +425,115 @@ impl Metrics {
         metrics
     }
 
+    fn scoped<L: Clone, M, C: Clone>(
+        &self,
+        family: &ByModelAnd<L, M, C>,
+        model: &ModelLabel,
+    ) -> Scoped<L, M, C> {
+        Scoped {
+            family: family.clone(),
+            model: model.clone(),
+        }
+    }
+
+    /// Records a request refused before its model was known (an unknown model, an
+    /// unreadable body): its series carry an empty `model`, so that no name a client
+    /// sends becomes a label value.
+    pub fn record_unrouted_request(
+        &self,
+        method: &'static str,
+        latency: Duration,
+        outcome: Result<(), &'static str>,
+    ) {
+        let model = ModelLabel::default();
+        let labels = (model.clone(), MethodLabels { method });
+        self.request_count.get_or_create(&labels).inc();
+        self.request_latency
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
+        if let Err(code) = outcome {
+            self.request_errors
+                .get_or_create(&(model, ErrorLabels { method, code }))
+                .inc();
+        }
+    }
+
+    /// Sets the supervisor's own resident memory (it belongs to no model).
+    pub fn set_supervisor_memory(&self, bytes: i64) {
+        let labels = WorkerLabels {
+            worker_id: 0,
+            worker_type: "supervisor",
+        };
+        self.resident_memory
+            .get_or_create(&(ModelLabel::default(), labels))
+            .set(bytes);
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// What one model's parts (its pipeline, its workers, the collection loop) record: its
+/// series of every per-model family, and the windows the collection loop reads.
+pub struct ModelMetrics {
+    pub model: ModelLabel,
+    pub request_count: Scoped<MethodLabels, Counter>,
+    pub request_errors: Scoped<ErrorLabels, Counter>,
+    pub request_latency: Scoped<MethodLabels, Histogram, Buckets>,
+    pub padded_tokens: Counter,
+    pub total_tokens: Counter,
+    pub worker_request_count: Scoped<WorkerLabels, Counter>,
+    pub worker_restarts: Scoped<PoolLabels, Counter>,
+    pub poison_search_runs: Counter,
+    pub worker_stats_dropped: Scoped<PoolLabels, Counter>,
+    pub tokenization_latency: Histogram,
+    pub inference_latency: Histogram,
+    pub queue_wait_latency: Histogram,
+    pub tokenizer_queue_wait_latency: Histogram,
+    pub model_queue_wait_latency: Histogram,
+    pub mp_queue_send_latency: Histogram,
+    pub mp_queue_receive_latency: Histogram,
+    pub scheduler_latency: Histogram,
+    pub overhead_latency: Histogram,
+    pub pipeline_overhead_latency: Histogram,
+    pub batch_size: Histogram,
+    pub tokenizer_queue_size: Gauge,
+    pub model_queue_size: Gauge,
+    pub batch_queue_size: Gauge,
+    pub queued_pairs: Gauge,
+    pub queued_pairs_limit: Gauge,
+    pub requests_in_flight: Gauge,
+    pub requests_in_flight_limit: Gauge,
+    pub padding_ratio: FloatGauge,
+    pub max_seq_length: Gauge,
+    pub avg_seq_length: FloatGauge,
+    pub worker_latency_ms: Scoped<WorkerLabels, FloatGauge>,
+    pub worker_throughput_qps: Scoped<WorkerLabels, FloatGauge>,
+    pub tokenizer_throughput_qps: FloatGauge,
+    pub inference_throughput_qps: FloatGauge,
+    pub overall_throughput_qps: FloatGauge,
+    pub worker_up: Scoped<WorkerLabels, Gauge>,
+    pub resident_memory: Scoped<WorkerLabels, Gauge>,
+    /// Batches since the collection loop last looked.
+    pub batches: BatchWindow,
+    /// Requests finished since start, for the per-interval request rate.
+    pub finished_requests: AtomicU64,
+    workers: Mutex<HashMap<(WorkerKind, u32), Arc<WorkerWindow>>>,
+}
+
+impl std::fmt::Debug for ModelMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelMetrics")
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelMetrics {
     /// Records one batch sent to a model worker.
     pub fn record_batch(
         &self,
@@ -440,20 +646,14 @@ impl Metrics {
             })
             .set(i64::from(up));
     }
-
-    /// The registry in the OpenMetrics text format.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn touch_every_family(metrics: &Metrics) {
+    fn touch_every_family(root: &Metrics) {
+        let metrics = root.model("m");
         let worker = WorkerLabels {
             worker_id: 0,
             worker_type: "model",
@@ -461,8 +661,8 @@ mod tests {
         let window = metrics.worker_window(WorkerKind::Model, 0);
         metrics.record_worker_report(WorkerKind::Model, 0, &window, &StatsReport::default());
         metrics.record_request("grpc_infer", Duration::from_millis(3), Err("internal"));
-        metrics
-            .auth_failures
+        root.set_supervisor_memory(1);
+        root.auth_failures
             .get_or_create(&MethodLabels {
                 method: "grpc_infer",
             })
@@ -480,9 +680,9 @@ mod tests {
             })
             .inc();
         for family in [
-            &metrics.gpu_memory_mb,
-            &metrics.gpu_memory_total_mb,
-            &metrics.gpu_utilization_pct,
+            &root.gpu_memory_mb,
+            &root.gpu_memory_total_mb,
+            &root.gpu_utilization_pct,
         ] {
             family.get_or_create(&GpuLabels { gpu: 0 }).set(1.0);
         }
@@ -493,8 +693,7 @@ mod tests {
             .set(1.0);
         metrics.set_worker_up(WorkerKind::Model, 0, true);
         metrics.resident_memory.get_or_create(&worker).set(1);
-        metrics
-            .build_info
+        root.build_info
             .get_or_create(&BuildLabels {
                 version: "0",
                 model: "m".into(),
@@ -564,8 +763,30 @@ mod tests {
     }
 
     #[test]
+    fn two_models_record_apart_and_unrouted_requests_name_none() {
+        let root = Metrics::new(false);
+        let (small, large) = (root.model("small"), root.model("large"));
+        small.record_request("http_rerank", Duration::from_millis(3), Ok(None));
+        large.record_request("http_rerank", Duration::from_millis(3), Ok(None));
+        large.record_request("http_rerank", Duration::from_millis(3), Ok(None));
+        root.record_unrouted_request("http_rerank", Duration::from_millis(1), Err("not_found"));
+        let text = root.render();
+        for line in [
+            r#"request_count_total{model="small",method="http_rerank"} 1"#,
+            r#"request_count_total{model="large",method="http_rerank"} 2"#,
+            r#"request_count_total{model="",method="http_rerank"} 1"#,
+            r#"request_errors_total{model="",method="http_rerank",code="not_found"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        // One TYPE line per family, however many models: Prometheus refuses repeats.
+        assert_eq!(text.matches("# TYPE request_count counter").count(), 1);
+    }
+
+    #[test]
     fn the_batch_window_resets_when_taken() {
-        let metrics = Metrics::new(false);
+        let root = Metrics::new(false);
+        let metrics = root.model("m");
         metrics.record_batch(4, 100, 120, 30);
         metrics.record_batch(2, 50, 50, 25);
         assert_eq!(
@@ -578,6 +799,8 @@ mod tests {
             }
         );
         assert_eq!(metrics.batches.take(), BatchFigures::default());
-        assert!(metrics.render().contains("padded_tokens_total 20"));
+        assert!(root
+            .render()
+            .contains("padded_tokens_total{model=\"m\"} 20"));
     }
 }
