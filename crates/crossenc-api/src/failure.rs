@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use crossenc_core::models::UnknownModel;
 use crossenc_core::{InvalidRequest, JobError, PipelineError, RequestId};
+use crossenc_types::PairRefusal;
 use tonic::Code;
 
 /// What kind of failure a client is told of.
@@ -27,10 +29,12 @@ pub enum ErrorClass {
     Internal,
     /// No valid API key.
     Unauthenticated,
+    /// A model this server does not serve.
+    NotFound,
 }
 
 /// Every class, for the tests that check the mapping is one-to-one where it must be.
-pub const CLASSES: [ErrorClass; 8] = [
+pub const CLASSES: [ErrorClass; 9] = [
     ErrorClass::InvalidArgument,
     ErrorClass::PayloadTooLarge,
     ErrorClass::UnsupportedMediaType,
@@ -39,6 +43,7 @@ pub const CLASSES: [ErrorClass; 8] = [
     ErrorClass::DeadlineExceeded,
     ErrorClass::Internal,
     ErrorClass::Unauthenticated,
+    ErrorClass::NotFound,
 ];
 
 impl ErrorClass {
@@ -53,6 +58,7 @@ impl ErrorClass {
             ErrorClass::DeadlineExceeded => Code::DeadlineExceeded,
             ErrorClass::Internal => Code::Internal,
             ErrorClass::Unauthenticated => Code::Unauthenticated,
+            ErrorClass::NotFound => Code::NotFound,
         }
     }
 
@@ -66,6 +72,7 @@ impl ErrorClass {
             ErrorClass::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorClass::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorClass::NotFound => StatusCode::NOT_FOUND,
         }
     }
 
@@ -79,6 +86,7 @@ impl ErrorClass {
             ErrorClass::DeadlineExceeded => "timeout",
             ErrorClass::Internal => "backend",
             ErrorClass::Unauthenticated => "unauthorized",
+            ErrorClass::NotFound => "not_found",
         }
     }
 
@@ -93,6 +101,7 @@ impl ErrorClass {
             ErrorClass::DeadlineExceeded => "deadline_exceeded",
             ErrorClass::Internal => "internal",
             ErrorClass::Unauthenticated => "unauthenticated",
+            ErrorClass::NotFound => "not_found",
         }
     }
 
@@ -102,6 +111,12 @@ impl ErrorClass {
             InvalidRequest::TooMany { .. } | InvalidRequest::TextTooLong { .. } => {
                 ErrorClass::PayloadTooLarge
             }
+            InvalidRequest::Unreadable { refusal, .. } => match refusal {
+                PairRefusal::WouldCut { .. } | PairRefusal::TooManyWindows { .. } => {
+                    ErrorClass::PayloadTooLarge
+                }
+                PairRefusal::PromptReadsOneWindow => ErrorClass::InvalidArgument,
+            },
         }
     }
 
@@ -212,6 +227,12 @@ impl Failure {
             ErrorClass::Unauthenticated,
             "a valid API key is required: send it as a Bearer token in the authorization header",
         )
+    }
+}
+
+impl From<UnknownModel> for Failure {
+    fn from(error: UnknownModel) -> Self {
+        Self::new(ErrorClass::NotFound, error)
     }
 }
 

@@ -7,38 +7,37 @@ use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::cross_encoder_server::CrossEncoder;
 use crossenc_proto::v1::{
-    InferRequest, InferResponse, RerankRequest, RerankResponse, RerankResult,
+    InferRequest, InferResponse, LongDocuments, RerankRequest, RerankResponse, RerankResult,
+    TruncationDirection,
 };
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crossenc_core::{Pipeline, PipelineError, RequestId};
+use crossenc_core::pipeline::ReadOptions;
+use crossenc_core::{InvalidRequest, Models, PipelineError, RequestId};
 use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder};
 
 use crate::access::{self, Served};
 use crate::auth::LiveKeys;
 use crate::failure::{grpc_code_word, Failure};
+use crate::route::route;
 use crate::rule::RequestRule;
-use crate::validate::{check_count, check_query, check_top_n, rank};
+use crate::validate::{check_count, check_query, check_top_n, rank, ReadFields};
 
-/// Serves Infer and Rerank through the pipeline.
+/// Serves Infer and Rerank through the pipeline of the model each request names.
 pub struct CrossEncoderService {
-    pipeline: Arc<Pipeline>,
-    max_client_batch_size: usize,
+    models: Arc<Models>,
+    metrics: Arc<Metrics>,
     /// The deadline of a request that brings none.
     default_deadline: Duration,
 }
 
 impl CrossEncoderService {
-    pub fn new(
-        pipeline: Arc<Pipeline>,
-        max_client_batch_size: usize,
-        default_deadline: Duration,
-    ) -> Self {
+    pub fn new(models: Arc<Models>, metrics: Arc<Metrics>, default_deadline: Duration) -> Self {
         Self {
-            pipeline,
-            max_client_batch_size,
+            models,
+            metrics,
             default_deadline,
         }
     }
@@ -53,8 +52,8 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<InferRequest>,
     ) -> Result<Response<InferResponse>, Status> {
-        let (recorder, id) = self.start("grpc_infer", &request);
-        let handled = self.answer_infer(request, &id).await;
+        let (mut recorder, id) = self.start("grpc_infer", &request);
+        let handled = self.answer_infer(request, &id, &mut recorder).await;
         finish((recorder, "grpc_infer", &id), handled)
     }
 
@@ -62,8 +61,8 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
-        let (recorder, id) = self.start("grpc_rerank", &request);
-        let handled = self.answer_rerank(request, &id).await;
+        let (mut recorder, id) = self.start("grpc_rerank", &request);
+        let handled = self.answer_rerank(request, &id, &mut recorder).await;
         finish((recorder, "grpc_rerank", &id), handled)
     }
 }
@@ -76,7 +75,7 @@ impl CrossEncoderService {
             .get::<ArrivedAt>()
             .map_or_else(Instant::now, |a| a.0);
         let id = request.extensions().get::<RequestId>().cloned();
-        let recorder = RequestRecorder::start(Arc::clone(&self.pipeline.metrics), method, arrived);
+        let recorder = RequestRecorder::start(Arc::clone(&self.metrics), method, arrived);
         (recorder, id.unwrap_or_else(RequestId::generate))
     }
 
@@ -84,25 +83,32 @@ impl CrossEncoderService {
         &self,
         request: Request<InferRequest>,
         id: &RequestId,
+        recorder: &mut RequestRecorder,
     ) -> Handled<InferResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
         let request = request.into_inner();
-        validate_infer(&request, self.max_client_batch_size)?;
+        let routed = route(&self.models, &request.model, |m| recorder.route(m))?;
+        let (model, pipeline) = (routed.model, &routed.model.pipeline);
+        validate_infer(&request, model.max_client_batch_size)?;
         let pairs = request.pairs.iter();
-        let texts =
-            (self.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
+        let reading = pipeline.reading(&read_options(ReadMessage::of_infer(&request))?)?;
+        let texts = pipeline.pair_texts(
+            pairs.map(|p| (p.query.as_str(), p.document.as_str())),
+            reading,
+        );
         let instruction = request.instruction.as_deref();
-        let texts = (self.pipeline).instructed(texts, instruction, "instruction")?;
+        let texts = pipeline.instructed(texts, instruction, "instruction")?;
         let raw_scores = request.raw_scores;
         // The texts hold what the model needs: the message itself can go.
         drop(request);
-        let scored = within(deadline, self.pipeline.score(texts, deadline.at, id))
+        let scored = within(deadline, pipeline.score(texts, deadline.at, id))
             .await?
             .map_err(|e| Failure::of_request(e, id))?;
         let served = Served::of(&scored);
         let response = Response::new(InferResponse {
-            scores: self.pipeline.activate(scored.scores, raw_scores),
+            scores: pipeline.activate(scored.scores, raw_scores),
             tokens: scored.tokens,
+            model: model.name.to_string(),
         });
         Ok((response, served))
     }
@@ -111,24 +117,26 @@ impl CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
         id: &RequestId,
+        recorder: &mut RequestRecorder,
     ) -> Handled<RerankResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
         let mut request = request.into_inner();
-        validate_rerank(&request, self.max_client_batch_size)?;
-        let texts = self
-            .pipeline
-            .rerank_texts(&request.query, &request.documents, "documents");
+        let routed = route(&self.models, &request.model, |m| recorder.route(m))?;
+        let (model, pipeline) = (routed.model, &routed.model.pipeline);
+        validate_rerank(&request, model.max_client_batch_size)?;
+        let reading = pipeline.reading(&read_options(ReadMessage::of_rerank(&request))?)?;
+        let texts = pipeline.rerank_texts(&request.query, &request.documents, "documents", reading);
         let instruction = request.instruction.as_deref();
-        let texts = (self.pipeline).instructed(texts, instruction, "instruction")?;
+        let texts = pipeline.instructed(texts, instruction, "instruction")?;
         request.query = String::new();
         if !request.return_documents {
             request.documents = Vec::new();
         }
-        let scored = within(deadline, self.pipeline.score(texts, deadline.at, id))
+        let scored = within(deadline, pipeline.score(texts, deadline.at, id))
             .await?
             .map_err(|e| Failure::of_request(e, id))?;
         let served = Served::of(&scored);
-        let scores = self.pipeline.activate(scored.scores, request.raw_scores);
+        let scores = pipeline.activate(scored.scores, request.raw_scores);
         let mut documents = request.documents;
         let results = rank(&scores, request.top_n)
             .into_iter()
@@ -143,9 +151,70 @@ impl CrossEncoderService {
         let response = Response::new(RerankResponse {
             results,
             tokens: scored.tokens,
+            model: model.name.to_string(),
         });
         Ok((response, served))
     }
+}
+
+/// A message's reading fields, as protobuf spells them.
+struct ReadMessage {
+    long_documents: i32,
+    max_chunks_per_doc: Option<u32>,
+    truncate: Option<bool>,
+    truncation_direction: i32,
+}
+
+impl ReadMessage {
+    fn of_infer(r: &InferRequest) -> Self {
+        Self {
+            long_documents: r.long_documents,
+            max_chunks_per_doc: r.max_chunks_per_doc,
+            truncate: r.truncate,
+            truncation_direction: r.truncation_direction,
+        }
+    }
+
+    fn of_rerank(r: &RerankRequest) -> Self {
+        Self {
+            long_documents: r.long_documents,
+            max_chunks_per_doc: r.max_chunks_per_doc,
+            truncate: r.truncate,
+            truncation_direction: r.truncation_direction,
+        }
+    }
+}
+
+/// The options a message asks for; an enum value this server does not know is refused.
+fn read_options(message: ReadMessage) -> Result<ReadOptions, InvalidRequest> {
+    let long_documents = match LongDocuments::try_from(message.long_documents) {
+        Ok(LongDocuments::Unspecified) => None,
+        Ok(LongDocuments::Truncate) => Some("truncate"),
+        Ok(LongDocuments::Chunk) => Some("chunk"),
+        Err(_) => return Err(unknown_enum("long_documents", message.long_documents)),
+    };
+    let direction = match TruncationDirection::try_from(message.truncation_direction) {
+        Ok(TruncationDirection::Unspecified) => None,
+        Ok(TruncationDirection::Right) => Some("right"),
+        Ok(TruncationDirection::Left) => Some("left"),
+        Err(_) => {
+            return Err(unknown_enum(
+                "truncation_direction",
+                message.truncation_direction,
+            ))
+        }
+    };
+    ReadFields {
+        long_documents,
+        max_chunks_per_doc: message.max_chunks_per_doc,
+        truncate: message.truncate,
+        truncation_direction: direction,
+    }
+    .options()
+}
+
+fn unknown_enum(field: &str, value: i32) -> InvalidRequest {
+    InvalidRequest::Field(format!("{field} {value} is not a value this server knows"))
 }
 
 /// Records how the request ended, writes its access line, and hands its response (or
@@ -238,10 +307,13 @@ type CallAnswer = http::Response<tonic::body::Body>;
 /// Refuses a CrossEncoder call at once while `max_concurrent_requests` calls are in
 /// flight; health and reflection pass freely.
 #[derive(Clone)]
-pub struct Gate(pub Arc<Pipeline>);
+pub struct Gate {
+    pub models: Arc<Models>,
+    pub metrics: Arc<Metrics>,
+}
 
 impl<B> RequestRule<B, CallAnswer> for Gate {
-    type Held = Option<crossenc_core::admission::RequestPermit>;
+    type Held = Option<crossenc_core::models::ReadingPermit>;
 
     fn apply(
         &self,
@@ -252,9 +324,9 @@ impl<B> RequestRule<B, CallAnswer> for Gate {
             "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
             _ => return Ok((request, None)),
         };
-        let permit = self.0.admission.enter().map_err(|refused| {
+        let permit = self.models.enter().map_err(|refused| {
             let failure = Failure::from(PipelineError::Refused(refused));
-            let metrics = Arc::clone(&self.0.metrics);
+            let metrics = Arc::clone(&self.metrics);
             RequestRecorder::start(metrics, method, Instant::now())
                 .finish(Err(grpc_code_word(failure.class.grpc_code())));
             failure.into_status().into_http()
@@ -425,6 +497,7 @@ mod tests {
             pairs: vec![pair("q"), pair("")],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         };
         assert_eq!(
             validate_infer(&blank_query, 4).unwrap_err().message,
@@ -434,6 +507,7 @@ mod tests {
             pairs: vec![pair("q")],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         };
         assert!(validate_infer(&ok, 4).is_ok());
     }

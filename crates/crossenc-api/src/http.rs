@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crossenc_core::{Pipeline, PipelineError, RequestId};
-use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, CONTENT_TYPE};
+use crossenc_core::{Models, PipelineError, RequestId};
+use crossenc_metrics::{MethodLabels, Metrics, ModelMetrics, RequestRecorder, CONTENT_TYPE};
 
 use crate::access::{self, Served};
 use crate::auth::LiveKeys;
@@ -27,22 +27,27 @@ use crate::tls::LiveAcceptor;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub pipeline: Arc<Pipeline>,
+    pub models: Arc<Models>,
+    pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
-    pub max_client_batch_size: usize,
     pub max_request_bytes: usize,
     pub request_timeout: std::time::Duration,
-    /// The served model's name, as `model.name` says.
-    pub model_name: Arc<str>,
     pub keys: Arc<LiveKeys>,
     /// The admin port's keys (`server.admin_api_key_file`); empty: the port is open.
     pub admin_keys: Arc<LiveKeys>,
     pub budget: Arc<BodyBudget>,
+    /// When the server started, in seconds since the epoch: `/v1/models`' `created`.
+    pub started: u64,
 }
 
-impl HttpState {
-    pub fn model_name(&self) -> String {
-        self.model_name.to_string()
+/// Where a handler says which model its request was for, so that the request is
+/// recorded in that model's series however it ends.
+#[derive(Clone, Default)]
+pub struct RouteSlot(Arc<std::sync::OnceLock<Arc<ModelMetrics>>>);
+
+impl RouteSlot {
+    pub fn set(&self, model: &Arc<ModelMetrics>) {
+        let _ = self.0.set(Arc::clone(model));
     }
 }
 
@@ -60,9 +65,10 @@ pub fn router(state: HttpState, admin: bool) -> Router {
             admission_gate,
         ))
         .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state.pipeline.metrics),
+            Arc::clone(&state.metrics),
             record_request,
-        ));
+        ))
+        .route("/v1/models", get(rest::models));
     if admin {
         api = api
             .route("/metrics", get(metrics))
@@ -113,7 +119,7 @@ async fn check_key(state: &HttpState, keys: &LiveKeys, request: Request, next: N
         return next.run(request).await;
     }
     let method = route_word(request.uri().path());
-    let metrics = &state.pipeline.metrics;
+    let metrics = &state.metrics;
     metrics
         .auth_failures
         .get_or_create(&MethodLabels { method })
@@ -136,6 +142,7 @@ pub const KEYED_ROUTES: &[&str] = &[
     "http_rerank",
     "http_v1_rerank",
     "http_score",
+    "http_models",
     "http_metrics",
     "http_openapi",
     "http_other",
@@ -147,6 +154,7 @@ fn route_word(path: &str) -> &'static str {
         "/rerank" => "http_rerank",
         "/v1/rerank" => "http_v1_rerank",
         "/score" => "http_score",
+        "/v1/models" => "http_models",
         "/metrics" => "http_metrics",
         "/openapi.json" => "http_openapi",
         _ => "http_other",
@@ -158,11 +166,12 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-/// The server can take requests: workers of both kinds are up and it is not draining.
+/// The server can take requests: every model has workers of both kinds up, and the
+/// server is not draining.
 async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if !state.pipeline.is_ready() {
+    } else if !state.models.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "workers not ready\n")
     } else {
         (StatusCode::OK, "ready\n")
@@ -175,7 +184,7 @@ async fn metrics(
 ) -> ([(header::HeaderName, &'static str); 1], String) {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        state.pipeline.metrics.render(),
+        state.metrics.render(),
     )
 }
 
@@ -184,7 +193,7 @@ async fn metrics(
 /// The request, body included, must be answered within `http_request_timeout`: a body
 /// that never finishes arriving gives its slot back then.
 async fn admission_gate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    let permit = match state.pipeline.admission.enter() {
+    let permit = match state.models.enter() {
         Ok(permit) => permit,
         Err(refused) => return Failure::from(PipelineError::Refused(refused)).into_response(),
     };
@@ -208,13 +217,18 @@ async fn body_budget(State(state): State<HttpState>, request: Request, next: Nex
 /// that is not JSON, too large, of the wrong content type), and writes its access line.
 async fn record_request(
     State(metrics): State<Arc<Metrics>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let method = route_word(request.uri().path());
     let id = request.extensions().get::<RequestId>().cloned();
-    let recorder = RequestRecorder::start(metrics, method, Instant::now());
+    let mut recorder = RequestRecorder::start(metrics, method, Instant::now());
+    let slot = RouteSlot::default();
+    request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
+    if let Some(model) = slot.0.get() {
+        recorder.route(model);
+    }
     let status = response.status();
     let served = response.extensions().get::<Served>();
     let outcome = if status.is_success() {

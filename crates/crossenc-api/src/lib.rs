@@ -19,6 +19,7 @@ pub mod listen;
 pub mod reload;
 pub mod request_id;
 pub mod rest;
+mod route;
 pub mod rule;
 pub mod serve;
 pub mod tls;

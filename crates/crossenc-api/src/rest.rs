@@ -16,12 +16,25 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crossenc_core::texts::RequestTexts;
-use crossenc_core::{InvalidRequest, RequestId, Scores};
+use crossenc_core::{Pipeline, RequestId, Scores};
 
 use crate::access::Served;
 use crate::failure::{ErrorClass, Failure};
-use crate::http::HttpState;
-use crate::validate::{check_count, check_query, check_top_n, rank};
+use crate::http::{HttpState, RouteSlot};
+use crate::route::route;
+use crate::validate::{check_count, check_query, check_top_n, rank, ReadFields};
+
+/// A JSON request's reading options.
+macro_rules! read_fields {
+    ($request:expr) => {
+        ReadFields {
+            long_documents: $request.long_documents.as_deref(),
+            max_chunks_per_doc: $request.max_chunks_per_doc,
+            truncate: $request.truncate,
+            truncation_direction: $request.truncation_direction.as_deref(),
+        }
+    };
+}
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -30,7 +43,7 @@ use crate::validate::{check_count, check_query, check_top_n, rank};
         title = "crossenc HTTP API",
         description = "Cross-encoder scoring and reranking"
     ),
-    paths(rerank, v1_rerank, score),
+    paths(rerank, v1_rerank, score, models),
     components(schemas(
         RerankRequest,
         RankedText,
@@ -43,6 +56,8 @@ use crate::validate::{check_count, check_query, check_top_n, rank};
         ScoreRequest,
         ScorePair,
         ScoreResponse,
+        ModelList,
+        ModelCard,
         ApiErrorBody
     ))
 )]
@@ -52,6 +67,10 @@ pub struct ApiDoc;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RerankRequest {
+    /// The model to score with, by its served name (`GET /v1/models`); the server's
+    /// first model when absent. A name not served is refused (404).
+    #[serde(default)]
+    pub model: Option<String>,
     pub query: String,
     pub texts: Vec<String>,
     /// The raw scores (a one-label head's logit; a two-label head's second logit less
@@ -61,11 +80,19 @@ pub struct RerankRequest {
     /// Echo each text in its result.
     #[serde(default)]
     pub return_text: bool,
-    /// Accepted for compatibility: crossenc always truncates pairs longest-first to the
-    /// model's max_length.
+    /// `truncate` (cut to fit) or `chunk` (score in windows, keep the best window's
+    /// score) for a document too long to fit beside the query; the model's
+    /// `long_documents` when absent.
     #[serde(default)]
-    pub truncate: bool,
-    /// Only `Right` is supported (longest-first truncation keeps the start of each text).
+    pub long_documents: Option<String>,
+    /// Under `chunk`, the most windows one document may make (at most, and by default,
+    /// the model's `max_chunks_per_doc`); a document that needs more is refused (413).
+    #[serde(default)]
+    pub max_chunks_per_doc: Option<u32>,
+    /// `false`: refuse (413) a pair that would be cut, rather than truncate it.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Which end of a document truncation cuts: `right` (its end, the default) or `left`.
     #[serde(default)]
     pub truncation_direction: Option<String>,
     /// A decoder reranker's instruction (its prompt template's {instruction}); the
@@ -87,7 +114,8 @@ pub struct RankedText {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct V1RerankRequest {
-    /// Accepted and ignored: crossenc serves one model.
+    /// The model to score with, by its served name (`GET /v1/models`); the server's
+    /// first model when absent. A name not served is refused (404).
     #[serde(default)]
     pub model: Option<String>,
     pub query: String,
@@ -97,6 +125,21 @@ pub struct V1RerankRequest {
     /// Echo each document in its result (default false, as Cohere).
     #[serde(default)]
     pub return_documents: bool,
+    /// `truncate` (cut to fit) or `chunk` (score in windows, keep the best window's
+    /// score) for a document too long to fit beside the query; the model's
+    /// `long_documents` when absent.
+    #[serde(default)]
+    pub long_documents: Option<String>,
+    /// Under `chunk`, the most windows one document may make (at most, and by default,
+    /// the model's `max_chunks_per_doc`); a document that needs more is refused (413).
+    #[serde(default)]
+    pub max_chunks_per_doc: Option<u32>,
+    /// `false`: refuse (413) a pair that would be cut, rather than truncate it.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Which end of a document truncation cuts: `right` (its end, the default) or `left`.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
     /// A decoder reranker's instruction (its prompt template's {instruction}); the
     /// template's default when absent. Refused for a model that reads none.
     #[serde(default)]
@@ -153,6 +196,25 @@ pub struct Usage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
+    /// `truncate` (cut to fit) or `chunk` (score in windows, keep the best window's
+    /// score) for a document too long to fit beside the query; the model's
+    /// `long_documents` when absent.
+    #[serde(default)]
+    pub long_documents: Option<String>,
+    /// Under `chunk`, the most windows one document may make (at most, and by default,
+    /// the model's `max_chunks_per_doc`); a document that needs more is refused (413).
+    #[serde(default)]
+    pub max_chunks_per_doc: Option<u32>,
+    /// `false`: refuse (413) a pair that would be cut, rather than truncate it.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Which end of a document truncation cuts: `right` (its end, the default) or `left`.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// The model to score with, by its served name (`GET /v1/models`); the server's
+    /// first model when absent. A name not served is refused (404).
+    #[serde(default)]
+    pub model: Option<String>,
     pub pairs: Vec<ScorePair>,
     #[serde(default)]
     pub raw_scores: bool,
@@ -174,6 +236,32 @@ pub struct ScoreResponse {
     /// One score per pair, in request order.
     pub scores: Vec<f32>,
     pub tokens: u64,
+    /// The model that scored them.
+    pub model: String,
+}
+
+/// The models served, in the list shape OpenAI's, vLLM's and Infinity's `/v1/models`
+/// answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelCard {
+    /// The name requests route by (`model`).
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// When the server started, in seconds since the epoch.
+    pub created: u64,
+    /// Always `crossenc`.
+    pub owned_by: &'static str,
+    /// The longest pair in tokens, once the model's workers have said it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
 }
 
 /// The body of every error.
@@ -201,6 +289,11 @@ enum ApiErrors {
         description = "Over max_concurrent_requests, max_queued_pairs or max_text_bytes_in_flight, or its deadline cannot be met (the message says the expected wait)"
     )]
     Overloaded(#[to_schema] ApiErrorBody),
+    #[response(
+        status = 404,
+        description = "A model this server does not serve: the message lists those it does"
+    )]
+    NotFound(#[to_schema] ApiErrorBody),
     #[response(status = 503, description = "No worker up, or shutting down")]
     Unavailable(#[to_schema] ApiErrorBody),
     #[response(status = 504, description = "No answer within http_request_timeout")]
@@ -272,10 +365,15 @@ fn refuse_while_draining(state: &HttpState) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run(state: &HttpState, texts: RequestTexts, id: &RequestId) -> Result<Scores, Failure> {
+async fn run(
+    state: &HttpState,
+    pipeline: &Pipeline,
+    texts: RequestTexts,
+    id: &RequestId,
+) -> Result<Scores, Failure> {
     refuse_while_draining(state)?;
     let deadline = std::time::Instant::now() + state.request_timeout;
-    let scoring = state.pipeline.score(texts, deadline, id);
+    let scoring = pipeline.score(texts, deadline, id);
     // Timing out drops the pipeline's future, which withdraws the pairs not yet started.
     tokio::time::timeout(state.request_timeout, scoring)
         .await
@@ -289,28 +387,23 @@ async fn run(state: &HttpState, texts: RequestTexts, id: &RequestId) -> Result<S
 pub async fn rerank(
     State(state): State<HttpState>,
     Extension(id): Extension<RequestId>,
+    Extension(slot): Extension<RouteSlot>,
     ApiJson(request): ApiJson<RerankRequest>,
 ) -> Result<(Extension<Served>, Json<Vec<RankedText>>), Failure> {
+    let name = request.model.as_deref().unwrap_or_default();
+    let routed = route(&state.models, name, |m| slot.set(m))?;
+    let (model, pipeline) = (routed.model, &routed.model.pipeline);
     check_query("query", &request.query)?;
     check_count(
         "texts",
         request.texts.len(),
-        state.max_client_batch_size,
+        model.max_client_batch_size,
         "text",
     )?;
-    if let Some(direction) = request.truncation_direction.as_deref() {
-        if !direction.eq_ignore_ascii_case("right") {
-            return Err(InvalidRequest::Field(format!(
-                "truncation_direction {direction:?} is not supported; only \"Right\""
-            ))
-            .into());
-        }
-    }
-    let texts = state
-        .pipeline
-        .rerank_texts(&request.query, &request.texts, "texts");
+    let reading = pipeline.reading(&read_fields!(request).options()?)?;
+    let texts = pipeline.rerank_texts(&request.query, &request.texts, "texts", reading);
     let instruction = request.instruction.as_deref();
-    let texts = (state.pipeline).instructed(texts, instruction, "instruction")?;
+    let texts = pipeline.instructed(texts, instruction, "instruction")?;
     let RerankRequest {
         texts: mut originals,
         raw_scores,
@@ -320,9 +413,9 @@ pub async fn rerank(
     if !return_text {
         originals = Vec::new();
     }
-    let scored = run(&state, texts, &id).await?;
+    let scored = run(&state, pipeline, texts, &id).await?;
     let served = Served::of(&scored);
-    let scores = state.pipeline.activate(scored.scores, raw_scores);
+    let scores = pipeline.activate(scored.scores, raw_scores);
     let mut texts = originals;
     let ranked = rank(&scores, None)
         .into_iter()
@@ -341,13 +434,17 @@ pub async fn rerank(
 pub async fn v1_rerank(
     State(state): State<HttpState>,
     Extension(id): Extension<RequestId>,
+    Extension(slot): Extension<RouteSlot>,
     ApiJson(request): ApiJson<V1RerankRequest>,
 ) -> Result<(Extension<Served>, Json<V1RerankResponse>), Failure> {
+    let name = request.model.as_deref().unwrap_or_default();
+    let routed = route(&state.models, name, |m| slot.set(m))?;
+    let (model, pipeline) = (routed.model, &routed.model.pipeline);
     check_query("query", &request.query)?;
     check_count(
         "documents",
         request.documents.len(),
-        state.max_client_batch_size,
+        model.max_client_batch_size,
         "document",
     )?;
     check_top_n(request.top_n)?;
@@ -356,18 +453,17 @@ pub async fn v1_rerank(
         .into_iter()
         .map(V1Document::into_text)
         .collect();
-    let texts = state
-        .pipeline
-        .rerank_texts(&request.query, &documents, "documents");
+    let reading = pipeline.reading(&read_fields!(request).options()?)?;
+    let texts = pipeline.rerank_texts(&request.query, &documents, "documents", reading);
     let instruction = request.instruction.as_deref();
-    let texts = (state.pipeline).instructed(texts, instruction, "instruction")?;
+    let texts = pipeline.instructed(texts, instruction, "instruction")?;
     drop(request.query);
     if !request.return_documents {
         documents = Vec::new();
     }
-    let scored = run(&state, texts, &id).await?;
+    let scored = run(&state, pipeline, texts, &id).await?;
     let served = Served::of(&scored);
-    let scores = state.pipeline.activate(scored.scores, false);
+    let scores = pipeline.activate(scored.scores, false);
     let results = rank(&scores, request.top_n)
         .into_iter()
         .map(|(index, relevance_score)| V1Result {
@@ -379,7 +475,7 @@ pub async fn v1_rerank(
         })
         .collect();
     let response = V1RerankResponse {
-        model: state.model_name(),
+        model: model.name.to_string(),
         results,
         usage: Usage {
             total_tokens: scored.tokens,
@@ -394,29 +490,59 @@ pub async fn v1_rerank(
 pub async fn score(
     State(state): State<HttpState>,
     Extension(id): Extension<RequestId>,
+    Extension(slot): Extension<RouteSlot>,
     ApiJson(request): ApiJson<ScoreRequest>,
 ) -> Result<(Extension<Served>, Json<ScoreResponse>), Failure> {
+    let name = request.model.as_deref().unwrap_or_default();
+    let routed = route(&state.models, name, |m| slot.set(m))?;
+    let (model, pipeline) = (routed.model, &routed.model.pipeline);
     check_count(
         "pairs",
         request.pairs.len(),
-        state.max_client_batch_size,
+        model.max_client_batch_size,
         "pair",
     )?;
     for (i, pair) in request.pairs.iter().enumerate() {
         check_query(&format!("pairs[{i}].query"), &pair.query)?;
     }
     let pairs = request.pairs.iter();
-    let texts = (state.pipeline).pair_texts(pairs.map(|p| (p.query.as_str(), p.document.as_str())));
+    let reading = pipeline.reading(&read_fields!(request).options()?)?;
+    let texts = pipeline.pair_texts(
+        pairs.map(|p| (p.query.as_str(), p.document.as_str())),
+        reading,
+    );
     let instruction = request.instruction.as_deref();
-    let texts = (state.pipeline).instructed(texts, instruction, "instruction")?;
+    let texts = pipeline.instructed(texts, instruction, "instruction")?;
     drop(request.pairs);
-    let scored = run(&state, texts, &id).await?;
+    let scored = run(&state, pipeline, texts, &id).await?;
     let served = Served::of(&scored);
     let response = ScoreResponse {
-        scores: state.pipeline.activate(scored.scores, request.raw_scores),
+        scores: pipeline.activate(scored.scores, request.raw_scores),
         tokens: scored.tokens,
+        model: model.name.to_string(),
     };
     Ok((Extension(served), Json(response)))
+}
+
+/// The models this server serves; requests name one by its `id`.
+#[utoipa::path(get, path = "/v1/models",
+    responses((status = 200, body = ModelList, description = "The served models, the default first")))]
+pub async fn models(State(state): State<HttpState>) -> Json<ModelList> {
+    let data = state
+        .models
+        .iter()
+        .map(|model| ModelCard {
+            id: model.name.to_string(),
+            object: "model",
+            created: state.started,
+            owned_by: "crossenc",
+            max_model_len: model.pipeline.learned_max_length(),
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 /// The OpenAPI document.
@@ -433,7 +559,7 @@ mod tests {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         for path in ["/rerank", "/v1/rerank", "/score"] {
             let responses = &doc["paths"][path]["post"]["responses"];
-            for status in ["200", "400", "413", "429", "503", "504"] {
+            for status in ["200", "400", "404", "413", "429", "503", "504"] {
                 assert!(
                     responses.get(status).is_some(),
                     "{path} lacks {status}: {responses}"

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossenc_config::ServeConfig;
-use crossenc_core::Pipeline;
-use crossenc_metrics::MethodLabels;
+use crossenc_core::Models;
+use crossenc_metrics::{MethodLabels, Metrics};
 use crossenc_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -102,8 +102,10 @@ pub struct Faces {
     draining: Arc<AtomicBool>,
 }
 
-/// What the faces need besides the pipeline and the configuration.
+/// What the faces need besides the configuration.
 pub struct FacesState {
+    pub models: Arc<Models>,
+    pub metrics: Arc<Metrics>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -113,9 +115,13 @@ impl Faces {
     pub async fn start(
         config: &ServeConfig,
         listeners: Listeners,
-        pipeline: Arc<Pipeline>,
         state: FacesState,
     ) -> Result<Self, ApiError> {
+        let FacesState {
+            models,
+            metrics,
+            stop,
+        } = state;
         let server = &config.server;
         let max_request_bytes = bytes(server.max_request_bytes.as_u64());
         let tls = Tls::load(server)?;
@@ -125,13 +131,13 @@ impl Faces {
         // Present at 0 from the start, so that increase() sees the first refusal.
         for method in grpc::KEYED_METHODS.iter().chain(http::KEYED_ROUTES) {
             let labels = MethodLabels { method };
-            let _ = pipeline.metrics.auth_failures.get_or_create(&labels);
+            let _ = metrics.auth_failures.get_or_create(&labels);
         }
         warn_if_exposed(config, &listeners, tls.is_some(), !keys.is_empty());
         let mut reloaders: Vec<Arc<dyn Reload>> =
             vec![Arc::clone(&keys) as _, Arc::clone(&admin_keys) as _];
         reloaders.extend(tls.iter().flat_map(Tls::reloaders));
-        tokio::spawn(crate::reload::watch(reloaders, state.stop.clone()));
+        tokio::spawn(crate::reload::watch(reloaders, stop.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
@@ -142,8 +148,8 @@ impl Faces {
             .build_v1()
             .map_err(|e| ApiError::Reflection(e.to_string()))?;
         let service = CrossEncoderServer::new(CrossEncoderService::new(
-            Arc::clone(&pipeline),
-            config.batching.max_client_batch_size,
+            Arc::clone(&models),
+            Arc::clone(&metrics),
             server.default_deadline,
         ))
         .max_decoding_message_size(max_request_bytes)
@@ -164,9 +170,12 @@ impl Faces {
                 .layer(RequestIdLayer)
                 .layer(RuleLayer(grpc::KeyCheck {
                     keys: Arc::clone(&keys),
-                    metrics: Arc::clone(&pipeline.metrics),
+                    metrics: Arc::clone(&metrics),
                 }))
-                .layer(RuleLayer(grpc::Gate(Arc::clone(&pipeline))))
+                .layer(RuleLayer(grpc::Gate {
+                    models: Arc::clone(&models),
+                    metrics: Arc::clone(&metrics),
+                }))
                 .layer(RuleLayer(GrpcBudget(Arc::clone(&budget))))
                 .add_service(health_service)
                 .add_service(reflection)
@@ -175,20 +184,23 @@ impl Faces {
                     listeners
                         .grpc
                         .into_connections(tls.as_ref().map(|t| t.grpc.clone())),
-                    stopped(state.stop.clone()),
+                    stopped(stop.clone()),
                 ),
         );
         let draining = Arc::new(AtomicBool::new(false));
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let http_state = HttpState {
-            pipeline,
+            models,
+            metrics,
             draining: Arc::clone(&draining),
-            max_client_batch_size: config.batching.max_client_batch_size,
             max_request_bytes,
             request_timeout: server.http_request_timeout,
-            model_name: config.model.served_name().into(),
             keys,
             admin_keys,
             budget,
+            started,
         };
         let split = listeners.admin.is_some();
         let router = http::router(http_state.clone(), !split);
@@ -202,12 +214,12 @@ impl Faces {
         let http = tokio::spawn(http::serve(
             listeners.http,
             (router, tls.map(|t| t.http)),
-            state.stop.clone(),
+            stop.clone(),
             rules,
         ));
         let admin = listeners.admin.map(|listener| {
             let router = http::admin_router(http_state);
-            tokio::spawn(http::serve(listener, (router, None), state.stop, rules))
+            tokio::spawn(http::serve(listener, (router, None), stop, rules))
         });
         Ok(Self {
             grpc,
@@ -220,8 +232,8 @@ impl Faces {
     }
 
     /// Keeps the gRPC health status in step with the workers from now on.
-    pub fn follow_workers(&mut self, pipeline: Arc<Pipeline>) {
-        let watch = report_health(self.health.clone(), pipeline, Arc::clone(&self.draining));
+    pub fn follow_workers(&mut self, models: Arc<Models>) {
+        let watch = report_health(self.health.clone(), models, Arc::clone(&self.draining));
         self.health_watch = Some(tokio::spawn(watch));
     }
 
@@ -279,20 +291,20 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|&stop| stop).await;
 }
 
-/// Keeps the gRPC health status in step with the workers: SERVING while at least one
-/// worker of each kind is up, NOT_SERVING while one kind has none (during a restart).
+/// Keeps the gRPC health status in step with the workers: SERVING while every model
+/// has at least one worker of each kind up, NOT_SERVING while one has none (during a
+/// restart).
 async fn report_health(
     health: tonic_health::server::HealthReporter,
-    pipeline: Arc<Pipeline>,
+    models: Arc<Models>,
     draining: Arc<AtomicBool>,
 ) {
-    let mut tokenizers = pipeline.tokenizers.changes();
-    let mut models = pipeline.models.changes();
+    let mut changes = models.changes();
     loop {
         if draining.load(Ordering::Relaxed) {
             return;
         }
-        if pipeline.is_ready() {
+        if models.is_ready() {
             health
                 .set_serving::<CrossEncoderServer<CrossEncoderService>>()
                 .await;
@@ -301,10 +313,9 @@ async fn report_health(
                 .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
                 .await;
         }
-        tokio::select! {
-            Ok(()) = tokenizers.changed() => {}
-            Ok(()) = models.changed() => {}
-            else => return,
+        let changed = changes.iter_mut().map(|c| Box::pin(c.changed()));
+        if futures_util::future::select_all(changed).await.0.is_err() {
+            return;
         }
     }
 }

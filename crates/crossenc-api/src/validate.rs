@@ -1,7 +1,9 @@
 //! What both faces check of a request before it reaches the core, and how they rank
 //! the scores they get back.
 
+use crossenc_core::pipeline::ReadOptions;
 use crossenc_core::InvalidRequest;
+use crossenc_types::{LongDocuments, TruncationDirection};
 
 /// `field` holds between 1 and `limit` entries.
 pub fn check_count(
@@ -41,6 +43,62 @@ pub fn check_top_n(top_n: Option<u32>) -> Result<(), InvalidRequest> {
         ));
     }
     Ok(())
+}
+
+/// A request's reading options as its JSON or protobuf fields spell them.
+pub struct ReadFields<'a> {
+    pub long_documents: Option<&'a str>,
+    pub max_chunks_per_doc: Option<u32>,
+    pub truncate: Option<bool>,
+    pub truncation_direction: Option<&'a str>,
+}
+
+impl ReadFields<'_> {
+    /// The options, or the field that names none of its values.
+    pub fn options(&self) -> Result<ReadOptions, InvalidRequest> {
+        let long_documents = match self.long_documents.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") => None,
+            Some("truncate") => Some(LongDocuments::Truncate),
+            Some("chunk") => Some(LongDocuments::Chunk),
+            Some(_) => {
+                let given = self.long_documents.unwrap_or_default();
+                return Err(unknown(
+                    "long_documents",
+                    given,
+                    "\"truncate\" or \"chunk\"",
+                ));
+            }
+        };
+        // text-embeddings-inference spells them "Right" and "Left".
+        let direction = match self
+            .truncation_direction
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("") => None,
+            Some("right") => Some(TruncationDirection::Right),
+            Some("left") => Some(TruncationDirection::Left),
+            Some(_) => {
+                let given = self.truncation_direction.unwrap_or_default();
+                return Err(unknown(
+                    "truncation_direction",
+                    given,
+                    "\"right\" or \"left\"",
+                ));
+            }
+        };
+        Ok(ReadOptions {
+            long_documents,
+            max_chunks_per_doc: self.max_chunks_per_doc,
+            truncate: self.truncate,
+            truncation_direction: direction,
+        })
+    }
+}
+
+fn unknown(field: &str, value: &str, allowed: &str) -> InvalidRequest {
+    let value: String = value.chars().take(32).collect();
+    InvalidRequest::Field(format!("{field} {value:?} is not one of {allowed}"))
 }
 
 /// Indices ranked by score, highest first; equal scores by index; at most `top_n`.

@@ -60,9 +60,9 @@ pub fn run(args: &ModelAloneRun, workload: &[Query]) -> Result<(), Box<dyn std::
             let pairs = crossenc_ipc::TextPairs {
                 queries: vec![whole(&q.query)],
                 pairs: q.documents[..taken].iter().map(|d| (0, whole(d))).collect(),
-                instruction: None,
+                ..Default::default()
             };
-            crossenc_worker::encode(&tokenizer, &pairs).map(|(batch, _)| batch)
+            crossenc_worker::encode(&tokenizer, &pairs).map(|tokenized| tokenized.batch)
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;

@@ -22,9 +22,15 @@ pub struct ConfigArgs {
     /// TOML configuration file; conf/crossenc.toml documents every key.
     #[arg(long, value_name = "PATH", env = "CROSSENC_CONFIG")]
     pub config: Option<PathBuf>,
-    /// model.path: folder holding config.json, tokenizer.json and model.safetensors [default: models/default].
-    #[arg(long, value_name = "DIR")]
+    /// model.path: folder holding config.json, tokenizer.json and model.safetensors, or a Hugging Face id (`ORG/NAME`), found in the hub's cache or downloaded [default: models/default].
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: Option<PathBuf>,
+    /// model.revision: a Hugging Face id's branch, tag or commit [default: main].
+    #[arg(long, value_name = "REV")]
+    revision: Option<String>,
+    /// model.long_documents: `truncate` or `chunk` (score windows, keep the best) for documents too long for the model [default: truncate].
+    #[arg(long, value_name = "MODE")]
+    long_documents: Option<String>,
     /// server.grpc_addr: the gRPC API (crossenc.v1.CrossEncoder, health, reflection) [default: 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
@@ -167,6 +173,11 @@ impl ConfigArgs {
         );
         put("server.api_key_file", self.api_key_file.as_ref().map(path));
         put("model.name", self.model_name.as_ref().map(|n| text(n)));
+        put("model.revision", self.revision.as_ref().map(|r| text(r)));
+        put(
+            "model.long_documents",
+            self.long_documents.as_ref().map(|m| text(m)),
+        );
         put("log.format", self.log_format.as_ref().map(|f| text(f)));
         put("log.filter", self.log_filter.as_ref().map(|f| text(f)));
         put("log.access", self.access_log.map(Value::from));

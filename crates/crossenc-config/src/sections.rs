@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activation;
 use crate::secret::optional_addr;
-use crate::{ApiKey, Dtype, ScoreActivation};
+use crate::{ApiKey, Dtype, LongDocuments, ScoreActivation};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -110,9 +110,39 @@ pub struct ModelConfig {
     /// its config.json names Identity).
     #[serde(with = "activation")]
     pub activation: Option<ScoreActivation>,
-    /// The name answers and `build_info` give the model; empty: the folder's name.
+    /// The name requests route by (`model`), and answers, `/v1/models` and the metrics'
+    /// `model` label give; empty: the folder's name, or the id as given.
     pub name: String,
+    /// A Hugging Face id's revision (a branch, tag or commit); empty: `main`.
+    pub revision: String,
+    /// What happens to a document too long to fit beside the query: `truncate` cuts it,
+    /// `chunk` scores it in windows and answers the best window's score. Requests may
+    /// choose for themselves.
+    pub long_documents: LongDocuments,
+    /// Most windows one document may be cut into under `chunk`; a document that needs
+    /// more is refused. Requests may ask for fewer.
+    pub max_chunks_per_doc: usize,
+    /// Tokens each window repeats of the one before it, so that a passage cut at a
+    /// window's edge is whole in the next.
+    pub chunk_overlap: usize,
+    /// This model's tokenizer worker processes; unset: `workers.tokenizer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer_workers: Option<usize>,
+    /// This model's model worker processes; unset: `workers.model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_workers: Option<usize>,
+    /// Compute threads in each of this model's workers; unset: `workers.model_threads`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_threads: Option<usize>,
+    /// This model's batching, in place of `[batching]` (keys it omits take their
+    /// defaults, not `[batching]`'s); unset: `[batching]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingConfig>,
 }
+
+/// Windows a document may be cut into at most, whatever the configuration says: each
+/// window costs a pair's compute, so this bounds what one document can cost.
+pub const CHUNKS_PER_DOC_LIMIT: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -215,18 +245,46 @@ impl Default for ModelConfig {
             template: String::new(),
             activation: None,
             name: String::new(),
+            revision: String::new(),
+            long_documents: LongDocuments::Truncate,
+            max_chunks_per_doc: 8,
+            chunk_overlap: 32,
+            tokenizer_workers: None,
+            model_workers: None,
+            model_threads: None,
+            batching: None,
         }
     }
 }
 
 impl ModelConfig {
-    /// The served model's name: as configured, or the folder's.
+    /// The served model's name: as configured, the Hugging Face id as given, or the
+    /// folder's name.
     pub fn served_name(&self) -> String {
         if !self.name.is_empty() {
             return self.name.clone();
         }
+        if self.names_a_hub_id() {
+            return self.path.to_string_lossy().into_owned();
+        }
         let folder = self.path.file_name().unwrap_or(self.path.as_os_str());
         folder.to_string_lossy().into_owned()
+    }
+
+    /// Whether `path` spells a Hugging Face id (`ORG/NAME`, no such folder here) rather
+    /// than a folder.
+    pub fn names_a_hub_id(&self) -> bool {
+        let text = self.path.to_string_lossy();
+        let parts: Vec<&str> = text.split('/').collect();
+        parts.len() == 2
+            && parts.iter().all(|p| !p.is_empty())
+            && !text.starts_with(['.', '~'])
+            && !self.path.is_dir()
+    }
+
+    /// The revision asked for, if any.
+    pub fn requested_revision(&self) -> Option<&str> {
+        (!self.revision.is_empty()).then_some(self.revision.as_str())
     }
 
     /// The prompt template, if the operator named one.

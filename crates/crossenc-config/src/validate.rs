@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{ApiKey, ServeConfig, ServerConfig};
+use crate::{ApiKey, ServeConfig, ServedModel, ServerConfig, CHUNKS_PER_DOC_LIMIT};
 
 /// The longest `model.max_length` a config may ask for; the model's own position
 /// table bounds it further (Qwen3: 40960).
@@ -14,7 +14,7 @@ const MAX_LENGTH_LIMIT: usize = 131_072;
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{key} = {value}: {allowed}")]
 pub struct InvalidSetting {
-    pub key: &'static str,
+    pub key: String,
     pub value: String,
     pub allowed: &'static str,
 }
@@ -27,24 +27,24 @@ impl Checks {
     fn require(
         &mut self,
         ok: bool,
-        key: &'static str,
+        key: impl Into<String>,
         value: impl ToString,
         allowed: &'static str,
     ) {
         if !ok {
             self.0.push(InvalidSetting {
-                key,
+                key: key.into(),
                 value: value.to_string(),
                 allowed,
             });
         }
     }
 
-    fn at_least_one(&mut self, key: &'static str, value: usize) {
+    fn at_least_one(&mut self, key: impl Into<String>, value: usize) {
         self.require(value >= 1, key, value, "must be at least 1");
     }
 
-    fn positive(&mut self, key: &'static str, value: Duration) {
+    fn positive(&mut self, key: impl Into<String>, value: Duration) {
         let shown = humantime::format_duration(value);
         self.require(!value.is_zero(), key, shown, "must be longer than 0s");
     }
@@ -98,9 +98,6 @@ impl ServeConfig {
             server.max_text_bytes_in_flight.as_u64(),
             "must hold at least one request of server.max_request_bytes",
         );
-        self.check_devices(&mut c);
-        c.at_least_one("workers.tokenizer", workers.tokenizer);
-        c.at_least_one("workers.model", workers.model);
         c.positive("workers.startup_timeout", workers.startup_timeout);
         c.positive("workers.batch_timeout", workers.batch_timeout);
         c.positive(
@@ -120,25 +117,14 @@ impl ServeConfig {
             workers.max_start_failures,
             "must be at least 1",
         );
-        c.at_least_one("batching.max_batch_size", batching.max_batch_size);
-        c.at_least_one(
-            "batching.max_client_batch_size",
-            batching.max_client_batch_size,
-        );
-        c.at_least_one("batching.batches_per_worker", batching.batches_per_worker);
-        c.require(
-            batching.max_queued_pairs >= batching.max_client_batch_size,
-            "batching.max_queued_pairs",
-            batching.max_queued_pairs,
-            "must hold at least one request of batching.max_client_batch_size pairs",
-        );
+        check_batching(&mut c, batching, "batching.");
         c.require(
             self.metrics.collection_interval >= Duration::from_millis(10),
             "metrics.collection_interval",
             humantime::format_duration(self.metrics.collection_interval),
             "must be at least 10ms",
         );
-        self.check_lengths(&mut c);
+        self.check_models(&mut c);
         if c.0.is_empty() {
             Ok(())
         } else {
@@ -146,50 +132,128 @@ impl ServeConfig {
         }
     }
 
-    fn check_devices(&self, c: &mut Checks) {
-        let model = &self.model;
-        let devices = model.devices();
-        if !devices.iter().all(|d| is_device(d)) {
-            let allowed = "must be `cpu`, `cuda:N` or a list of GPUs (`cuda:0,cuda:1`)";
-            return c.require(false, "model.device", &model.device, allowed);
-        }
-        if devices.len() == 1 {
-            return;
-        }
-        let gpus = model.gpus();
-        let distinct = gpus.iter().collect::<std::collections::HashSet<_>>().len();
+    /// Each model on its own, and the names they are routed by.
+    fn check_models(&self, c: &mut Checks) {
         c.require(
-            gpus.len() == devices.len() && distinct == gpus.len(),
-            "model.device",
-            &model.device,
-            "a list of devices must name distinct GPUs only (`cpu` stands alone)",
+            self.models.is_empty() || self.model == crate::ModelConfig::default(),
+            "model",
+            "set",
+            "set either [model] (one model) or [[models]] (several), not both",
         );
-        // One worker per GPU at least, or a GPU would sit idle.
-        c.require(
-            self.workers.model >= devices.len(),
-            "workers.model",
-            self.workers.model,
-            "must be at least the number of GPUs in model.device (one worker per GPU)",
-        );
+        let served = self.served_models();
+        let mut names = std::collections::HashSet::new();
+        for model in &served {
+            c.require(
+                is_model_name(&model.name),
+                format!("{}name", model.prefix),
+                &model.name,
+                "must be 1 to 128 of A-Z a-z 0-9 . _ - / : (requests route by it)",
+            );
+            c.require(
+                names.insert(model.name.as_str()),
+                format!("{}name", model.prefix),
+                &model.name,
+                "must differ from every other model's name",
+            );
+            check_model(c, model);
+        }
     }
+}
 
-    fn check_lengths(&self, c: &mut Checks) {
-        let max_length = self.model.max_length;
-        c.require(
-            max_length == 0 || (2..=MAX_LENGTH_LIMIT).contains(&max_length),
-            "model.max_length",
-            max_length,
-            "must be 0 (the model's limit) or between 2 and 131072 tokens",
-        );
-        // A pair of the longest length must fit one batch; 512 is the default limit.
-        let longest = if max_length == 0 { 512 } else { max_length };
-        c.require(
-            self.batching.max_batch_tokens >= longest,
-            "batching.max_batch_tokens",
-            self.batching.max_batch_tokens,
-            "must hold at least one pair of model.max_length tokens (512 when it is 0)",
-        );
+fn check_model(c: &mut Checks, served: &ServedModel) {
+    let (model, prefix) = (&served.model, &served.prefix);
+    if let Some(batching) = &model.batching {
+        check_batching(c, batching, &format!("{prefix}batching."));
     }
+    let workers = |key: &str| match prefix.as_str() {
+        "model." => format!("workers.{key}"),
+        _ => format!("{prefix}{key}_workers"),
+    };
+    c.at_least_one(workers("tokenizer"), served.workers.tokenizer);
+    c.at_least_one(workers("model"), served.workers.model);
+    check_devices(c, served, &workers("model"));
+    check_lengths(c, served);
+    c.require(
+        (1..=CHUNKS_PER_DOC_LIMIT).contains(&model.max_chunks_per_doc),
+        format!("{prefix}max_chunks_per_doc"),
+        model.max_chunks_per_doc,
+        "must be between 1 and 64 windows",
+    );
+}
+
+fn check_batching(c: &mut Checks, batching: &crate::BatchingConfig, prefix: &str) {
+    c.at_least_one(format!("{prefix}max_batch_size"), batching.max_batch_size);
+    c.at_least_one(
+        format!("{prefix}max_client_batch_size"),
+        batching.max_client_batch_size,
+    );
+    c.at_least_one(
+        format!("{prefix}batches_per_worker"),
+        batching.batches_per_worker,
+    );
+    c.require(
+        batching.max_queued_pairs >= batching.max_client_batch_size,
+        format!("{prefix}max_queued_pairs"),
+        batching.max_queued_pairs,
+        "must hold at least one request of batching.max_client_batch_size pairs",
+    );
+}
+
+fn check_devices(c: &mut Checks, served: &ServedModel, workers_key: &str) {
+    let (model, key) = (&served.model, format!("{}device", served.prefix));
+    let devices = model.devices();
+    if !devices.iter().all(|d| is_device(d)) {
+        let allowed = "must be `cpu`, `cuda:N` or a list of GPUs (`cuda:0,cuda:1`)";
+        return c.require(false, key, &model.device, allowed);
+    }
+    if devices.len() == 1 {
+        return;
+    }
+    let gpus = model.gpus();
+    let distinct = gpus.iter().collect::<std::collections::HashSet<_>>().len();
+    c.require(
+        gpus.len() == devices.len() && distinct == gpus.len(),
+        key,
+        &model.device,
+        "a list of devices must name distinct GPUs only (`cpu` stands alone)",
+    );
+    // One worker per GPU at least, or a GPU would sit idle.
+    c.require(
+        served.workers.model >= devices.len(),
+        workers_key,
+        served.workers.model,
+        "must be at least the number of GPUs in model.device (one worker per GPU)",
+    );
+}
+
+fn check_lengths(c: &mut Checks, served: &ServedModel) {
+    let max_length = served.model.max_length;
+    c.require(
+        max_length == 0 || (2..=MAX_LENGTH_LIMIT).contains(&max_length),
+        format!("{}max_length", served.prefix),
+        max_length,
+        "must be 0 (the model's limit) or between 2 and 131072 tokens",
+    );
+    // A pair of the longest length must fit one batch; 512 is the default limit.
+    let longest = if max_length == 0 { 512 } else { max_length };
+    let key = match (&served.model.batching, served.prefix.as_str()) {
+        (Some(_), prefix) => format!("{prefix}batching.max_batch_tokens"),
+        (None, _) => "batching.max_batch_tokens".into(),
+    };
+    c.require(
+        served.batching.max_batch_tokens >= longest,
+        key,
+        served.batching.max_batch_tokens,
+        "must hold at least one pair of model.max_length tokens (512 when it is 0)",
+    );
+}
+
+/// A name requests route by: it shows in URLs, logs and the `model` label.
+fn is_model_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b))
 }
 
 fn is_device(device: &str) -> bool {
@@ -281,14 +345,14 @@ mod tests {
         config.server.http_addr = config.server.grpc_addr;
         config.workers.respawn_backoff_max = Duration::from_millis(10);
         let errors = config.validate().unwrap_err();
-        let keys: Vec<_> = errors.iter().map(|e| e.key).collect();
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
             [
                 "server.http_addr",
-                "model.device",
-                "workers.model",
                 "workers.respawn_backoff_max",
+                "workers.model",
+                "model.device",
                 "batching.max_batch_tokens"
             ]
         );
@@ -297,9 +361,80 @@ mod tests {
             "workers.model = 0: must be at least 1"
         );
         assert_eq!(
-            errors[1].to_string(),
+            errors[3].to_string(),
             "model.device = gpu0: must be `cpu`, `cuda:N` or a list of GPUs (`cuda:0,cuda:1`)"
         );
+    }
+
+    fn named(name: &str) -> crate::ModelConfig {
+        crate::ModelConfig {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn several_models_are_named_apart_and_each_checked_where_it_is_set() {
+        let mut config = ServeConfig {
+            models: vec![named("small"), named("large")],
+            ..Default::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let served = config.served_models();
+        assert_eq!(served[1].name, "large");
+        assert_eq!(served[1].prefix, "models[1].");
+
+        config.models[1].name = "small".into();
+        config.models[0].max_chunks_per_doc = 65;
+        config.models[1].model_workers = Some(0);
+        config.models[1].batching = Some(crate::BatchingConfig {
+            max_batch_tokens: 100,
+            ..Default::default()
+        });
+        let errors = config.validate().unwrap_err();
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "models[0].max_chunks_per_doc",
+                "models[1].name",
+                "models[1].model_workers",
+                "models[1].batching.max_batch_tokens"
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[1].to_string().contains("must differ"), "{errors:?}");
+
+        config.models[1] = named("a name with spaces");
+        let errors = config.validate().unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.key == "models[1].name"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn one_model_or_several_not_both() {
+        let config = ServeConfig {
+            model: named("alone"),
+            models: vec![named("small")],
+            ..Default::default()
+        };
+        let errors = config.validate().unwrap_err();
+        assert_eq!(errors[0].key, "model", "{errors:?}");
+    }
+
+    #[test]
+    fn a_model_without_its_own_workers_and_batching_takes_the_sections() {
+        let mut config = ServeConfig::default();
+        config.workers.model = 3;
+        config.batching.max_batch_size = 7;
+        let mut own = named("own");
+        own.model_workers = Some(2);
+        config.models = vec![named("shared"), own];
+        let served = config.served_models();
+        assert_eq!((served[0].workers.model, served[1].workers.model), (3, 2));
+        assert_eq!(served[1].batching.max_batch_size, 7);
     }
 
     #[test]

@@ -177,6 +177,21 @@ impl Admission {
         })
     }
 
+    /// Counts `extra` more pairs for an admitted request (the windows of its long
+    /// documents beyond one each), or refuses it as [`Admission::admit`] would have.
+    pub fn widen(&self, ticket: &mut Ticket, extra: usize) -> Result<(), Refused> {
+        if extra == 0 {
+            return Ok(());
+        }
+        let more = self.pairs.reserve(extra).map_err(|queued| Refused::Pairs {
+            asked: ticket.pairs.held + extra,
+            queued: queued.saturating_sub(ticket.pairs.held),
+            limit: self.pairs.limit,
+        })?;
+        ticket.pairs.absorb(more);
+        Ok(())
+    }
+
     /// Checks a tokenized request against its deadline again, now that its real tokens
     /// are known: it waits behind the tokens already tokenized, not behind requests
     /// still being tokenized (the scheduler serves the oldest pairs first).
@@ -232,6 +247,11 @@ impl Budget {
 }
 
 impl Reservation {
+    /// Takes `other`'s share of the same budget into this one.
+    fn absorb(&mut self, mut other: Reservation) {
+        self.held += std::mem::take(&mut other.held);
+    }
+
     /// `count` of this share left the queue.
     pub fn release(&mut self, count: usize) {
         let count = count.min(self.held);

@@ -2,6 +2,7 @@
 //! API faces turn these into gRPC status codes and HTTP statuses, in one place.
 
 use crossenc_ipc::WorkerKind;
+use crossenc_types::PairRefusal;
 
 use crate::admission::Refused;
 use crate::workers::JobError;
@@ -44,6 +45,10 @@ pub enum InvalidRequest {
         count: usize,
         limit: usize,
     },
+    /// A pair that cannot be read as its request asked: it would be cut with `truncate`
+    /// false, it needs more windows than allowed, or its model reads it in one window.
+    #[error("{field} {refusal}")]
+    Unreadable { field: String, refusal: PairRefusal },
     /// A text so long that cutting it to `max_text_bytes` would change its tokens.
     #[error(
         "{field} is {bytes} bytes; cut to max_text_bytes ({limit}), its tokens could differ from the whole text's (a text of mostly spaces or marks, or one as long as the other text of its pair): send at most {limit} bytes"

@@ -1,6 +1,7 @@
 //! crossenc's batching core: what happens to a request between the API that received it
 //! and the workers that compute it.
 //!
+//! - [`models`] routes a request to its model's pipeline;
 //! - [`admission`] bounds what the server holds (requests, queued pairs, text bytes)
 //!   and refuses work that cannot meet its deadline;
 //! - [`pipeline`] takes a request's texts through the tokenizer workers, in chunks,
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod dispatch;
 pub mod error;
+pub mod models;
 pub mod pipeline;
 pub mod scheduler;
 pub mod texts;
@@ -26,5 +28,6 @@ pub mod workers;
 
 pub use crossenc_ipc::{RequestId, WorkerKind};
 pub use error::{InvalidRequest, PipelineError};
+pub use models::{Models, ServedModel, UnknownModel};
 pub use pipeline::{LearnedModel, Pipeline, PipelineLimits, Scores};
 pub use workers::{JobError, PendingReply, Reply, Worker, WorkerSet};

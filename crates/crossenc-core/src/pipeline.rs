@@ -4,19 +4,20 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossenc_ipc::{JobTiming, RequestId, TextRef, TokenBatch, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, RequestId, Tokenized, Work, WorkerKind};
+use crossenc_types::{LongDocuments, Reading, TruncationDirection};
 use futures_util::future::try_join_all;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crossenc_config::ScoreActivation;
-use crossenc_metrics::{Metrics, StageTimes};
+use crossenc_metrics::{ModelMetrics, StageTimes};
 
 use crate::admission::Admission;
 use crate::dispatch::{DispatchLimits, ModelDispatch};
 use crate::error::{InvalidRequest, PipelineError};
 use crate::scheduler::SchedulerLimits;
-use crate::texts::{Chunk, RequestTexts};
+use crate::texts::{Chunk, RequestTexts, TextLimits};
 use crate::workers::{JobError, Member, Reply, WorkerSet};
 
 /// Pairs sent to one tokenizer job: large requests spread over the tokenizer workers.
@@ -57,6 +58,22 @@ pub struct PipelineLimits {
     /// What turns logits into scores unless a request asks for raw ones; `None`: the
     /// model's own default.
     pub activation: Option<ScoreActivation>,
+    /// How documents too long for the window are read unless a request says.
+    pub long_documents: LongDocuments,
+    /// Most windows a chunked document may make.
+    pub max_chunks_per_doc: usize,
+    /// Tokens each window repeats of the one before.
+    pub chunk_overlap: usize,
+}
+
+/// How a request asks its pairs to be read; `None`: the model's configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub long_documents: Option<LongDocuments>,
+    pub max_chunks_per_doc: Option<u32>,
+    /// `Some(false)`: refuse a pair that would be cut.
+    pub truncate: Option<bool>,
+    pub truncation_direction: Option<TruncationDirection>,
 }
 
 /// What the workers said of the model at start.
@@ -78,12 +95,14 @@ pub struct Pipeline {
     pub models: Arc<WorkerSet>,
     pub admission: Admission,
     pub dispatch: ModelDispatch,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ModelMetrics>,
     /// A tokenizer worker holding one job longer is killed as hung.
     job_timeout: Duration,
     /// How long a chunk waits for a tokenizer worker while none is up.
     patience: Duration,
     activation: Option<ScoreActivation>,
+    /// The configured reading: long documents, windows, overlap.
+    reading: Reading,
     /// Tokenizer jobs that may be in the workers' queues at once.
     tokenizer_slots: Semaphore,
     /// `max_text_bytes` as configured (0: from the model's max_length).
@@ -98,7 +117,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the model dispatch task: call within the runtime.
-    pub fn start(limits: PipelineLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn start(limits: PipelineLimits, metrics: Arc<ModelMetrics>) -> Self {
         let models = Arc::<WorkerSet>::default();
         let admission = Admission::new(
             limits.max_concurrent_requests,
@@ -121,6 +140,12 @@ impl Pipeline {
             job_timeout: limits.dispatch.batch_timeout,
             patience: limits.dispatch.no_worker_patience,
             activation: limits.activation,
+            reading: Reading {
+                long_documents: limits.long_documents,
+                max_windows: u32::try_from(limits.max_chunks_per_doc).unwrap_or(u32::MAX),
+                overlap: u32::try_from(limits.chunk_overlap).unwrap_or(u32::MAX),
+                ..Reading::default()
+            },
             tokenizer_slots: Semaphore::new(
                 limits.tokenizer_workers.max(1) * TOKENIZER_JOBS_PER_WORKER,
             ),
@@ -154,6 +179,11 @@ impl Pipeline {
         self.max_length.get().copied().unwrap_or(ASSUMED_MAX_LENGTH)
     }
 
+    /// The longest pair in tokens, once a worker has said it.
+    pub fn learned_max_length(&self) -> Option<usize> {
+        self.max_length.get().copied()
+    }
+
     /// The longest text the tokenizers see; longer ones are cut.
     pub fn max_text_bytes(&self) -> usize {
         match self.configured_text_bytes {
@@ -162,16 +192,43 @@ impl Pipeline {
         }
     }
 
-    /// A Rerank's texts, each cut to `max_text_bytes`; `documents_field` names them in
-    /// errors.
+    /// How a request's pairs are read: its options over the model's configuration. A
+    /// request may ask for fewer windows than configured, never more.
+    pub fn reading(&self, options: &ReadOptions) -> Result<Reading, InvalidRequest> {
+        let mut reading = self.reading;
+        if let Some(asked) = options.max_chunks_per_doc {
+            if asked == 0 || asked > reading.max_windows {
+                return Err(InvalidRequest::Field(format!(
+                    "max_chunks_per_doc is {asked}: it must be between 1 and this model's max_chunks_per_doc ({})",
+                    reading.max_windows
+                )));
+            }
+            reading.max_windows = asked;
+        }
+        reading.long_documents = options.long_documents.unwrap_or(reading.long_documents);
+        reading.refuse_cut = options.truncate == Some(false);
+        reading.direction = options.truncation_direction.unwrap_or_default();
+        Ok(reading)
+    }
+
+    fn limits(&self, reading: Reading) -> TextLimits {
+        TextLimits {
+            max_text_bytes: self.max_text_bytes(),
+            reading,
+        }
+    }
+
+    /// A Rerank's texts, each cut to `max_text_bytes` (a document to that per window it
+    /// may make); `documents_field` names them in errors.
     pub fn rerank_texts(
         &self,
         query: &str,
         documents: &[String],
         documents_field: &'static str,
+        reading: Reading,
     ) -> RequestTexts {
         let documents = documents.iter().map(String::as_str);
-        RequestTexts::rerank(query, documents, documents_field, self.max_text_bytes())
+        RequestTexts::rerank(query, documents, documents_field, self.limits(reading))
     }
 
     /// `texts` with a request's instruction, `field` naming it in errors: refused
@@ -191,8 +248,9 @@ impl Pipeline {
     pub fn pair_texts<'a>(
         &self,
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        reading: Reading,
     ) -> RequestTexts {
-        RequestTexts::pairs(pairs, "pairs", self.max_text_bytes())
+        RequestTexts::pairs(pairs, "pairs", self.limits(reading))
     }
 
     /// The scores a client gets: raw scores through the configured activation (by
@@ -233,25 +291,37 @@ impl Pipeline {
         let encoded = try_join_all(chunks.iter().map(encode))
             .instrument(tokenization)
             .await?;
-        for (chunk, (_, _, lossy)) in chunks.iter().zip(&encoded) {
-            if let Some(&text) = lossy.first() {
+        let mut owners = Vec::new();
+        for (chunk, (tokenized, _, chunk_owners)) in chunks.iter().zip(&encoded) {
+            if let Some((pair, refusal)) = tokenized.refused {
+                let field = texts.document_field(chunk.offset + pair as usize);
+                return Err(InvalidRequest::Unreadable { field, refusal }.into());
+            }
+            if let Some(&text) = tokenized.lossy.first() {
                 return Err(texts.lossy_cut(chunk, text).into());
             }
+            owners.extend(chunk_owners.iter().map(|&o| chunk.offset + o as usize));
         }
+        let pairs = texts.len();
         drop(chunks);
         drop(texts);
         let tokenized: Vec<_> = encoded
             .iter()
-            .flat_map(|(batch, _, _)| batch.iter())
+            .flat_map(|(tokenized, _, _)| tokenized.batch.iter())
             .map(|pair| pair.to_pair_tokens())
             .collect();
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
+        // Every window is a pair the model scores: they count before any is queued.
+        self.admission.widen(&mut ticket, tokenized.len() - pairs)?;
         self.admission.confirm(&mut ticket, tokens, deadline)?;
         ticket.release_text();
         let scoring = tracing::info_span!("scoring", pairs = tokenized.len(), tokens);
         let mut scores = (self.dispatch.score(tokenized, ticket, request))
             .instrument(scoring)
             .await?;
+        if owners.len() > pairs {
+            scores.scores = best_window(&scores.scores, &owners, pairs);
+        }
         // Chunks run side by side: the slowest one is what the request waited for.
         let slowest = encoded
             .iter()
@@ -264,16 +334,16 @@ impl Pipeline {
         Ok(scores)
     }
 
-    /// Tokenizes one chunk. It waits for a place in a worker's queue (dropping the
-    /// request withdraws it from there). A tokenizer worker that dies holding it (or
-    /// hangs past the job timeout and is killed) costs the chunk one retry, alone on an
-    /// idle worker: a chunk that kills that one too fails its request, and no other
-    /// request's job dies with it.
+    /// Tokenizes one chunk: its windows, and each window's pair within the chunk. It
+    /// waits for a place in a worker's queue (dropping the request withdraws it from
+    /// there). A tokenizer worker that dies holding it (or hangs past the job timeout
+    /// and is killed) costs the chunk one retry, alone on an idle worker: a chunk that
+    /// kills that one too fails its request, and no other request's job dies with it.
     async fn encode(
         &self,
         chunk: &Chunk,
         request: &RequestId,
-    ) -> Result<(TokenBatch, JobTiming, Vec<TextRef>), PipelineError> {
+    ) -> Result<(Tokenized, JobTiming, Vec<u32>), PipelineError> {
         let kind = WorkerKind::Tokenizer;
         let expected = chunk.texts.len();
         let _queued = GaugeShare::add(&self.metrics.tokenizer_queue_size, expected);
@@ -301,15 +371,23 @@ impl Pipeline {
             // A batch that does not hold one valid pair per input is refused here, where
             // it would otherwise put scores at the wrong places; one in shared memory, lest
             // a worker shrink the segment under the supervisor's reads (SIGBUS).
-            Reply::Encoded(batch, timing, lossy)
-                if batch.is_inline() && batch.len() == expected && batch.validate().is_ok() =>
-            {
-                self.metrics
-                    .tokenizer_queue_wait_latency
-                    .observe(timing.queued.as_secs_f64());
-                Ok((batch, timing, lossy))
+            Reply::Encoded(tokenized, timing) => {
+                let batch = &tokenized.batch;
+                let owners = match tokenized.refused {
+                    Some(_) => Some(Vec::new()),
+                    None => tokenized.owners(expected),
+                };
+                match owners {
+                    Some(owners) if batch.is_inline() && batch.validate().is_ok() => {
+                        self.metrics
+                            .tokenizer_queue_wait_latency
+                            .observe(timing.queued.as_secs_f64());
+                        Ok((tokenized, timing, owners))
+                    }
+                    _ => Err(PipelineError::WrongReply { kind }),
+                }
             }
-            _ => Err(PipelineError::WrongReply { kind }),
+            Reply::Scored(..) => Err(PipelineError::WrongReply { kind }),
         }
     }
 
@@ -348,6 +426,17 @@ impl Pipeline {
         }
         Err(PipelineError::NoWorker(kind))
     }
+}
+
+/// Each pair's best window's raw score: a document read in windows is as relevant as
+/// its most relevant passage (every activation is increasing, so the best raw score is
+/// the best activated one).
+fn best_window(scores: &[f32], owners: &[usize], pairs: usize) -> Vec<f32> {
+    let mut best = vec![f32::NEG_INFINITY; pairs];
+    for (&score, &owner) in scores.iter().zip(owners) {
+        best[owner] = best[owner].max(score);
+    }
+    best
 }
 
 /// The score sentence-transformers' CrossEncoder gives a single-label model's logit.
@@ -397,6 +486,13 @@ async fn submit_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_scores_as_its_best_window() {
+        let scores = [0.1, 0.9, -2.0, 0.3, 0.2];
+        let owners = [0, 0, 1, 2, 2];
+        assert_eq!(best_window(&scores, &owners, 3), [0.9, -2.0, 0.3]);
+    }
 
     #[test]
     fn the_sigmoid_is_sentence_transformers_one() {

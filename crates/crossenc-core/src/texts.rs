@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crossenc_ipc::{Text, TextPairs, TextRef};
+use crossenc_types::Reading;
 
 use crate::error::InvalidRequest;
 
@@ -22,6 +23,29 @@ enum Fields {
 /// at about 4 to 5; erring low errs towards admitting.
 const BYTES_PER_TOKEN_GUESS: usize = 4;
 
+/// How long a request's texts may be, and how its pairs are read.
+#[derive(Debug, Clone, Copy)]
+pub struct TextLimits {
+    /// Longest query; a document's is this per window it may make.
+    pub max_text_bytes: usize,
+    pub reading: Reading,
+}
+
+impl TextLimits {
+    /// Texts of at most `max_text_bytes`, truncated as usual.
+    pub fn truncating(max_text_bytes: usize) -> Self {
+        Self {
+            max_text_bytes,
+            reading: Reading::default(),
+        }
+    }
+
+    /// A document read in windows may be as long as its windows together.
+    fn document_bytes(&self) -> usize {
+        (self.max_text_bytes).saturating_mul(self.reading.windows_allowed())
+    }
+}
+
 /// A request's texts, cut, in the order their scores go back.
 #[derive(Debug)]
 pub struct RequestTexts {
@@ -31,7 +55,7 @@ pub struct RequestTexts {
     pairs: Vec<(u32, Text)>,
     /// A decoder reranker's instruction, read with every pair.
     instruction: Option<Arc<str>>,
-    max_text_bytes: usize,
+    limits: TextLimits,
 }
 
 /// Pairs for one tokenizer job, and where they sit in their request.
@@ -50,19 +74,20 @@ impl RequestTexts {
         query: &str,
         documents: impl IntoIterator<Item = &'a str>,
         documents_field: &'static str,
-        max_text_bytes: usize,
+        limits: TextLimits,
     ) -> Self {
+        let document_bytes = limits.document_bytes();
         Self {
             fields: Fields::Rerank {
                 documents: documents_field,
             },
-            queries: vec![Text::cut(query, max_text_bytes)],
+            queries: vec![Text::cut(query, limits.max_text_bytes)],
             pairs: documents
                 .into_iter()
-                .map(|d| (0, Text::cut(d, max_text_bytes)))
+                .map(|d| (0, Text::cut(d, document_bytes)))
                 .collect(),
             instruction: None,
-            max_text_bytes,
+            limits,
         }
     }
 
@@ -70,20 +95,20 @@ impl RequestTexts {
     pub fn pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         pairs_field: &'static str,
-        max_text_bytes: usize,
+        limits: TextLimits,
     ) -> Self {
         let mut queries = Vec::new();
         let mut cut_pairs = Vec::new();
         for (i, (query, document)) in pairs.into_iter().enumerate() {
-            queries.push(Text::cut(query, max_text_bytes));
-            cut_pairs.push((i as u32, Text::cut(document, max_text_bytes)));
+            queries.push(Text::cut(query, limits.max_text_bytes));
+            cut_pairs.push((i as u32, Text::cut(document, limits.document_bytes())));
         }
         Self {
             fields: Fields::Pairs { pairs: pairs_field },
             queries,
             pairs: cut_pairs,
             instruction: None,
-            max_text_bytes,
+            limits,
         }
     }
 
@@ -113,11 +138,11 @@ impl RequestTexts {
                  prompt template has an {{instruction}} does)"
             )));
         }
-        if instruction.len() > self.max_text_bytes {
+        if instruction.len() > self.limits.max_text_bytes {
             return Err(InvalidRequest::Field(format!(
                 "{field} is {} bytes; the limit (max_text_bytes) is {}",
                 instruction.len(),
-                self.max_text_bytes
+                self.limits.max_text_bytes
             )));
         }
         self.instruction = Some(Arc::from(instruction));
@@ -131,16 +156,18 @@ impl RequestTexts {
         instruction + texts.map(|t| t.text.len()).sum::<usize>()
     }
 
-    /// Tokens the pairs will likely cost, from their sizes alone.
+    /// Tokens the pairs will likely cost, from their sizes alone: at most `max_length`
+    /// per window a pair may make.
     pub fn estimated_tokens(&self, max_length: usize) -> u64 {
         let instruction = self.instruction.as_ref().map_or(0, |i| i.len());
+        let most = max_length.saturating_mul(self.limits.reading.windows_allowed());
         self.pairs
             .iter()
             .map(|(query, document)| {
                 let bytes =
                     instruction + self.queries[*query as usize].text.len() + document.text.len();
                 // Three special tokens frame a pair.
-                (bytes / BYTES_PER_TOKEN_GUESS + 3).min(max_length) as u64
+                (bytes / BYTES_PER_TOKEN_GUESS + 3).min(most) as u64
             })
             .sum()
     }
@@ -155,6 +182,7 @@ impl RequestTexts {
                 let mut chunk = Chunk {
                     texts: TextPairs {
                         instruction: self.instruction.clone(),
+                        reading: self.limits.reading,
                         ..TextPairs::default()
                     },
                     offset: n * size.max(1),
@@ -174,6 +202,14 @@ impl RequestTexts {
                 chunk
             })
             .collect()
+    }
+
+    /// The request's name of the document of pair `index`.
+    pub fn document_field(&self, index: usize) -> String {
+        match self.fields {
+            Fields::Rerank { documents } => format!("{documents}[{index}]"),
+            Fields::Pairs { pairs } => format!("{pairs}[{index}]"),
+        }
     }
 
     /// The error for a text of `chunk` whose cut lost tokens, naming the request's field.
@@ -197,10 +233,14 @@ impl RequestTexts {
                 (field, self.pairs.get(index).map(|p| p.1.original_bytes))
             }
         };
+        let limit = match text {
+            TextRef::Query(_) => self.limits.max_text_bytes,
+            TextRef::Document(_) => self.limits.document_bytes(),
+        };
         InvalidRequest::TextTooLong {
             field,
             bytes: bytes.unwrap_or_default(),
-            limit: self.max_text_bytes,
+            limit,
         }
     }
 }
@@ -216,7 +256,7 @@ mod tests {
             &"q".repeat(100),
             documents.iter().map(String::as_str),
             "documents",
-            50,
+            TextLimits::truncating(50),
         );
         let chunks = texts.chunks(64);
         assert_eq!(chunks.len(), 3);
@@ -237,13 +277,14 @@ mod tests {
         let texts = RequestTexts::pairs(
             [("a", "b"), ("c", "d"), (&"x".repeat(90)[..], "e")],
             "pairs",
-            64,
+            TextLimits::truncating(64),
         );
         let chunks = texts.chunks(2);
         let error = texts.lossy_cut(&chunks[1], TextRef::Query(0)).to_string();
         assert!(error.starts_with("pairs[2].query is 90 bytes"), "{error}");
         assert!(error.contains("max_text_bytes (64)"), "{error}");
-        let rerank = RequestTexts::rerank("q", ["a", "b", "c"], "texts", 64);
+        let rerank =
+            RequestTexts::rerank("q", ["a", "b", "c"], "texts", TextLimits::truncating(64));
         let chunks = rerank.chunks(2);
         let error = rerank.lossy_cut(&chunks[1], TextRef::Document(0));
         assert!(

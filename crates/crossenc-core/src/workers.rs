@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crossenc_ipc::{JobTiming, RequestId, ScoreBatch, TextRef, TokenBatch, Work, WorkerKind};
+use crossenc_ipc::{JobTiming, RequestId, ScoreBatch, Tokenized, Work, WorkerKind};
 use tokio::sync::{oneshot, watch};
 
 /// A worker's reply to one job.
 #[derive(Debug)]
 pub enum Reply {
-    /// The tokens, and the cut texts whose cut changed them.
-    Encoded(TokenBatch, JobTiming, Vec<TextRef>),
+    /// The tokens (windows), and what else the tokenizer found.
+    Encoded(Tokenized, JobTiming),
     Scored(ScoreBatch, JobTiming),
 }
 

@@ -37,13 +37,19 @@ fn limits() -> PipelineLimits {
         max_text_bytes_in_flight: 1 << 24,
         tokenizer_workers: 1,
         activation: Some(ScoreActivation::Identity),
+        long_documents: Default::default(),
+        max_chunks_per_doc: 1,
+        chunk_overlap: 0,
     }
 }
 
 /// A pipeline with one fake tokenizer and `models` fake model workers that come back
 /// [`RESPAWN`] after each death (never, with `respawn = false`).
 fn pipeline(limits: PipelineLimits, models: u32, respawn: bool) -> (Arc<Pipeline>, Arc<Log>) {
-    let pipeline = Arc::new(Pipeline::start(limits, Arc::new(Metrics::new(false))));
+    let pipeline = Arc::new(Pipeline::start(
+        limits,
+        Arc::new(Metrics::new(false).model("m")),
+    ));
     let log = Arc::new(Log::default());
     add_tokenizer(&pipeline.tokenizers, &log);
     keep_models(&pipeline.models, models, &log, respawn.then_some(RESPAWN));
@@ -58,7 +64,7 @@ fn later() -> Instant {
 /// (after an hour of paused time, which passes at once) instead of hanging it.
 async fn score(pipeline: &Pipeline, documents: &[&str]) -> Result<Scores, PipelineError> {
     let documents: Vec<String> = documents.iter().map(|d| d.to_string()).collect();
-    let texts = pipeline.rerank_texts(QUERY, &documents, "documents");
+    let texts = pipeline.rerank_texts(QUERY, &documents, "documents", Default::default());
     let id = RequestId::generate();
     let scoring = pipeline.score(texts, later(), &id);
     let answered = tokio::time::timeout(Duration::from_secs(3600), scoring);
@@ -164,7 +170,10 @@ async fn a_request_dropped_during_scoring_withdraws_its_unsent_pairs() {
 
 #[tokio::test(start_paused = true)]
 async fn an_undeliverable_batch_is_put_back_whole_not_bisected() {
-    let pipeline = Arc::new(Pipeline::start(limits(), Arc::new(Metrics::new(false))));
+    let pipeline = Arc::new(Pipeline::start(
+        limits(),
+        Arc::new(Metrics::new(false).model("m")),
+    ));
     let log = Arc::new(Log::default());
     add_tokenizer(&pipeline.tokenizers, &log);
     let died = Arc::new(tokio::sync::Notify::new());

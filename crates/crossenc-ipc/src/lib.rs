@@ -22,7 +22,7 @@ mod timing;
 pub use batch::{PairTokens, PairView, ScoreBatch, TokenBatch, TokenBatchBuilder};
 pub use ipc_channel::ipc::{channel, IpcReceiver, IpcSender};
 pub use link::{connect_to_supervisor, IpcFailure, SupervisorLink, WorkerLink, WorkerListener};
-pub use message::{Job, Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind};
+pub use message::{Job, Tokenized, Work, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind};
 pub use request::{joined, RequestId};
 pub use texts::{Text, TextPairs, TextRef};
 pub use timing::{JobTiming, Stamp, StatsReport};

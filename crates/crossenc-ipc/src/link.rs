@@ -141,7 +141,7 @@ mod tests {
         crate::TextPairs {
             queries: vec![crate::Text::cut("q", 10)],
             pairs: vec![(0, crate::Text::cut("d", 10))],
-            instruction: None,
+            ..Default::default()
         }
     }
 

@@ -3,7 +3,7 @@ use std::fmt;
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 
-use crossenc_types::{Dtype, ScoreActivation};
+use crossenc_types::{Dtype, PairRefusal, ScoreActivation};
 
 use crate::{JobTiming, ScoreBatch, Stamp, StatsReport, TextPairs, TextRef, TokenBatch};
 
@@ -86,6 +86,40 @@ pub enum Work {
     Score(TokenBatch),
 }
 
+/// What a tokenizer job came to.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Tokenized {
+    /// Every window of every pair, in pair order.
+    pub batch: TokenBatch,
+    /// How many windows each pair made, in order; empty when each made one.
+    pub windows: Vec<u32>,
+    /// Texts that arrived cut and whose cut changed the tokens the model reads.
+    pub lossy: Vec<TextRef>,
+    /// The first pair refused as its request's reading asked (its index in the job),
+    /// with why; the batch is then empty.
+    pub refused: Option<(u32, PairRefusal)>,
+}
+
+impl Tokenized {
+    /// The windows' owners: for each entry of the batch, the index of its pair; `None`
+    /// when the counts do not describe `pairs` pairs and the batch (a malformed reply).
+    pub fn owners(&self, pairs: usize) -> Option<Vec<u32>> {
+        if self.windows.is_empty() {
+            return (self.batch.len() == pairs).then(|| (0..pairs as u32).collect());
+        }
+        let total: u64 = self.windows.iter().map(|&w| u64::from(w)).sum();
+        let each_read = !self.windows.contains(&0);
+        if !each_read || self.windows.len() != pairs || total != self.batch.len() as u64 {
+            return None;
+        }
+        let each = self.windows.iter().enumerate();
+        Some(
+            each.flat_map(|(i, &w)| std::iter::repeat_n(i as u32, w as usize))
+                .collect(),
+        )
+    }
+}
+
 /// Worker to supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerEvent {
@@ -102,10 +136,8 @@ pub enum WorkerEvent {
     StartFailed { message: String },
     Encoded {
         job: u64,
-        batch: TokenBatch,
+        tokenized: Tokenized,
         timing: JobTiming,
-        /// Texts that arrived cut and whose cut changed the tokens the model reads.
-        lossy: Vec<TextRef>,
     },
     Scored {
         job: u64,

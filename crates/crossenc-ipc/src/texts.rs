@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crossenc_types::Reading;
 use serde::{Deserialize, Serialize};
 
 /// One text, possibly cut to a prefix before it was sent.
@@ -54,6 +55,8 @@ pub struct TextPairs {
     /// template's default.
     #[serde(with = "optional_shared_str")]
     pub instruction: Option<Arc<str>>,
+    /// How the request's pairs are read where they do not fit the model's window.
+    pub reading: Reading,
 }
 
 impl TextPairs {
@@ -143,7 +146,7 @@ mod tests {
         let pairs = TextPairs {
             queries: vec![text("q")],
             pairs: vec![(0, text("a")), (1, text("b"))],
-            instruction: None,
+            ..Default::default()
         };
         assert_eq!(pairs.resolve().unwrap_err(), 1);
     }

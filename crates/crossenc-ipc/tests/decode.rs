@@ -125,8 +125,10 @@ fn check_event(bytes: &[u8]) -> Result<(), TestCaseError> {
     LAST_PANIC.with(|last| last.borrow_mut().take());
     match catch_unwind(AssertUnwindSafe(|| decode::<WorkerEvent>(bytes))) {
         Ok(Some(event)) => {
-            if let WorkerEvent::Encoded { batch, .. } = &event {
-                check_batch(batch);
+            if let WorkerEvent::Encoded { tokenized, .. } = &event {
+                check_batch(&tokenized.batch);
+                // Window counts from a worker are checked against the batch, never trusted.
+                let _ = tokenized.owners(tokenized.windows.len());
             }
             if let WorkerEvent::Scored { scores, .. } = &event {
                 let _ = scores.to_vec();

@@ -16,6 +16,7 @@ mod packed;
 mod template;
 mod tokenize;
 mod weights;
+mod windows;
 
 pub use arch::PairTemplate;
 pub use cross_encoder::{CrossEncoder, PackedPairs, PaddedBatch, Products};
@@ -24,7 +25,7 @@ pub use error::ModelError;
 pub use folder::{HiddenAct, ModelConfig, ModelFolder};
 pub use packed::{KernelChoice, KernelRate, Kernels};
 pub use template::{Answers, PromptTemplate};
-pub use tokenize::{EncodedPair, EncodedText, PairTokenizer};
+pub use tokenize::{EncodedPair, EncodedText, PairTokenizer, Read};
 
 /// Where a model runs: `cpu`, or `cuda:N` in a build with the `cuda` feature.
 pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {

@@ -1,8 +1,14 @@
 use std::sync::Arc;
 
+use crossenc_types::{LongDocuments, PairRefusal, Reading};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
 
+use crate::windows::Windows;
 use crate::{ModelError, ModelFolder, PairTemplate, PromptTemplate};
+
+/// What reading one pair gives: its windows (one unless it was chunked), or why it is
+/// refused.
+pub type Read = Result<Vec<EncodedPair>, PairRefusal>;
 
 /// Encodes (query, document) pairs as the reference does. For an encoder as
 /// `transformers` does: the tokenizer's own pair template (`[CLS] query [SEP] document
@@ -234,14 +240,38 @@ impl PairTokenizer {
         document: &str,
         instruction: Option<&str>,
     ) -> Result<EncodedPair, ModelError> {
-        let Some(prompt) = &self.prompt else {
-            if instruction.is_some() {
-                return Err(ModelError::Encode(
-                    "this model reads no instruction: it has no prompt template".into(),
-                ));
-            }
-            return self.encode_pair(query, document);
-        };
+        let read = self.read(query, document, instruction, &Reading::default())?;
+        let mut windows = read.map_err(|refusal| ModelError::Encode(refusal.to_string()))?;
+        Ok(windows.remove(0))
+    }
+
+    /// The pair as a request's `reading` asks: truncated (from the end, or from the
+    /// start), refused where it would be cut, or, for a document too long for the
+    /// window, cut into windows that each read the query (see [`Windows`]).
+    pub fn read(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        reading: &Reading,
+    ) -> Result<Read, ModelError> {
+        match &self.prompt {
+            None if instruction.is_some() => Err(ModelError::Encode(
+                "this model reads no instruction: it has no prompt template".into(),
+            )),
+            None => self.read_pair(query, document, reading),
+            Some(prompt) => self.read_prompt(prompt, query, document, instruction, reading),
+        }
+    }
+
+    fn read_prompt(
+        &self,
+        prompt: &Prompt,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        reading: &Reading,
+    ) -> Result<Read, ModelError> {
         if instruction.is_some() && !prompt.template.takes_instruction() {
             return Err(ModelError::Encode(format!(
                 "template {} reads no instruction",
@@ -253,35 +283,118 @@ impl PairTokenizer {
             .tokenizer
             .encode(body, false)
             .map_err(|e| ModelError::Encode(e.to_string()))?;
+        if body.len() > self.pair_budget {
+            if reading.refuse_cut {
+                let tokens = prompt.prefix.len() + body.len() + prompt.suffix.len();
+                return Ok(Err(self.would_cut(tokens)));
+            }
+            let as_asked = reading.long_documents == LongDocuments::Truncate
+                && reading.direction == crossenc_types::TruncationDirection::Right;
+            if !as_asked {
+                return Ok(Err(PairRefusal::PromptReadsOneWindow));
+            }
+        }
         body.truncate(self.pair_budget, 0, TruncationDirection::Right);
         let len = prompt.prefix.len() + body.len() + prompt.suffix.len();
         let mut ids = Vec::with_capacity(len);
         ids.extend_from_slice(&prompt.prefix);
         ids.extend_from_slice(body.get_ids());
         ids.extend_from_slice(&prompt.suffix);
-        Ok(EncodedPair(Encoded::Prompt {
+        Ok(Ok(vec![EncodedPair(Encoded::Prompt {
             ids,
             type_ids: vec![0; len],
-        }))
+        })]))
     }
 
-    fn encode_pair(&self, query: &str, document: &str) -> Result<EncodedPair, ModelError> {
+    fn read_pair(
+        &self,
+        query: &str,
+        document: &str,
+        reading: &Reading,
+    ) -> Result<Read, ModelError> {
         let encode = |text: &str| {
             self.tokenizer
                 .encode(text, false)
                 .map_err(|e| ModelError::Encode(e.to_string()))
         };
         let (mut first, mut second) = (encode(query)?, encode(document)?);
-        let (keep_first, keep_second) = longest_first(first.len(), second.len(), self.pair_budget);
+        let budget = self.pair_budget;
+        if first.len() + second.len() <= budget {
+            return Ok(Ok(vec![self.template(first, second)?]));
+        }
+        if reading.refuse_cut {
+            return Ok(Err(
+                self.would_cut(first.len() + second.len() + self.special())
+            ));
+        }
+        if reading.long_documents == LongDocuments::Chunk {
+            return self.windows(first, second, reading);
+        }
+        let direction = match reading.direction {
+            crossenc_types::TruncationDirection::Right => TruncationDirection::Right,
+            crossenc_types::TruncationDirection::Left => TruncationDirection::Left,
+        };
+        let (keep_first, keep_second) = longest_first(first.len(), second.len(), budget);
         for (encoding, keep) in [(&mut first, keep_first), (&mut second, keep_second)] {
-            encoding.truncate(keep, 0, TruncationDirection::Right);
+            encoding.truncate(keep, 0, direction);
             // What truncation cut off: nobody reads it, and the template would copy it.
             encoding.take_overflowing();
         }
+        Ok(Ok(vec![self.template(first, second)?]))
+    }
+
+    /// A document too long for the window beside its query, in windows: the query
+    /// keeps what longest-first truncation would leave it against a long document (at
+    /// most half the budget), each window the rest.
+    fn windows(
+        &self,
+        mut query: Encoding,
+        mut document: Encoding,
+        reading: &Reading,
+    ) -> Result<Read, ModelError> {
+        let budget = self.pair_budget;
+        let keep_query = query.len().min(budget / 2);
+        query.truncate(keep_query, 0, TruncationDirection::Right);
+        query.take_overflowing();
+        let windows = Windows::of(
+            document.len(),
+            budget - keep_query,
+            reading.overlap as usize,
+        );
+        if windows.count > reading.windows_allowed() {
+            return Ok(Err(PairRefusal::TooManyWindows {
+                windows: u32::try_from(windows.count).unwrap_or(u32::MAX),
+                limit: reading.max_windows,
+            }));
+        }
+        let overlap = windows.size - windows.step;
+        document.truncate(windows.size, overlap, TruncationDirection::Right);
+        let rest = document.take_overflowing();
+        let mut read = Vec::with_capacity(windows.count);
+        for window in std::iter::once(document).chain(rest) {
+            read.push(self.template(query.clone(), window)?);
+        }
+        Ok(Ok(read))
+    }
+
+    /// Both texts, already fitted, in the tokenizer's pair template.
+    fn template(&self, query: Encoding, document: Encoding) -> Result<EncodedPair, ModelError> {
         self.tokenizer
-            .post_process(first, Some(second), true)
+            .post_process(query, Some(document), true)
             .map(|e| EncodedPair(Encoded::Pair(e)))
             .map_err(|e| ModelError::Encode(e.to_string()))
+    }
+
+    /// Special tokens the pair template adds.
+    fn special(&self) -> usize {
+        self.max_length - self.pair_budget
+    }
+
+    fn would_cut(&self, tokens: usize) -> PairRefusal {
+        PairRefusal::WouldCut {
+            tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+            limit: u32::try_from(self.max_length).unwrap_or(u32::MAX),
+        }
     }
 }
 

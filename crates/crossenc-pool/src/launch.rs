@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossenc_config::{Dtype, LogFormat};
 use crossenc_ipc::{WorkerEvent, WorkerKind, WorkerListener};
-use crossenc_metrics::Metrics;
+use crossenc_metrics::ModelMetrics;
 
 use crate::process::{spawn_named, WorkerProcess};
 
@@ -57,7 +57,7 @@ impl WorkerLauncher {
         &self,
         kind: WorkerKind,
         id: u32,
-        metrics: &Arc<Metrics>,
+        metrics: &Arc<ModelMetrics>,
     ) -> Result<WorkerProcess, SpawnError> {
         let fail = |reason: String| SpawnError { kind, id, reason };
         let listener = WorkerListener::new().map_err(|e| fail(e.to_string()))?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crossenc_core::workers::{Worker, WorkerSet};
 use crossenc_ipc::{WorkerInfo, WorkerKind};
-use crossenc_metrics::{Metrics, Process};
+use crossenc_metrics::{ModelMetrics, Process};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -91,7 +91,7 @@ impl Pool {
         launcher: WorkerLauncher,
         plan: PoolPlan,
         sets: PoolSets,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ModelMetrics>,
     ) -> Result<(Pool, Started), SpawnError> {
         let workers = start_all(&launcher, &plan, &sets, &metrics).await?;
         let started = workers.iter().map(|w| (w.kind, w.info.clone())).collect();
@@ -153,7 +153,7 @@ async fn start_all(
     launcher: &WorkerLauncher,
     plan: &PoolPlan,
     sets: &PoolSets,
-    metrics: &Arc<Metrics>,
+    metrics: &Arc<ModelMetrics>,
 ) -> Result<Vec<Arc<WorkerProcess>>, SpawnError> {
     let counts = [
         (WorkerKind::Tokenizer, plan.tokenizers),

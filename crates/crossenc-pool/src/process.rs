@@ -19,7 +19,7 @@ use crossenc_ipc::{
     IpcReceiver, IpcSender, Job, JobTiming, RequestId, Stamp, StatsReport, Work, WorkerCommand,
     WorkerEvent, WorkerInfo, WorkerKind,
 };
-use crossenc_metrics::Metrics;
+use crossenc_metrics::ModelMetrics;
 use tokio::sync::{oneshot, watch};
 
 type ReplySender = oneshot::Sender<Result<Reply, JobError>>;
@@ -156,7 +156,7 @@ impl WorkerProcess {
         link: crossenc_ipc::SupervisorLink,
         info: WorkerInfo,
         (child, pidfd): (Child, Option<OwnedFd>),
-        metrics: &Arc<Metrics>,
+        metrics: &Arc<ModelMetrics>,
     ) -> Self {
         let pid = child.id();
         let (commands, queued) = mpsc::channel();
@@ -213,7 +213,7 @@ pub(crate) fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) {
 fn forward_commands(
     queued: mpsc::Receiver<WorkerCommand>,
     ipc: IpcSender<WorkerCommand>,
-    metrics: &Metrics,
+    metrics: &ModelMetrics,
 ) {
     for mut command in queued {
         if let WorkerCommand::Run(job) = &mut command {
@@ -234,7 +234,7 @@ fn forward_commands(
 struct StatsThread {
     kind: WorkerKind,
     id: u32,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
 }
 
 impl StatsThread {
@@ -259,7 +259,7 @@ struct EventThread {
     child: Arc<Mutex<Child>>,
     stopping: Arc<AtomicBool>,
     exited: watch::Sender<bool>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
 }
 
 impl EventThread {
@@ -280,12 +280,11 @@ impl EventThread {
             let (job, answer) = match event {
                 WorkerEvent::Encoded {
                     job,
-                    batch,
+                    tokenized,
                     timing,
-                    lossy,
                 } => {
                     self.received(timing);
-                    (job, Ok(Reply::Encoded(batch, timing, lossy)))
+                    (job, Ok(Reply::Encoded(tokenized, timing)))
                 }
                 WorkerEvent::Scored {
                     job,

@@ -9,7 +9,7 @@ use crossenc_ipc::WorkerKind;
 use tokio::sync::{mpsc, watch};
 
 use crossenc_core::workers::{Worker, WorkerSet};
-use crossenc_metrics::{Metrics, PoolLabels};
+use crossenc_metrics::{ModelMetrics, PoolLabels};
 
 use crate::launch::{SpawnError, WorkerLauncher};
 use crate::process::WorkerProcess;
@@ -56,7 +56,7 @@ pub struct WorkerSlot {
     pub id: u32,
     pub launcher: WorkerLauncher,
     pub set: Arc<WorkerSet>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ModelMetrics>,
     pub backoff: Backoff,
     /// Failed starts in a row after which the slot gives up and reports on `fatal`.
     pub max_start_failures: u32,

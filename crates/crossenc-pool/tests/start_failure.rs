@@ -110,7 +110,7 @@ fn fails_and_leaves_nothing(name: &str, body: &str, reason: &str) {
     let scratch = Scratch::new(name);
     let pid_file = scratch.0.join("pid");
     let exe = script(&scratch.0, &pid_file, body);
-    let metrics = Arc::new(Metrics::new(false));
+    let metrics = Arc::new(Metrics::new(false).model("m"));
     let started = launcher(exe, Duration::from_secs(10)).spawn(WorkerKind::Tokenizer, 0, &metrics);
     let failure = match started {
         Ok(_) => panic!("{name}: the fake worker started"),

@@ -8,16 +8,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crossenc_api::{ApiError, Faces, FacesState, Listeners};
-use crossenc_config::{InvalidSetting, ServeConfig};
-use crossenc_core::admission::Admission;
+use crossenc_config::{InvalidSetting, ServeConfig, ServedModel as ServedConfig};
 use crossenc_core::dispatch::DispatchLimits;
 pub use crossenc_core::scheduler::BatchCost;
 use crossenc_core::scheduler::SchedulerLimits;
-use crossenc_core::{LearnedModel, Pipeline, PipelineLimits};
+use crossenc_core::{LearnedModel, Models, Pipeline, PipelineLimits, ServedModel};
 use crossenc_ipc::{WorkerInfo, WorkerKind};
 use crossenc_metrics::{
     AdmissionLevels, BuildLabels, Collector, CollectorSources, GpuMissing, GpuMonitor, Metrics,
-    Process,
+    ModelSource, Process,
 };
 use crossenc_pool::{Pool, PoolPlan, PoolSets, ProcessTable, Started};
 pub use crossenc_pool::{SpawnError, WorkerLauncher};
@@ -44,66 +43,96 @@ fn list(errors: &[InvalidSetting]) -> String {
         .join("; ")
 }
 
+/// One model to serve: its settings, how its workers start, and what a batch costs
+/// its model workers' pass (the measure of its `max_batch_tokens`).
+pub struct ModelPlan {
+    pub served: ServedConfig,
+    pub launcher: WorkerLauncher,
+    pub cost: BatchCost,
+}
+
+/// A model being served: its pipeline and its workers.
+struct Running {
+    plan: ModelPlan,
+    pipeline: Arc<Pipeline>,
+}
+
 /// Runs the server until `shutdown` resolves, then drains in-flight requests (up to
-/// `shutdown_grace`), stops the workers and returns. `cost` is what a batch costs the
-/// model workers' pass, the measure of `batching.max_batch_tokens`.
+/// `shutdown_grace`), stops the workers and returns.
 pub async fn serve(
     config: ServeConfig,
-    launcher: WorkerLauncher,
-    cost: BatchCost,
+    models: Vec<ModelPlan>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
     // Before anything listens: a server asked for GPUs it cannot have says so and exits.
-    let gpus = GpuMonitor::open(&config.model.gpus())?;
+    let gpus = GpuMonitor::open(&config.gpus())?;
     raise_open_file_limit();
     let listeners = Listeners::bind(&config).await?;
     let (grpc_bound, http_bound, admin_bound) = listeners.addresses();
     let metrics = Arc::new(Metrics::new(gpus.is_some()));
     observe_codec(&metrics);
-    let pipeline = Arc::new(Pipeline::start(
-        pipeline_limits(&config, cost),
-        Arc::clone(&metrics),
+    let running: Vec<Running> = models
+        .into_iter()
+        .map(|plan| {
+            let model_metrics = Arc::new(metrics.model(&plan.served.name));
+            let limits = pipeline_limits(&config, &plan);
+            let pipeline = Arc::new(Pipeline::start(limits, model_metrics));
+            Running { plan, pipeline }
+        })
+        .collect();
+    let served = running.iter().map(|r| ServedModel {
+        name: r.plan.served.name.as_str().into(),
+        pipeline: Arc::clone(&r.pipeline),
+        max_client_batch_size: r.plan.served.batching.max_client_batch_size,
+    });
+    let routes = Arc::new(Models::new(
+        served.collect(),
+        config.server.max_concurrent_requests,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = FacesState { stop: stop_rx };
-    let faces = Faces::start(&config, listeners, Arc::clone(&pipeline), state).await;
+    let state = FacesState {
+        models: Arc::clone(&routes),
+        metrics: Arc::clone(&metrics),
+        stop: stop_rx,
+    };
+    let faces = Faces::start(&config, listeners, state).await;
     let mut faces = faces.inspect_err(|_| {
         let _ = stop_tx.send(true);
     })?;
     tracing::info!(grpc = %grpc_bound, http = %http_bound, admin = %admin_bound, tls = config.server.tls(), "listening; starting workers");
 
-    let sets = PoolSets {
-        tokenizers: Arc::clone(&pipeline.tokenizers),
-        models: Arc::clone(&pipeline.models),
-    };
-    let started = Pool::start(launcher, pool_plan(&config), sets, Arc::clone(&metrics)).await;
-    let (mut pool, workers) = match started {
-        Ok(started) => started,
+    let mut pools = match start_pools(&running).await {
+        Ok(pools) => pools,
         Err(error) => {
             let _ = stop_tx.send(true);
             return Err(error.into());
         }
     };
-    let model = model_info(&workers);
-    let name = config.model.served_name();
-    tracing::info!(model = %name, "ready");
-    learn_model(&pipeline, &workers);
-    record_build(&metrics, &name, model);
-    set_admission_limits(&metrics, &pipeline.admission);
-    let sources = Sources {
-        processes: pool.processes(),
-        pipeline: Arc::clone(&pipeline),
-    };
+    let mut sources = Vec::new();
+    for (model, (pool, workers)) in running.iter().zip(&pools) {
+        let name = &model.plan.served.name;
+        tracing::info!(model = %name, "ready");
+        learn_model(&model.pipeline, workers);
+        record_build(&metrics, name, model_info(workers));
+        set_admission_limits(&model.pipeline);
+        sources.push(ModelSource {
+            metrics: Arc::clone(&model.pipeline.metrics),
+            sources: Box::new(Sources {
+                processes: pool.processes(),
+                pipeline: Arc::clone(&model.pipeline),
+            }),
+        });
+    }
     let collector = tokio::spawn(
-        Collector::new(Arc::clone(&metrics), Box::new(sources), gpus)
+        Collector::new(Arc::clone(&metrics), sources, gpus)
             .run(config.metrics.collection_interval, stop_tx.subscribe()),
     );
-    faces.follow_workers(Arc::clone(&pipeline));
+    faces.follow_workers(Arc::clone(&routes));
 
     let failed = tokio::select! {
         () = shutdown => None,
-        error = pool.failed() => Some(error),
+        error = any_failed(&mut pools) => Some(error),
     };
     match &failed {
         None => {
@@ -117,7 +146,7 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("requests still in flight after the shutdown grace; stopping anyway");
     }
-    pool.stop().await;
+    futures_util::future::join_all(pools.into_iter().map(|(pool, _)| pool.stop())).await;
     let _ = collector.await;
     tracing::info!("stopped");
     match failed {
@@ -126,7 +155,42 @@ pub async fn serve(
     }
 }
 
-/// What the collection loop reads: the pool's processes and the core's admission.
+/// Starts every model's workers at once. If one model's cannot start, the others'
+/// are stopped: a server serves all its models or none.
+async fn start_pools(running: &[Running]) -> Result<Vec<(Pool, Started)>, SpawnError> {
+    let starts = running.iter().map(|model| {
+        let sets = PoolSets {
+            tokenizers: Arc::clone(&model.pipeline.tokenizers),
+            models: Arc::clone(&model.pipeline.models),
+        };
+        let launcher = model.plan.launcher.clone();
+        let plan = pool_plan(&model.plan.served);
+        Pool::start(launcher, plan, sets, Arc::clone(&model.pipeline.metrics))
+    });
+    let mut started = Vec::new();
+    let mut failure = None;
+    for result in futures_util::future::join_all(starts).await {
+        match result {
+            Ok(pool) => started.push(pool),
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    match failure {
+        None => Ok(started),
+        Some(error) => {
+            futures_util::future::join_all(started.into_iter().map(|(pool, _)| pool.stop())).await;
+            Err(error)
+        }
+    }
+}
+
+/// The first worker of any model that gives up starting.
+async fn any_failed(pools: &mut [(Pool, Started)]) -> SpawnError {
+    let failures = pools.iter_mut().map(|(pool, _)| Box::pin(pool.failed()));
+    futures_util::future::select_all(failures).await.0
+}
+
+/// What the collection loop reads of one model: its processes and its admission.
 struct Sources {
     processes: ProcessTable,
     pipeline: Arc<Pipeline>,
@@ -219,7 +283,8 @@ fn record_build(metrics: &Metrics, name: &str, info: &WorkerInfo) {
         .set(1);
 }
 
-fn set_admission_limits(metrics: &Metrics, admission: &Admission) {
+fn set_admission_limits(pipeline: &Pipeline) {
+    let (metrics, admission) = (&pipeline.metrics, &pipeline.admission);
     metrics
         .queued_pairs_limit
         .set(admission.max_queued_pairs() as i64);
@@ -228,8 +293,9 @@ fn set_admission_limits(metrics: &Metrics, admission: &Admission) {
         .set(admission.max_requests() as i64);
 }
 
-fn pipeline_limits(config: &ServeConfig, cost: BatchCost) -> PipelineLimits {
-    let batching = &config.batching;
+fn pipeline_limits(config: &ServeConfig, plan: &ModelPlan) -> PipelineLimits {
+    let (served, cost) = (&plan.served, plan.cost);
+    let batching = &served.batching;
     let bytes = |size: u64| usize::try_from(size).unwrap_or(usize::MAX);
     PipelineLimits {
         scheduler: SchedulerLimits {
@@ -240,20 +306,23 @@ fn pipeline_limits(config: &ServeConfig, cost: BatchCost) -> PipelineLimits {
         },
         dispatch: DispatchLimits {
             batches_per_worker: batching.batches_per_worker,
-            batch_timeout: config.workers.batch_timeout,
-            no_worker_patience: config.workers.no_worker_patience,
+            batch_timeout: served.workers.batch_timeout,
+            no_worker_patience: served.workers.no_worker_patience,
         },
         max_concurrent_requests: config.server.max_concurrent_requests,
         max_text_bytes: bytes(config.server.max_text_bytes.as_u64()),
         max_text_bytes_in_flight: bytes(config.server.max_text_bytes_in_flight.as_u64()),
-        tokenizer_workers: config.workers.tokenizer,
-        activation: config.model.activation,
+        tokenizer_workers: served.workers.tokenizer,
+        activation: served.model.activation,
+        long_documents: served.model.long_documents,
+        max_chunks_per_doc: served.model.max_chunks_per_doc,
+        chunk_overlap: served.model.chunk_overlap,
         max_queued_pairs: batching.max_queued_pairs,
     }
 }
 
-fn pool_plan(config: &ServeConfig) -> PoolPlan {
-    let workers = &config.workers;
+fn pool_plan(served: &ServedConfig) -> PoolPlan {
+    let workers = &served.workers;
     PoolPlan {
         tokenizers: workers.tokenizer,
         models: workers.model,

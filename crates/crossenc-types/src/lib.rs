@@ -130,3 +130,93 @@ mod tests {
         );
     }
 }
+
+/// What a document too long to fit beside its query in the model's window becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongDocuments {
+    /// Cut to fit: what follows the cut is never read.
+    #[default]
+    Truncate,
+    /// Scored in windows of whole tokens, each a pair of its own; the document's score
+    /// is its best window's.
+    Chunk,
+}
+
+/// Which end of a text truncation cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationDirection {
+    /// Keep the start.
+    #[default]
+    Right,
+    /// Keep the end.
+    Left,
+}
+
+/// How a request's pairs are read when they do not fit the model's window: what the
+/// supervisor tells the tokenizers with every job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Reading {
+    pub long_documents: LongDocuments,
+    /// Under [`LongDocuments::Chunk`], most windows one document may make.
+    pub max_windows: u32,
+    /// Tokens each window repeats of the one before it.
+    pub overlap: u32,
+    /// Refuse a pair that would be cut rather than truncating it.
+    pub refuse_cut: bool,
+    pub direction: TruncationDirection,
+}
+
+impl Default for Reading {
+    /// Truncate, from the end, as every reranker does unless asked otherwise.
+    fn default() -> Self {
+        Self {
+            long_documents: LongDocuments::Truncate,
+            max_windows: 1,
+            overlap: 0,
+            refuse_cut: false,
+            direction: TruncationDirection::Right,
+        }
+    }
+}
+
+impl Reading {
+    /// Windows a document may make: one unless chunked.
+    pub fn windows_allowed(&self) -> usize {
+        match self.long_documents {
+            LongDocuments::Truncate => 1,
+            LongDocuments::Chunk => self.max_windows.max(1) as usize,
+        }
+    }
+}
+
+/// Why a pair is refused as its request's reading asked, rather than scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairRefusal {
+    /// `truncate: false`, and the pair is `tokens` long where the model reads `limit`.
+    WouldCut { tokens: u32, limit: u32 },
+    /// Chunked, the document makes `windows` windows where `limit` are allowed.
+    TooManyWindows { windows: u32, limit: u32 },
+    /// A prompt template's body is cut from its end only, and read whole: neither
+    /// windows nor a cut from the start fit a decoder's prompt.
+    PromptReadsOneWindow,
+}
+
+impl fmt::Display for PairRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PairRefusal::WouldCut { tokens, limit } => write!(
+                f,
+                "is {tokens} tokens, over the model's {limit}, and truncate is false: send it shorter, or allow truncation"
+            ),
+            PairRefusal::TooManyWindows { windows, limit } => write!(
+                f,
+                "needs {windows} windows, over max_chunks_per_doc ({limit}): send it shorter, or ask for more windows (up to the model's max_chunks_per_doc)"
+            ),
+            PairRefusal::PromptReadsOneWindow => f.write_str(
+                "does not fit the model's window, and this model's prompt template is read in one window, cut from its end: long_documents \"chunk\" and truncation_direction \"left\" are for encoders",
+            ),
+        }
+    }
+}

@@ -12,11 +12,13 @@ use std::time::Instant;
 
 use crossenc_ipc::{
     connect_to_supervisor, IpcFailure, Job, JobTiming, ScoreBatch, Stamp, StatsReport, TextPairs,
-    TextRef, TokenBatch, TokenBatchBuilder, Work, WorkerCommand, WorkerEvent, WorkerInfo,
+    TextRef, TokenBatch, TokenBatchBuilder, Tokenized, Work, WorkerCommand, WorkerEvent,
+    WorkerInfo,
 };
 use crossenc_model::{
     CrossEncoder, Dtype, ModelError, ModelFolder, PackedPairs, PairTokenizer, Products,
 };
+use crossenc_types::{LongDocuments, PairRefusal, TruncationDirection};
 
 pub use crate::stats::StatsSender;
 
@@ -64,7 +66,7 @@ pub fn run_tokenizer(args: &WorkerArgs) -> Result<(), WorkerError> {
             Work::Encode(pairs) => {
                 poison.check(&pairs);
                 match encode(&tokenizer, &pairs) {
-                    Ok((batch, lossy)) => Answer::Encoded(batch, lossy),
+                    Ok(tokenized) => Answer::Encoded(tokenized),
                     Err(e) => Answer::Failed(e),
                 }
             }
@@ -262,7 +264,7 @@ fn warm_up(model: &CrossEncoder, max_length: usize) -> Option<f64> {
 
 /// What a job came to, before it is put on the wire.
 enum Answer {
-    Encoded(TokenBatch, Vec<TextRef>),
+    Encoded(Tokenized),
     Scored { scores: Vec<f32>, tokens: u64 },
     Failed(String),
 }
@@ -278,13 +280,13 @@ impl Answer {
             ..StatsReport::default()
         };
         match self {
-            Answer::Encoded(batch, lossy) => {
+            Answer::Encoded(tokenized) => {
+                let batch = &tokenized.batch;
                 let stats = report(batch.len(), batch.total_tokens() as u64);
                 let event = WorkerEvent::Encoded {
                     job,
-                    batch,
+                    tokenized,
                     timing,
-                    lossy,
                 };
                 (event, Some(stats))
             }
@@ -391,28 +393,65 @@ fn worker_info(folder: &ModelFolder, max_length: usize, device: &str) -> WorkerI
     }
 }
 
-/// Tokenizes pairs into shared memory, as a tokenizer worker does for each job, and
-/// names the cut texts whose cut changed the tokens the model would read.
-pub fn encode(
-    tokenizer: &PairTokenizer,
-    texts: &TextPairs,
-) -> Result<(TokenBatch, Vec<TextRef>), String> {
+/// Tokenizes pairs as their request's reading asks (truncated, or in windows), as a
+/// tokenizer worker does for each job, and names the cut texts whose cut changed the
+/// tokens the model would read. A pair refused as the reading asked ends the job: its
+/// request is refused whole.
+pub fn encode(tokenizer: &PairTokenizer, texts: &TextPairs) -> Result<Tokenized, String> {
     let failed = |e: ModelError| e.to_string();
     let pairs = texts
         .resolve()
         .map_err(|i| format!("pair {i} names a query the job does not hold"))?;
     let mut batch = TokenBatchBuilder::with_capacity(pairs.len(), pairs.len() * 64);
+    let mut windows = Vec::with_capacity(pairs.len());
     let mut type_ids = Vec::new();
-    let instruction = texts.instruction.as_deref();
-    for (query, document) in &pairs {
-        let encoded = tokenizer
-            .encode_instructed(&query.text, &document.text, instruction)
+    let (instruction, reading) = (texts.instruction.as_deref(), &texts.reading);
+    for (i, (query, document)) in pairs.iter().enumerate() {
+        let read = tokenizer
+            .read(&query.text, &document.text, instruction, reading)
             .map_err(failed)?;
-        type_ids.clear();
-        // Type ids are 0 or 1 for BERT; a u8 keeps the shared memory small.
-        type_ids.extend(encoded.type_ids().iter().map(|&t| t as u8));
-        batch.push(encoded.ids().iter().copied(), &type_ids);
+        let read = match read {
+            Ok(read) => read,
+            Err(refusal) => return Ok(refused(i, refusal)),
+        };
+        windows.push(read.len() as u32);
+        for encoded in read {
+            type_ids.clear();
+            // Type ids are 0 or 1 for BERT; a u8 keeps the shared memory small.
+            type_ids.extend(encoded.type_ids().iter().map(|&t| t as u8));
+            batch.push(encoded.ids().iter().copied(), &type_ids);
+        }
     }
+    if windows.iter().all(|&w| w == 1) {
+        windows.clear();
+    }
+    let lossy = lossy_cuts(tokenizer, texts)?;
+    // Inline: the supervisor maps no memory a worker holds.
+    Ok(Tokenized {
+        batch: batch.finish_inline(),
+        windows,
+        lossy,
+        refused: None,
+    })
+}
+
+fn refused(pair: usize, refusal: PairRefusal) -> Tokenized {
+    Tokenized {
+        batch: TokenBatchBuilder::default().finish_inline(),
+        windows: Vec::new(),
+        lossy: Vec::new(),
+        refused: Some((pair as u32, refusal)),
+    }
+}
+
+/// The texts that arrived cut (to max_text_bytes) and whose cut changed what the model
+/// reads. Read from its end, or in windows to its end, a document loses what the cut
+/// took: any cut one is lost.
+fn lossy_cuts(tokenizer: &PairTokenizer, texts: &TextPairs) -> Result<Vec<TextRef>, String> {
+    let failed = |e: ModelError| e.to_string();
+    let reading = &texts.reading;
+    let reads_to_the_end = reading.long_documents == LongDocuments::Chunk
+        || reading.direction == TruncationDirection::Left;
     let cut = |text: &crossenc_ipc::Text| Cut::of(tokenizer, text);
     let queries = texts
         .queries
@@ -430,6 +469,10 @@ pub fn encode(
     };
     for (i, (q, document)) in texts.pairs.iter().enumerate() {
         let (query, q) = (&queries[*q as usize], *q);
+        if reads_to_the_end && document.is_cut() {
+            lossy.push(TextRef::Document(i as u32));
+            continue;
+        }
         let decided = match (*query, cut(document)?) {
             (_, Cut::Lost) => false,
             (Cut::Kept(_), Cut::Kept(kept)) => tokenizer.cut_splits_as_whole(kept, None),
@@ -455,8 +498,7 @@ pub fn encode(
         TextRef::Document(i) => (1, *i),
     });
     lossy.dedup();
-    // Inline: the supervisor maps no memory a worker holds.
-    Ok((batch.finish_inline(), lossy))
+    Ok(lossy)
 }
 
 /// What the check found for one text of a job.

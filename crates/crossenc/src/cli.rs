@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use crossenc_config::command::{ConfigArgs, ConfigCommand, TokenizerCheck, EXIT_CONFIG};
-use crossenc_config::{Problem, ServeConfig};
+use crossenc_config::{ModelConfig, Problem, ServeConfig, ServedModel};
 use crossenc_model::{ModelFolder, PairTokenizer};
-use crossenc_server::{BatchCost, ServeError, WorkerLauncher};
+use crossenc_server::{BatchCost, ModelPlan, ServeError, WorkerLauncher};
 
 #[derive(Parser)]
 #[command(
@@ -42,45 +42,33 @@ pub enum Command {
 }
 
 pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
-    let config = match args.load(check_model) {
+    let mut config = match args.load(check_model) {
         Ok(loaded) => loaded.config,
         Err(error) => {
             eprintln!("error: {error}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    // Checked above (downloaded there if need be): found in the cache now.
+    for (model, prefix) in models_mut(&mut config) {
+        // Named before the id gives way to its folder: served as the id, not the commit.
+        model.name = model.served_name();
+        model.path = model_folder(model, &prefix).map_err(|p| anyhow::anyhow!("{p}"))?;
+    }
     let exe =
         std::env::current_exe().context("cannot find the crossenc binary to start workers")?;
-    let (gpu_exe, cost) = match config.model.gpus().is_empty() {
-        true => (exe.clone(), packed_cost(&config)?),
-        false => (gpu_worker_binary(&exe)?, BatchCost::Padded),
-    };
-    let launcher = WorkerLauncher {
-        exe,
-        gpu_exe,
-        model: config.model.path.clone(),
-        max_length: config.model.requested_max_length(),
-        template: config.model.requested_template().map(String::from),
-        devices: config
-            .model
-            .devices()
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        dtype: config.model.dtype,
-        model_threads: config.workers.threads_per_model_worker(),
-        startup_timeout: config.workers.startup_timeout,
-        log_format: config.log.format,
-        log_filter: config.log.effective_filter(),
-        warm_up: true,
-    };
+    let plans = config
+        .served_models()
+        .into_iter()
+        .map(|served| model_plan(&config, served, &exe))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crossenc-supervisor")
         .build()
         .context("cannot start the async runtime")?;
     // The span exporter's channel lives on the runtime.
-    let model = config.model.served_name();
+    let model = plans[0].served.name.clone();
     let endpoint = &config.log.otlp_endpoint;
     let otlp = (!endpoint.is_empty()).then_some(crate::logging::Otlp {
         endpoint,
@@ -92,7 +80,7 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
     };
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot watch SIGTERM and SIGINT")?;
-        anyhow::Ok(crossenc_server::serve(config, launcher, cost, shutdown).await)
+        anyhow::Ok(crossenc_server::serve(config, plans, shutdown).await)
     })?;
     match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -104,21 +92,61 @@ pub fn serve(args: Box<ConfigArgs>) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The model folder exists, holds a supported model, and allows `model.max_length`;
+/// How one model's workers start and what its batches cost.
+fn model_plan(
+    config: &ServeConfig,
+    served: ServedModel,
+    exe: &std::path::Path,
+) -> anyhow::Result<ModelPlan> {
+    let model = &served.model;
+    let (gpu_exe, cost) = match model.gpus().is_empty() {
+        true => (exe.to_path_buf(), packed_cost(model)?),
+        false => (gpu_worker_binary(exe)?, BatchCost::Padded),
+    };
+    let launcher = WorkerLauncher {
+        exe: exe.to_path_buf(),
+        gpu_exe,
+        model: model.path.clone(),
+        max_length: model.requested_max_length(),
+        template: model.requested_template().map(String::from),
+        devices: model.devices().into_iter().map(String::from).collect(),
+        dtype: model.dtype,
+        model_threads: served.workers.threads_per_model_worker(),
+        startup_timeout: served.workers.startup_timeout,
+        log_format: config.log.format,
+        log_filter: config.log.effective_filter(),
+        warm_up: true,
+    };
+    Ok(ModelPlan {
+        served,
+        launcher,
+        cost,
+    })
+}
+
+/// Every model folder exists, holds a supported model, and allows its `max_length`;
 /// with [`TokenizerCheck::Here`], its tokenizer fits it too.
 pub fn check_model(config: &ServeConfig, tokenizer: TokenizerCheck) -> Result<(), Problem> {
-    let path = &config.model.path;
+    for served in config.served_models() {
+        check_one_model(&served, tokenizer)?;
+    }
+    Ok(())
+}
+
+fn check_one_model(served: &ServedModel, tokenizer: TokenizerCheck) -> Result<(), Problem> {
+    let (model, prefix) = (&served.model, &served.prefix);
+    let path = &model_folder(model, prefix)?;
     let problem = |message: String| Problem {
-        key: "model.path".into(),
+        key: format!("{prefix}path"),
         source: None,
         message: format!("{}: {message}", path.display()),
     };
-    let folder = ModelFolder::open_with(path, config.model.requested_template())
+    let folder = ModelFolder::open_with(path, model.requested_template())
         .map_err(|e| problem(e.to_string()))?;
     let max_length = folder
-        .max_length(config.model.requested_max_length())
+        .max_length(model.requested_max_length())
         .map_err(|e| Problem {
-            key: "model.max_length".into(),
+            key: format!("{prefix}max_length"),
             source: None,
             message: e.to_string(),
         })?;
@@ -153,10 +181,58 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Every model's settings, with where its keys live (`model.`, `models[N].`).
+fn models_mut(config: &mut ServeConfig) -> Vec<(&mut ModelConfig, String)> {
+    if config.models.is_empty() {
+        return vec![(&mut config.model, "model.".into())];
+    }
+    let each = config.models.iter_mut().enumerate();
+    each.map(|(i, model)| (model, format!("models[{i}].")))
+        .collect()
+}
+
+/// The folder a model is loaded from: `path` itself when it is a folder, else the
+/// Hugging Face id it spells, found in the hub's cache or downloaded there.
+fn model_folder(model: &ModelConfig, prefix: &str) -> Result<PathBuf, Problem> {
+    let path = &model.path;
+    let text = path.to_string_lossy();
+    let problem = |key: &str, message: String| Problem {
+        key: format!("{prefix}{key}"),
+        source: None,
+        message,
+    };
+    if text.contains("://") {
+        return Err(problem(
+            "path",
+            format!("{text} is a URL: give a model folder, or a Hugging Face id (ORG/NAME)"),
+        ));
+    }
+    if path.is_dir() || !crossenc_hub::ModelId::looks_like_id(&text) {
+        if let Some(revision) = model.requested_revision() {
+            return Err(problem(
+                "revision",
+                format!("{revision}: a revision picks a version of a Hugging Face id, and {text} is a folder"),
+            ));
+        }
+        return Ok(path.clone());
+    }
+    let id = crossenc_hub::ModelId::parse(&text).map_err(|e| problem("path", e.to_string()))?;
+    let settings =
+        crossenc_hub::HubSettings::from_env().map_err(|e| problem("path", e.to_string()))?;
+    let revision = model.requested_revision();
+    crossenc_hub::resolve(&id, revision, &settings).map_err(|e| {
+        let key = match (&e, revision) {
+            (crossenc_hub::HubError::InvalidRevision { .. }, _) => "revision",
+            _ => "path",
+        };
+        problem(key, e.to_string())
+    })
+}
+
 /// What a batch costs the CPU's packed pass of this model (checked to open above).
-fn packed_cost(config: &ServeConfig) -> anyhow::Result<BatchCost> {
-    let folder = ModelFolder::open_with(&config.model.path, config.model.requested_template())
-        .with_context(|| format!("cannot open {}", config.model.path.display()))?;
+fn packed_cost(model: &ModelConfig) -> anyhow::Result<BatchCost> {
+    let folder = ModelFolder::open_with(&model.path, model.requested_template())
+        .with_context(|| format!("cannot open {}", model.path.display()))?;
     Ok(BatchCost::packed(folder.config.attention_span()))
 }
 

@@ -29,7 +29,7 @@ use crossenc_ipc::{JobTiming, PairTokens, RequestId, TokenBatchBuilder, Work, Wo
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crossenc_metrics::Metrics;
+use crossenc_metrics::ModelMetrics;
 
 use crate::admission::{Backlog, Ticket};
 use crate::error::PipelineError;
@@ -108,7 +108,7 @@ impl ModelDispatch {
         limits: SchedulerLimits,
         models: Arc<WorkerSet>,
         dispatch: DispatchLimits,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ModelMetrics>,
         backlog: Arc<Backlog>,
     ) -> Self {
         let (commands, incoming) = mpsc::unbounded_channel();
@@ -218,7 +218,7 @@ struct DispatchTask {
     /// Since when pairs have waited with no model worker up.
     no_worker_since: Option<Instant>,
     replies_tx: mpsc::UnboundedSender<BatchReply>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     /// Learns the workers' throughput from every batch, for admission.
     backlog: Arc<Backlog>,
 }

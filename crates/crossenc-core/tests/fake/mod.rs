@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use crossenc_core::workers::{JobError, PendingReply, Reply, Worker, WorkerSet};
 use crossenc_core::WorkerKind;
-use crossenc_ipc::{JobTiming, RequestId, ScoreBatch, TokenBatch, TokenBatchBuilder, Work};
+use crossenc_ipc::{
+    JobTiming, RequestId, ScoreBatch, TokenBatch, TokenBatchBuilder, Tokenized, Work,
+};
 use tokio::sync::{oneshot, Notify};
 
 /// How long every fake job takes.
@@ -143,7 +145,15 @@ impl FakeWorker {
             ..JobTiming::default()
         };
         let answer = match work {
-            Work::Encode(texts) => Reply::Encoded(encode(&texts), timing, Vec::new()),
+            Work::Encode(texts) => {
+                let tokenized = Tokenized {
+                    batch: encode(&texts),
+                    windows: Vec::new(),
+                    lossy: Vec::new(),
+                    refused: None,
+                };
+                Reply::Encoded(tokenized, timing)
+            }
             Work::Score(batch) => {
                 self.log.answered.lock().unwrap().push(documents);
                 let scores: Vec<f32> = batch.iter().map(|p| sum(p.ids())).collect();
