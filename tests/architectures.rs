@@ -37,6 +37,7 @@ async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected
         pairs: pairs.clone(),
         raw_scores,
         instruction: None,
+        ..Default::default()
     };
     let raw = client.infer(ask(true)).await.unwrap().into_inner();
     assert_eq!(raw.scores.len(), rows.len());
@@ -147,6 +148,7 @@ async fn decoder_serves_its_goldens(name: &str) {
             pairs,
             raw_scores: true,
             instruction: instruction.clone(),
+            ..Default::default()
         };
         let raw = client.infer(request).await.unwrap().into_inner();
         assert_eq!(raw.tokens, group.iter().map(|g| g.tokens).sum::<u64>());
@@ -212,6 +214,7 @@ async fn decoder_serves_its_goldens(name: &str) {
         }],
         raw_scores: false,
         instruction: Some("x".repeat(128 * 32 + 1)),
+        ..Default::default()
     };
     let refused = client.infer(long).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);

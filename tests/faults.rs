@@ -181,11 +181,13 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
         ],
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     });
     let innocent = innocent_client.infer(InferRequest {
         pairs: vec![pair("a violin"), pair("a flute")],
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     });
     let (poisoned, innocent) = tokio::join!(poisoned, innocent);
 
@@ -207,6 +209,7 @@ async fn a_poison_input_fails_its_request_and_spares_the_others() {
             pairs: vec![pair("a cello")],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         })
         .await
         .expect("served after the poison");
@@ -237,6 +240,7 @@ async fn a_hung_model_worker_is_killed_at_the_batch_timeout() {
             }],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         })
         .await
         .expect_err("a pair that hangs every worker fails");
@@ -358,6 +362,7 @@ async fn a_worker_that_cannot_come_back_fails_readiness_and_requests_but_not_the
             }],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         })
         .await
         .expect_err("no model worker can score it");

@@ -77,7 +77,7 @@ async fn json_routes_score_exactly_as_grpc_does() {
     let (status, v1) = post_json(
         server.http_addr,
         "/v1/rerank",
-        &json!({"model": "any", "query": QUERY, "documents": documents, "top_n": 2, "return_documents": true}),
+        &json!({"model": served_name(&server), "query": QUERY, "documents": documents, "top_n": 2, "return_documents": true}),
     );
     assert_eq!(status, 200, "{v1}");
     assert_eq!(
@@ -110,6 +110,7 @@ async fn json_routes_score_exactly_as_grpc_does() {
                 .collect(),
             raw_scores: true,
             instruction: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -133,6 +134,14 @@ async fn json_routes_score_exactly_as_grpc_does() {
         metric(&metrics, "request_count_total{method=\"grpc_rerank\"}"),
         2.0
     );
+}
+
+/// The name the server serves its one model by, from GET /v1/models.
+fn served_name(server: &TestServer) -> String {
+    let (status, text) = http_get(server.http_addr, "/v1/models").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let list: Value = serde_json::from_str(&text).unwrap();
+    list["data"][0]["id"].as_str().unwrap().to_string()
 }
 
 fn expect_error(response: (u16, Value), status: u16, error_type: &str, mentions: &str) {
@@ -196,11 +205,20 @@ fn json_errors_carry_the_right_status_and_say_what_was_wrong() {
     expect_error(
         post(
             "/rerank",
-            json!({"query": "q", "texts": ["a"], "truncation_direction": "Left"}),
+            json!({"query": "q", "texts": ["a"], "truncation_direction": "Up"}),
         ),
         400,
         "validation",
-        "truncation_direction",
+        "truncation_direction \"Up\" is not one of",
+    );
+    expect_error(
+        post(
+            "/rerank",
+            json!({"model": "other", "query": "q", "texts": ["a"]}),
+        ),
+        404,
+        "not_found",
+        "model \"other\" is not served here; the models served are: ",
     );
     expect_error(
         post(
@@ -294,6 +312,10 @@ fn json_errors_carry_the_right_status_and_say_what_was_wrong() {
 fn example(schema: &Value, property: &str) -> Value {
     match (property, schema["type"].as_str()) {
         ("truncation_direction", _) => json!("Right"),
+        ("long_documents", _) => json!("chunk"),
+        ("max_chunks_per_doc", _) => json!(2),
+        ("truncate", _) => json!(true),
+        ("model", _) => json!(""),
         ("documents", _) => json!(["a document"]),
         ("pairs", _) => json!([{"query": "q", "document": "d"}]),
         ("texts", _) => json!(["a text"]),

@@ -183,6 +183,7 @@ async fn json_logs_stay_json_under_concurrency_and_a_worker_crash() {
                         pairs,
                         raw_scores: false,
                         instruction: None,
+                        ..Default::default()
                     })
                     .await
                     .is_ok()

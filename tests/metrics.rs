@@ -100,6 +100,7 @@ async fn send_the_mix(server: &TestServer) -> Sent {
             pairs,
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         };
         let answer = client.infer(request).await.unwrap().into_inner();
         sent.answered("grpc_infer", count, answer.tokens);
@@ -148,6 +149,7 @@ async fn send_the_mix(server: &TestServer) -> Sent {
         pairs: vec![Pair::default()],
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     };
     let status = client.infer(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -296,9 +298,7 @@ async fn every_metric_moves_by_what_was_sent() {
                 let series = format!(
                     "worker_request_count_total{{worker_id=\"{id}\",worker_type=\"{kind}\"}}"
                 );
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0)
+                support::metric_sum(&text, &series).unwrap_or(0.0)
             })
             .sum()
     };
@@ -395,10 +395,14 @@ async fn every_metric_moves_by_what_was_sent() {
         "http_rerank",
         "http_v1_rerank",
         "http_score",
+        "http_models",
         "http_metrics",
         "http_openapi",
         "http_other",
     ];
+    // The model served (named by its folder), or none for what no model owns.
+    let folder = support::model_dir();
+    let served = folder.file_name().unwrap().to_string_lossy().into_owned();
     let mut seen = BTreeSet::new();
     for (sample, label, value) in labels(&text) {
         let allowed = match label.as_str() {
@@ -422,7 +426,8 @@ async fn every_metric_moves_by_what_was_sent() {
             .contains(&value.as_str()),
             // An encoder's: no prompt template.
             "template" => value.is_empty(),
-            "le" | "version" | "model" | "device" => true,
+            "model" => value == served || value.is_empty(),
+            "le" | "version" | "device" => true,
             other => panic!("unexpected label {other} on {sample}"),
         };
         assert!(allowed, "{sample}: {label}={value}");

@@ -273,6 +273,7 @@ fn keep_traffic_flowing(server: &TestServer, stop: Arc<AtomicBool>) -> tokio::ta
                 pairs: vec![Pair::default()],
                 raw_scores: false,
                 instruction: None,
+                ..Default::default()
             };
             assert!(client.infer(bad).await.is_err());
             let body = json!({"query": "tides", "documents": ["the moon pulls the sea"]});

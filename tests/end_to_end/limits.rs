@@ -33,6 +33,7 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
                     pairs: long_pairs(32, 40),
                     raw_scores: false,
                     instruction: None,
+                    ..Default::default()
                 })
                 .await
         }
@@ -73,6 +74,7 @@ async fn a_burst_past_the_limits_is_refused_at_once_and_the_server_recovers() {
             pairs: long_pairs(32, 10),
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         })
         .await
         .expect("the server serves after the burst");
@@ -98,6 +100,7 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_once() {
         pairs: long_pairs(1024, 400),
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     });
     doomed.set_timeout(Duration::from_secs(3));
     let asked = Instant::now();
@@ -128,6 +131,7 @@ async fn a_passed_deadline_answers_deadline_exceeded_and_its_pairs_are_not_retri
         }],
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     });
     doomed.set_timeout(Duration::from_secs(2));
     let asked = Instant::now();
@@ -161,6 +165,7 @@ async fn assert_not_held_up(client: &mut CrossEncoderClient<Channel>) {
             pairs: long_pairs(4, 10),
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         });
         next.set_timeout(Duration::from_secs(40));
         match client.infer(next).await {
@@ -238,6 +243,7 @@ async fn a_client_that_goes_away_has_its_pairs_withdrawn() {
             pairs: long_pairs(1024, 400),
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         }),
     )
     .await;

@@ -37,6 +37,7 @@ async fn infer_raw(mut client: CrossEncoderClient<Channel>, rows: &[Golden]) -> 
             pairs: pairs(rows),
             raw_scores: true,
             instruction: None,
+            ..Default::default()
         })
         .await
         .expect("Infer failed")

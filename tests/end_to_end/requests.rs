@@ -43,6 +43,7 @@ async fn bad_requests_are_refused_with_what_was_wrong() {
         ],
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     };
     let status = client.infer(too_many).await.unwrap_err();
     assert!(

@@ -154,6 +154,7 @@ async fn rerank_ranks_by_score_and_honours_its_options() {
         return_documents: false,
         raw_scores: true,
         instruction: None,
+        ..Default::default()
     };
 
     let full = client

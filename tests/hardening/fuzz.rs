@@ -36,6 +36,7 @@ fn grpc_seeds() -> Vec<(&'static str, Vec<u8>)> {
         }],
         raw_scores: false,
         instruction: None,
+        ..Default::default()
     };
     vec![
         (

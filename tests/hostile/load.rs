@@ -294,6 +294,7 @@ async fn text_limits_refuse_a_lossy_cut_naming_the_field() {
             }],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         })
         .await
         .expect_err("a query whose cut loses its only word is refused");

@@ -46,6 +46,7 @@ async fn api_keys_guard_every_route_and_method_but_the_probes() {
             }],
             raw_scores: false,
             instruction: None,
+            ..Default::default()
         };
         let inferred = client.infer(with_key(infer, key)).await;
         let mut reflection =

@@ -103,6 +103,24 @@ impl TestServer {
     /// Starts the server on the model folder `model` with `extra` flags and environment,
     /// without waiting for it to be ready (it may never be).
     pub fn spawn_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let model = model.to_string_lossy();
+        let args: Vec<&str> = ["--model", model.as_ref()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::spawn_serving(&args, env)
+    }
+
+    /// Starts `crossenc serve` with exactly `args` (and loopback ports of its choosing)
+    /// and waits until it is ready: for a server whose models a config file names.
+    pub fn start_serving(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let server = Self::spawn_serving(args, env);
+        server.wait_ready();
+        server
+    }
+
+    /// [`TestServer::start_serving`] without waiting.
+    pub fn spawn_serving(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BINARY);
         // The test says every setting that matters: none comes from the caller's shell.
         crossenc_bench::without_caller_settings(&mut command);
@@ -111,10 +129,8 @@ impl TestServer {
         let mut child = command
             .envs(env.iter().copied())
             .arg("serve")
-            .arg("--model")
-            .arg(model)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -209,11 +225,7 @@ impl TestServer {
         let start = Instant::now();
         loop {
             let text = self.metrics();
-            let value = text
-                .lines()
-                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0);
+            let value = metric_sum(&text, series).unwrap_or(0.0);
             if value >= expected || start.elapsed() > Duration::from_secs(20) {
                 return value;
             }
@@ -325,15 +337,39 @@ fn listening_addrs(
         .unwrap_or((nowhere, nowhere, nowhere))
 }
 
-/// A sample's value in the Prometheus text format; `series` is the name with its labels
-/// as rendered, e.g. `worker_restarts_total{worker_type="model"}`.
+/// A series' value in the Prometheus text format: `series` is a name and some of its
+/// labels, e.g. `worker_restarts_total{worker_type="model"}`; the samples of that name
+/// carrying those labels (whatever else they carry, such as `model`) are summed.
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a number")
+    metric_sum(text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+}
+
+/// [`metric`], or `None` where no sample matches.
+pub fn metric_sum(text: &str, series: &str) -> Option<f64> {
+    let (name, wanted) = split_series(series);
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((sample, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (sample_name, labels) = split_series(sample);
+        if sample_name == name && wanted.iter().all(|l| labels.contains(l)) {
+            let value: f64 = value.trim().parse().expect("a number");
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// `name{a="x",b="y"}` as its name and its `a="x"` label pairs.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series, Vec::new());
+    };
+    let labels = rest.trim_end_matches('}');
+    // Label values in these tests hold no `",`: splitting there is exact enough.
+    let pairs = labels.split("\",").map(|p| p.trim_end_matches('"'));
+    (name, pairs.filter(|p| !p.is_empty()).collect())
 }
 
 /// A bare HTTP/1.1 POST of `body` with `content_type`: status code and body.
@@ -522,9 +558,20 @@ pub fn goldens(path: &Path) -> Vec<Golden> {
 /// Runs `crossenc serve` on `model` with `args` until it exits or `patience` passes: its
 /// exit code (`None`: still running, then killed) and its log.
 pub fn serve_until_exit(model: &Path, args: &[&str], patience: Duration) -> (Option<i32>, String) {
+    serve_until_exit_with_env(model, args, &[], patience)
+}
+
+/// [`serve_until_exit`] with `env` set for the server.
+pub fn serve_until_exit_with_env(
+    model: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    patience: Duration,
+) -> (Option<i32>, String) {
     let mut command = Command::new(BINARY);
     crossenc_bench::without_caller_settings(&mut command);
     let mut child = command
+        .envs(env.iter().copied())
         .args(["serve", "--model"])
         .arg(model)
         .args(args)
