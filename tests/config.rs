@@ -242,3 +242,45 @@ async fn identity_activation_answers_the_raw_logits() {
         "{plain:?}"
     );
 }
+
+#[test]
+fn several_models_check_and_show_one_table_each() {
+    let model = model_dir().display().to_string();
+    let text = format!(
+        "[[models]]\nname = \"small\"\npath = {model:?}\n\n[[models]]\nname = \"chunked\"\npath = {model:?}\nlong_documents = \"chunk\"\nmodel_workers = 2\n[models.batching]\nmax_batch_tokens = 2048\n"
+    );
+    let (_dir, file) = file_with("models.toml", &text);
+    let checked = crossenc(&["config", "check", file.to_str().unwrap()], &[]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let shown = crossenc(&["config", "show", "--config", file.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert_eq!(shown.matches("[[models]]").count(), 2, "{shown}");
+    for line in [
+        "name = \"chunked\"",
+        "long_documents = \"chunk\"",
+        "model_workers = 2",
+        "max_batch_tokens = 2048",
+    ] {
+        assert!(shown.contains(line), "no {line:?} in\n{shown}");
+    }
+
+    // One model and several at once, or two models of one name: refused, naming the key.
+    let both = format!("[model]\nname = \"alone\"\n\n{text}");
+    let (_dir, file) = file_with("both.toml", &both);
+    let refused = crossenc(&["config", "check", file.to_str().unwrap()], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("either [model]"),
+        "{}",
+        stderr(&refused)
+    );
+    let twice = text.replace("chunked", "small");
+    let (_dir, file) = file_with("twice.toml", &twice);
+    let refused = crossenc(&["config", "check", file.to_str().unwrap()], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("models[1].name"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -252,6 +252,10 @@ async fn reading_options_past_their_limits_are_refused_naming_them() {
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(message), "{options}: {error}");
     }
+    // Windows cut no document: under chunk, truncate: false refuses nothing here.
+    let options = json!({"truncate": false, "long_documents": "chunk"});
+    let (status, answer) = score(&server, &document, options);
+    assert_eq!(status, 200, "{answer}");
     // A short document is read as it is, whatever the options.
     let options = json!({"truncate": false, "long_documents": "chunk"});
     let (status, answer) = score(&server, "paris", options);
@@ -289,4 +293,36 @@ async fn reading_options_past_their_limits_are_refused_naming_them() {
         refused.message().contains("long_documents 7"),
         "{refused:?}"
     );
+}
+
+#[test]
+fn a_decoder_reads_one_window_and_says_so() {
+    let decoder = crate::support::fixture("qwen3-reranker");
+    let (code, log) = crate::support::serve_until_exit(
+        &decoder,
+        &["--template", "qwen3-reranker", "--long-documents", "chunk"],
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("model.long_documents") && log.contains("one window"),
+        "{log}"
+    );
+
+    let server = TestServer::start_on(
+        &decoder,
+        &["--template", "qwen3-reranker", "--max-length", "128"],
+    );
+    let document = long_document().join(" ");
+    let (status, answer) = score(&server, &document, json!({"long_documents": "chunk"}));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("read in one window"),
+        "{answer}"
+    );
+    let (status, answer) = score(&server, &document, json!({}));
+    assert_eq!(status, 200, "truncated as usual: {answer}");
 }

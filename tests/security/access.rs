@@ -22,7 +22,7 @@ async fn api_keys_guard_every_route_and_method_but_the_probes() {
         let (status, answer) = post(http, path, body, Some(KEY));
         assert_eq!(status, 200, "{path} with the key: {answer}");
     }
-    for path in ["/metrics", "/openapi.json"] {
+    for path in ["/metrics", "/openapi.json", "/v1/models"] {
         assert_eq!(get(http, path, None).0, 401, "{path} without a key");
         assert_eq!(get(http, path, Some(WRONG_KEY)).0, 401, "{path}, wrong key");
         assert_eq!(get(http, path, Some(KEY)).0, 200, "{path} with the key");
@@ -86,6 +86,7 @@ async fn api_keys_guard_every_route_and_method_but_the_probes() {
     for method in [
         "http_rerank",
         "http_metrics",
+        "http_models",
         "grpc_rerank",
         "grpc_reflection",
     ] {

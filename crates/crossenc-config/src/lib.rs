@@ -78,6 +78,11 @@ impl ServeConfig {
         workers.tokenizer = model.tokenizer_workers.unwrap_or(workers.tokenizer);
         workers.model = model.model_workers.unwrap_or(workers.model);
         workers.model_threads = model.model_threads.unwrap_or(workers.model_threads);
+        // 0 shares the cores among model workers: among every model's, not one's.
+        if workers.model_threads == 0 && self.models.len() > 1 {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            workers.model_threads = (cores / self.model_workers().max(1)).max(1);
+        }
         ServedModel {
             name: model.served_name(),
             model: model.clone(),
@@ -88,6 +93,13 @@ impl ServeConfig {
                 .unwrap_or_else(|| self.batching.clone()),
             prefix,
         }
+    }
+
+    /// Model workers of every model together.
+    fn model_workers(&self) -> usize {
+        let each = self.models.iter();
+        each.map(|m| m.model_workers.unwrap_or(self.workers.model))
+            .sum()
     }
 
     /// The CUDA ordinals any model runs on.

@@ -13,18 +13,39 @@ pub fn render(loaded: &Loaded) -> String {
         return out;
     };
     for (section, table) in sections {
-        let Value::Dict(_, keys) = table else {
-            continue;
-        };
-        out.push_str(&format!("[{section}]\n"));
-        for (key, value) in keys {
-            let line = format!("{key} = {}", literal(&value));
-            let source = loaded.source(&format!("{section}.{key}"));
-            out.push_str(&format!("{line:<48} # {source}\n"));
+        match table {
+            Value::Dict(_, keys) => {
+                out.push_str(&format!("[{section}]\n"));
+                push_keys(&mut out, keys, |key| {
+                    loaded.source(&format!("{section}.{key}"))
+                });
+            }
+            // `[[models]]`: one table each, all from where the list came from.
+            Value::Array(_, tables) => {
+                for table in tables {
+                    let Value::Dict(_, keys) = table else {
+                        continue;
+                    };
+                    out.push_str(&format!("[[{section}]]\n"));
+                    push_keys(&mut out, keys, |_| loaded.source(&section));
+                }
+            }
+            _ => {}
         }
-        out.push('\n');
     }
     out
+}
+
+fn push_keys(
+    out: &mut String,
+    keys: impl IntoIterator<Item = (String, Value)>,
+    source: impl Fn(&str) -> crate::Source,
+) {
+    for (key, value) in keys {
+        let line = format!("{key} = {}", literal(&value));
+        out.push_str(&format!("{line:<48} # {}\n", source(&key)));
+    }
+    out.push('\n');
 }
 
 fn literal(value: &Value) -> String {
@@ -43,6 +64,12 @@ fn literal(value: &Value) -> String {
             let items: Vec<_> = items.iter().map(literal).collect();
             format!("[{}]", items.join(", "))
         }
-        Value::Dict(..) => "{ ... }".into(),
+        Value::Dict(_, keys) => {
+            let keys: Vec<_> = keys
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", literal(v)))
+                .collect();
+            format!("{{ {} }}", keys.join(", "))
+        }
     }
 }

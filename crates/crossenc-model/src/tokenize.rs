@@ -322,13 +322,14 @@ impl PairTokenizer {
         if first.len() + second.len() <= budget {
             return Ok(Ok(vec![self.template(first, second)?]));
         }
+        // Windows cut nothing of a document: only a query too long for them is cut.
+        if reading.long_documents == LongDocuments::Chunk {
+            return self.windows(first, second, reading);
+        }
         if reading.refuse_cut {
             return Ok(Err(
                 self.would_cut(first.len() + second.len() + self.special())
             ));
-        }
-        if reading.long_documents == LongDocuments::Chunk {
-            return self.windows(first, second, reading);
         }
         let direction = match reading.direction {
             crossenc_types::TruncationDirection::Right => TruncationDirection::Right,
@@ -354,6 +355,10 @@ impl PairTokenizer {
     ) -> Result<Read, ModelError> {
         let budget = self.pair_budget;
         let keep_query = query.len().min(budget / 2);
+        if reading.refuse_cut && keep_query < query.len() {
+            let tokens = query.len() + document.len() + self.special();
+            return Ok(Err(self.would_cut(tokens)));
+        }
         query.truncate(keep_query, 0, TruncationDirection::Right);
         query.take_overflowing();
         let windows = Windows::of(

@@ -23,6 +23,8 @@ pub struct WorkerLauncher {
     /// The binary of model workers on GPUs, built with CUDA (`crossenc-cuda-worker`).
     pub gpu_exe: PathBuf,
     pub model: PathBuf,
+    /// The name the model is served by, for the workers' log lines.
+    pub served_as: String,
     pub max_length: Option<usize>,
     /// A decoder reranker's prompt template (`model.template`).
     pub template: Option<String>,
@@ -138,6 +140,7 @@ impl WorkerLauncher {
             .arg(std::process::id().to_string())
             .arg("--model")
             .arg(&self.model)
+            .args(["--served-as", &self.served_as])
             .args(["--device", device])
             .args(["--dtype", self.dtype.as_str()])
             .stdin(Stdio::null())
@@ -289,6 +292,7 @@ mod tests {
             exe: "crossenc".into(),
             gpu_exe: "crossenc-cuda-worker".into(),
             model: "model".into(),
+            served_as: "model".into(),
             max_length: None,
             template: None,
             devices: devices.iter().map(|d| d.to_string()).collect(),

@@ -29,8 +29,8 @@ pub enum ServeError {
     Config(Vec<InvalidSetting>),
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error(transparent)]
-    Spawn(#[from] SpawnError),
+    #[error("model {model}: {source}")]
+    Spawn { model: String, source: SpawnError },
     #[error(transparent)]
     Gpu(#[from] GpuMissing),
 }
@@ -106,7 +106,7 @@ pub async fn serve(
         Ok(pools) => pools,
         Err(error) => {
             let _ = stop_tx.send(true);
-            return Err(error.into());
+            return Err(error);
         }
     };
     let mut sources = Vec::new();
@@ -132,7 +132,7 @@ pub async fn serve(
 
     let failed = tokio::select! {
         () = shutdown => None,
-        error = any_failed(&mut pools) => Some(error),
+        error = any_failed(&mut pools, &running) => Some(error),
     };
     match &failed {
         None => {
@@ -151,13 +151,13 @@ pub async fn serve(
     tracing::info!("stopped");
     match failed {
         None => Ok(()),
-        Some(error) => Err(ServeError::Spawn(error)),
+        Some(error) => Err(error),
     }
 }
 
 /// Starts every model's workers at once. If one model's cannot start, the others'
 /// are stopped: a server serves all its models or none.
-async fn start_pools(running: &[Running]) -> Result<Vec<(Pool, Started)>, SpawnError> {
+async fn start_pools(running: &[Running]) -> Result<Vec<(Pool, Started)>, ServeError> {
     let starts = running.iter().map(|model| {
         let sets = PoolSets {
             tokenizers: Arc::clone(&model.pipeline.tokenizers),
@@ -169,10 +169,14 @@ async fn start_pools(running: &[Running]) -> Result<Vec<(Pool, Started)>, SpawnE
     });
     let mut started = Vec::new();
     let mut failure = None;
-    for result in futures_util::future::join_all(starts).await {
+    let results = futures_util::future::join_all(starts).await;
+    for (model, result) in running.iter().zip(results) {
         match result {
             Ok(pool) => started.push(pool),
-            Err(error) => failure = failure.or(Some(error)),
+            Err(source) => {
+                let model = model.plan.served.name.clone();
+                failure = failure.or(Some(ServeError::Spawn { model, source }));
+            }
         }
     }
     match failure {
@@ -185,9 +189,11 @@ async fn start_pools(running: &[Running]) -> Result<Vec<(Pool, Started)>, SpawnE
 }
 
 /// The first worker of any model that gives up starting.
-async fn any_failed(pools: &mut [(Pool, Started)]) -> SpawnError {
+async fn any_failed(pools: &mut [(Pool, Started)], running: &[Running]) -> ServeError {
     let failures = pools.iter_mut().map(|(pool, _)| Box::pin(pool.failed()));
-    futures_util::future::select_all(failures).await.0
+    let (source, index, _) = futures_util::future::select_all(failures).await;
+    let model = running[index].plan.served.name.clone();
+    ServeError::Spawn { model, source }
 }
 
 /// What the collection loop reads of one model: its processes and its admission.

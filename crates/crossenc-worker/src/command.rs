@@ -52,6 +52,9 @@ struct WorkerFlags {
     /// Skip the warm-up batch (a restarted worker: admission has learned the rate).
     #[arg(long)]
     no_warm_up: bool,
+    /// The name the supervisor serves this model by, for the worker's log lines.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    served_as: String,
 }
 
 /// Set to `1`: bf16 products run on AVX512-BF16 where the CPU has no AMX even where
@@ -83,8 +86,8 @@ pub fn run(command: WorkerCommand) -> Result<(), WorkerExit> {
         WorkerKindArg::Model(flags) => (flags, crate::run_model, "model"),
     };
     die_with_parent(flags.supervisor_pid)?;
-    // Every line of this worker names it.
-    let span = tracing::info_span!("worker", kind, id = flags.worker_id);
+    // Every line of this worker names it, and the model it serves.
+    let span = tracing::info_span!("worker", kind, id = flags.worker_id, model = %flags.served_as);
     let _in_worker = span.enter();
     let args = WorkerArgs {
         server_name: flags.ipc_server,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use crossenc_config::command::{ConfigArgs, ConfigCommand, TokenizerCheck, EXIT_CONFIG};
-use crossenc_config::{ModelConfig, Problem, ServeConfig, ServedModel};
+use crossenc_config::{LongDocuments, ModelConfig, Problem, ServeConfig, ServedModel};
 use crossenc_model::{ModelFolder, PairTokenizer};
 use crossenc_server::{BatchCost, ModelPlan, ServeError, WorkerLauncher};
 
@@ -107,6 +107,7 @@ fn model_plan(
         exe: exe.to_path_buf(),
         gpu_exe,
         model: model.path.clone(),
+        served_as: served.name.clone(),
         max_length: model.requested_max_length(),
         template: model.requested_template().map(String::from),
         devices: model.devices().into_iter().map(String::from).collect(),
@@ -143,6 +144,15 @@ fn check_one_model(served: &ServedModel, tokenizer: TokenizerCheck) -> Result<()
     };
     let folder = ModelFolder::open_with(path, model.requested_template())
         .map_err(|e| problem(e.to_string()))?;
+    if folder.config.template.is_some() && model.long_documents == LongDocuments::Chunk {
+        return Err(Problem {
+            key: format!("{prefix}long_documents"),
+            source: None,
+            message: "chunk: this model reads its prompt template in one window, cut from its \
+                      end; windows are for encoders"
+                .into(),
+        });
+    }
     let max_length = folder
         .max_length(model.requested_max_length())
         .map_err(|e| Problem {
