@@ -92,6 +92,7 @@ fn launcher(exe: PathBuf, startup_timeout: Duration) -> WorkerLauncher {
         gpu_exe: exe.clone(),
         exe,
         model: "no-model".into(),
+        served_as: "m".into(),
         max_length: None,
         template: None,
         devices: vec!["cpu".into()],
