@@ -6,6 +6,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::standin::{FakeRepo, StandIn};
 use crate::support::{http_get, model_dir, serve_until_exit_with_env, TempDir, TestServer};
 use crate::{infer_raw, minilm_goldens, worst_error};
 
@@ -49,6 +50,55 @@ async fn a_model_id_is_served_from_the_hub_cache_offline_under_its_id() {
     let (scores, model) = infer_raw(&server, "", &rows).await;
     assert_eq!(model, ID);
     assert!(worst_error(&scores, &rows) < 1e-4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_id_not_in_the_cache_is_downloaded_from_a_local_stand_in_for_the_hub() {
+    let read = |file: &str| std::fs::read(model_dir().join(file)).unwrap();
+    let files = ["config.json", "tokenizer.json", "model.safetensors"].map(|f| (f, read(f)));
+    let mut served: Vec<(&str, &[u8])> = files.iter().map(|(f, b)| (*f, b.as_slice())).collect();
+    // What the download must leave alone: weights in another format, and the rest.
+    served.push(("pytorch_model.bin", b"not wanted"));
+    served.push(("README.md", b"# minilm"));
+    let standin = StandIn::start(vec![FakeRepo::new(ID, COMMIT, &served)]);
+    let cache = TempDir::new("crossenc-hub-download");
+    let env = [
+        ("HF_HUB_CACHE", cache.path().to_str().unwrap()),
+        ("HF_ENDPOINT", standin.endpoint.as_str()),
+        ("HF_TOKEN", "hf_test_token"),
+        ("HF_HUB_OFFLINE", "0"),
+    ];
+    let server = TestServer::start_serving(&["--model", ID, "--model-threads", "1"], &env);
+    let rows = minilm_goldens();
+    let (scores, model) = infer_raw(&server, "", &rows).await;
+    assert_eq!(model, ID);
+    assert!(worst_error(&scores, &rows) < 1e-4);
+    let seen = standin.seen();
+    let resolves = seen.iter().filter(|s| s.path.contains("/resolve/"));
+    for request in resolves {
+        let sent = request.authorization.as_deref();
+        assert_eq!(sent, Some("Bearer hf_test_token"), "{}", request.path);
+    }
+    let asked: Vec<String> = seen.into_iter().map(|s| s.path).collect();
+    assert!(
+        asked
+            .iter()
+            .all(|p| !p.contains("pytorch_model") && !p.contains("README")),
+        "{asked:?}"
+    );
+    for (file, _) in &files {
+        assert!(
+            asked.iter().any(|p| p.ends_with(file)),
+            "{file} not fetched: {asked:?}"
+        );
+    }
+    let snapshot = cache
+        .join("models--crossenc-test--minilm/snapshots")
+        .join(COMMIT);
+    assert!(
+        snapshot.join("model.safetensors").is_file(),
+        "not in the cache's layout"
+    );
 }
 
 #[test]

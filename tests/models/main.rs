@@ -9,6 +9,9 @@ mod hub;
 mod long_documents;
 mod overload;
 mod serving;
+/// crossenc-hub's local stand-in for the hub (no hub is reachable from test machines).
+#[path = "../../crates/crossenc-hub/tests/common/standin.rs"]
+mod standin;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -21,6 +24,13 @@ use support::{fixture, goldens, model_dir, Golden, TempDir, TestServer};
 /// fixture, each with its goldens.
 const MINILM: &str = "minilm";
 const XLMR: &str = "xlmr";
+
+/// The hash the stand-in names weight blobs by, as the hub does.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A config file serving `models` (name, folder) with one worker of each kind apiece
 /// and `extra` lines at the end of each `[[models]]` table.
