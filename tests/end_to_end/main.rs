@@ -12,23 +12,14 @@ use std::time::{Duration, Instant};
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossenc_proto::v1::{InferRequest, InferResponse, Pair, RerankRequest};
 use support::{
-    children_of, default_goldens_path, goldens, http_get, is_running, metric, model_dir, Golden,
-    TestServer, BINARY,
+    children_of, default_goldens_path, goldens, http_get, is_running, metric, model_dir, pairs,
+    Golden, TestServer, BINARY,
 };
 use tonic::transport::Channel;
 use tonic::Code;
 
 /// The largest difference from the transformers reference that counts as the same score.
 const TOLERANCE: f64 = 1e-4;
-
-fn pairs(rows: &[Golden]) -> Vec<Pair> {
-    rows.iter()
-        .map(|g| Pair {
-            query: g.query.clone(),
-            document: g.document.clone(),
-        })
-        .collect()
-}
 
 /// Infer on `rows`, raw logits back.
 async fn infer_raw(mut client: CrossEncoderClient<Channel>, rows: &[Golden]) -> InferResponse {

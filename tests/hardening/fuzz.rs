@@ -41,7 +41,7 @@ fn grpc_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "/crossenc.v1.CrossEncoder/Rerank",
-            small_rerank(1).encode_to_vec(),
+            small_rerank("", 1).encode_to_vec(),
         ),
         ("/crossenc.v1.CrossEncoder/Infer", infer.encode_to_vec()),
     ]
@@ -202,7 +202,12 @@ async fn ten_thousand_random_and_mutated_bodies_get_no_server_error() {
     println!("{BODIES} bodies: {statuses:?}");
     assert!(failures.is_empty(), "server errors: {failures:#?}");
     assert!(support::is_running(pid), "the supervisor is alive");
-    assert!(server.client().await.rerank(small_rerank(0)).await.is_ok());
+    assert!(server
+        .client()
+        .await
+        .rerank(small_rerank("", 0))
+        .await
+        .is_ok());
     let settled = settles(Duration::from_secs(20), || rss_mib(pid) <= idle + 16.0).await;
     assert!(
         settled,

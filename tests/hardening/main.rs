@@ -16,22 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
-use crossenc_proto::v1::RerankRequest;
-use support::TestServer;
-
-/// A small Rerank, as a normal client sends.
-fn small_rerank(round: usize) -> RerankRequest {
-    RerankRequest {
-        query: format!("what is a cat {}", round % 7),
-        documents: vec![
-            "a cat is a small feline".into(),
-            "stock prices fell".into(),
-            "cats purr when content".into(),
-            "the train was late".into(),
-        ],
-        ..Default::default()
-    }
-}
+use support::{small_rerank, TestServer};
 
 /// Latencies of `count` small Reranks sent one after another by one client.
 async fn normal_client(server: &TestServer, count: usize) -> Vec<Duration> {
@@ -47,7 +32,7 @@ async fn timed_reranks(
     for round in 0..count {
         let started = Instant::now();
         client
-            .rerank(small_rerank(round))
+            .rerank(small_rerank("", round))
             .await
             .expect("a normal client's request is served");
         latencies.push(started.elapsed());

@@ -84,7 +84,7 @@ async fn slow_grpc(addr: SocketAddr) -> SlowOutcome {
         .header("te", "trailers")
         .body(body)
         .expect("a request");
-    let message = grpc_frame(&small_rerank(0).encode_to_vec());
+    let message = grpc_frame(&small_rerank("", 0).encode_to_vec());
     let trickle = tokio::spawn(async move {
         for byte in message.iter() {
             tokio::time::sleep(Duration::from_secs(1)).await;

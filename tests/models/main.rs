@@ -17,8 +17,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use crossenc_proto::v1::{InferRequest, Pair};
-use support::{fixture, goldens, model_dir, Golden, TempDir, TestServer};
+use crossenc_proto::v1::InferRequest;
+use support::{fixture, goldens, model_dir, pairs, Golden, TempDir, TestServer};
 
 /// The two models the tests serve together: the default BERT and the XLM-RoBERTa
 /// fixture, each with its goldens.
@@ -67,15 +67,6 @@ fn minilm_goldens() -> Vec<Golden> {
 
 fn xlmr_goldens() -> Vec<Golden> {
     goldens(&fixture("xlm-roberta").join("goldens.jsonl"))
-}
-
-fn pairs(rows: &[Golden]) -> Vec<Pair> {
-    rows.iter()
-        .map(|g| Pair {
-            query: g.query.clone(),
-            document: g.document.clone(),
-        })
-        .collect()
 }
 
 /// Raw scores of `rows` from `model` (`""`: the server's first), and the model that

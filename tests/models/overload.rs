@@ -8,23 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossenc_proto::v1::RerankRequest;
 
-use crate::support::TestServer;
+use crate::support::{small_rerank, TestServer};
 use crate::{two_models, MINILM, XLMR};
-
-/// A small Rerank of `model`, as a normal client sends.
-fn small(model: &str, round: usize) -> RerankRequest {
-    RerankRequest {
-        model: model.into(),
-        query: format!("what is a cat {}", round % 7),
-        documents: vec![
-            "a cat is a small feline".into(),
-            "stock prices fell".into(),
-            "cats purr when content".into(),
-            "the train was late".into(),
-        ],
-        ..Default::default()
-    }
-}
 
 /// Latencies of `count` small Reranks of `model`, one after another.
 async fn latencies(server: &TestServer, model: &str, count: usize) -> Vec<Duration> {
@@ -33,7 +18,7 @@ async fn latencies(server: &TestServer, model: &str, count: usize) -> Vec<Durati
     for round in 0..count {
         let started = Instant::now();
         client
-            .rerank(small(model, round))
+            .rerank(small_rerank(model, round))
             .await
             .expect("a small Rerank");
         taken.push(started.elapsed());

@@ -65,7 +65,7 @@ async fn each_model_answers_its_goldens_by_name_and_unknown_names_are_refused() 
         .client()
         .await
         .infer(crossenc_proto::v1::InferRequest {
-            pairs: crate::pairs(&minilm[..1]),
+            pairs: crate::support::pairs(&minilm[..1]),
             model: "nope".into(),
             ..Default::default()
         })

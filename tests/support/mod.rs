@@ -543,6 +543,31 @@ pub fn default_goldens_path() -> PathBuf {
     workspace().join("tests/fixtures/goldens.jsonl")
 }
 
+/// The (query, document) pairs of golden rows, for an Infer.
+pub fn pairs(rows: &[Golden]) -> Vec<crossenc_proto::v1::Pair> {
+    rows.iter()
+        .map(|g| crossenc_proto::v1::Pair {
+            query: g.query.clone(),
+            document: g.document.clone(),
+        })
+        .collect()
+}
+
+/// A small Rerank of `model` (`""`: the server's first), as a normal client sends.
+pub fn small_rerank(model: &str, round: usize) -> crossenc_proto::v1::RerankRequest {
+    crossenc_proto::v1::RerankRequest {
+        model: model.into(),
+        query: format!("what is a cat {}", round % 7),
+        documents: vec![
+            "a cat is a small feline".into(),
+            "stock prices fell".into(),
+            "cats purr when content".into(),
+            "the train was late".into(),
+        ],
+        ..Default::default()
+    }
+}
+
 /// The rows of the goldens.jsonl at `path`.
 pub fn goldens(path: &Path) -> Vec<Golden> {
     std::fs::read_to_string(path)

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use crossenc_ipc::WorkerKind;
 use tokio::sync::watch;
 
-use crate::registry::{GpuLabels, Metrics, ModelMetrics, WorkerLabels};
+use crate::model_metrics::ModelMetrics;
+use crate::registry::{GpuLabels, Metrics, WorkerLabels};
 
 /// What the collection loop reads of one model from outside the registry: its worker
 /// processes and its admission levels, from whoever owns them.

@@ -18,6 +18,7 @@
 
 pub mod catalogue;
 pub mod collector;
+pub mod model_metrics;
 pub mod recorder;
 pub mod registry;
 
@@ -25,8 +26,9 @@ pub use catalogue::{MetricSpec, MetricType, CATALOGUE};
 pub use collector::{
     AdmissionLevels, Collector, CollectorSources, GpuMissing, GpuMonitor, ModelSource, Process,
 };
+pub use model_metrics::{BatchFigures, ModelLabel, ModelMetrics, Scoped, WorkerWindow};
 pub use recorder::{RequestRecorder, StageTimes};
 pub use registry::{
-    BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, ModelLabel, ModelMetrics,
-    PoolLabels, Scoped, WorkerLabels, CONTENT_TYPE,
+    BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, PoolLabels, WorkerLabels,
+    CONTENT_TYPE,
 };

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::registry::{Metrics, ModelMetrics};
+use crate::model_metrics::ModelMetrics;
+use crate::registry::Metrics;
 
 /// How a finished request's time was spent, on its slowest path: the tokenizer job
 /// that finished last and the batch that completed it.
