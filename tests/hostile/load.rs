@@ -202,10 +202,9 @@ async fn a_burst_past_the_deadlines_is_refused_at_once_and_admitted_requests_fin
     // was admitted, so a few admitted requests may miss their deadline; the estimate
     // learns from every batch, so most must not. A refusal takes no scoring: it comes
     // well within the deadline however busy the machine.
-    let missed = outcomes
-        .iter()
-        .filter(|(_, r)| matches!(r, Err((Code::DeadlineExceeded, _))))
-        .count();
+    // tonic's own timer can answer CANCELLED for a deadline the server answered a few
+    // milliseconds late on a busy machine: that too is a deadline missed.
+    let missed = outcomes.iter().filter(|(_, r)| missed_deadline(r)).count();
     let admitted = served.len() + missed;
     assert!(
         missed * 4 <= admitted,
@@ -214,7 +213,7 @@ async fn a_burst_past_the_deadlines_is_refused_at_once_and_admitted_requests_fin
     for (took, result) in &outcomes {
         match result {
             Ok(results) => assert!(*results > 0, "a served request has its results"),
-            Err((Code::DeadlineExceeded, _)) => {}
+            missed if missed_deadline(missed) => {}
             Err((code, message)) => {
                 assert_eq!(
                     *code,
@@ -305,5 +304,15 @@ async fn text_limits_refuse_a_lossy_cut_naming_the_field() {
             "{:?} should name {needle:?}",
             status.message()
         );
+    }
+}
+
+/// A burst request that ran out of time: the server's DEADLINE_EXCEEDED, or the client's
+/// own timer firing first.
+fn missed_deadline(result: &Result<usize, (Code, String)>) -> bool {
+    match result {
+        Err((Code::DeadlineExceeded, _)) => true,
+        Err((Code::Cancelled, message)) => message.contains("Timeout expired"),
+        _ => false,
     }
 }

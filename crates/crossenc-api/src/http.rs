@@ -30,6 +30,8 @@ pub struct HttpState {
     pub models: Arc<Models>,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
+    /// Whether the server has learned what its workers said at start.
+    pub started: Arc<AtomicBool>,
     pub max_request_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub keys: Arc<LiveKeys>,
@@ -37,7 +39,7 @@ pub struct HttpState {
     pub admin_keys: Arc<LiveKeys>,
     pub budget: Arc<BodyBudget>,
     /// When the server started, in seconds since the epoch: `/v1/models`' `created`.
-    pub started: u64,
+    pub started_at: u64,
 }
 
 /// Where a handler says which model its request was for, so that the request is
@@ -171,6 +173,8 @@ async fn health() -> &'static str {
 async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !state.started.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     } else if !state.models.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "workers not ready\n")
     } else {

@@ -534,7 +534,7 @@ pub async fn models(State(state): State<HttpState>) -> Json<ModelList> {
         .map(|model| ModelCard {
             id: model.name.to_string(),
             object: "model",
-            created: state.started,
+            created: state.started_at,
             owned_by: "crossenc",
             max_model_len: model.pipeline.learned_max_length(),
         })

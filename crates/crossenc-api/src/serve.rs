@@ -100,6 +100,9 @@ pub struct Faces {
     health: tonic_health::server::HealthReporter,
     health_watch: Option<JoinHandle<()>>,
     draining: Arc<AtomicBool>,
+    /// Set once the server has learned what its workers said at start (admission's
+    /// first rate, each model's longest pair): readiness waits for it.
+    started: Arc<AtomicBool>,
 }
 
 /// What the faces need besides the configuration.
@@ -188,19 +191,21 @@ impl Faces {
                 ),
         );
         let draining = Arc::new(AtomicBool::new(false));
-        let started = std::time::SystemTime::now()
+        let started = Arc::new(AtomicBool::new(false));
+        let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let http_state = HttpState {
             models,
             metrics,
             draining: Arc::clone(&draining),
+            started: Arc::clone(&started),
             max_request_bytes,
             request_timeout: server.http_request_timeout,
             keys,
             admin_keys,
             budget,
-            started,
+            started_at,
         };
         let split = listeners.admin.is_some();
         let router = http::router(http_state.clone(), !split);
@@ -228,11 +233,14 @@ impl Faces {
             health,
             health_watch: None,
             draining,
+            started,
         })
     }
 
-    /// Keeps the gRPC health status in step with the workers from now on.
+    /// Readiness and the gRPC health status follow the workers from now on: the server
+    /// has learned what they said at start.
     pub fn follow_workers(&mut self, models: Arc<Models>) {
+        self.started.store(true, Ordering::Relaxed);
         let watch = report_health(self.health.clone(), models, Arc::clone(&self.draining));
         self.health_watch = Some(tokio::spawn(watch));
     }
