@@ -49,6 +49,11 @@ fn models_config(dir: &TempDir, models: &[(&str, &Path)], extra: &str) -> PathBu
 
 /// A server of the default model as `minilm` and the XLM-RoBERTa fixture as `xlmr`.
 fn two_models(extra: &str) -> (TestServer, TempDir) {
+    two_models_with(extra, &[])
+}
+
+/// [`two_models`] with more flags.
+fn two_models_with(extra: &str, flags: &[&str]) -> (TestServer, TempDir) {
     let dir = TempDir::new("crossenc-models");
     let config = models_config(
         &dir,
@@ -57,7 +62,8 @@ fn two_models(extra: &str) -> (TestServer, TempDir) {
     );
     let config = config.to_string_lossy().into_owned();
     // Gauges refreshed often, for the overload test to read its queue mid-run.
-    let args = ["--config", &config, "--collection-interval", "200ms"];
+    let mut args = vec!["--config", &config, "--collection-interval", "200ms"];
+    args.extend_from_slice(flags);
     (TestServer::start_serving(&args, &[]), dir)
 }
 

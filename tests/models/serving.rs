@@ -165,3 +165,45 @@ async fn one_models_crashed_worker_leaves_the_other_serving() {
         "the other model's workers were not touched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_holds_its_own_requests_in_flight() {
+    let (server, _dir) = crate::two_models_with("", &["--max-concurrent-requests", "1"]);
+    let documents: Vec<String> = (0..1024)
+        .map(|i| format!("document {i} with words enough to take a while ").repeat(4))
+        .collect();
+    let long = crossenc_proto::v1::RerankRequest {
+        model: XLMR.into(),
+        query: "what do documents say".into(),
+        documents,
+        ..Default::default()
+    };
+    let mut client = server.client().await;
+    let in_flight = tokio::spawn(async move { client.rerank(long).await });
+    // While xlmr holds its one request in flight, more for xlmr are refused naming it,
+    // and minilm takes its own: xlmr's request holds no place in the gate any more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let refused = (server.client().await)
+            .rerank(crate::support::small_rerank(XLMR, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        let message = refused.message();
+        assert!(
+            message.contains("model xlmr is at its max_concurrent_requests (1)"),
+            "{message}"
+        );
+    }
+    let (scores, _) = infer_raw(&server, MINILM, &minilm_goldens()[..2]).await;
+    assert_eq!(scores.len(), 2);
+    assert!(
+        !in_flight.is_finished(),
+        "the long request ended too soon to test anything"
+    );
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the long request is served");
+    assert_eq!(answered.into_inner().results.len(), 1024);
+}

@@ -14,6 +14,7 @@ use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crossenc_core::models::GatePass;
 use crossenc_core::pipeline::ReadOptions;
 use crossenc_core::{InvalidRequest, Models, PipelineError, RequestId};
 use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder};
@@ -52,8 +53,8 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<InferRequest>,
     ) -> Result<Response<InferResponse>, Status> {
-        let (mut recorder, id) = self.start("grpc_infer", &request);
-        let handled = self.answer_infer(request, &id, &mut recorder).await;
+        let (recorder, id) = self.start("grpc_infer", &request);
+        let handled = self.answer_infer(request, &id, &recorder).await;
         finish((recorder, "grpc_infer", &id), handled)
     }
 
@@ -61,8 +62,8 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
-        let (mut recorder, id) = self.start("grpc_rerank", &request);
-        let handled = self.answer_rerank(request, &id, &mut recorder).await;
+        let (recorder, id) = self.start("grpc_rerank", &request);
+        let handled = self.answer_rerank(request, &id, &recorder).await;
         finish((recorder, "grpc_rerank", &id), handled)
     }
 }
@@ -83,11 +84,13 @@ impl CrossEncoderService {
         &self,
         request: Request<InferRequest>,
         id: &RequestId,
-        recorder: &mut RequestRecorder,
+        recorder: &RequestRecorder,
     ) -> Handled<InferResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
+        let pass = request.extensions().get::<GatePass>().cloned();
         let request = request.into_inner();
         let routed = route(&self.models, &request.model, |m| recorder.route(m))?;
+        pass.inspect(GatePass::release);
         let (model, pipeline) = (routed.model, &routed.model.pipeline);
         validate_infer(&request, model.max_client_batch_size)?;
         let pairs = request.pairs.iter();
@@ -117,11 +120,13 @@ impl CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
         id: &RequestId,
-        recorder: &mut RequestRecorder,
+        recorder: &RequestRecorder,
     ) -> Handled<RerankResponse> {
         let deadline = deadline_of(&request, self.default_deadline);
+        let pass = request.extensions().get::<GatePass>().cloned();
         let mut request = request.into_inner();
         let routed = route(&self.models, &request.model, |m| recorder.route(m))?;
+        pass.inspect(GatePass::release);
         let (model, pipeline) = (routed.model, &routed.model.pipeline);
         validate_rerank(&request, model.max_client_batch_size)?;
         let reading = pipeline.reading(&read_options(ReadMessage::of_rerank(&request))?)?;
@@ -313,25 +318,27 @@ pub struct Gate {
 }
 
 impl<B> RequestRule<B, CallAnswer> for Gate {
-    type Held = Option<crossenc_core::models::ReadingPermit>;
+    type Held = Option<GatePass>;
 
     fn apply(
         &self,
-        request: http::Request<B>,
+        mut request: http::Request<B>,
     ) -> Result<(http::Request<B>, Self::Held), CallAnswer> {
         let method = match request.uri().path() {
             "/crossenc.v1.CrossEncoder/Rerank" => "grpc_rerank",
             "/crossenc.v1.CrossEncoder/Infer" => "grpc_infer",
             _ => return Ok((request, None)),
         };
-        let permit = self.models.enter().map_err(|refused| {
+        let pass = self.models.enter().map_err(|refused| {
             let failure = Failure::from(PipelineError::Refused(refused));
             let metrics = Arc::clone(&self.metrics);
             RequestRecorder::start(metrics, method, Instant::now())
                 .finish(Err(grpc_code_word(failure.class.grpc_code())));
             failure.into_status().into_http()
         })?;
-        Ok((request, Some(permit)))
+        // For the handler to give back once the request has its model's place.
+        request.extensions_mut().insert(pass.clone());
+        Ok((request, Some(pass)))
     }
 }
 

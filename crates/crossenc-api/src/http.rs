@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crossenc_core::{Models, PipelineError, RequestId};
-use crossenc_metrics::{MethodLabels, Metrics, ModelMetrics, RequestRecorder, CONTENT_TYPE};
+use crossenc_metrics::{MethodLabels, Metrics, RequestRecorder, CONTENT_TYPE};
 
 use crate::access::{self, Served};
 use crate::auth::LiveKeys;
@@ -40,17 +40,6 @@ pub struct HttpState {
     pub budget: Arc<BodyBudget>,
     /// When the server started, in seconds since the epoch: `/v1/models`' `created`.
     pub started_at: u64,
-}
-
-/// Where a handler says which model its request was for, so that the request is
-/// recorded in that model's series however it ends.
-#[derive(Clone, Default)]
-pub struct RouteSlot(Arc<std::sync::OnceLock<Arc<ModelMetrics>>>);
-
-impl RouteSlot {
-    pub fn set(&self, model: &Arc<ModelMetrics>) {
-        let _ = self.0.set(Arc::clone(model));
-    }
 }
 
 /// The API's routes, and the probes; with `admin`, `/metrics` and `/openapi.json` too.
@@ -196,13 +185,19 @@ async fn metrics(
 /// `max_concurrent_requests` are in flight: no more bodies than that are decoded at once.
 /// The request, body included, must be answered within `http_request_timeout`: a body
 /// that never finishes arriving gives its slot back then.
-async fn admission_gate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    let permit = match state.models.enter() {
-        Ok(permit) => permit,
+async fn admission_gate(
+    State(state): State<HttpState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let pass = match state.models.enter() {
+        Ok(pass) => pass,
         Err(refused) => return Failure::from(PipelineError::Refused(refused)).into_response(),
     };
+    // The handler gives it back once the request has its model's place.
+    request.extensions_mut().insert(pass.clone());
     let answered = tokio::time::timeout(state.request_timeout, next.run(request)).await;
-    drop(permit);
+    drop(pass);
     answered.unwrap_or_else(|_| rest::timed_out(state.request_timeout).into_response())
 }
 
@@ -226,13 +221,10 @@ async fn record_request(
 ) -> Response {
     let method = route_word(request.uri().path());
     let id = request.extensions().get::<RequestId>().cloned();
-    let mut recorder = RequestRecorder::start(metrics, method, Instant::now());
-    let slot = RouteSlot::default();
-    request.extensions_mut().insert(slot.clone());
+    let recorder = RequestRecorder::start(metrics, method, Instant::now());
+    // The handler says the request's model here: recorded there however the request ends.
+    request.extensions_mut().insert(recorder.route_cell());
     let response = next.run(request).await;
-    if let Some(model) = slot.0.get() {
-        recorder.route(model);
-    }
     let status = response.status();
     let served = response.extensions().get::<Served>();
     let outcome = if status.is_success() {

@@ -20,9 +20,11 @@ use crossenc_core::{Pipeline, RequestId, Scores};
 
 use crate::access::Served;
 use crate::failure::{ErrorClass, Failure};
-use crate::http::{HttpState, RouteSlot};
+use crate::http::HttpState;
 use crate::route::route;
 use crate::validate::{check_count, check_query, check_top_n, rank, ReadFields};
+use crossenc_core::models::GatePass;
+use crossenc_metrics::RouteCell;
 
 /// A JSON request's reading options.
 macro_rules! read_fields {
@@ -387,11 +389,13 @@ async fn run(
 pub async fn rerank(
     State(state): State<HttpState>,
     Extension(id): Extension<RequestId>,
-    Extension(slot): Extension<RouteSlot>,
+    Extension(slot): Extension<RouteCell>,
+    Extension(pass): Extension<GatePass>,
     ApiJson(request): ApiJson<RerankRequest>,
 ) -> Result<(Extension<Served>, Json<Vec<RankedText>>), Failure> {
     let name = request.model.as_deref().unwrap_or_default();
     let routed = route(&state.models, name, |m| slot.set(m))?;
+    pass.release();
     let (model, pipeline) = (routed.model, &routed.model.pipeline);
     check_query("query", &request.query)?;
     check_count(
@@ -434,11 +438,13 @@ pub async fn rerank(
 pub async fn v1_rerank(
     State(state): State<HttpState>,
     Extension(id): Extension<RequestId>,
-    Extension(slot): Extension<RouteSlot>,
+    Extension(slot): Extension<RouteCell>,
+    Extension(pass): Extension<GatePass>,
     ApiJson(request): ApiJson<V1RerankRequest>,
 ) -> Result<(Extension<Served>, Json<V1RerankResponse>), Failure> {
     let name = request.model.as_deref().unwrap_or_default();
     let routed = route(&state.models, name, |m| slot.set(m))?;
+    pass.release();
     let (model, pipeline) = (routed.model, &routed.model.pipeline);
     check_query("query", &request.query)?;
     check_count(
@@ -490,11 +496,13 @@ pub async fn v1_rerank(
 pub async fn score(
     State(state): State<HttpState>,
     Extension(id): Extension<RequestId>,
-    Extension(slot): Extension<RouteSlot>,
+    Extension(slot): Extension<RouteCell>,
+    Extension(pass): Extension<GatePass>,
     ApiJson(request): ApiJson<ScoreRequest>,
 ) -> Result<(Extension<Served>, Json<ScoreResponse>), Failure> {
     let name = request.model.as_deref().unwrap_or_default();
     let routed = route(&state.models, name, |m| slot.set(m))?;
+    pass.release();
     let (model, pipeline) = (routed.model, &routed.model.pipeline);
     check_count(
         "pairs",

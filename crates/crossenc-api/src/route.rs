@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use crossenc_core::admission::RequestPermit;
+use crossenc_core::admission::{Refused, RequestPermit};
 use crossenc_core::{Models, PipelineError, ServedModel};
 use crossenc_metrics::ModelMetrics;
 
-use crate::failure::Failure;
+use crate::failure::{ErrorClass, Failure};
 
 /// A request's model, and its place among that model's requests in flight.
 pub(crate) struct Routed<'a> {
@@ -25,7 +25,20 @@ pub(crate) fn route<'a>(
 ) -> Result<Routed<'a>, Failure> {
     let model = models.route(Some(name))?;
     recorder(&model.pipeline.metrics);
-    let permit = (model.pipeline.admission.enter()).map_err(PipelineError::Refused)?;
+    let permit = model
+        .pipeline
+        .admission
+        .enter()
+        .map_err(|refused| match refused {
+            Refused::Requests { limit } => Failure::new(
+                ErrorClass::ResourceExhausted,
+                format!(
+                    "model {} is at its max_concurrent_requests ({limit}); retry later",
+                    model.name
+                ),
+            ),
+            refused => PipelineError::Refused(refused).into(),
+        })?;
     Ok(Routed {
         model,
         _permit: permit,

@@ -2,7 +2,7 @@
 //! pipeline: its own workers, scheduler and admission, so that one model's overload or
 //! crash never refuses or delays another's requests.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -22,8 +22,7 @@ pub struct ServedModel {
 pub struct Models {
     models: Vec<ServedModel>,
     /// Requests whose bodies are being read, before they name a model: each model's
-    /// `max_concurrent_requests`, together, so that one model's requests can never fill
-    /// the room the others' need.
+    /// `max_concurrent_requests`, together.
     reading: Arc<Semaphore>,
     max_reading: usize,
 }
@@ -36,9 +35,18 @@ pub struct UnknownModel {
     pub served: Vec<String>,
 }
 
-/// A request being read, before its model is known.
-#[derive(Debug)]
-pub struct ReadingPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+/// A request's place among those being read, before its model is known. It is given
+/// back once the request has a place among its model's requests in flight
+/// ([`GatePass::release`]), or when it is answered: so the gate counts only unrouted
+/// requests, and one model's requests in flight never hold the room another's need.
+#[derive(Debug, Clone)]
+pub struct GatePass(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl GatePass {
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
 
 impl Models {
     /// `models` must not be empty: a server serves at least one.
@@ -69,10 +77,10 @@ impl Models {
     }
 
     /// Lets a request in before its body is read, or says the server is full.
-    pub fn enter(&self) -> Result<ReadingPermit, Refused> {
+    pub fn enter(&self) -> Result<GatePass, Refused> {
         Arc::clone(&self.reading)
             .try_acquire_owned()
-            .map(ReadingPermit)
+            .map(|permit| GatePass(Arc::new(Mutex::new(Some(permit)))))
             .map_err(|_| Refused::Requests {
                 limit: self.max_reading,
             })

@@ -49,8 +49,7 @@ fn one_request(c: &mut Criterion) {
     };
     c.bench_function("all records of one 32-pair request", |b| {
         b.iter(|| {
-            let mut recorder =
-                RequestRecorder::start(Arc::clone(&root), "grpc_rerank", Instant::now());
+            let recorder = RequestRecorder::start(Arc::clone(&root), "grpc_rerank", Instant::now());
             root.grpc_deserialize_latency.observe(2e-5);
             recorder.route(&metrics);
             metrics.tokenizer_queue_wait_latency.observe(1e-4);

@@ -27,7 +27,7 @@ pub use collector::{
     AdmissionLevels, Collector, CollectorSources, GpuMissing, GpuMonitor, ModelSource, Process,
 };
 pub use model_metrics::{BatchFigures, ModelLabel, ModelMetrics, Scoped, WorkerWindow};
-pub use recorder::{RequestRecorder, StageTimes};
+pub use recorder::{RequestRecorder, RouteCell, StageTimes};
 pub use registry::{
     BuildLabels, FloatGauge, GpuLabels, MethodLabels, Metrics, PoolLabels, WorkerLabels,
     CONTENT_TYPE,

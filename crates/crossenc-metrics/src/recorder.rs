@@ -1,7 +1,7 @@
 //! Timing one request from its arrival to its answer, and recording it even when its
 //! handler is dropped unfinished.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::model_metrics::ModelMetrics;
@@ -17,12 +17,24 @@ pub struct StageTimes {
     pub inference: Duration,
 }
 
+/// Where a request's model is said once it is known, by whoever reads the request: the
+/// recorder reads it whenever it records, a request dropped unfinished included.
+#[derive(Clone, Default)]
+pub struct RouteCell(Arc<OnceLock<Arc<ModelMetrics>>>);
+
+impl RouteCell {
+    /// The request is for this model (the first model said counts).
+    pub fn set(&self, model: &Arc<ModelMetrics>) {
+        let _ = self.0.set(Arc::clone(model));
+    }
+}
+
 /// Records a request when it finishes, or as `cancelled` if it is dropped unfinished
 /// (the client went away, or its deadline dropped the handler). Until the request names
 /// a model it serves ([`RequestRecorder::route`]), it is recorded with none.
 pub struct RequestRecorder {
     metrics: Arc<Metrics>,
-    model: Option<Arc<ModelMetrics>>,
+    route: RouteCell,
     method: &'static str,
     started: Instant,
     finished: bool,
@@ -32,7 +44,7 @@ impl RequestRecorder {
     pub fn start(metrics: Arc<Metrics>, method: &'static str, started: Instant) -> Self {
         Self {
             metrics,
-            model: None,
+            route: RouteCell::default(),
             method,
             started,
             finished: false,
@@ -40,12 +52,17 @@ impl RequestRecorder {
     }
 
     /// The request is for this model: it is recorded in the model's series.
-    pub fn route(&mut self, model: &Arc<ModelMetrics>) {
-        self.model = Some(Arc::clone(model));
+    pub fn route(&self, model: &Arc<ModelMetrics>) {
+        self.route.set(model);
+    }
+
+    /// Where a handler that runs apart from the recorder says the request's model.
+    pub fn route_cell(&self) -> RouteCell {
+        self.route.clone()
     }
 
     fn record(&self, latency: Duration, outcome: Result<Option<StageTimes>, &'static str>) {
-        match &self.model {
+        match self.route.0.get() {
             Some(model) => model.record_request(self.method, latency, outcome),
             None => {
                 let outcome = outcome.map(|_| ());
@@ -111,6 +128,23 @@ mod tests {
         );
         assert!(
             text.contains("request_count_total{model=\"m\",method=\"http_score\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_request_dropped_after_naming_its_model_counts_as_that_models() {
+        let root = Arc::new(Metrics::new(false));
+        let model = Arc::new(root.model("m"));
+        let recorder = RequestRecorder::start(Arc::clone(&root), "http_score", Instant::now());
+        // As a handler does, apart from the recorder, before its client goes away.
+        recorder.route_cell().set(&model);
+        drop(recorder);
+        let text = root.render();
+        assert!(
+            text.contains(
+                "request_errors_total{model=\"m\",method=\"http_score\",code=\"cancelled\"} 1"
+            ),
             "{text}"
         );
     }
