@@ -207,3 +207,38 @@ async fn each_model_holds_its_own_requests_in_flight() {
         .expect("the long request is served");
     assert_eq!(answered.into_inner().results.len(), 1024);
 }
+
+#[test]
+fn crossenc_bench_loads_the_model_it_names_with_the_reading_it_asks() {
+    // The fixture reads 128 tokens: the workload's longest documents need many windows.
+    let (server, _dir) = crate::two_models("max_chunks_per_doc = 64");
+    let workload = crate::support::workspace().join("bench/workload-public.jsonl");
+    let (grpc, http) = (server.grpc_addr.to_string(), server.http_addr.to_string());
+    let ran = std::process::Command::new(crate::support::BINARY)
+        .args(["bench", "--workload", workload.to_str().unwrap()])
+        .args(["--grpc-addr", &grpc, "--http-addr", &http])
+        .args(["--concurrency", "1", "--requests", "4"])
+        .args(["--served-model", XLMR, "--chunk"])
+        .output()
+        .expect("crossenc bench runs");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let text = server.metrics();
+    let series =
+        |model: &str| format!(r#"request_count_total{{model="{model}",method="grpc_rerank"}}"#);
+    assert_eq!(metric(&text, &series(XLMR)), 4.0);
+    assert!(!text.contains(&series(MINILM)), "the other model took none");
+    assert!(
+        !text.contains("request_errors_total{model=\"xlmr\""),
+        "{text}"
+    );
+    // The workload's documents past the fixture's 128 tokens were read in windows: more
+    // pairs scored than documents sent.
+    // Workers report on their stats channel, a little after the answers.
+    let series = r#"worker_request_count_total{model="xlmr",worker_type="model"}"#;
+    let pairs = server.metric_reaching(series, 4.0 * 32.0 + 1.0);
+    assert!(pairs > 4.0 * 32.0, "{pairs} pairs for 128 documents");
+}

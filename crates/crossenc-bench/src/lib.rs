@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use crate::load::{run_load, Bound, LoadFigures, Loop};
-pub use crate::report::{bench_server, BenchReport, Target};
+pub use crate::report::{bench_server, Asking, BenchReport, Target};
 pub use crate::scrape::{Scrape, ServerFigures};
 pub use crate::server::{listening, without_caller_settings, SpawnedServer};
 pub use crate::stats::Percentiles;

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
-use crossenc_proto::v1::RerankRequest;
+use crossenc_proto::v1::{LongDocuments, RerankRequest};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::report::Asking;
 use crate::stats::Percentiles;
 use crate::workload::Query;
 
@@ -66,7 +67,7 @@ struct Outcome {
 /// Sends requests from `workload` (in order, wrapping) until `bound`, as `mode` says.
 /// `tick` is called once per finished request (for a progress bar).
 pub async fn run_load(
-    client: CrossEncoderClient<Channel>,
+    client: Client,
     workload: Arc<[Query]>,
     mode: Loop,
     bound: Bound,
@@ -88,10 +89,19 @@ fn within(bound: Bound, i: usize, due: Instant, started: Instant) -> bool {
     }
 }
 
-async fn send(client: &mut CrossEncoderClient<Channel>, query: &Query, due: Instant) -> Outcome {
+/// A client, and what its Reranks ask for.
+pub type Client = (CrossEncoderClient<Channel>, Arc<Asking>);
+
+async fn send((client, asking): &mut Client, query: &Query, due: Instant) -> Outcome {
+    let long_documents = match asking.chunk {
+        true => LongDocuments::Chunk,
+        false => LongDocuments::Unspecified,
+    };
     let request = RerankRequest {
         query: query.query.clone(),
         documents: query.documents.clone(),
+        model: asking.model.clone(),
+        long_documents: long_documents.into(),
         ..Default::default()
     };
     let result = client
@@ -107,7 +117,7 @@ async fn send(client: &mut CrossEncoderClient<Channel>, query: &Query, due: Inst
 }
 
 async fn closed(
-    client: CrossEncoderClient<Channel>,
+    client: Client,
     workload: Arc<[Query]>,
     clients: usize,
     bound: Bound,
@@ -137,7 +147,7 @@ async fn closed(
 }
 
 async fn open(
-    client: CrossEncoderClient<Channel>,
+    client: Client,
     workload: Arc<[Query]>,
     rate: f64,
     bound: Bound,

@@ -35,6 +35,17 @@ pub struct Target {
     pub http_addr: SocketAddr,
     /// PEM CA certificate of a server with TLS on; it must name `localhost`.
     pub tls_ca: Option<Vec<u8>>,
+    /// What each Rerank asks for: its model, and how long documents are read.
+    pub asking: Asking,
+}
+
+/// What the load's Reranks ask for besides their texts.
+#[derive(Debug, Clone, Default)]
+pub struct Asking {
+    /// The served model's name; empty: the server's first.
+    pub model: String,
+    /// Score long documents in windows (`long_documents: chunk`) rather than truncate.
+    pub chunk: bool,
 }
 
 impl Target {
@@ -44,6 +55,7 @@ impl Target {
             grpc_addrs: vec![grpc_addr],
             http_addr,
             tls_ca: None,
+            asking: Asking::default(),
         }
     }
 
@@ -95,7 +107,8 @@ pub async fn bench_server(
     let bar = progress_bar(progress, bound);
     let ticking = bar.clone();
     let tick = Arc::new(move || ticking.inc(1));
-    let client_figures = run_load(client, workload, mode, bound, tick).await;
+    let asking = Arc::new(target.asking.clone());
+    let client_figures = run_load((client, asking), workload, mode, bound, tick).await;
     bar.finish_and_clear();
     let after = Scrape::fetch(http_addr)?;
     Ok(BenchReport {

@@ -18,7 +18,9 @@ use anyhow::Context;
 use clap::Args;
 use crossenc_bench::model_alone::ModelAloneRun;
 use crossenc_bench::sweep::SweepPlan;
-use crossenc_bench::{bench_server, load_workload, BenchReport, Bound, Loop, Query, Target};
+use crossenc_bench::{
+    bench_server, load_workload, Asking, BenchReport, Bound, Loop, Query, Target,
+};
 use crossenc_config::ServeConfig;
 use crossenc_model::Dtype;
 
@@ -74,6 +76,12 @@ pub struct BenchArgs {
     /// Also write the reports as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// The served model to load, by its name (`GET /v1/models`) [default: the server's first].
+    #[arg(long, value_name = "NAME", default_value = "")]
+    served_model: String,
+    /// Ask for long documents in windows (`long_documents: chunk`) instead of truncation.
+    #[arg(long)]
+    chunk: bool,
     /// Model folder: also measure the model alone and the naive padding baseline.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
@@ -184,6 +192,10 @@ async fn server_runs(args: &BenchArgs, workload: Vec<Query>) -> anyhow::Result<V
         grpc_addrs: args.grpc_addr.clone(),
         http_addr: args.http_addr,
         tls_ca,
+        asking: Asking {
+            model: args.served_model.clone(),
+            chunk: args.chunk,
+        },
     };
     println!("{}", BenchReport::table_header());
     let mut reports = Vec::new();
