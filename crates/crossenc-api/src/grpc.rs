@@ -24,7 +24,7 @@ use crate::auth::LiveKeys;
 use crate::failure::{grpc_code_word, Failure};
 use crate::route::route;
 use crate::rule::RequestRule;
-use crate::validate::{check_count, check_query, check_top_n, rank, ReadFields};
+use crate::validate::{check_count, check_query, check_top_n, rank};
 
 /// Serves Infer and Rerank through the pipeline of the model each request names.
 pub struct CrossEncoderService {
@@ -192,16 +192,17 @@ impl ReadMessage {
 
 /// The options a message asks for; an enum value this server does not know is refused.
 fn read_options(message: ReadMessage) -> Result<ReadOptions, InvalidRequest> {
+    use crossenc_types::{LongDocuments as Mode, TruncationDirection as Direction};
     let long_documents = match LongDocuments::try_from(message.long_documents) {
         Ok(LongDocuments::Unspecified) => None,
-        Ok(LongDocuments::Truncate) => Some("truncate"),
-        Ok(LongDocuments::Chunk) => Some("chunk"),
+        Ok(LongDocuments::Truncate) => Some(Mode::Truncate),
+        Ok(LongDocuments::Chunk) => Some(Mode::Chunk),
         Err(_) => return Err(unknown_enum("long_documents", message.long_documents)),
     };
-    let direction = match TruncationDirection::try_from(message.truncation_direction) {
+    let truncation_direction = match TruncationDirection::try_from(message.truncation_direction) {
         Ok(TruncationDirection::Unspecified) => None,
-        Ok(TruncationDirection::Right) => Some("right"),
-        Ok(TruncationDirection::Left) => Some("left"),
+        Ok(TruncationDirection::Right) => Some(Direction::Right),
+        Ok(TruncationDirection::Left) => Some(Direction::Left),
         Err(_) => {
             return Err(unknown_enum(
                 "truncation_direction",
@@ -209,13 +210,12 @@ fn read_options(message: ReadMessage) -> Result<ReadOptions, InvalidRequest> {
             ))
         }
     };
-    ReadFields {
+    Ok(ReadOptions {
         long_documents,
         max_chunks_per_doc: message.max_chunks_per_doc,
         truncate: message.truncate,
-        truncation_direction: direction,
-    }
-    .options()
+        truncation_direction,
+    })
 }
 
 fn unknown_enum(field: &str, value: i32) -> InvalidRequest {

@@ -22,22 +22,21 @@ use crate::access::Served;
 use crate::failure::{ErrorClass, Failure};
 use crate::http::HttpState;
 use crate::route::route;
-use crate::validate::{check_count, check_query, check_top_n, rank, ReadFields};
+use crate::validate::{check_count, check_query, check_top_n, json_read_options, rank};
 use crossenc_core::models::GatePass;
 use crossenc_metrics::RouteCell;
 
 /// A JSON request's reading options.
-macro_rules! read_fields {
+macro_rules! read_options {
     ($request:expr) => {
-        ReadFields {
-            long_documents: $request.long_documents.as_deref(),
-            max_chunks_per_doc: $request.max_chunks_per_doc,
-            truncate: $request.truncate,
-            truncation_direction: $request.truncation_direction.as_deref(),
-        }
+        json_read_options(
+            $request.long_documents.as_deref(),
+            $request.max_chunks_per_doc,
+            $request.truncate,
+            $request.truncation_direction.as_deref(),
+        )
     };
 }
-
 /// The OpenAPI document of this API, served at `/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
@@ -404,7 +403,7 @@ pub async fn rerank(
         model.max_client_batch_size,
         "text",
     )?;
-    let reading = pipeline.reading(&read_fields!(request).options()?)?;
+    let reading = pipeline.reading(&read_options!(request)?)?;
     let texts = pipeline.rerank_texts(&request.query, &request.texts, "texts", reading);
     let instruction = request.instruction.as_deref();
     let texts = pipeline.instructed(texts, instruction, "instruction")?;
@@ -459,7 +458,7 @@ pub async fn v1_rerank(
         .into_iter()
         .map(V1Document::into_text)
         .collect();
-    let reading = pipeline.reading(&read_fields!(request).options()?)?;
+    let reading = pipeline.reading(&read_options!(request)?)?;
     let texts = pipeline.rerank_texts(&request.query, &documents, "documents", reading);
     let instruction = request.instruction.as_deref();
     let texts = pipeline.instructed(texts, instruction, "instruction")?;
@@ -514,7 +513,7 @@ pub async fn score(
         check_query(&format!("pairs[{i}].query"), &pair.query)?;
     }
     let pairs = request.pairs.iter();
-    let reading = pipeline.reading(&read_fields!(request).options()?)?;
+    let reading = pipeline.reading(&read_options!(request)?)?;
     let texts = pipeline.pair_texts(
         pairs.map(|p| (p.query.as_str(), p.document.as_str())),
         reading,

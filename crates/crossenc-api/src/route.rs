@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use crossenc_core::admission::{Refused, RequestPermit};
-use crossenc_core::{Models, PipelineError, ServedModel};
+use crossenc_core::{ModelRoute, Models, PipelineError};
 use crossenc_metrics::ModelMetrics;
 
 use crate::failure::{ErrorClass, Failure};
 
 /// A request's model, and its place among that model's requests in flight.
 pub(crate) struct Routed<'a> {
-    pub model: &'a ServedModel,
+    pub model: &'a ModelRoute,
     _permit: RequestPermit,
 }
 

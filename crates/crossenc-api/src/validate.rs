@@ -45,60 +45,48 @@ pub fn check_top_n(top_n: Option<u32>) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
-/// A request's reading options as its JSON or protobuf fields spell them.
-pub struct ReadFields<'a> {
-    pub long_documents: Option<&'a str>,
-    pub max_chunks_per_doc: Option<u32>,
-    pub truncate: Option<bool>,
-    pub truncation_direction: Option<&'a str>,
+/// A JSON request's reading options, its words case-insensitive (text-embeddings-inference
+/// spells directions "Right" and "Left").
+pub fn json_read_options(
+    long_documents: Option<&str>,
+    max_chunks_per_doc: Option<u32>,
+    truncate: Option<bool>,
+    truncation_direction: Option<&str>,
+) -> Result<ReadOptions, InvalidRequest> {
+    use LongDocuments::{Chunk, Truncate};
+    use TruncationDirection::{Left, Right};
+    let modes = [("truncate", Truncate), ("chunk", Chunk)];
+    Ok(ReadOptions {
+        long_documents: one_of("long_documents", long_documents, &modes)?,
+        max_chunks_per_doc,
+        truncate,
+        truncation_direction: one_of(
+            "truncation_direction",
+            truncation_direction,
+            &[("right", Right), ("left", Left)],
+        )?,
+    })
 }
 
-impl ReadFields<'_> {
-    /// The options, or the field that names none of its values.
-    pub fn options(&self) -> Result<ReadOptions, InvalidRequest> {
-        let long_documents = match self.long_documents.map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") => None,
-            Some("truncate") => Some(LongDocuments::Truncate),
-            Some("chunk") => Some(LongDocuments::Chunk),
-            Some(_) => {
-                let given = self.long_documents.unwrap_or_default();
-                return Err(unknown(
-                    "long_documents",
-                    given,
-                    "\"truncate\" or \"chunk\"",
-                ));
-            }
-        };
-        // text-embeddings-inference spells them "Right" and "Left".
-        let direction = match self
-            .truncation_direction
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("") => None,
-            Some("right") => Some(TruncationDirection::Right),
-            Some("left") => Some(TruncationDirection::Left),
-            Some(_) => {
-                let given = self.truncation_direction.unwrap_or_default();
-                return Err(unknown(
-                    "truncation_direction",
-                    given,
-                    "\"right\" or \"left\"",
-                ));
-            }
-        };
-        Ok(ReadOptions {
-            long_documents,
-            max_chunks_per_doc: self.max_chunks_per_doc,
-            truncate: self.truncate,
-            truncation_direction: direction,
-        })
+/// The value `word` names among `choices` (any case; absent or empty: `None`), or an
+/// error naming `field` and the words it takes.
+fn one_of<T: Copy>(
+    field: &str,
+    word: Option<&str>,
+    choices: &[(&str, T)],
+) -> Result<Option<T>, InvalidRequest> {
+    let Some(word) = word.filter(|w| !w.is_empty()) else {
+        return Ok(None);
+    };
+    if let Some((_, value)) = choices.iter().find(|(w, _)| w.eq_ignore_ascii_case(word)) {
+        return Ok(Some(*value));
     }
-}
-
-fn unknown(field: &str, value: &str, allowed: &str) -> InvalidRequest {
-    let value: String = value.chars().take(32).collect();
-    InvalidRequest::Field(format!("{field} {value:?} is not one of {allowed}"))
+    let given: String = word.chars().take(32).collect();
+    let allowed: Vec<String> = choices.iter().map(|(w, _)| format!("{w:?}")).collect();
+    Err(InvalidRequest::Field(format!(
+        "{field} {given:?} is not one of {}",
+        allowed.join(" or ")
+    )))
 }
 
 /// Indices ranked by score, highest first; equal scores by index; at most `top_n`.

@@ -28,6 +28,6 @@ pub mod workers;
 
 pub use crossenc_ipc::{RequestId, WorkerKind};
 pub use error::{InvalidRequest, PipelineError};
-pub use models::{Models, ServedModel, UnknownModel};
+pub use models::{ModelRoute, Models, UnknownModel};
 pub use pipeline::{LearnedModel, Pipeline, PipelineLimits, Scores};
 pub use workers::{JobError, PendingReply, Reply, Worker, WorkerSet};

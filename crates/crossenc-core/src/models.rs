@@ -9,8 +9,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::admission::Refused;
 use crate::pipeline::Pipeline;
 
-/// One served model.
-pub struct ServedModel {
+/// One served model as requests reach it: its name and its pipeline.
+pub struct ModelRoute {
     /// What requests name it by, and answers and the metrics call it.
     pub name: Arc<str>,
     pub pipeline: Arc<Pipeline>,
@@ -20,7 +20,7 @@ pub struct ServedModel {
 
 /// Every served model, in the configured order: the first serves requests that name none.
 pub struct Models {
-    models: Vec<ServedModel>,
+    models: Vec<ModelRoute>,
     /// Requests whose bodies are being read, before they name a model: each model's
     /// `max_concurrent_requests`, together.
     reading: Arc<Semaphore>,
@@ -50,7 +50,7 @@ impl GatePass {
 
 impl Models {
     /// `models` must not be empty: a server serves at least one.
-    pub fn new(models: Vec<ServedModel>, max_concurrent_requests: usize) -> Self {
+    pub fn new(models: Vec<ModelRoute>, max_concurrent_requests: usize) -> Self {
         assert!(!models.is_empty(), "a server serves at least one model");
         let max_reading = max_concurrent_requests.saturating_mul(models.len());
         Self {
@@ -61,7 +61,7 @@ impl Models {
     }
 
     /// The model a request names; an absent or empty name is the first model.
-    pub fn route(&self, name: Option<&str>) -> Result<&ServedModel, UnknownModel> {
+    pub fn route(&self, name: Option<&str>) -> Result<&ModelRoute, UnknownModel> {
         let Some(asked) = name.filter(|n| !n.is_empty()) else {
             return Ok(&self.models[0]);
         };
@@ -86,12 +86,8 @@ impl Models {
             })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &ServedModel> {
+    pub fn iter(&self) -> impl Iterator<Item = &ModelRoute> {
         self.models.iter()
-    }
-
-    pub fn first(&self) -> &ServedModel {
-        &self.models[0]
     }
 
     /// Every model has a live worker of each kind.

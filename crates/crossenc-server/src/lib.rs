@@ -8,11 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crossenc_api::{ApiError, Faces, FacesState, Listeners};
-use crossenc_config::{InvalidSetting, ServeConfig, ServedModel as ServedConfig};
+use crossenc_config::{InvalidSetting, ServeConfig, ServedModel};
 use crossenc_core::dispatch::DispatchLimits;
 pub use crossenc_core::scheduler::BatchCost;
 use crossenc_core::scheduler::SchedulerLimits;
-use crossenc_core::{LearnedModel, Models, Pipeline, PipelineLimits, ServedModel};
+use crossenc_core::{LearnedModel, ModelRoute, Models, Pipeline, PipelineLimits};
 use crossenc_ipc::{WorkerInfo, WorkerKind};
 use crossenc_metrics::{
     AdmissionLevels, BuildLabels, Collector, CollectorSources, GpuMissing, GpuMonitor, Metrics,
@@ -46,7 +46,7 @@ fn list(errors: &[InvalidSetting]) -> String {
 /// One model to serve: its settings, how its workers start, and what a batch costs
 /// its model workers' pass (the measure of its `max_batch_tokens`).
 pub struct ModelPlan {
-    pub served: ServedConfig,
+    pub served: ServedModel,
     pub launcher: WorkerLauncher,
     pub cost: BatchCost,
 }
@@ -81,7 +81,7 @@ pub async fn serve(
             Running { plan, pipeline }
         })
         .collect();
-    let served = running.iter().map(|r| ServedModel {
+    let served = running.iter().map(|r| ModelRoute {
         name: r.plan.served.name.as_str().into(),
         pipeline: Arc::clone(&r.pipeline),
         max_client_batch_size: r.plan.served.batching.max_client_batch_size,
@@ -327,7 +327,7 @@ fn pipeline_limits(config: &ServeConfig, plan: &ModelPlan) -> PipelineLimits {
     }
 }
 
-fn pool_plan(served: &ServedConfig) -> PoolPlan {
+fn pool_plan(served: &ServedModel) -> PoolPlan {
     let workers = &served.workers;
     PoolPlan {
         tokenizers: workers.tokenizer,
