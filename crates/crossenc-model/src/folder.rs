@@ -116,9 +116,9 @@ pub struct ModelConfig {
     pub activation: ScoreActivation,
     /// A decoder reranker's prompt; `None` for an encoder.
     pub template: Option<Arc<PromptTemplate>>,
-    /// The ids of the template's answer tokens (no, yes), where the model scores by
-    /// their logits (a causal LM).
-    pub answer_ids: Option<[u32; 2]>,
+    /// The ids of the template's answer tokens (no, yes; or yes alone), where the model
+    /// scores by their logits (a causal LM).
+    pub answer_ids: Option<Vec<u32>>,
     /// The whole `config.json`, for what one architecture alone reads.
     pub(crate) json: std::sync::Arc<serde_json::Value>,
 }
@@ -213,9 +213,10 @@ struct RawConfig {
     head_dim: Option<usize>,
     #[serde(alias = "hidden_dim")]
     intermediate_size: usize,
-    // ModernBERT's: hidden_activation.
-    #[serde(alias = "activation", alias = "hidden_activation")]
-    hidden_act: String,
+    #[serde(alias = "activation")]
+    hidden_act: Option<String>,
+    /// ModernBERT's and Gemma's name; a Gemma config may have both, this one null.
+    hidden_activation: Option<String>,
     max_position_embeddings: usize,
     #[serde(default = "default_type_vocab_size")]
     type_vocab_size: usize,
@@ -296,7 +297,7 @@ impl ModelFolder {
                 .as_ref()
                 .filter(|_| config.answer_ids.is_some())
             {
-                config.labels = vec![answers.no.clone(), answers.yes.clone()];
+                config.labels = answers.labels();
             }
             config.template = Some(Arc::new(template));
         }
@@ -359,7 +360,7 @@ impl ModelFolder {
 
     /// The ids of the answer tokens, for a model that scores by their logits: each
     /// must be one token of the vocabulary.
-    fn answer_ids(&self, template: &PromptTemplate) -> Result<Option<[u32; 2]>, ModelError> {
+    fn answer_ids(&self, template: &PromptTemplate) -> Result<Option<Vec<u32>>, ModelError> {
         if !self.config.arch().scores_by_answers(&self.config) {
             return Ok(None);
         }
@@ -398,7 +399,7 @@ impl ModelFolder {
                 }),
             }
         };
-        Ok(Some([id(&answers.no)?, id(&answers.yes)?]))
+        answers.labels().iter().map(|token| id(token)).collect::<Result<_, _>>().map(Some)
     }
 
     /// The truncation length: the operator's choice, checked against the model's
@@ -446,7 +447,14 @@ impl ModelConfig {
                 &format!("crossenc runs {}", arch::supported_classes()),
             ));
         };
-        let hidden_act = match raw.hidden_act.as_str() {
+        let Some(hidden_act) = raw.hidden_activation.or(raw.hidden_act) else {
+            return Err(unsupported(
+                "hidden_act",
+                "absent".into(),
+                "config.json must name the feed-forward's activation",
+            ));
+        };
+        let hidden_act = match hidden_act.as_str() {
             "gelu" => HiddenAct::GeluErf,
             "gelu_new" | "gelu_pytorch_tanh" => HiddenAct::GeluTanh,
             "relu" => HiddenAct::Relu,

@@ -4,6 +4,7 @@ use crossenc_types::{LongDocuments, PairRefusal, Reading};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
 
 use crate::windows::Windows;
+use crate::template::{FilledBody, PieceRole};
 use crate::{ModelError, ModelFolder, PairTemplate, PromptTemplate};
 
 /// What reading one pair gives: its windows (one unless it was chunked), or why it is
@@ -15,7 +16,8 @@ pub type Read = Result<Vec<EncodedPair>, PairRefusal>;
 /// [SEP]` for BERT, `<s> query </s></s> document </s>` for RoBERTa), `longest_first`
 /// truncation to `max_length`, no padding. For a decoder reranker, its prompt template:
 /// the prefix, the body and the suffix each tokenized without special tokens, and only
-/// the body cut, from its end.
+/// the body cut: from its end where it is tokenized whole, the query and the document
+/// pieces alone where it is tokenized piece by piece.
 pub struct PairTokenizer {
     /// `tokenizer.json` without its own truncation and padding.
     tokenizer: Tokenizer,
@@ -33,6 +35,25 @@ struct Prompt {
     suffix: Vec<u32>,
 }
 
+impl Prompt {
+    /// The prefix, the body's pieces and the suffix, end to end; the first
+    /// `prefix + before` tokens shared with the request's other pairs.
+    fn encoded(&self, body: &[&[u32]], before: usize) -> EncodedPair {
+        let len = self.prefix.len() + body.iter().map(|p| p.len()).sum::<usize>() + self.suffix.len();
+        let mut ids = Vec::with_capacity(len);
+        ids.extend_from_slice(&self.prefix);
+        for piece in body {
+            ids.extend_from_slice(piece);
+        }
+        ids.extend_from_slice(&self.suffix);
+        EncodedPair(Encoded::Prompt {
+            type_ids: vec![0; len],
+            shared: (self.prefix.len() + before).min(len.saturating_sub(1)),
+            ids,
+        })
+    }
+}
+
 /// One encoded pair.
 pub struct EncodedPair(Encoded);
 
@@ -42,8 +63,13 @@ pub struct EncodedPair(Encoded);
 enum Encoded {
     /// An encoder's pair, as the tokenizer's template built it.
     Pair(Encoding),
-    /// A prompt's ids; its type ids are all 0.
-    Prompt { ids: Vec<u32>, type_ids: Vec<u32> },
+    /// A prompt's ids; its type ids are all 0. Its first `shared` tokens are the
+    /// prompt before the document, which every pair of its request has too.
+    Prompt {
+        ids: Vec<u32>,
+        type_ids: Vec<u32>,
+        shared: usize,
+    },
 }
 
 impl EncodedPair {
@@ -58,6 +84,17 @@ impl EncodedPair {
         match &self.0 {
             Encoded::Pair(e) => e.get_type_ids(),
             Encoded::Prompt { type_ids, .. } => type_ids,
+        }
+    }
+
+    /// The leading tokens that are the prompt before the document (the prefix, the
+    /// instruction, the query): a decoder computes their keys and values once for all
+    /// the pairs that share them. Always short of the whole pair; 0 for an encoder's
+    /// pair, whose every token attends to the document.
+    pub fn shared(&self) -> usize {
+        match &self.0 {
+            Encoded::Pair(_) => 0,
+            Encoded::Prompt { shared, .. } => *shared,
         }
     }
 }
@@ -278,32 +315,115 @@ impl PairTokenizer {
                 prompt.template.name
             )));
         }
-        let body = prompt.template.body(instruction, query, document);
-        let mut body = self
-            .tokenizer
-            .encode(body, false)
-            .map_err(|e| ModelError::Encode(e.to_string()))?;
-        if body.len() > self.pair_budget {
-            if reading.refuse_cut {
-                let tokens = prompt.prefix.len() + body.len() + prompt.suffix.len();
-                return Ok(Err(self.would_cut(tokens)));
+        match prompt.template.fill(instruction, query, document) {
+            FilledBody::Whole { text, document_at } => {
+                self.read_whole(prompt, &text, document_at, reading)
             }
-            let as_asked = reading.long_documents == LongDocuments::Truncate
-                && reading.direction == crossenc_types::TruncationDirection::Right;
-            if !as_asked {
-                return Ok(Err(PairRefusal::PromptReadsOneWindow));
+            FilledBody::Pieces(pieces) => self.read_pieces(prompt, &pieces, reading),
+        }
+    }
+
+    /// A body tokenized as one text, cut from its end.
+    fn read_whole(
+        &self,
+        prompt: &Prompt,
+        text: &str,
+        document_at: usize,
+        reading: &Reading,
+    ) -> Result<Read, ModelError> {
+        let mut body = self.encode_piece(text)?;
+        if body.len() > self.pair_budget {
+            if let Some(refusal) = self.refuse_prompt_cut(prompt, body.len(), reading) {
+                return Ok(Err(refusal));
             }
         }
         body.truncate(self.pair_budget, 0, TruncationDirection::Right);
-        let len = prompt.prefix.len() + body.len() + prompt.suffix.len();
-        let mut ids = Vec::with_capacity(len);
-        ids.extend_from_slice(&prompt.prefix);
-        ids.extend_from_slice(body.get_ids());
-        ids.extend_from_slice(&prompt.suffix);
-        Ok(Ok(vec![EncodedPair(Encoded::Prompt {
-            ids,
-            type_ids: vec![0; len],
-        })]))
+        // Tokens that end before the document's first byte: the word before it may
+        // join the document's first (": " and a word), so stop short of it.
+        let before = body
+            .get_offsets()
+            .iter()
+            .take_while(|(_, end)| *end < document_at)
+            .count();
+        Ok(Ok(vec![prompt.encoded(&[body.get_ids()], before)]))
+    }
+
+    /// A body tokenized piece by piece, as mixedbread's and FlagEmbedding's packages
+    /// do. The span from the query to the document has what the prefix, the suffix
+    /// and the other pieces leave: the query keeps at most three quarters of it, the
+    /// document the rest.
+    fn read_pieces(
+        &self,
+        prompt: &Prompt,
+        pieces: &[(PieceRole, String)],
+        reading: &Reading,
+    ) -> Result<Read, ModelError> {
+        let mut encoded = pieces
+            .iter()
+            .map(|(_, text)| self.encode_piece(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let at = |wanted| pieces.iter().position(|(role, _)| *role == wanted);
+        let (query, document) = (at(PieceRole::Query), at(PieceRole::Document));
+        let (Some(query), Some(document)) = (query, document) else {
+            unreachable!("a template's pieces hold the query and the document");
+        };
+        let span = query.min(document)..=query.max(document);
+        let outside: usize = (encoded.iter().enumerate())
+            .filter(|(i, _)| !span.contains(i))
+            .map(|(_, e)| e.len())
+            .sum();
+        let inside_fixed: usize = (encoded.iter().enumerate())
+            .filter(|(i, _)| span.contains(i) && *i != query && *i != document)
+            .map(|(_, e)| e.len())
+            .sum();
+        let budget = self.pair_budget.saturating_sub(outside);
+        if budget < inside_fixed + 2 {
+            return Err(ModelError::Encode(format!(
+                "the instruction leaves no room for the query and the document: with it \
+                 the prompt's fixed text takes {} of max_length {} tokens",
+                self.max_length - budget + inside_fixed,
+                self.max_length
+            )));
+        }
+        let keep_query = encoded[query].len().min(budget * 3 / 4);
+        let keep_document = encoded[document]
+            .len()
+            .min(budget - inside_fixed - keep_query);
+        let whole = encoded[query].len() + encoded[document].len();
+        if keep_query + keep_document < whole {
+            let body = whole + inside_fixed + outside;
+            if let Some(refusal) = self.refuse_prompt_cut(prompt, body, reading) {
+                return Ok(Err(refusal));
+            }
+        }
+        encoded[query].truncate(keep_query, 0, TruncationDirection::Right);
+        encoded[document].truncate(keep_document, 0, TruncationDirection::Right);
+        let before: usize = encoded[..document].iter().map(Encoding::len).sum();
+        let ids: Vec<&[u32]> = encoded.iter().map(Encoding::get_ids).collect();
+        Ok(Ok(vec![prompt.encoded(&ids, before)]))
+    }
+
+    /// Why a prompt whose body must be cut is refused, if it is: the request asked
+    /// for no cut, or for a cut a prompt cannot make (windows, or from the left).
+    fn refuse_prompt_cut(
+        &self,
+        prompt: &Prompt,
+        body: usize,
+        reading: &Reading,
+    ) -> Option<PairRefusal> {
+        if reading.refuse_cut {
+            return Some(self.would_cut(prompt.prefix.len() + body + prompt.suffix.len()));
+        }
+        let as_asked = reading.long_documents == LongDocuments::Truncate
+            && reading.direction == crossenc_types::TruncationDirection::Right;
+        (!as_asked).then_some(PairRefusal::PromptReadsOneWindow)
+    }
+
+    /// One piece of a prompt, tokenized alone without special tokens.
+    fn encode_piece(&self, text: &str) -> Result<Encoding, ModelError> {
+        self.tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Encode(e.to_string()))
     }
 
     fn read_pair(

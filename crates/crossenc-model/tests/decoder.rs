@@ -17,7 +17,15 @@ use support::{fixture, goldens, ModelCopy};
 const TEMPLATE: &str = "qwen3-reranker";
 
 fn open(name: &str) -> ModelFolder {
-    ModelFolder::open_with(fixture(name), Some(TEMPLATE)).unwrap()
+    ModelFolder::open_with(fixture(name), Some(template_of(name))).unwrap()
+}
+
+/// The built-in template each fixture was scored with.
+fn template_of(name: &str) -> &str {
+    match name {
+        "mxbai-rerank-v2" | "bge-reranker-gemma" => name,
+        _ => TEMPLATE,
+    }
 }
 
 /// Every golden's ids as the model card's tokenization gives them, then its raw score
@@ -25,7 +33,6 @@ fn open(name: &str) -> ModelFolder {
 /// transformers; the raw scores, for comparing the two forms.
 fn scores_match_transformers(name: &str) -> Vec<f32> {
     let folder = open(name);
-    assert_eq!(folder.config.architecture, "qwen3");
     let max_length = folder.max_length(Some(128)).unwrap();
     let tokenizer = PairTokenizer::load(&folder, max_length).unwrap();
     let rows = goldens(name);
@@ -37,6 +44,9 @@ fn scores_match_transformers(name: &str) -> Vec<f32> {
             .unwrap();
         assert_eq!(e.ids(), g.ids, "{name}: ids of {:?}", g.query);
         assert_eq!(e.ids().len(), g.tokens);
+        if let Some(shared) = g.shared {
+            assert_eq!(e.shared(), shared, "{name}: tokens before the document");
+        }
         let types = vec![0u8; e.ids().len()];
         packed.push(e.ids().iter().copied(), &types);
         padded.push(e.ids().iter().copied(), &types);
@@ -70,6 +80,33 @@ fn qwen3_causal_lm_scores_by_its_answer_tokens_as_transformers_does() {
     assert!(folder.config.answer_ids.is_some());
     assert!(folder.weight_files().len() > 1, "the fixture is sharded");
     scores_match_transformers("qwen3-reranker");
+}
+
+/// mixedbread's mxbai-rerank-v2 (Qwen2: biases on Q, K and V, no head norms), scored
+/// as its package scores: "1" less "0"; its prompt tokenized piece by piece, which for
+/// most goldens gives other ids than the prompt as one text.
+#[test]
+fn qwen2_mxbai_rerank_v2_scores_as_mixedbreads_package_does() {
+    let folder = open("mxbai-rerank-v2");
+    assert_eq!(folder.config.architecture, "qwen2");
+    assert_eq!(folder.config.labels, ["0", "1"]);
+    let rows = goldens("mxbai-rerank-v2");
+    assert!(rows.iter().any(|g| g.whole_differs));
+    assert!(rows.iter().all(|g| g.shared.is_some()));
+    scores_match_transformers("mxbai-rerank-v2");
+}
+
+/// BAAI's bge-reranker-v2-gemma (Gemma: norms by 1 + weight, embeddings by √hidden,
+/// the tanh GELU, head_dim apart from hidden / heads), scored as FlagEmbedding scores:
+/// the logit of "Yes" alone.
+#[test]
+fn gemma_bge_reranker_scores_as_flag_embedding_does() {
+    let folder = open("bge-reranker-gemma");
+    assert_eq!(folder.config.architecture, "gemma");
+    assert_eq!(folder.config.labels, ["Yes"]);
+    assert_eq!(folder.config.answer_ids.as_ref().map(Vec::len), Some(1));
+    assert!(goldens("bge-reranker-gemma").iter().any(|g| g.whole_differs));
+    scores_match_transformers("bge-reranker-gemma");
 }
 
 #[test]

@@ -2,14 +2,13 @@
 //! weights, what its tokenizer's pair template must be (or, for a decoder, that it
 //! reads a prompt template), how it scores, and candle's padded model of it. The packed
 //! CPU pass (`crate::packed`) runs BERT-style encoders from the [`Layout`] they give;
-//! an architecture with another layer loop (ModernBERT, the Qwen3 decoder) brings its
-//! own. Nothing outside this crate learns which one runs but its name.
+//! an architecture with another layer loop (ModernBERT, the decoders) brings its own. Nothing outside this crate learns which one runs but its name.
 
 mod bert;
 mod deberta_v2;
+mod decoder;
 mod distilbert;
 mod modernbert;
-mod qwen3;
 mod xlm_roberta;
 
 use candle_core::{Device, Tensor};
@@ -212,7 +211,9 @@ static ARCHITECTURES: &[&dyn Architecture] = &[
     &distilbert::DistilBert,
     &modernbert::ModernBert,
     &deberta_v2::DebertaV2,
-    &qwen3::Qwen3,
+    &decoder::QWEN3,
+    &decoder::QWEN2,
+    &decoder::GEMMA,
 ];
 
 /// The architecture that runs a checkpoint of these classes (or, without any, of this

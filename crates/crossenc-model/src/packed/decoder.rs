@@ -38,6 +38,8 @@ pub(crate) struct DecoderLayer {
 
 pub(crate) struct DecoderPass {
     pub words: Vec<f32>,
+    /// What multiplies each embedding (Gemma's √hidden; 1 elsewhere).
+    pub embedding_scale: f32,
     pub layers: Vec<DecoderLayer>,
     pub final_norm: RmsNorm,
     /// On each pair's last token: the answer tokens' rows of the output projection, or
@@ -83,6 +85,9 @@ impl PackedPass for DecoderPass {
         s.x.clear();
         for &id in batch.ids {
             s.x.extend_from_slice(&self.words[id as usize * h..][..h]);
+        }
+        if self.embedding_scale != 1.0 {
+            s.x.iter_mut().for_each(|x| *x *= self.embedding_scale);
         }
         let last = self.layers.len().saturating_sub(1);
         for (l, layer) in self.layers.iter().enumerate() {

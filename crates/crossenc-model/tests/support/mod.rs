@@ -25,6 +25,12 @@ pub struct Golden {
     /// A decoder's ids (empty for an encoder's goldens, which do not hold them).
     #[serde(default)]
     pub ids: Vec<u32>,
+    /// A decoder's tokens before the document, where the goldens give them.
+    #[serde(default)]
+    pub shared: Option<usize>,
+    /// Whether the prompt tokenized as one text gives other ids than its pieces.
+    #[serde(default)]
+    pub whole_differs: bool,
 }
 
 /// The small checkpoint `name` of tests/fixtures/models.
