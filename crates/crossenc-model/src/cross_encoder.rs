@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::arch::PaddedModel;
-use crate::packed::{fastest, measure, timed_rows, PackedPass, PackedTokens};
+use crate::packed::{fastest, measure, timed_rows, PackedPass, PackedTokens, PrefixStats};
 use crate::{Dtype, KernelChoice, KernelRate, Kernels, ModelConfig, ModelError, ModelFolder};
 
 /// A loaded cross-encoder, ready to score batches.
@@ -157,12 +157,20 @@ impl PaddedBatch {
 }
 
 /// Pairs end to end, without padding, as the packed forward pass reads them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PackedPairs {
     ids: Vec<u32>,
     type_ids: Vec<u32>,
     /// Where each pair starts, and the total at the end.
     offsets: Vec<usize>,
+    /// Each pair's leading tokens that are a prompt prefix other pairs may share.
+    shared: Vec<usize>,
+}
+
+impl Default for PackedPairs {
+    fn default() -> Self {
+        Self::with_capacity(0, 0)
+    }
 }
 
 impl PackedPairs {
@@ -173,15 +181,29 @@ impl PackedPairs {
             ids: Vec::with_capacity(tokens),
             type_ids: Vec::with_capacity(tokens),
             offsets,
+            shared: Vec::with_capacity(pairs),
         }
     }
 
     /// Adds one pair (at least one token, as many type ids as ids).
     pub fn push(&mut self, ids: impl ExactSizeIterator<Item = u32>, type_ids: &[u8]) {
-        assert!(ids.len() == type_ids.len() && ids.len() > 0);
+        self.push_shared(ids, type_ids, 0);
+    }
+
+    /// Adds one pair whose first `shared` tokens (fewer than all) are a decoder prompt's
+    /// prefix: the pass computes their keys and values once for every pair with the
+    /// same ones, and may keep them for later batches. An encoder ignores it.
+    pub fn push_shared(
+        &mut self,
+        ids: impl ExactSizeIterator<Item = u32>,
+        type_ids: &[u8],
+        shared: usize,
+    ) {
+        assert!(ids.len() == type_ids.len() && ids.len() > 0 && shared < ids.len());
         self.ids.extend(ids);
         self.type_ids.extend(type_ids.iter().map(|&t| u32::from(t)));
         self.offsets.push(self.ids.len());
+        self.shared.push(shared);
     }
 
     pub fn len(&self) -> usize {
@@ -206,6 +228,7 @@ impl PackedPairs {
             ids: &self.ids,
             type_ids: &self.type_ids,
             offsets: &self.offsets,
+            shared: &self.shared,
         }
     }
 
@@ -403,6 +426,20 @@ impl CrossEncoder {
             }
             _ => self.score_padded(&pairs.padded(self.config.pad_token_id)),
         }
+    }
+
+    /// Bounds the bytes of a decoder's prompt prefixes kept across batches (0: none
+    /// kept; a batch's pairs share theirs whatever the bound). Nothing for an encoder,
+    /// or on candle's padded pass.
+    pub fn set_prefix_cache_bytes(&self, bytes: usize) {
+        if let Some(packed) = &self.packed {
+            packed.set_prefix_cache(bytes);
+        }
+    }
+
+    /// What sharing prompt prefixes did since load: a decoder's on the packed pass.
+    pub fn prefix_stats(&self) -> Option<PrefixStats> {
+        self.packed.as_ref().and_then(|p| p.prefix_stats())
     }
 
     /// Token and type ids index the embedding tables: one past them is an error here,

@@ -399,7 +399,12 @@ impl ModelFolder {
                 }),
             }
         };
-        answers.labels().iter().map(|token| id(token)).collect::<Result<_, _>>().map(Some)
+        answers
+            .labels()
+            .iter()
+            .map(|token| id(token))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// The truncation length: the operator's choice, checked against the model's

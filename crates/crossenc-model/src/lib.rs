@@ -23,7 +23,7 @@ pub use cross_encoder::{CrossEncoder, PackedPairs, PaddedBatch, Products};
 pub use crossenc_types::{Dtype, ScoreActivation};
 pub use error::ModelError;
 pub use folder::{HiddenAct, ModelConfig, ModelFolder};
-pub use packed::{KernelChoice, KernelRate, Kernels};
+pub use packed::{KernelChoice, KernelRate, Kernels, PrefixStats};
 pub use template::{Answers, PromptTemplate};
 pub use tokenize::{EncodedPair, EncodedText, PairTokenizer, Read};
 

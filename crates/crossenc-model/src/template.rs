@@ -397,9 +397,8 @@ impl Body {
             }
         }
         if let Body::Pieces(pieces) = self {
-            let both = |p: &Vec<Segment>| {
-                p.contains(&Segment::Query) && p.contains(&Segment::Document)
-            };
+            let both =
+                |p: &Vec<Segment>| p.contains(&Segment::Query) && p.contains(&Segment::Document);
             if pieces.iter().any(both) {
                 return Err(
                     "{query} and {document} must be in two pieces: each is cut alone".into(),
@@ -433,11 +432,9 @@ fn parse_format(format: &str, field: &str) -> Result<Vec<Segment>, String> {
             }
             continue;
         }
-        let end = rest
-            .find('}')
-            .ok_or_else(|| {
-                format!("`{field}` has a `{{` that is never closed (write `{{{{` for a brace)")
-            })?;
+        let end = rest.find('}').ok_or_else(|| {
+            format!("`{field}` has a `{{` that is never closed (write `{{{{` for a brace)")
+        })?;
         let segment = match &rest[1..end] {
             "instruction" => Segment::Instruction,
             "query" => Segment::Query,
@@ -552,9 +549,7 @@ mod tests {
 
     #[test]
     fn pieces_and_instruction_forms_that_cannot_work_are_refused() {
-        let message = |file: TemplateFile| {
-            PromptTemplate::new("t", file).unwrap_err().to_string()
-        };
+        let message = |file: TemplateFile| PromptTemplate::new("t", file).unwrap_err().to_string();
         let list = |p: &[&str]| Some(p.iter().map(|s| s.to_string()).collect());
         let joined = TemplateFile {
             pieces: list(&["{query} {document}"]),

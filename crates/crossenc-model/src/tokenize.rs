@@ -3,8 +3,8 @@ use std::sync::Arc;
 use crossenc_types::{LongDocuments, PairRefusal, Reading};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
 
-use crate::windows::Windows;
 use crate::template::{FilledBody, PieceRole};
+use crate::windows::Windows;
 use crate::{ModelError, ModelFolder, PairTemplate, PromptTemplate};
 
 /// What reading one pair gives: its windows (one unless it was chunked), or why it is
@@ -39,7 +39,8 @@ impl Prompt {
     /// The prefix, the body's pieces and the suffix, end to end; the first
     /// `prefix + before` tokens shared with the request's other pairs.
     fn encoded(&self, body: &[&[u32]], before: usize) -> EncodedPair {
-        let len = self.prefix.len() + body.iter().map(|p| p.len()).sum::<usize>() + self.suffix.len();
+        let len =
+            self.prefix.len() + body.iter().map(|p| p.len()).sum::<usize>() + self.suffix.len();
         let mut ids = Vec::with_capacity(len);
         ids.extend_from_slice(&self.prefix);
         for piece in body {

@@ -105,7 +105,9 @@ fn gemma_bge_reranker_scores_as_flag_embedding_does() {
     assert_eq!(folder.config.architecture, "gemma");
     assert_eq!(folder.config.labels, ["Yes"]);
     assert_eq!(folder.config.answer_ids.as_ref().map(Vec::len), Some(1));
-    assert!(goldens("bge-reranker-gemma").iter().any(|g| g.whole_differs));
+    assert!(goldens("bge-reranker-gemma")
+        .iter()
+        .any(|g| g.whole_differs));
     scores_match_transformers("bge-reranker-gemma");
 }
 
@@ -305,5 +307,65 @@ answers = { no = "no", yes = "yes" }
             b.encode(&g.query, &g.document).unwrap(),
         );
         assert_eq!(x.ids(), y.ids());
+    }
+}
+
+/// The prompt before the document computed once per distinct prefix (and kept across
+/// batches) scores every pair as the pass without sharing does, within 1e-5, for each
+/// decoder family; a second identical batch finds every prefix in the cache, and a
+/// cache of 0 bytes keeps none.
+#[test]
+fn a_shared_prefix_scores_as_the_whole_prompt_and_a_repeat_is_served_from_the_cache() {
+    for name in ["qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-gemma"] {
+        let folder = open(name);
+        let tokenizer = PairTokenizer::load(&folder, 128).unwrap();
+        let rows = goldens(name);
+        let (mut plain, mut sharing) = (PackedPairs::default(), PackedPairs::default());
+        let mut queries = std::collections::HashSet::new();
+        for g in &rows {
+            let e = tokenizer
+                .encode_instructed(&g.query, &g.document, g.instruction.as_deref())
+                .unwrap();
+            let types = vec![0u8; e.ids().len()];
+            plain.push(e.ids().iter().copied(), &types);
+            sharing.push_shared(e.ids().iter().copied(), &types, e.shared());
+            queries.insert((&g.query, &g.instruction));
+        }
+        for kernels in [Kernels::Gemm, Kernels::OnednnF32] {
+            let model = CrossEncoder::load_on(&folder, kernels).unwrap();
+            model.set_prefix_cache_bytes(64 << 20);
+            let whole = model.score_pairs(&plain).unwrap();
+            assert_eq!(model.prefix_stats().unwrap().misses, 0, "nothing shared");
+            let shared = model.score_pairs(&sharing).unwrap();
+            let worst = whole
+                .iter()
+                .zip(&shared)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!("{name} on {kernels:?}: sharing moves scores by at most {worst:e}");
+            assert!(worst < 1e-5, "{name} on {kernels:?}: {worst}");
+            let first = model.prefix_stats().unwrap();
+            assert!(
+                first.misses >= 2 && first.misses <= queries.len() as u64,
+                "{first:?}"
+            );
+            assert_eq!(first.hits + first.misses, rows.len() as u64);
+            assert!(first.bytes > 0 && first.tokens_saved > 0);
+            let again = model.score_pairs(&sharing).unwrap();
+            assert_eq!(again, shared, "{name}: from the cache");
+            let second = model.prefix_stats().unwrap();
+            assert_eq!(second.misses, first.misses, "every prefix was in the cache");
+            assert_eq!(second.hits, first.hits + rows.len() as u64);
+            model.set_prefix_cache_bytes(0);
+            assert_eq!(model.prefix_stats().unwrap().bytes, 0);
+            model.score_pairs(&sharing).unwrap();
+            let third = model.prefix_stats().unwrap();
+            assert_eq!(
+                third.misses,
+                2 * first.misses,
+                "a batch still shares, keeps none"
+            );
+            assert_eq!(third.bytes, 0);
+        }
     }
 }

@@ -142,7 +142,10 @@ impl Architecture for Family {
                         .iter()
                         .map(|&(name, outputs)| attention.pp(name).get(outputs, "bias"))
                         .collect::<candle_core::Result<Vec<_>>>()?;
-                    dense(&Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?.to_vec1()?)?
+                    dense(
+                        &Tensor::cat(&weights, 0)?,
+                        Tensor::cat(&biases, 0)?.to_vec1()?,
+                    )?
                 }
                 false => bias_free(&Tensor::cat(&weights, 0)?)?,
             };
@@ -184,6 +187,7 @@ impl Architecture for Family {
                 activation: extra.activation,
             },
             scratch: Default::default(),
+            prefixes: Default::default(),
         }))
     }
 
@@ -222,7 +226,12 @@ impl Family {
         }
     }
 
-    fn rms_norm(&self, vb: VarBuilder, size: usize, c: &ModelConfig) -> candle_core::Result<RmsNorm> {
+    fn rms_norm(
+        &self,
+        vb: VarBuilder,
+        size: usize,
+        c: &ModelConfig,
+    ) -> candle_core::Result<RmsNorm> {
         let gamma = self.gains(vb.get(size, "weight")?)?;
         Ok(RmsNorm {
             gamma: gamma.to_dtype(DType::F32)?.to_vec1()?,
@@ -509,23 +518,21 @@ impl PaddedLayer {
         let shape = model.shape;
         let d = shape.head_dim;
         let normed = candle_nn::ops::rms_norm(x, &self.input_norm, model.eps)?;
-        let heads = |projection: &candle_nn::Linear,
-                     count: usize,
-                     norm: Option<&Tensor>,
-                     rotate: bool| {
-            let t = projection
-                .forward(&normed)?
-                .reshape((pairs, width, count, d))?;
-            let t = match norm {
-                Some(norm) => candle_nn::ops::rms_norm(&t, norm, model.eps)?,
-                None => t,
+        let heads =
+            |projection: &candle_nn::Linear, count: usize, norm: Option<&Tensor>, rotate: bool| {
+                let t = projection
+                    .forward(&normed)?
+                    .reshape((pairs, width, count, d))?;
+                let t = match norm {
+                    Some(norm) => candle_nn::ops::rms_norm(&t, norm, model.eps)?,
+                    None => t,
+                };
+                let t = t.transpose(1, 2)?.contiguous()?;
+                match rotate {
+                    true => candle_nn::rotary_emb::rope(&t, cos, sin),
+                    false => Ok(t),
+                }
             };
-            let t = t.transpose(1, 2)?.contiguous()?;
-            match rotate {
-                true => candle_nn::rotary_emb::rope(&t, cos, sin),
-                false => Ok(t),
-            }
-        };
         let q = heads(&self.q, shape.heads, self.query_norm.as_ref(), true)?;
         let k = heads(&self.k, shape.kv_heads, self.key_norm.as_ref(), true)?;
         let v = heads(&self.v, shape.kv_heads, None, false)?;

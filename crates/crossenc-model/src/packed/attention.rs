@@ -102,12 +102,19 @@ pub(crate) fn attend(
     attend_each(offsets, qkv, (shape, queries), 1, context, Keys::All(mask));
 }
 
+/// The keys and values of a prompt's prefix at one layer, computed before a pair's own
+/// tokens: `[prefix tokens, K | V]`, each row every key head, then every value head.
+pub(crate) type Past<'a> = Option<&'a [f32]>;
+
 /// Causal self-attention of every pair: a token attends to itself and the tokens
-/// before it in its pair (a decoder's), each pair on its own.
+/// before it in its pair (a decoder's), each pair on its own. A pair with a `past`
+/// (`past[pair]`, where given) continues a prefix computed before: its tokens attend
+/// to every one of the prefix's keys first.
 pub(crate) fn attend_causal(
     offsets: &[usize],
     qkv: &[f32],
     (shape, queries): (AttentionShape, Queries),
+    past: &[Past<'_>],
     context: &mut Vec<f32>,
 ) {
     let mask = |task: &HeadTask<'_>, scores: &mut [f32]| {
@@ -122,7 +129,7 @@ pub(crate) fn attend_causal(
         (shape, queries),
         1,
         context,
-        Keys::UpToEachQuery(mask),
+        Keys::UpToEachQuery(mask, past),
     );
 }
 
@@ -132,11 +139,12 @@ pub(crate) fn attend_causal(
 const CAUSAL_BLOCK: usize = 64;
 
 /// Which keys each query reads, and what changes its scores before the softmax.
-enum Keys<A> {
+enum Keys<'p, A> {
     /// Every key of its pair; `adjust` sees the task's whole `[queries, len]` scores.
     All(A),
-    /// The keys at or before it (a decoder's); `adjust` masks each block's diagonal.
-    UpToEachQuery(A),
+    /// The keys at or before it (a decoder's), after each pair's past; `adjust` masks
+    /// each block's diagonal.
+    UpToEachQuery(A, &'p [Past<'p>]),
 }
 
 /// [`attend`] with DeBERTa's relative scores added: for query i and key j, the query
@@ -235,7 +243,7 @@ struct HeadTask<'a> {
     k: View<'a>,
     /// The keys the queries read: the pair's length, or a causal block's last query + 1.
     len: usize,
-    /// The position in the pair of the first query asked.
+    /// The position among the keys of the first query asked (past its pair's past).
     first_query: usize,
     head: usize,
     shape: AttentionShape,
@@ -260,11 +268,11 @@ fn attend_each(
     (shape, queries): (AttentionShape, Queries),
     scale_terms: usize,
     context: &mut Vec<f32>,
-    keys: Keys<impl Fn(&HeadTask<'_>, &mut [f32]) + Sync>,
+    keys: Keys<'_, impl Fn(&HeadTask<'_>, &mut [f32]) + Sync>,
 ) {
-    let (causal, adjust) = match &keys {
-        Keys::All(adjust) => (false, adjust),
-        Keys::UpToEachQuery(adjust) => (true, adjust),
+    let (causal, adjust, past) = match &keys {
+        Keys::All(adjust) => (false, adjust, &[][..]),
+        Keys::UpToEachQuery(adjust, past) => (true, adjust, *past),
     };
     let tokens = offsets.last().copied().unwrap_or(0);
     context.clear();
@@ -304,17 +312,27 @@ fn attend_each(
         // contiguous once for all its blocks: in place, a key's elements lie a whole fused
         // row apart (4096 floats on Qwen3-0.6B's shape). An encoder's one block reads them
         // in place: the copy measured 2% slower on BERT's narrow rows.
-        let copied = causal.then(|| head_operands(part(1, 0, len), part(2, 0, len)));
+        let before = past.get(pair).copied().flatten();
+        let earlier = before.map_or(0, |rows| rows.len() / (2 * shape.kv_heads * d));
+        let copied = causal.then(|| {
+            let past = before.map(|rows| past_operands(rows, earlier, shape, head));
+            head_operands(past, part(1, 0, len), part(2, 0, len))
+        });
+        let all_keys = earlier + len;
         let block = if causal { CAUSAL_BLOCK } else { asking };
         for from in (0..asking).step_by(block) {
             let asked = block.min(asking - from);
             let first_query = first_query + from;
-            let keys = if causal { first_query + asked } else { len };
+            let keys = if causal {
+                earlier + first_query + asked
+            } else {
+                len
+            };
             let task = HeadTask {
                 q: part(0, first_query, asked),
-                k: part(1, 0, keys),
+                k: part(1, 0, keys.min(len)),
                 len: keys,
-                first_query,
+                first_query: earlier + first_query,
                 head,
                 shape,
                 scale,
@@ -322,7 +340,7 @@ fn attend_each(
             let mut scores = vec![0.0f32; asked * keys];
             let (keys_t, values) = match &copied {
                 Some((keys_t, values)) => (
-                    View::columns(keys_t, d, (0, keys), len),
+                    View::columns(keys_t, d, (0, keys), all_keys),
                     View::rows(&values[..keys * d], keys, d),
                 ),
                 None => (task.k.transposed(), part(2, 0, keys)),
@@ -343,18 +361,43 @@ fn attend_each(
     });
 }
 
-/// A head's keys as `[head_dim, len]` and its values as `[len, head_dim]`, copied out of
-/// the fused rows.
-fn head_operands(k: View<'_>, v: View<'_>) -> (Vec<f32>, Vec<f32>) {
-    let (len, d) = (k.rows, k.cols);
+/// A query head's keys and values in a past's `[tokens, K | V]` rows.
+fn past_operands<'a>(
+    rows: &'a [f32],
+    tokens: usize,
+    shape: AttentionShape,
+    head: usize,
+) -> (View<'a>, View<'a>) {
+    let (d, kv) = (shape.head_dim, shape.kv_heads * shape.head_dim);
+    let shared = head / (shape.heads / shape.kv_heads);
+    (
+        View::columns(rows, tokens, (shared * d, d), 2 * kv),
+        View::columns(rows, tokens, (kv + shared * d, d), 2 * kv),
+    )
+}
+
+/// A head's keys as `[head_dim, keys]` and its values as `[keys, head_dim]`, copied out
+/// of the fused rows, after those of its past where it has one.
+fn head_operands(
+    past: Option<(View<'_>, View<'_>)>,
+    k: View<'_>,
+    v: View<'_>,
+) -> (Vec<f32>, Vec<f32>) {
+    let earlier = past.map_or(0, |(k, _)| k.rows);
+    let (len, d) = (earlier + k.rows, k.cols);
     let mut keys_t = vec![0.0f32; d * len];
     let mut values = Vec::with_capacity(len * d);
-    for j in 0..len {
-        let key = &k.data[j * k.row_stride..][..d];
-        for (c, &x) in key.iter().enumerate() {
-            keys_t[c * len + j] = x;
+    let sources = past.into_iter().chain([(k, v)]);
+    let mut j = 0;
+    for (k, v) in sources {
+        for row in 0..k.rows {
+            let key = &k.data[row * k.row_stride..][..d];
+            for (c, &x) in key.iter().enumerate() {
+                keys_t[c * len + j] = x;
+            }
+            values.extend_from_slice(&v.data[row * v.row_stride..][..d]);
+            j += 1;
         }
-        values.extend_from_slice(&v.data[j * v.row_stride..][..d]);
     }
     (keys_t, values)
 }

@@ -21,10 +21,11 @@ mod kernels;
 mod linear;
 mod modernbert;
 mod pooling;
+mod prefix;
 mod rotary;
 
 pub(crate) use attention::{
-    attend, attend_causal, attend_relative, AttentionShape, Queries, RelativeAttention,
+    attend, attend_causal, attend_relative, AttentionShape, Past, Queries, RelativeAttention,
 };
 pub(crate) use decoder::{DecoderLayer, DecoderPass, DecoderShape};
 pub(crate) use elementwise::{activate, activate_slice, softmax_rows};
@@ -36,6 +37,8 @@ use linear::{product, product_into, View};
 pub(crate) use linear::{Linear, ProductScratch};
 pub(crate) use modernbert::{ModernBertEncoder, ModernBertLayer, ModernBertShape};
 pub(crate) use pooling::{first_rows, last_rows, pool, Pooling};
+pub use prefix::PrefixStats;
+pub(crate) use prefix::{PrefixCache, PrefixKv};
 pub(crate) use rotary::{Part, Rotary};
 
 use crossenc_onednn::OnednnError;
@@ -96,6 +99,15 @@ pub(crate) trait PackedPass: Send + Sync {
     /// One encoder layer's dense layers, in the order they run: what the candidate
     /// kernels are timed on.
     fn timed_layer(&self) -> Vec<&Linear>;
+
+    /// Bounds the bytes of prompt prefixes kept across batches (a decoder's; 0 keeps
+    /// none). Batches share their pairs' prefixes whatever the bound.
+    fn set_prefix_cache(&self, _bytes: usize) {}
+
+    /// What sharing prefixes did, for a pass that shares them.
+    fn prefix_stats(&self) -> Option<PrefixStats> {
+        None
+    }
 }
 
 /// Scratch buffers of a pre-norm pass (ModernBERT's, a decoder's), reused from layer to
@@ -149,6 +161,9 @@ pub(crate) struct PackedTokens<'a> {
     pub type_ids: &'a [u32],
     /// Start of each pair in `ids`, plus the total at the end.
     pub offsets: &'a [usize],
+    /// Each pair's leading tokens that are a prompt prefix (a decoder's to share; empty
+    /// or zeros: none).
+    pub shared: &'a [usize],
 }
 
 /// Scratch buffers of a forward pass, reused from layer to layer and batch to batch:

@@ -119,7 +119,7 @@ impl PackedPass for ModernBertEncoder {
             };
             layer.qkv.forward(input, tokens, None, qkv, p)?;
             let unchanged = |_: &mut [f32], _: Part| {};
-            (layer.rotary).rotate_queries_and_keys(batch.offsets, qkv, attention, unchanged);
+            (layer.rotary).rotate_queries_and_keys((batch.offsets, &[]), qkv, attention, unchanged);
             attend(
                 batch.offsets,
                 qkv,

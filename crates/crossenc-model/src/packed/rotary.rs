@@ -45,18 +45,22 @@ impl Rotary {
     }
 
     /// Rotates every query and key head of a fused `[tokens, Q|K|V]` product in place,
-    /// each token at its position in its own pair. `before` runs on each head first:
-    /// Qwen3 norms its queries and keys before their rotation.
+    /// each token at its position in its own pair: from `starts[pair]` (a pair that
+    /// continues a prefix computed before), else from 0. `before` runs on each head
+    /// first: Qwen3 norms its queries and keys before their rotation.
     pub(crate) fn rotate_queries_and_keys(
         &self,
-        offsets: &[usize],
+        (offsets, starts): (&[usize], &[usize]),
         qkv: &mut [f32],
         shape: AttentionShape,
         before: impl Fn(&mut [f32], Part) + Sync,
     ) {
         let d = shape.head_dim;
         let queries = shape.heads * d;
-        let positions: Vec<usize> = offsets.windows(2).flat_map(|w| 0..w[1] - w[0]).collect();
+        let start = |pair: usize| starts.get(pair).copied().unwrap_or(0);
+        let positions: Vec<usize> = (offsets.windows(2).enumerate())
+            .flat_map(|(pair, w)| start(pair)..start(pair) + w[1] - w[0])
+            .collect();
         qkv.par_chunks_mut(shape.row_width())
             .zip(positions.par_iter())
             .for_each(|(row, &position)| {
