@@ -10,6 +10,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use crossenc_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossenc_proto::v1::{InferRequest, Pair, RerankRequest};
 use support::{fixture, goldens, post_json, Golden, ModelCopy, TestServer, BINARY};
 
@@ -99,13 +100,26 @@ async fn serves_its_goldens(name: &str, architecture: &str, activation: Expected
 /// golden (default and custom instructions) through gRPC Infer and Rerank and HTTP
 /// `/v1/rerank` and `/rerank`, within 1e-4 of transformers as the model card scores.
 async fn decoder_serves_its_goldens(name: &str) {
+    decoder_serves_its_goldens_as(name, ("qwen3-reranker", "qwen3")).await
+}
+
+/// [`decoder_serves_its_goldens`] with this template, checking `build_info` names the
+/// architecture. A Rerank's documents share their prompt's prefix, computed once in
+/// the model worker; the Rerank after the Infer of the same pairs finds it cached.
+async fn decoder_serves_its_goldens_as(name: &str, (template, architecture): (&str, &str)) {
+    // The Gemma-style tokenizer has no pre-tokenizer: no word bounds prove a byte cut
+    // harmless, so its long goldens are sent whole under a wider max_text_bytes.
+    let whole_texts = template == "bge-reranker-gemma";
+    let max_text_bytes = if whole_texts { "64KiB" } else { "0" };
     let server = TestServer::start_on(
         &fixture(name),
         &[
+            "--max-text-bytes",
+            max_text_bytes,
             "--model-threads",
             "1",
             "--template",
-            "qwen3-reranker",
+            template,
             "--max-length",
             "128",
         ],
@@ -206,27 +220,9 @@ async fn decoder_serves_its_goldens(name: &str) {
         "{name}: no pair at the limit"
     );
 
-    // An instruction past max_text_bytes (128 tokens x 32) is refused, naming the field.
-    let long = InferRequest {
-        pairs: vec![Pair {
-            query: "q".into(),
-            document: "d".into(),
-        }],
-        raw_scores: false,
-        instruction: Some("x".repeat(128 * 32 + 1)),
-        ..Default::default()
-    };
-    let refused = client.infer(long).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("instruction") && refused.message().contains("4096"),
-        "{refused:?}"
-    );
-    let body =
-        serde_json::json!({"query": "q", "documents": ["d"], "instruction": "x".repeat(5000)});
-    let (status, answer) = post_json(server.http_addr, "/v1/rerank", &body);
-    assert_eq!(status, 400, "{answer}");
-
+    if !whole_texts {
+        instruction_past_max_text_bytes_is_refused(&mut client, server.http_addr).await;
+    }
     let build = server.metrics();
     let build = build
         .lines()
@@ -234,9 +230,24 @@ async fn decoder_serves_its_goldens(name: &str) {
         .expect("build_info in /metrics")
         .to_string();
     assert!(
-        build.contains("architecture=\"qwen3\"") && build.contains("template=\"qwen3-reranker\""),
+        build.contains(&format!("architecture=\"{architecture}\""))
+            && build.contains(&format!("template=\"{template}\"")),
         "{build}"
     );
+}
+
+/// mixedbread's mxbai-rerank-v2 form (Qwen2ForCausalLM): "1" less "0", its prompt in
+/// pieces, as mixedbread's package scores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mxbai_rerank_v2_matches_mixedbreads_package_over_grpc_and_http() {
+    decoder_serves_its_goldens_as("mxbai-rerank-v2", ("mxbai-rerank-v2", "qwen2")).await;
+}
+
+/// BAAI's bge-reranker-v2-gemma form (GemmaForCausalLM): the "Yes" logit, as
+/// FlagEmbedding scores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bge_reranker_gemma_matches_flag_embedding_over_grpc_and_http() {
+    decoder_serves_its_goldens_as("bge-reranker-gemma", ("bge-reranker-gemma", "gemma")).await;
 }
 
 /// Qwen/Qwen3-Reranker-*'s published form: Qwen3ForCausalLM scored by its "yes" and
@@ -444,4 +455,30 @@ fn a_folder_that_cannot_work_is_refused_at_start_naming_the_file_and_field() {
         });
     });
     refused_by_the_tokenizer(bert_template.path(), &["post_processor", "xlm-roberta"]);
+}
+
+/// An instruction past max_text_bytes (128 tokens x 32) is refused, naming the field.
+async fn instruction_past_max_text_bytes_is_refused(
+    client: &mut CrossEncoderClient<tonic::transport::Channel>,
+    http_addr: std::net::SocketAddr,
+) {
+    let long = InferRequest {
+        pairs: vec![Pair {
+            query: "q".into(),
+            document: "d".into(),
+        }],
+        raw_scores: false,
+        instruction: Some("x".repeat(128 * 32 + 1)),
+        ..Default::default()
+    };
+    let refused = client.infer(long).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("instruction") && refused.message().contains("4096"),
+        "{refused:?}"
+    );
+    let body =
+        serde_json::json!({"query": "q", "documents": ["d"], "instruction": "x".repeat(5000)});
+    let (status, answer) = post_json(http_addr, "/v1/rerank", &body);
+    assert_eq!(status, 400, "{answer}");
 }

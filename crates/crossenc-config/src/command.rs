@@ -31,6 +31,9 @@ pub struct ConfigArgs {
     /// model.long_documents: `truncate` or `chunk` (score windows, keep the best) for documents too long for the model [default: truncate].
     #[arg(long, value_name = "MODE")]
     long_documents: Option<String>,
+    /// model.prefix_cache_bytes: a decoder's prompt prefixes each model worker keeps across requests, e.g. `256MiB`; 0 keeps none [default: 256MiB].
+    #[arg(long, value_name = "BYTES")]
+    prefix_cache_bytes: Option<String>,
     /// server.grpc_addr: the gRPC API (crossenc.v1.CrossEncoder, health, reflection) [default: 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
@@ -177,6 +180,10 @@ impl ConfigArgs {
         put(
             "model.long_documents",
             self.long_documents.as_ref().map(|m| text(m)),
+        );
+        put(
+            "model.prefix_cache_bytes",
+            self.prefix_cache_bytes.as_ref().map(|b| text(b)),
         );
         put("log.format", self.log_format.as_ref().map(|f| text(f)));
         put("log.filter", self.log_filter.as_ref().map(|f| text(f)));

@@ -125,6 +125,10 @@ pub struct ModelConfig {
     /// Tokens each window repeats of the one before it, so that a passage cut at a
     /// window's edge is whole in the next.
     pub chunk_overlap: usize,
+    /// A decoder's prompt prefixes (keys and values of the text before the document)
+    /// each model worker keeps across requests, at most; 0 keeps none (a request's
+    /// pairs still share theirs).
+    pub prefix_cache_bytes: ByteSize,
     /// This model's tokenizer worker processes; unset: `workers.tokenizer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenizer_workers: Option<usize>,
@@ -249,6 +253,7 @@ impl Default for ModelConfig {
             long_documents: LongDocuments::Truncate,
             max_chunks_per_doc: 8,
             chunk_overlap: 32,
+            prefix_cache_bytes: ByteSize::mib(256),
             tokenizer_workers: None,
             model_workers: None,
             model_threads: None,

@@ -310,10 +310,17 @@ impl Pipeline {
             .flat_map(|(tokenized, _, _)| tokenized.batch.iter())
             .map(|pair| pair.to_pair_tokens())
             .collect();
+        // A decoder's prompt prefix is computed once for the request's pairs.
+        let own: u64 = tokenized
+            .iter()
+            .map(|p| (p.len() - p.shared as usize) as u64)
+            .sum();
+        let prefix = tokenized.iter().map(|p| p.shared as u64).max().unwrap_or(0);
+        let work = own + prefix;
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
         // Every window is a pair the model scores: they count before any is queued.
         self.admission.widen(&mut ticket, tokenized.len() - pairs)?;
-        self.admission.confirm(&mut ticket, tokens, deadline)?;
+        self.admission.confirm(&mut ticket, work, deadline)?;
         ticket.release_text();
         let scoring = tracing::info_span!("scoring", pairs = tokenized.len(), tokens);
         let mut scores = (self.dispatch.score(tokenized, ticket, request))

@@ -19,6 +19,9 @@ const ID_BYTES: usize = 4;
 pub struct PairTokens {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u8>,
+    /// Leading tokens that are a decoder prompt's prefix, which the pairs of its
+    /// request share (0 for an encoder's pair).
+    pub shared: u32,
 }
 
 impl PairTokens {
@@ -35,6 +38,8 @@ impl PairTokens {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenBatch {
     lengths: Vec<u32>,
+    /// Each pair's shared prefix, in tokens (see [`PairTokens::shared`]).
+    shared: Vec<u32>,
     data: Region,
 }
 
@@ -63,6 +68,7 @@ impl std::ops::Deref for Region {
 pub struct PairView<'a> {
     ids: &'a [u8],
     type_ids: &'a [u8],
+    shared: u32,
 }
 
 impl<'a> PairView<'a> {
@@ -84,10 +90,16 @@ impl<'a> PairView<'a> {
         self.type_ids
     }
 
+    /// Leading tokens that are a shared prompt prefix.
+    pub fn shared(&self) -> usize {
+        self.shared as usize
+    }
+
     pub fn to_pair_tokens(self) -> PairTokens {
         PairTokens {
             ids: self.ids().collect(),
             type_ids: self.type_ids.to_vec(),
+            shared: self.shared,
         }
     }
 }
@@ -96,6 +108,7 @@ impl<'a> PairView<'a> {
 #[derive(Debug, Default)]
 pub struct TokenBatchBuilder {
     lengths: Vec<u32>,
+    shared: Vec<u32>,
     ids: Vec<u8>,
     type_ids: Vec<u8>,
 }
@@ -104,6 +117,7 @@ impl TokenBatchBuilder {
     pub fn with_capacity(pairs: usize, tokens: usize) -> Self {
         Self {
             lengths: Vec::with_capacity(pairs),
+            shared: Vec::with_capacity(pairs),
             ids: Vec::with_capacity(tokens * ID_BYTES),
             type_ids: Vec::with_capacity(tokens),
         }
@@ -111,6 +125,18 @@ impl TokenBatchBuilder {
 
     /// Adds one pair. `ids` and `type_ids` must have the same length.
     pub fn push(&mut self, ids: impl IntoIterator<Item = u32>, type_ids: &[u8]) {
+        self.push_shared(ids, type_ids, 0);
+    }
+
+    /// Adds one pair whose first `shared` tokens are a prompt prefix its request's
+    /// other pairs share.
+    pub fn push_shared(
+        &mut self,
+        ids: impl IntoIterator<Item = u32>,
+        type_ids: &[u8],
+        shared: u32,
+    ) {
+        self.shared.push(shared);
         let before = self.ids.len();
         for id in ids {
             self.ids.extend_from_slice(&id.to_le_bytes());
@@ -121,7 +147,7 @@ impl TokenBatchBuilder {
     }
 
     pub fn push_pair(&mut self, pair: &PairTokens) {
-        self.push(pair.ids.iter().copied(), &pair.type_ids);
+        self.push_shared(pair.ids.iter().copied(), &pair.type_ids, pair.shared);
     }
 
     /// The batch in shared memory, as the supervisor sends it to a model worker.
@@ -129,6 +155,7 @@ impl TokenBatchBuilder {
         self.ids.extend_from_slice(&self.type_ids);
         TokenBatch {
             lengths: self.lengths,
+            shared: self.shared,
             data: Region::Shared(IpcSharedMemory::from_bytes(&self.ids)),
         }
     }
@@ -138,6 +165,7 @@ impl TokenBatchBuilder {
         self.ids.extend_from_slice(&self.type_ids);
         TokenBatch {
             lengths: self.lengths,
+            shared: self.shared,
             data: Region::Inline(self.ids),
         }
     }
@@ -172,6 +200,14 @@ impl TokenBatch {
     /// malformed batch is refused rather than read out of bounds.
     pub fn validate(&self) -> Result<(), String> {
         let expected = self.total_tokens() * (ID_BYTES + 1);
+        let shared_fits = self.shared.len() == self.lengths.len()
+            && (self.shared.iter().zip(&self.lengths)).all(|(s, l)| *s == 0 || s < l);
+        if !shared_fits {
+            return Err(format!(
+                "token batch of {} pairs has shared prefixes that are not shorter than their pairs",
+                self.len()
+            ));
+        }
         if self.data.len() == expected {
             Ok(())
         } else {
@@ -188,11 +224,13 @@ impl TokenBatch {
         let total = self.total_tokens();
         let (ids, type_ids) = self.data.split_at(total * ID_BYTES);
         let mut start = 0usize;
-        self.lengths.iter().map(move |&len| {
+        self.lengths.iter().enumerate().map(move |(i, &len)| {
+            let shared = self.shared.get(i).copied().unwrap_or(0);
             let len = len as usize;
             let view = PairView {
                 ids: &ids[start * ID_BYTES..(start + len) * ID_BYTES],
                 type_ids: &type_ids[start..start + len],
+                shared,
             };
             start += len;
             view
@@ -240,10 +278,11 @@ mod tests {
         #[test]
         fn pairs_come_back_as_they_went_in(
             pairs in prop::collection::vec(
-                prop::collection::vec((any::<u32>(), 0u8..2), 1..40)
-                    .prop_map(|t| PairTokens {
+                (prop::collection::vec((any::<u32>(), 0u8..2), 1..40), any::<u32>())
+                    .prop_map(|(t, shared)| PairTokens {
                         ids: t.iter().map(|p| p.0).collect(),
                         type_ids: t.iter().map(|p| p.1).collect(),
+                        shared: shared % t.len() as u32,
                     }),
                 1..20,
             )
@@ -261,6 +300,7 @@ mod tests {
         let pair = PairTokens {
             ids: vec![1, 2],
             type_ids: vec![0, 1],
+            shared: 1,
         };
         let mut inline = TokenBatchBuilder::default();
         inline.push_pair(&pair);

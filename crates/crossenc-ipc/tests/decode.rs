@@ -169,6 +169,7 @@ fn tagged_command() -> impl Strategy<Value = Vec<u8>> {
 #[derive(Serialize, Deserialize)]
 struct ForgedBatch {
     lengths: Vec<u32>,
+    shared: Vec<u32>,
     data: ForgedRegion,
 }
 
@@ -248,7 +249,13 @@ proptest! {
         other in 0usize..8192,
         fill in any::<u8>(),
         shared in any::<bool>(),
+        raw_prefixes in prop::collection::vec(prop_oneof![3 => Just(0u32), 1 => 0u32..80], 1..33),
+        aligned in prop_oneof![4 => Just(true), 1 => Just(false)],
     ) {
+        let prefixes: Vec<u32> = match aligned {
+            true => raw_prefixes.iter().copied().cycle().take(lengths.len()).collect(),
+            false => raw_prefixes,
+        };
         let total: usize = lengths.iter().map(|&l| l as usize).sum();
         // Four bytes of id and one of type id per token.
         let promised = total * 5;
@@ -259,12 +266,16 @@ proptest! {
         };
         let batch: TokenBatch = through_channel(ForgedBatch {
             lengths: lengths.clone(),
+            shared: prefixes.clone(),
             data,
         });
+        // Each pair's shared prefix, if any, is shorter than the pair.
+        let prefixes_fit = prefixes.len() == lengths.len()
+            && prefixes.iter().zip(&lengths).all(|(s, l)| *s == 0 || s < l);
         // What the supervisor checks before it reads a worker's batch.
         prop_assert_eq!(batch.is_inline(), !shared);
         prop_assert_eq!(batch.lengths(), &lengths[..]);
-        prop_assert_eq!(batch.validate().is_ok(), size == promised);
+        prop_assert_eq!(batch.validate().is_ok(), size == promised && prefixes_fit);
         check_batch(&batch);
         if batch.validate().is_ok() {
             let id = u32::from_le_bytes([fill; 4]);

@@ -379,12 +379,9 @@ impl PairTokenizer {
             .sum();
         let budget = self.pair_budget.saturating_sub(outside);
         if budget < inside_fixed + 2 {
-            return Err(ModelError::Encode(format!(
-                "the instruction leaves no room for the query and the document: with it \
-                 the prompt's fixed text takes {} of max_length {} tokens",
-                self.max_length - budget + inside_fixed,
-                self.max_length
-            )));
+            // The template's text (with the request's instruction) leaves no room.
+            let fixed = prompt.prefix.len() + outside + inside_fixed + prompt.suffix.len();
+            return Ok(Err(self.would_cut(fixed + 2)));
         }
         let keep_query = encoded[query].len().min(budget * 3 / 4);
         let keep_document = encoded[document]

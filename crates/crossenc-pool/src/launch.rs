@@ -28,6 +28,8 @@ pub struct WorkerLauncher {
     pub max_length: Option<usize>,
     /// A decoder reranker's prompt template (`model.template`).
     pub template: Option<String>,
+    /// Bytes of prompt prefixes a model worker keeps (`model.prefix_cache_bytes`).
+    pub prefix_cache_bytes: u64,
     /// Where model workers run, in turn: model worker `i` on `devices[i % len]`.
     pub devices: Vec<String>,
     pub dtype: Dtype,
@@ -156,6 +158,10 @@ impl WorkerLauncher {
         }
         if let Some(template) = &self.template {
             command.arg("--template").arg(template);
+        }
+        if kind == WorkerKind::Model {
+            let bytes = self.prefix_cache_bytes.to_string();
+            command.arg("--prefix-cache-bytes").arg(bytes);
         }
         if kind == WorkerKind::Model && !self.warm_up {
             command.arg("--no-warm-up");
@@ -295,6 +301,7 @@ mod tests {
             served_as: "model".into(),
             max_length: None,
             template: None,
+            prefix_cache_bytes: 0,
             devices: devices.iter().map(|d| d.to_string()).collect(),
             dtype: Dtype::F32,
             model_threads: 1,

@@ -95,6 +95,7 @@ fn launcher(exe: PathBuf, startup_timeout: Duration) -> WorkerLauncher {
         served_as: "m".into(),
         max_length: None,
         template: None,
+        prefix_cache_bytes: 0,
         devices: vec!["cpu".into()],
         dtype: Dtype::F32,
         model_threads: 1,

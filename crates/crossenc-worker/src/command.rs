@@ -43,6 +43,9 @@ struct WorkerFlags {
     /// A decoder reranker's prompt template: a built-in name or a template file.
     #[arg(long, value_name = "NAME|FILE")]
     template: Option<String>,
+    /// Bytes of a decoder's prompt prefixes kept across batches.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    prefix_cache_bytes: u64,
     /// `cpu` or `cuda:N`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
@@ -95,6 +98,7 @@ pub fn run(command: WorkerCommand) -> Result<(), WorkerExit> {
         model: flags.model,
         max_length: flags.max_length,
         template: flags.template,
+        prefix_cache_bytes: flags.prefix_cache_bytes,
         device: flags.device,
         dtype: flags.dtype,
         bf16_without_amx: bf16_without_amx(),

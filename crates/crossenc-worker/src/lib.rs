@@ -32,6 +32,8 @@ pub struct WorkerArgs {
     pub max_length: Option<usize>,
     /// A decoder reranker's prompt template: a built-in name or a template file.
     pub template: Option<String>,
+    /// Bytes of a decoder's prompt prefixes kept across batches.
+    pub prefix_cache_bytes: u64,
     /// `cpu` or `cuda:N` (model workers only).
     pub device: String,
     /// The products' number format (model workers only).
@@ -105,6 +107,8 @@ pub fn run_model(args: &WorkerArgs) -> Result<(), WorkerError> {
         if let Some(kernels) = model.kernels() {
             tracing::info!(worker_id = args.worker_id, "kernels: {kernels}");
         }
+        model
+            .set_prefix_cache_bytes(usize::try_from(args.prefix_cache_bytes).unwrap_or(usize::MAX));
         let mut info = worker_info(&folder, max_length, &args.device);
         info.dtype = products.dtype();
         info.kernels = model
@@ -419,7 +423,8 @@ pub fn encode(tokenizer: &PairTokenizer, texts: &TextPairs) -> Result<Tokenized,
             type_ids.clear();
             // Type ids are 0 or 1 for BERT; a u8 keeps the shared memory small.
             type_ids.extend(encoded.type_ids().iter().map(|&t| t as u8));
-            batch.push(encoded.ids().iter().copied(), &type_ids);
+            let shared = encoded.shared() as u32;
+            batch.push_shared(encoded.ids().iter().copied(), &type_ids, shared);
         }
     }
     if windows.iter().all(|&w| w == 1) {
@@ -546,7 +551,7 @@ pub fn score(
         if pair.is_empty() {
             return Err("batch holds an empty pair".into());
         }
-        pairs.push(pair.ids(), pair.type_ids());
+        pairs.push_shared(pair.ids(), pair.type_ids(), pair.shared());
     }
     model.score_pairs(&pairs).map_err(|e| e.to_string())
 }

@@ -110,6 +110,7 @@ fn model_plan(
         served_as: served.name.clone(),
         max_length: model.requested_max_length(),
         template: model.requested_template().map(String::from),
+        prefix_cache_bytes: model.prefix_cache_bytes.as_u64(),
         devices: model.devices().into_iter().map(String::from).collect(),
         dtype: model.dtype,
         model_threads: served.workers.threads_per_model_worker(),

@@ -500,7 +500,7 @@ impl DispatchTask {
         };
         // Isolated retries (a pair or two on a worker) say nothing of full batches' speed.
         if !isolated {
-            let tokens = pairs.iter().map(|p| p.tokens.len()).sum();
+            let tokens = computed_tokens(&pairs);
             self.backlog
                 .observe(tokens, timing.compute, self.models.alive_count());
         }
@@ -514,7 +514,9 @@ impl DispatchTask {
             let Some(gathering) = self.requests.get_mut(&pair.request) else {
                 continue;
             };
-            gathering.ticket.tokens.scored(pair.tokens.len() as u64);
+            // The request's shared prefix is released with its ticket.
+            let own = pair.tokens.len() - pair.tokens.shared as usize;
+            gathering.ticket.tokens.scored(own as u64);
             gathering.scores.scores[pair.index as usize] = score;
             gathering.remaining -= 1;
             if gathering.remaining == 0 {
@@ -577,4 +579,18 @@ async fn sleep_until(wake: Option<Instant>) {
     if let Some(wake) = wake {
         tokio::time::sleep_until(wake.into()).await;
     }
+}
+
+/// The tokens a batch's pass computes: each pair's own, and each request's shared
+/// prompt prefix once (a decoder's; an encoder's pairs share none).
+fn computed_tokens(pairs: &[QueuedPair]) -> usize {
+    let mut prefixes: HashMap<RequestKey, usize> = HashMap::new();
+    let mut own = 0;
+    for pair in pairs {
+        let shared = pair.tokens.shared as usize;
+        own += pair.tokens.len() - shared;
+        let longest = prefixes.entry(pair.request).or_default();
+        *longest = (*longest).max(shared);
+    }
+    own + prefixes.values().sum::<usize>()
 }
