@@ -112,9 +112,9 @@ impl ErrorClass {
                 ErrorClass::PayloadTooLarge
             }
             InvalidRequest::Unreadable { refusal, .. } => match refusal {
-                PairRefusal::WouldCut { .. } | PairRefusal::TooManyWindows { .. } => {
-                    ErrorClass::PayloadTooLarge
-                }
+                PairRefusal::WouldCut { .. }
+                | PairRefusal::TooManyWindows { .. }
+                | PairRefusal::PromptLeavesNoRoom { .. } => ErrorClass::PayloadTooLarge,
                 PairRefusal::PromptReadsOneWindow => ErrorClass::InvalidArgument,
             },
         }

@@ -12,11 +12,15 @@
 //!   with the expected wait: on arrival from its text size, and once tokenized from its
 //!   real tokens.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossenc_ipc::PairTokens;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::scheduler::RequestKey;
 
 /// A refusal is certain only past the expected wait with this much to spare: the
 /// estimate is a running average, and batches of long pairs run slower than it.
@@ -373,6 +377,22 @@ impl Drop for TokenReservation {
             .fetch_sub(self.estimated, Ordering::AcqRel);
         self.backlog.queued.fetch_sub(self.queued, Ordering::AcqRel);
     }
+}
+
+/// The tokens a pass computes for these pairs (with the request each belongs to):
+/// each pair's own, and each request's shared prompt prefix once (a decoder's; an
+/// encoder's pairs share none).
+pub(crate) fn computed_tokens<'a>(
+    pairs: impl IntoIterator<Item = (RequestKey, &'a PairTokens)>,
+) -> usize {
+    let mut prefixes: HashMap<RequestKey, usize> = HashMap::new();
+    let mut own = 0;
+    for (request, pair) in pairs {
+        own += pair.own_tokens();
+        let longest = prefixes.entry(request).or_default();
+        *longest = (*longest).max(pair.shared as usize);
+    }
+    own + prefixes.values().sum::<usize>()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crossenc_config::ScoreActivation;
 use crossenc_metrics::{ModelMetrics, StageTimes};
 
-use crate::admission::Admission;
+use crate::admission::{computed_tokens, Admission};
 use crate::dispatch::{DispatchLimits, ModelDispatch};
 use crate::error::{InvalidRequest, PipelineError};
 use crate::scheduler::SchedulerLimits;
@@ -311,12 +311,7 @@ impl Pipeline {
             .map(|pair| pair.to_pair_tokens())
             .collect();
         // A decoder's prompt prefix is computed once for the request's pairs.
-        let own: u64 = tokenized
-            .iter()
-            .map(|p| (p.len() - p.shared as usize) as u64)
-            .sum();
-        let prefix = tokenized.iter().map(|p| p.shared as u64).max().unwrap_or(0);
-        let work = own + prefix;
+        let work = computed_tokens(tokenized.iter().map(|p| (0, p))) as u64;
         let tokens = tokenized.iter().map(|p| p.len() as u64).sum();
         // Every window is a pair the model scores: they count before any is queued.
         self.admission.widen(&mut ticket, tokenized.len() - pairs)?;

@@ -32,6 +32,11 @@ impl PairTokens {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// Tokens after the shared prefix: what the pair costs the pass beyond it.
+    pub fn own_tokens(&self) -> usize {
+        self.ids.len() - self.shared as usize
+    }
 }
 
 /// Tokenized pairs.

@@ -347,8 +347,9 @@ impl PromptTemplate {
     }
 
     /// The one-text body of [`PromptTemplate::fill`] (for a piece-wise body, its pieces
-    /// joined).
-    pub fn body(&self, instruction: Option<&str>, query: &str, document: &str) -> String {
+    /// joined): what the tests read.
+    #[cfg(test)]
+    fn body(&self, instruction: Option<&str>, query: &str, document: &str) -> String {
         match self.fill(instruction, query, document) {
             FilledBody::Whole { text, .. } => text,
             FilledBody::Pieces(pieces) => pieces.into_iter().map(|(_, text)| text).collect(),

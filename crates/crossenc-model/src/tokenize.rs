@@ -379,9 +379,12 @@ impl PairTokenizer {
             .sum();
         let budget = self.pair_budget.saturating_sub(outside);
         if budget < inside_fixed + 2 {
-            // The template's text (with the request's instruction) leaves no room.
             let fixed = prompt.prefix.len() + outside + inside_fixed + prompt.suffix.len();
-            return Ok(Err(self.would_cut(fixed + 2)));
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            return Ok(Err(PairRefusal::PromptLeavesNoRoom {
+                fixed: count(fixed),
+                limit: count(self.max_length),
+            }));
         }
         let keep_query = encoded[query].len().min(budget * 3 / 4);
         let keep_document = encoded[document]

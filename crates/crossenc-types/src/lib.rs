@@ -201,6 +201,9 @@ pub enum PairRefusal {
     /// A prompt template's body is cut from its end only, and read whole: neither
     /// windows nor a cut from the start fit a decoder's prompt.
     PromptReadsOneWindow,
+    /// The prompt template's own text (with the request's instruction) takes `fixed`
+    /// of the `limit` tokens the model reads, leaving the query and document no room.
+    PromptLeavesNoRoom { fixed: u32, limit: u32 },
 }
 
 impl fmt::Display for PairRefusal {
@@ -216,6 +219,10 @@ impl fmt::Display for PairRefusal {
             ),
             PairRefusal::PromptReadsOneWindow => f.write_str(
                 "does not fit the model's window, and this model's prompt template is read in one window, cut from its end: long_documents \"chunk\" and truncation_direction \"left\" are for encoders",
+            ),
+            PairRefusal::PromptLeavesNoRoom { fixed, limit } => write!(
+                f,
+                "leaves no room for its query and document: the prompt template's text with this instruction takes {fixed} of the model's {limit} tokens: send a shorter instruction"
             ),
         }
     }

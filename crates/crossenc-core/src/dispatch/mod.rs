@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crossenc_metrics::ModelMetrics;
 
-use crate::admission::{Backlog, Ticket};
+use crate::admission::{computed_tokens, Backlog, Ticket};
 use crate::error::PipelineError;
 use crate::pipeline::Scores;
 use crate::scheduler::{Batch, RequestKey, Scheduler, SchedulerLimits};
@@ -500,7 +500,7 @@ impl DispatchTask {
         };
         // Isolated retries (a pair or two on a worker) say nothing of full batches' speed.
         if !isolated {
-            let tokens = computed_tokens(&pairs);
+            let tokens = computed_tokens(pairs.iter().map(|p| (p.request, &p.tokens)));
             self.backlog
                 .observe(tokens, timing.compute, self.models.alive_count());
         }
@@ -515,8 +515,10 @@ impl DispatchTask {
                 continue;
             };
             // The request's shared prefix is released with its ticket.
-            let own = pair.tokens.len() - pair.tokens.shared as usize;
-            gathering.ticket.tokens.scored(own as u64);
+            gathering
+                .ticket
+                .tokens
+                .scored(pair.tokens.own_tokens() as u64);
             gathering.scores.scores[pair.index as usize] = score;
             gathering.remaining -= 1;
             if gathering.remaining == 0 {
@@ -579,18 +581,4 @@ async fn sleep_until(wake: Option<Instant>) {
     if let Some(wake) = wake {
         tokio::time::sleep_until(wake.into()).await;
     }
-}
-
-/// The tokens a batch's pass computes: each pair's own, and each request's shared
-/// prompt prefix once (a decoder's; an encoder's pairs share none).
-fn computed_tokens(pairs: &[QueuedPair]) -> usize {
-    let mut prefixes: HashMap<RequestKey, usize> = HashMap::new();
-    let mut own = 0;
-    for pair in pairs {
-        let shared = pair.tokens.shared as usize;
-        own += pair.tokens.len() - shared;
-        let longest = prefixes.entry(pair.request).or_default();
-        *longest = (*longest).max(shared);
-    }
-    own + prefixes.values().sum::<usize>()
 }

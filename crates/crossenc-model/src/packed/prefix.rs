@@ -17,9 +17,14 @@ pub(crate) struct PrefixKv {
 }
 
 impl PrefixKv {
-    /// What it holds, in bytes.
+    /// What its keys and values take, in bytes.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.len() * 4).sum::<usize>() + self.tokens * 4
+        self.layers.iter().map(|l| l.len() * 4).sum()
+    }
+
+    /// What an entry of it takes in the cache: its keys and values, and its ids.
+    fn entry_bytes(&self) -> usize {
+        self.bytes() + self.tokens * 4
     }
 }
 
@@ -72,23 +77,23 @@ impl PrefixCache {
 
     /// Keeps `kv` if it fits under the bound, evicting the least recently used first.
     pub fn insert(&mut self, ids: Vec<u32>, kv: Arc<PrefixKv>) {
-        let bytes = kv.bytes() + ids.len() * 4;
+        let bytes = kv.entry_bytes();
         if bytes > self.limit {
             return;
         }
         self.shrink_to(self.limit - bytes);
         self.stats.bytes += bytes as u64;
         if let Some(old) = self.entries.put(ids, kv) {
-            self.stats.bytes -= old.bytes() as u64 + old.tokens as u64 * 4;
+            self.stats.bytes -= old.entry_bytes() as u64;
         }
     }
 
     fn shrink_to(&mut self, room: usize) {
         while self.stats.bytes as usize > room {
-            let Some((ids, old)) = self.entries.pop_lru() else {
+            let Some((_, old)) = self.entries.pop_lru() else {
                 break;
             };
-            self.stats.bytes -= (old.bytes() + ids.len() * 4) as u64;
+            self.stats.bytes -= old.entry_bytes() as u64;
         }
     }
 }
